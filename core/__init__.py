@@ -1,0 +1,12 @@
+"""Offline anomaly-detection core: data, backbones, PatchCore, EfficientAD, metrics, model store.
+
+Nothing in this package imports streamlit or plotly, and nothing downloads weights or data.
+"""
+
+import os as _os
+
+# anomalib and timm consult the Hugging Face hub for pretrained weights; we never want that.
+_os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_os.environ.setdefault("TRUST_REMOTE_CODE", "1")
+
+__all__: list[str] = []

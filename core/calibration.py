@@ -1,0 +1,67 @@
+"""Calibration: raw-score statistics of held-out good images and the thresholds derived from them.
+
+Kept beside each model as data (``calibration.json``); the model's raw scores are never rescaled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from core.types import Prediction
+
+SIGMAS = 3.0
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Thresholds on raw scores. An image is defective when ``score >= image_threshold``; a pixel when
+    ``map >= pixel_threshold``. ``source`` says which images the statistics came from."""
+
+    image_threshold: float
+    pixel_threshold: float
+    good_score_mean: float
+    good_score_std: float
+    good_score_max: float
+    good_map_max_mean: float
+    good_map_max_std: float
+    num_images: int
+    source: str
+    chosen_by: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        missing = [k for k in ("image_threshold", "pixel_threshold") if k not in data]
+        if missing:
+            raise ValueError(f"expected calibration keys {missing}, found {sorted(data)}")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def with_thresholds(self, image_threshold: float, pixel_threshold: float, chosen_by: str) -> Calibration:
+        return replace(self, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
+                       chosen_by=chosen_by)
+
+
+def calibrate(good: list[Prediction], source: str) -> Calibration:
+    """Default thresholds: mean + 3 std of good image scores, and of the per-image maximum of good maps."""
+    if not good:
+        raise ValueError("expected predictions on good images to calibrate, found none")
+    scores = np.array([p.score for p in good], dtype=np.float64)
+    map_max = np.array([float(p.anomaly_map.max()) for p in good], dtype=np.float64)
+    s_mean, s_std = float(scores.mean()), float(scores.std())
+    m_mean, m_std = float(map_max.mean()), float(map_max.std())
+    return Calibration(
+        image_threshold=s_mean + SIGMAS * s_std if len(good) > 1 else float(scores.max()) * 1.05,
+        pixel_threshold=m_mean + SIGMAS * m_std if len(good) > 1 else float(map_max.max()) * 1.05,
+        good_score_mean=s_mean, good_score_std=s_std, good_score_max=float(scores.max()),
+        good_map_max_mean=m_mean, good_map_max_std=m_std, num_images=len(good), source=source,
+    )
+
+
+def verdict(score: float, calibration: Calibration) -> str:
+    return "DEFECT" if score >= calibration.image_threshold else "OK"

@@ -1,0 +1,128 @@
+"""Dataset discovery: MVTec AD layout and plain folders of good images.
+
+MVTec layout::
+
+    <root>/<category>/train/good/*.png
+    <root>/<category>/test/<defect>/*.png          (defect == "good" for defect-free test images)
+    <root>/<category>/ground_truth/<defect>/<stem>_mask.png
+
+A plain folder of images is a category with only good training images and no test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.imageio import SUPPORTED_SUFFIXES
+
+GOOD = "good"
+
+
+class DatasetError(FileNotFoundError):
+    """The data root or category does not have the expected layout."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image of a category. ``label`` is 0 for good, 1 for defective."""
+
+    path: Path
+    split: str
+    defect: str
+    label: int
+    mask_path: Path | None
+
+
+@dataclass(frozen=True)
+class CategoryData:
+    """All images of one category, with the problems found while discovering them."""
+
+    root: Path
+    name: str
+    layout: str
+    train: tuple[Sample, ...]
+    test: tuple[Sample, ...]
+    problems: tuple[str, ...]
+
+    @property
+    def defect_types(self) -> tuple[str, ...]:
+        return tuple(sorted({s.defect for s in self.test if s.label == 1}))
+
+    @property
+    def has_masks(self) -> bool:
+        return any(s.mask_path is not None for s in self.test)
+
+
+def image_files(directory: Path) -> list[Path]:
+    """Sorted image files directly inside ``directory`` (hidden files skipped)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+
+
+def is_mvtec_category(path: Path) -> bool:
+    return (path / "train" / GOOD).is_dir()
+
+
+def list_categories(root: str | Path) -> list[str]:
+    """Categories under ``root``: MVTec-style sub-folders, or sub-folders that directly hold images."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"expected a data folder, found nothing at {root}")
+    found = []
+    for child in sorted(root.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and (is_mvtec_category(child) or image_files(child)):
+            found.append(child.name)
+    return found
+
+
+def _find_mask(category_dir: Path, defect: str, image: Path) -> Path | None:
+    folder = category_dir / "ground_truth" / defect
+    for suffix in (".png", image.suffix, ".bmp", ".tif", ".tiff", ".jpg"):
+        candidate = folder / f"{image.stem}_mask{suffix}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_category(root: str | Path, category: str) -> CategoryData:
+    """Discover the images of ``category`` under ``root`` (MVTec layout or a plain folder of good images)."""
+    root = Path(root)
+    category_dir = root / category
+    if not category_dir.is_dir():
+        raise DatasetError(f"expected category folder {category_dir}, found nothing there")
+    if not is_mvtec_category(category_dir):
+        return load_folder(category_dir, name=category)
+    problems: list[str] = []
+    train = tuple(Sample(p, "train", GOOD, 0, None) for p in image_files(category_dir / "train" / GOOD))
+    if not train:
+        raise DatasetError(f"expected training images in {category_dir / 'train' / GOOD}, found none")
+    test: list[Sample] = []
+    test_dir = category_dir / "test"
+    if test_dir.is_dir():
+        for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            defect = defect_dir.name
+            for path in image_files(defect_dir):
+                if defect == GOOD:
+                    test.append(Sample(path, "test", GOOD, 0, None))
+                    continue
+                mask = _find_mask(category_dir, defect, path)
+                if mask is None:
+                    problems.append(f"no mask for {path.relative_to(root)} (expected ground_truth/{defect}/{path.stem}_mask.png)")
+                test.append(Sample(path, "test", defect, 1, mask))
+    return CategoryData(root, category, "mvtec", train, tuple(test), tuple(problems))
+
+
+def load_folder(folder: str | Path, name: str | None = None) -> CategoryData:
+    """A plain folder of good images (searched recursively) as a category with no test set."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"expected a folder of good images, found nothing at {folder}")
+    paths = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES and not p.name.startswith("."))
+    if not paths:
+        raise DatasetError(f"expected images ({', '.join(SUPPORTED_SUFFIXES)}) in {folder}, found none")
+    train = tuple(Sample(p, "train", GOOD, 0, None) for p in paths)
+    return CategoryData(folder.parent, name or folder.name, "folder", train, (), ())

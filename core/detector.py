@@ -1,0 +1,168 @@
+"""Train, save, load and run detectors by kind: the one entry point the CLI and the app use."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.calibration import Calibration, calibrate
+from core.dataset import CategoryData
+from core.efficientad import EfficientAD, EfficientADConfig
+from core.evaluate import EvaluationResult, evaluate
+from core.imageio import ImageLoadError, load_image
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.store import (CALIBRATION, EVAL_IMAGES, EVAL_PIXELS, EVALUATION, MANIFEST, ModelStore, ModelStoreError,
+                        versions)
+from core.types import NO_CONTROL, TrainControl
+
+Detector = PatchCore | EfficientAD
+KINDS: tuple[str, ...] = ("patchcore", "efficientad")
+HOLDOUT_FRACTION = 0.1
+MIN_TRAIN = 2
+
+
+def default_settings(kind: str) -> dict[str, Any]:
+    """Settings a new model of ``kind`` gets unless the user overrides them."""
+    if kind == "patchcore":
+        return PatchCoreConfig().to_dict()
+    if kind == "efficientad":
+        return EfficientADConfig().to_dict()
+    raise ValueError(f"expected model kind in {KINDS}, found {kind!r}")
+
+
+def build(kind: str, settings: dict[str, Any]) -> Detector:
+    """A fresh (untrained) detector of ``kind`` configured by ``settings``."""
+    if kind == "patchcore":
+        return PatchCore(PatchCoreConfig.from_dict(settings))
+    if kind == "efficientad":
+        return EfficientAD(EfficientADConfig.from_dict(settings))
+    raise ValueError(f"expected model kind in {KINDS}, found {kind!r}")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    category: str
+    kind: str
+    detector: Detector
+    manifest: dict[str, Any]
+    calibration: Calibration
+    path: Path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    manifest: dict[str, Any]
+    calibration: Calibration
+    problems: tuple[str, ...]
+
+
+def load_images(paths: list[Path]) -> tuple[list[np.ndarray], list[Path], list[str]]:
+    """Decode ``paths``; unreadable ones are reported by name and left out (never fatal)."""
+    images, kept, problems = [], [], []
+    for path in paths:
+        try:
+            images.append(load_image(path))
+            kept.append(path)
+        except ImageLoadError as exc:
+            problems.append(str(exc))
+    return images, kept, problems
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Indices (fit, holdout): ``fraction`` of ``n`` good images held out for calibration (none if n < 10)."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_hold = int(round(n * fraction)) if n >= 10 else 0
+    return sorted(order[n_hold:]), sorted(order[:n_hold])
+
+
+def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelStore,
+          control: TrainControl = NO_CONTROL) -> TrainResult:
+    """Fit a ``kind`` model on the good training images of ``data``, calibrate, and save it atomically."""
+    full = {**default_settings(kind), **settings}
+    detector = build(kind, full)
+    control.report("reading training images", 0.0)
+    images, paths, problems = load_images([s.path for s in data.train])
+    if len(images) < MIN_TRAIN:
+        raise ValueError(f"expected at least {MIN_TRAIN} readable good images in {data.name}, found {len(images)}"
+                         + (f" ({len(problems)} unreadable)" if problems else ""))
+    fit_idx, hold_idx = split_holdout(len(images), HOLDOUT_FRACTION, int(full.get("seed", 0)))
+    fit_images = [images[i] for i in fit_idx]
+    hold_images = [images[i] for i in hold_idx]
+    t0 = time.perf_counter()
+    sub = TrainControl(progress=(lambda m, f: control.report(m, 0.9 * f)) if control.progress else None,
+                       cancel=control.cancel)
+    if isinstance(detector, PatchCore):
+        report = detector.fit(fit_images, sub)
+        train_info: dict[str, Any] = {"num_patches": report.num_patches, "memory_bank": report.memory_bank,
+                                      "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds}
+    else:
+        train_info = detector.fit(fit_images, hold_images, sub)
+    train_seconds = time.perf_counter() - t0
+    control.report("calibrating on held-out good images", 0.92)
+    if hold_images:
+        calibration = calibrate(detector.predict(hold_images), f"held-out good training images (n={len(hold_images)}, "
+                                                               f"{HOLDOUT_FRACTION:.0%}, not used for fitting)")
+    else:
+        calibration = calibrate(detector.predict(fit_images), "training images (too few to hold any out; optimistic)")
+    manifest = {
+        "category": data.name, "kind": kind, "backbone": _backbone_name(detector),
+        "layers": list(getattr(detector.config, "layers", ())),
+        "settings": full, "data": {"root": str(data.root), "layout": data.layout, "num_train_images": len(fit_images),
+                                   "num_holdout_images": len(hold_images), "unreadable": problems},
+        "train": {**train_info, "seconds": train_seconds},
+        "threshold_policy": calibration.source,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions(), "metrics": {},
+    }
+    path = store.write_model(data.name, kind, detector.state(), manifest, calibration.to_dict())
+    control.report("saved", 1.0)
+    return TrainResult(path, manifest, calibration, tuple(problems))
+
+
+def _backbone_name(detector: Detector) -> str:
+    return detector.config.backbone
+
+
+def load(store: ModelStore, category: str, kind: str) -> LoadedModel:
+    """Load a saved model; never touches the network or the training data.
+
+    Raises:
+        ModelStoreError: the folder is missing, incomplete or corrupt (the message says which file and why).
+    """
+    manifest = store.read_manifest(category, kind)
+    state = store.read_weights(category, kind)
+    try:
+        calibration = Calibration.from_dict(store.read_calibration(category, kind))
+    except ValueError as exc:
+        raise ModelStoreError(f"{store.folder(category, kind) / CALIBRATION}: {exc}") from None
+    try:
+        detector = build(kind, manifest["settings"])
+        detector.load_state(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
+        raise ModelStoreError(f"{store.folder(category, kind)}: weights do not fit the manifest's settings ({exc})") from None
+    return LoadedModel(category, kind, detector, manifest, calibration, store.folder(category, kind))
+
+
+def save_calibration(store: ModelStore, model: LoadedModel, calibration: Calibration) -> None:
+    store.write_json(model.category, model.kind, CALIBRATION, calibration.to_dict())
+
+
+def run_evaluation(store: ModelStore, model: LoadedModel, data: CategoryData,
+                   control: TrainControl = NO_CONTROL) -> EvaluationResult:
+    """Evaluate ``model`` on ``data``'s test set and save the results (and a metrics summary) beside it."""
+    result = evaluate(model.detector, data, model.calibration, control)
+    store.write_json(model.category, model.kind, EVALUATION, result.to_json())
+    store.write_file(model.category, model.kind, EVAL_IMAGES, result.images_csv())
+    store.write_file(model.category, model.kind, EVAL_PIXELS, result.pixels_npz())
+    manifest = dict(model.manifest)
+    manifest["metrics"] = {k: v for k, v in result.overall.items()}
+    store.write_json(model.category, model.kind, MANIFEST, manifest)
+    return result

@@ -1,0 +1,215 @@
+"""EfficientAD through anomalib, offline: our distilled PDN teacher, penalty images we ship, a CPU step budget.
+
+anomalib's :class:`EfficientAdModel` supplies the networks (teacher, student, autoencoder), the losses and the
+map computation. We replace what would otherwise be downloaded -- the pretrained teacher (distilled by
+``tools/distill_teacher.py``, weights in ``assets/teacher``) and the Imagenette penalty images (a few photos in
+``assets/penalty``) -- and drive the training loop ourselves so it can report progress, be cancelled and
+compute the map-normalisation quantiles on held-out GOOD images (anomalib uses its validation split).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
+
+from core.dataset import image_files
+from core.imageio import ImageLoadError, load_image
+from core.preprocess import InputSpec, predict_in_batches, to_tensor
+from core.types import NO_CONTROL, Prediction, TrainControl
+
+KIND = "efficientad"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
+DEFAULT_PENALTY_DIR = ASSETS / "penalty"
+SECONDS_PER_STEP_256 = 1.7  # measured on the 2-core CPU (benchmarks/RESULTS.md); scales with pixels
+
+
+@dataclass(frozen=True)
+class EfficientADConfig:
+    """Settings of an EfficientAD model. ``steps`` is the CPU training budget."""
+
+    height: int = 256
+    width: int = 256
+    steps: int = 1000
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    teacher_path: str = str(DEFAULT_TEACHER)
+    penalty_dir: str = str(DEFAULT_PENALTY_DIR)
+    batch_size: int = 8
+    seed: int = 0
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.height, self.width, normalize=False)
+
+    @property
+    def backbone(self) -> str:
+        return "pdn_small (distilled from tf_efficientnet_lite0)"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> EfficientADConfig:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+
+
+def expected_training_seconds(config: EfficientADConfig) -> float:
+    """Rough wall time of training on this class of CPU (scaled from the measured 256x256 step time)."""
+    return config.steps * SECONDS_PER_STEP_256 * (config.height * config.width) / (256 * 256)
+
+
+def teacher_channels(path: Path) -> int:
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        return int(json.loads(manifest.read_text())["teacher"]["out_channels"])
+    return 152
+
+
+def load_penalty_images(folder: Path, spec: InputSpec) -> torch.Tensor:
+    """Penalty images ``[P, 3, H, W]`` in [0, 1] from ``folder`` (unreadable files are skipped)."""
+    images = []
+    for path in image_files(folder):
+        try:
+            images.append(load_image(path))
+        except ImageLoadError:
+            continue
+    if not images:
+        raise FileNotFoundError(f"expected penalty images in {folder}, found none")
+    return to_tensor(images, spec)
+
+
+class EfficientAD:
+    """An EfficientAD detector (small PDN) for one category."""
+
+    kind = KIND
+
+    def __init__(self, config: EfficientADConfig) -> None:
+        self.config = config
+        teacher_path = Path(config.teacher_path)
+        if not teacher_path.is_file():
+            raise FileNotFoundError(f"expected distilled teacher weights at {teacher_path}, found none "
+                                    "(make them with tools/distill_teacher.py)")
+        self.channels = teacher_channels(teacher_path)
+        self.model = EfficientAdModel(teacher_out_channels=self.channels, model_size=EfficientAdModelSize.S,
+                                      padding=False, pad_maps=True)
+        state = torch.load(teacher_path, map_location="cpu", weights_only=True)
+        self.model.teacher.load_state_dict(state, strict=True)
+        self.model.teacher.eval()
+        for p in self.model.teacher.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    # ----------------------------------------------------------------- training
+    def _teacher_mean_std(self, images: Sequence[np.ndarray]) -> None:
+        spec = self.config.input_spec
+        total = None
+        sq_total = None
+        count = 0
+        with torch.no_grad():
+            for start in range(0, len(images), self.config.batch_size):
+                out = self.model.teacher(to_tensor(images[start:start + self.config.batch_size], spec))
+                s = out.sum(dim=(0, 2, 3))
+                sq = (out ** 2).sum(dim=(0, 2, 3))
+                total = s if total is None else total + s
+                sq_total = sq if sq_total is None else sq_total + sq
+                count += out.shape[0] * out.shape[2] * out.shape[3]
+        mean = total / count
+        std = torch.sqrt((sq_total / count - mean ** 2).clamp_min(1e-12))
+        self.model.mean_std["mean"].data = mean.view(1, -1, 1, 1)
+        self.model.mean_std["std"].data = std.view(1, -1, 1, 1)
+
+    def _set_quantiles(self, images: Sequence[np.ndarray]) -> None:
+        maps_st, maps_ae = [], []
+        with torch.no_grad():
+            for start in range(0, len(images), self.config.batch_size):
+                batch = to_tensor(images[start:start + self.config.batch_size], self.config.input_spec)
+                st, ae = self.model.get_maps(batch, normalize=False)
+                maps_st.append(st.flatten())
+                maps_ae.append(ae.flatten())
+        st_all, ae_all = torch.cat(maps_st), torch.cat(maps_ae)
+        q = {"qa_st": torch.quantile(_reduce(st_all), 0.9), "qb_st": torch.quantile(_reduce(st_all), 0.995),
+             "qa_ae": torch.quantile(_reduce(ae_all), 0.9), "qb_ae": torch.quantile(_reduce(ae_all), 0.995)}
+        for key, value in q.items():
+            self.model.quantiles[key].data = value.clone()
+
+    def fit(self, images: Sequence[np.ndarray], validation: Sequence[np.ndarray],
+            control: TrainControl = NO_CONTROL) -> dict[str, float]:
+        """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images."""
+        if not images:
+            raise ValueError("expected at least one good training image, found none")
+        torch.manual_seed(self.config.seed)
+        rng = random.Random(self.config.seed)
+        spec = self.config.input_spec
+        control.report("teacher statistics", 0.0)
+        self._teacher_mean_std(images)
+        train = to_tensor(images, spec)
+        penalty = load_penalty_images(Path(self.config.penalty_dir), spec)
+        params = list(self.model.student.parameters()) + list(self.model.ae.parameters())
+        optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * self.config.steps)),
+                                                    gamma=0.1)
+        self.model.train()
+        self.model.teacher.eval()
+        t0 = time.perf_counter()
+        losses = []
+        for step in range(self.config.steps):
+            image = train[rng.randrange(train.shape[0])][None]
+            pen = penalty[rng.randrange(penalty.shape[0])][None]
+            if rng.random() < 0.3:
+                pen = pen.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
+            loss_st, loss_ae, loss_stae = self.model(batch=image, batch_imagenet=pen)
+            loss = loss_st + loss_ae + loss_stae
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss))
+            if step % 10 == 0 or step == self.config.steps - 1:
+                control.report(f"step {step + 1}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
+                               0.95 * (step + 1) / self.config.steps)
+        train_seconds = time.perf_counter() - t0
+        self.model.eval()
+        control.report("map normalisation on held-out good images", 0.97)
+        self._set_quantiles(validation if len(validation) else images)
+        control.report("done", 1.0)
+        return {"train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, self.config.steps),
+                "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+
+    # ---------------------------------------------------------------- inference
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw image scores ``[B]`` and anomaly maps ``[B, H, W]`` at model input size."""
+        with torch.inference_mode():
+            out = self.model(batch)
+        return out.pred_score.reshape(-1), out.anomaly_map[:, 0]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
+
+    # ------------------------------------------------------------ persistence
+    def state(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.model.state_dict().items()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        result = self.model.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ValueError(f"expected EfficientAD weights with {self.channels} teacher channels, found "
+                             f"missing {result.missing_keys[:3]} unexpected {result.unexpected_keys[:3]}")
+        self.model.eval()
+
+
+def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:
+    """At most ``limit`` elements (torch.quantile's input limit), sampled with a fixed seed."""
+    if values.numel() <= limit:
+        return values
+    idx = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:limit]
+    return values[idx]

@@ -1,0 +1,185 @@
+"""PatchCore through anomalib, offline, with a fast bounded coreset and a pluggable nearest-neighbour search.
+
+We build anomalib's :class:`PatchcoreModel` with ``pre_trained=False`` (no Hugging Face) and load the
+offline EfficientNet-Lite ImageNet weights into its timm feature extractor. Feature pooling, embedding,
+re-weighted image score and anomaly-map smoothing are anomalib's own; we replace the coreset
+(see :mod:`core.coreset`) and, on the fast path, the exhaustive nearest-neighbour search
+(see :mod:`core.knn`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+
+from core.backbone import load_into_feature_extractor
+from core.coreset import coreset_size, kcenter_greedy
+from core.knn import NearestNeighbourIndex, build_index
+from core.preprocess import InputSpec, batches, predict_in_batches
+from core.types import NO_CONTROL, Prediction, TrainControl
+
+KIND = "patchcore"
+
+
+@dataclass(frozen=True)
+class PatchCoreConfig:
+    """Settings of a PatchCore model. ``search`` is ``"exact"``, ``"hnsw"``, ``"auto"`` or ``"stock"``."""
+
+    backbone: str = "tf_efficientnet_lite0"
+    layers: tuple[str, ...] = ("blocks.2", "blocks.4")
+    height: int = 256
+    width: int = 256
+    input_mode: str = "squash"
+    scale: float = 1.0
+    coreset_ratio: float = 0.01
+    coreset: str = "fast"
+    projection_dim: int = 64
+    num_neighbors: int = 9
+    search: str = "auto"
+    batch_size: int = 16
+    seed: int = 0
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec(self.height, self.width, normalize=True, mode=self.input_mode, scale=self.scale)
+
+    def to_dict(self) -> dict[str, object]:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> PatchCoreConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        values = {k: v for k, v in data.items() if k in known}
+        if "layers" in values:
+            values["layers"] = tuple(values["layers"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class FitReport:
+    num_images: int
+    num_patches: int
+    memory_bank: int
+    embed_seconds: float
+    coreset_seconds: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class PatchCore:
+    """A PatchCore detector for one category. ``embedding_dim`` = sum of the chosen layers' channels."""
+
+    kind = KIND
+
+    def __init__(self, config: PatchCoreConfig) -> None:
+        self.config = config
+        self.model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone, pre_trained=False,
+                                    num_neighbors=config.num_neighbors)
+        load_into_feature_extractor(self.model.feature_extractor.feature_extractor, config.backbone)
+        self.model.eval()
+        self._index: NearestNeighbourIndex | None = None
+
+    # ----------------------------------------------------------------- features
+    def embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """Locally aware patch features ``[B, D, h, w]`` for a normalised batch ``[B, 3, H, W]``."""
+        with torch.inference_mode():
+            features = self.model.feature_extractor(batch)
+            features = {layer: self.model.feature_pooler(f) for layer, f in features.items()}
+            return self.model.generate_embedding(features)
+
+    def pooled_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Global descriptors ``[N, D]`` (spatial mean of the patch features) for similarity search."""
+        out = np.zeros((len(images), self.embedding_dim), dtype=np.float32)
+        for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
+            out[idx] = self.embed(batch).mean(dim=(2, 3)).numpy()
+        return out
+
+    @property
+    def embedding_dim(self) -> int:
+        return int(sum(self.model.feature_extractor.out_dims))
+
+    # ----------------------------------------------------------------- training
+    @property
+    def memory_bank(self) -> torch.Tensor:
+        return self.model.memory_bank
+
+    def set_memory_bank(self, bank: torch.Tensor) -> None:
+        self.model.memory_bank = bank.detach().float().contiguous()
+        self._index = None
+
+    def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
+        """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each)."""
+        if not images:
+            raise ValueError("expected at least one good training image, found none")
+        t0 = time.perf_counter()
+        chunks: list[torch.Tensor] = []
+        done = 0
+        for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
+            control.report(f"extracting features {done}/{len(images)}", 0.5 * done / len(images))
+            chunks.append(PatchcoreModel.reshape_embedding(self.embed(batch)).clone())
+            done += len(idx)
+        features = torch.cat(chunks)
+        del chunks
+        t1 = time.perf_counter()
+        k = coreset_size(features.shape[0], self.config.coreset_ratio)
+
+        def on_progress(done: int, total: int) -> None:
+            control.report(f"coreset {done}/{total}", 0.5 + 0.5 * done / total)
+
+        if self.config.coreset == "stock":
+            from anomalib.models.components import KCenterGreedy
+
+            with torch.no_grad():
+                bank = KCenterGreedy(embedding=features, sampling_ratio=k / features.shape[0]).sample_coreset()
+        elif self.config.coreset == "fast":
+            idx = kcenter_greedy(features, k, self.config.projection_dim, self.config.seed, on_progress)
+            bank = features[idx]
+        else:
+            raise ValueError(f"expected coreset 'fast' or 'stock', found {self.config.coreset!r}")
+        self.set_memory_bank(bank)
+        t2 = time.perf_counter()
+        control.report("memory bank ready", 1.0)
+        return FitReport(len(images), int(features.shape[0]), int(bank.shape[0]), t1 - t0, t2 - t1)
+
+    # ---------------------------------------------------------------- inference
+    def _search_index(self) -> NearestNeighbourIndex:
+        if self._index is None:
+            self._index = build_index(self.model.memory_bank, self.config.search)
+        return self._index
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw image scores ``[B]`` and anomaly maps ``[B, H, W]`` at model input size."""
+        if self.model.memory_bank.numel() == 0:
+            raise RuntimeError("expected a fitted PatchCore model, found an empty memory bank")
+        with torch.inference_mode():
+            if self.config.search == "stock":
+                out = self.model(batch)
+                return out.pred_score.reshape(-1), out.anomaly_map[:, 0]
+            emb = self.embed(batch)
+            b, _, h, w = emb.shape
+            flat = PatchcoreModel.reshape_embedding(emb)
+            distances, locations = self._search_index().search(flat)
+            patch_scores = distances.reshape(b, -1)
+            scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
+            maps = self.model.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), batch.shape[-2:])
+            return scores.reshape(-1), maps[:, 0]
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predictions for uint8 RGB images; maps are resized to each image's original size."""
+        return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
+
+    # ------------------------------------------------------------ persistence
+    def state(self) -> dict[str, torch.Tensor]:
+        return {"memory_bank": self.model.memory_bank.clone()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        bank = state.get("memory_bank")
+        if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or bank.shape[0] == 0:
+            raise ValueError(f"expected a non-empty memory bank [M, D], found {getattr(bank, 'shape', bank)!r}")
+        self.set_memory_bank(bank)

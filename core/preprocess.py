@@ -1,0 +1,103 @@
+"""Image -> model input tensor, and model-size maps -> original-size maps."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from core.types import Prediction
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How images become tensors, scaled to [0, 1] then (if ``normalize``) ImageNet-normalised.
+
+    ``mode="squash"`` resizes every image to ``height x width`` (aspect ratio lost). ``mode="native"``
+    keeps each image's aspect ratio and pixel scale, multiplying both sides by ``scale`` (rounded to a
+    multiple of 8); ``height``/``width`` are then unused. ``normalize=False`` leaves values in [0, 1]
+    (EfficientAD normalises inside its networks).
+    """
+
+    height: int
+    width: int
+    normalize: bool = True
+    mode: str = "squash"
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("squash", "native"):
+            raise ValueError(f"expected input mode 'squash' or 'native', found {self.mode!r}")
+
+    def target_size(self, shape: tuple[int, ...]) -> tuple[int, int]:
+        """(height, width) an image of ``shape`` (H, W, ...) is resized to."""
+        if self.mode == "squash":
+            return self.height, self.width
+        return (max(32, int(round(shape[0] * self.scale / 8)) * 8), max(32, int(round(shape[1] * self.scale / 8)) * 8))
+
+
+def batches(images: Sequence[np.ndarray], spec: InputSpec, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Yield (indices, tensor ``[B, 3, h, w]``) over ``images``; native mode groups images of equal target size."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, image in enumerate(images):
+        groups.setdefault(spec.target_size(image.shape), []).append(i)
+    for idx in groups.values():
+        for start in range(0, len(idx), batch_size):
+            chunk = idx[start:start + batch_size]
+            yield chunk, to_tensor([images[i] for i in chunk], spec)
+
+
+def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
+    """Stack uint8 RGB images ``[H_i, W_i, 3]`` into a float tensor ``[B, 3, h, w]`` (one target size)."""
+    if not images:
+        raise ValueError("expected at least one image, found none")
+    height, width = spec.target_size(images[0].shape)
+    batch = np.empty((len(images), height, width, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected uint8 RGB [H, W, 3], found {image.dtype} {image.shape}")
+        if spec.target_size(image.shape) != (height, width):
+            raise ValueError(f"expected images of one target size {(height, width)}, found {spec.target_size(image.shape)}")
+        if image.shape[:2] == (height, width):
+            batch[i] = image
+        else:
+            batch[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
+    if spec.normalize:
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        tensor = (tensor - mean) / std
+    return tensor.contiguous()
+
+
+def resize_map(anomaly_map: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinearly resize one map ``[h, w]`` to the original image ``shape`` (H, W); returns float32."""
+    tensor = torch.as_tensor(anomaly_map, dtype=torch.float32)
+    if tuple(tensor.shape) == tuple(shape):
+        return tensor.numpy().copy()
+    out = F.interpolate(tensor[None, None], size=shape, mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def predict_in_batches(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                       images: Sequence[np.ndarray], spec: InputSpec, batch_size: int) -> list[Prediction]:
+    """Run ``forward`` (batch -> scores ``[B]``, maps ``[B, h, w]``) over ``images``, in input order.
+
+    Maps are resized to each image's original size; latency is the batch time divided by its size.
+    """
+    results: list[Prediction | None] = [None] * len(images)
+    for idx, batch in batches(images, spec, batch_size):
+        t0 = time.perf_counter()
+        scores, maps = forward(batch)
+        per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
+        for i, score, amap in zip(idx, scores, maps, strict=True):
+            results[i] = Prediction(float(score), resize_map(amap, images[i].shape[:2]), per_image_ms)
+    return [r for r in results if r is not None]

@@ -1,0 +1,103 @@
+"""Similar-image search: pooled patch features of a category's images in a Qdrant collection.
+
+Embedded local mode (a folder on disk) by default; pass a server URL for larger deployments.
+One collection per category (``inspect_<category>``); payloads keep path, split, defect and label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client.http import models as qm
+
+from core.dataset import CategoryData, Sample
+from core.imageio import ImageLoadError, load_image
+from core.types import NO_CONTROL, TrainControl
+
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    similarity: float
+    split: str
+    defect: str
+    label: int
+
+
+def open_client(local_path: str | Path | None = None, url: str | None = None) -> QdrantClient:
+    """A Qdrant client: a server at ``url`` if given, else embedded local mode stored at ``local_path``."""
+    if url:
+        return QdrantClient(url=url, timeout=10)
+    if local_path is None:
+        return QdrantClient(location=":memory:")
+    Path(local_path).mkdir(parents=True, exist_ok=True)
+    return QdrantClient(path=str(local_path))
+
+
+def collection_name(category: str) -> str:
+    return f"inspect_{category}"
+
+
+class SimilarityIndex:
+    """Feature search over one client. ``embed(images) -> [N, D]`` supplies the vectors."""
+
+    def __init__(self, client: QdrantClient) -> None:
+        self.client = client
+
+    def count(self, category: str) -> int:
+        name = collection_name(category)
+        if not self.client.collection_exists(name):
+            return 0
+        return int(self.client.count(name, exact=True).count)
+
+    def build(self, data: CategoryData, embed, control: TrainControl = NO_CONTROL) -> tuple[int, list[str]]:
+        """(Re)index every train and test image of ``data``; returns (indexed, problems)."""
+        samples: list[Sample] = [*data.train, *data.test]
+        name = collection_name(data.name)
+        problems: list[str] = []
+        created = False
+        point_id = 0
+        for start in range(0, len(samples), BATCH):
+            control.report(f"indexing {start}/{len(samples)}", start / max(1, len(samples)))
+            chunk, images = [], []
+            for s in samples[start:start + BATCH]:
+                try:
+                    images.append(load_image(s.path))
+                    chunk.append(s)
+                except ImageLoadError as exc:
+                    problems.append(str(exc))
+            if not images:
+                continue
+            vectors = np.asarray(embed(images), dtype=np.float32)
+            if not created:
+                if self.client.collection_exists(name):
+                    self.client.delete_collection(name)
+                self.client.create_collection(name, vectors_config=qm.VectorParams(size=vectors.shape[1],
+                                                                                   distance=qm.Distance.COSINE))
+                created = True
+            points = [qm.PointStruct(id=point_id + i, vector=v.tolist(),
+                                     payload={"path": str(s.path), "split": s.split, "defect": s.defect, "label": s.label})
+                      for i, (s, v) in enumerate(zip(chunk, vectors, strict=True))]
+            point_id += len(points)
+            self.client.upsert(name, points=points, wait=True)
+        control.report("index ready", 1.0)
+        return point_id, problems
+
+    def query(self, category: str, vector: np.ndarray, k: int) -> list[Hit]:
+        name = collection_name(category)
+        if not self.client.collection_exists(name):
+            raise LookupError(f"expected a similarity index for {category!r}, found none: build it first")
+        result = self.client.query_points(name, query=np.asarray(vector, dtype=np.float32).tolist(), limit=k,
+                                          with_payload=True)
+        return [Hit(p.payload["path"], float(p.score), p.payload["split"], p.payload["defect"], int(p.payload["label"]))
+                for p in result.points]
+
+
+def embed_images(embedder, images: Sequence[np.ndarray]) -> np.ndarray:
+    return embedder.pooled_features(images)

@@ -1,0 +1,80 @@
+"""Compare: PatchCore and EfficientAD side by side on the same images."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core.overlay import overlay
+from core.store import WEIGHTS, ModelStoreError
+from ui import cache, charts
+from ui.inspect_view import display_copy
+from ui.sidebar import KIND_LABELS, sidebar
+
+sel = sidebar()
+st.title("Compare PatchCore and EfficientAD")
+kinds = ("patchcore", "efficientad")
+missing = [KIND_LABELS[k] for k in kinds if k not in sel.trained_kinds]
+if sel.category is None or missing:
+    st.info(f"Comparison needs both models for this category; train {', '.join(missing)} on the **Models** page.")
+    st.stop()
+try:
+    models = {k: cache.load_model(sel.store_path, sel.category, k, cache.model_version(sel.store_path, sel.category, k))
+              for k in kinds}
+except ModelStoreError as exc:
+    st.error(f"Cannot load a model: {exc}")
+    st.stop()
+
+rows = []
+for k, m in models.items():
+    met = m.manifest.get("metrics", {})
+    size_mb = (m.path / WEIGHTS).stat().st_size / 1e6
+    rows.append({"model": KIND_LABELS[k], "image AUROC": met.get("image_auroc"), "pixel AUROC": met.get("pixel_auroc"),
+                 "AUPRO": met.get("aupro"), "F1-max": met.get("f1_max"), "ms/image": met.get("latency_ms_mean"),
+                 "model size MB": round(size_mb, 2), "train s": round(m.manifest.get("train", {}).get("seconds", 0), 1)})
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+frames = {k: cache.eval_images(sel.store_path, sel.category, k, cache.eval_version(sel.store_path, sel.category, k))
+          for k in kinds}
+if all(f is not None for f in frames.values()):
+    a, b = frames["patchcore"], frames["efficientad"]
+    joined = a.merge(b[["path", "score"]], on="path", suffixes=("_a", "_b"))
+    joined["name"] = joined["path"].map(lambda p: f"{Path(p).parent.name}/{Path(p).name}")
+    # rank disagreement: where one model ranks an image as far more anomalous than the other
+    joined["rank_a"] = joined["score_a"].rank(pct=True)
+    joined["rank_b"] = joined["score_b"].rank(pct=True)
+    joined["disagreement"] = (joined["rank_a"] - joined["rank_b"]).abs()
+    st.plotly_chart(charts.compare_scatter(joined, "PatchCore raw score", "EfficientAD raw score"), width="stretch")
+    thr_a, thr_b = models["patchcore"].calibration.image_threshold, models["efficientad"].calibration.image_threshold
+    verdict_a, verdict_b = joined["score_a"] >= thr_a, joined["score_b"] >= thr_b
+    st.caption(f"Verdicts differ on {int((verdict_a != verdict_b).sum())} of {len(joined)} evaluation images at the "
+               f"saved thresholds. Spearman rank correlation "
+               f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.")
+    st.subheader("Where they disagree most")
+    top = joined.sort_values("disagreement", ascending=False).head(10)
+    st.dataframe(top[["name", "defect", "score_a", "score_b", "rank_a", "rank_b", "disagreement"]]
+                 .rename(columns={"score_a": "PatchCore", "score_b": "EfficientAD"}), hide_index=True, width="stretch")
+    default_pick = list(top["name"].head(3))
+    paths = dict(zip(joined["name"], joined["path"], strict=True))
+else:
+    st.info("Evaluate both models (Thresholds page) to see the score scatter and disagreements.")
+    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+    paths = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test}
+    default_pick = list(paths)[:2]
+
+st.subheader("Side by side")
+picked = st.multiselect("Images", list(paths), default=default_pick, max_selections=8)
+opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
+for name in picked:
+    image = cache.image_from_path(paths[name])
+    cols = st.columns(3)
+    cols[0].image(display_copy(image, np.zeros(image.shape[:2], np.float32))[0], caption=name, width="stretch")
+    for col, k in zip(cols[1:], kinds, strict=True):
+        m = models[k]
+        version = cache.model_version(sel.store_path, sel.category, k)
+        score, amap, _ = cache.predict_one(sel.store_path, sel.category, k, version, cache.digest(image), image)
+        small, small_map = display_copy(image, amap)
+        verdict = "DEFECT" if score >= m.calibration.image_threshold else "OK"
+        col.image(overlay(small, small_map, m.calibration, opacity), width="stretch",
+                  caption=f"{KIND_LABELS[k]}: {score:.4f} → {verdict}")

@@ -1,0 +1,106 @@
+"""Models: categories, trained models, and training from the browser."""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from core import detector as det
+from core.efficientad import EfficientADConfig, expected_training_seconds
+from ui import cache
+from ui.jobs import start_job
+from ui.sidebar import KIND_LABELS, sidebar
+
+sel = sidebar()
+st.title("Models")
+st.caption("Train a detector per product category from good images only, then inspect, tune and compare.")
+
+if sel.category is None:
+    st.info("Point the sidebar's **Data root** at a folder of categories to get started.")
+    st.stop()
+
+try:
+    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+except Exception as exc:  # a broken folder must not break the page
+    st.error(f"Cannot read category {sel.category!r}: {exc}")
+    st.stop()
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Good training images", len(data.train))
+c2.metric("Test images", len(data.test))
+c3.metric("Defect types", len(data.defect_types))
+c4.metric("Layout", "MVTec AD" if data.layout == "mvtec" else "plain folder")
+for problem in data.problems[:5]:
+    st.warning(problem)
+
+st.subheader("Trained models")
+records = sel.store.list_models()
+rows = []
+for rec in records:
+    if rec.ok and rec.manifest:
+        m = rec.manifest.get("metrics", {})
+        rows.append({"category": rec.category, "model": KIND_LABELS.get(rec.kind, rec.kind),
+                     "backbone": rec.manifest.get("backbone"), "created": rec.manifest.get("created"),
+                     "train s": round(rec.manifest.get("train", {}).get("seconds", float("nan")), 1),
+                     "image AUROC": m.get("image_auroc"), "pixel AUROC": m.get("pixel_auroc"),
+                     "AUPRO": m.get("aupro"), "F1-max": m.get("f1_max"), "ms/image": m.get("latency_ms_mean")})
+    else:
+        st.error(f"Broken model folder {rec.path}: {rec.error}")
+if rows:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+else:
+    st.info("No models trained yet. Train one below — PatchCore takes well under a minute on the demo data.")
+
+st.subheader(f"Train a model for “{sel.category}”")
+job = st.session_state.get("train_job")
+with st.form("train"):
+    kind = st.selectbox("Model", det.KINDS, index=det.KINDS.index(sel.kind), format_func=KIND_LABELS.get)
+    col1, col2, col3 = st.columns(3)
+    size = col1.select_slider("Input size (px)", options=[128, 160, 192, 224, 256, 320, 384], value=256)
+    ratio = col2.select_slider("PatchCore coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1], value=0.01)
+    steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=1000, step=100)
+    estimate = expected_training_seconds(EfficientADConfig(height=size, width=size, steps=int(steps)))
+    st.caption(f"EfficientAD at {size}px for {int(steps)} steps: about {estimate / 60:.0f} min on a 2-core CPU. "
+               "PatchCore needs one pass over the images plus the coreset.")
+    submitted = st.form_submit_button("Train", type="primary", disabled=bool(job and job.running))
+
+if submitted:
+    settings = {"height": size, "width": size}
+    settings.update({"coreset_ratio": ratio} if kind == "patchcore" else {"steps": int(steps)})
+    store, root, category = sel.store, sel.data_root, sel.category
+
+    def work(control):
+        result = det.train(data, kind, settings, store, control)
+        if data.test:
+            model = det.load(store, category, kind)
+            det.run_evaluation(store, model, data, control)
+        return result
+
+    st.session_state["train_job_seen"] = False
+    st.session_state["train_job"] = start_job(f"{KIND_LABELS[kind]} on {category}", work)
+    st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def progress_panel() -> None:
+    job = st.session_state.get("train_job")
+    if job is None:
+        return
+    if job.running:
+        st.progress(job.fraction, text=f"{job.name}: {job.message}")
+        if st.button("Cancel training", type="secondary"):
+            job.cancel.set()
+    elif job.error:
+        st.error(f"Training failed — {job.error}")
+    elif job.cancelled:
+        st.warning("Training cancelled; nothing was saved.")
+    else:
+        st.success(f"{job.name}: saved to {job.result.path}")
+        if not st.session_state.get("train_job_seen"):
+            st.session_state["train_job_seen"] = True
+            cache.clear_model_caches()
+            time.sleep(0.1)
+            st.rerun(scope="app")
+
+
+progress_panel()

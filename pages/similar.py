@@ -1,0 +1,93 @@
+"""Similar: the k most similar training/test images by pooled patch features, through Qdrant."""
+
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from core.imageio import SUPPORTED_SUFFIXES
+from ui import cache
+from ui.inspect_view import ImageLoadError, decode_upload
+from ui.jobs import start_job
+from ui.sidebar import sidebar
+
+sel = sidebar()
+st.title("Similar images")
+if sel.category is None:
+    st.info("Pick a category in the sidebar.")
+    st.stop()
+settings = sel.settings
+where = f"Qdrant server {settings.qdrant_url}" if settings.qdrant_url else f"embedded Qdrant at `{settings.qdrant_path}`"
+try:
+    index = cache.similarity_index(str(settings.qdrant_path), settings.qdrant_url)
+    indexed = index.count(sel.category)
+except Exception as exc:  # server down, locked folder, ...
+    st.error(f"Vector store unavailable ({where}): {exc}")
+    st.stop()
+data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+extractor = cache.feature_extractor("tf_efficientnet_lite0")
+st.caption(f"{indexed} images indexed in {where}. Features: spatial mean of PatchCore's patch features "
+           "(tf_efficientnet_lite0 blocks 2+4), cosine similarity.")
+
+job = st.session_state.get("index_job")
+if st.button("Build / rebuild the index" if indexed else "Build the index", type="primary" if not indexed else "secondary",
+             disabled=bool(job and job.running)):
+    st.session_state["index_job"] = start_job(f"indexing {sel.category}",
+                                              lambda control: index.build(data, extractor.pooled_features, control))
+    st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def index_progress() -> None:
+    job = st.session_state.get("index_job")
+    if job is None:
+        return
+    if job.running:
+        st.progress(job.fraction, text=job.message)
+    elif job.error:
+        st.error(f"Indexing failed — {job.error}")
+    elif not st.session_state.get("index_job_seen_" + job.name):
+        st.session_state["index_job_seen_" + job.name] = True
+        st.rerun(scope="app")
+
+
+index_progress()
+if not indexed:
+    st.stop()
+
+c1, c2 = st.columns([2, 1])
+upload = c1.file_uploader("Query image", type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
+samples = {f"{s.split}/{s.defect}/{s.path.name}": str(s.path) for s in [*data.test, *data.train]}
+picked = c1.selectbox("…or an image of the category", ["—"] + list(samples))
+k = c2.slider("How many", 1, 24, 8)
+query = None
+try:
+    if upload is not None:
+        query = (upload.name, decode_upload(upload.name, upload.getvalue()))
+    elif picked != "—":
+        query = (picked, cache.image_from_path(samples[picked]))
+except ImageLoadError as exc:
+    st.error(f"Cannot use {exc.source}: {exc.reason}")
+if query is None:
+    st.stop()
+
+name, image = query
+vector = extractor.pooled_features([image])[0]
+hits = index.query(sel.category, vector, k)
+scores = {}
+if sel.kind in sel.trained_kinds:
+    frame = cache.eval_images(sel.store_path, sel.category, sel.kind,
+                              cache.eval_version(sel.store_path, sel.category, sel.kind))
+    if frame is not None:
+        scores = dict(zip(frame["path"], frame["score"], strict=True))
+st.image(image, caption=f"query: {name}", width=260)
+st.dataframe(pd.DataFrame([{"image": f"{h.split}/{h.defect}/{Path(h.path).name}", "similarity": round(h.similarity, 4),
+                            "label": "defect" if h.label else "good", "defect type": h.defect,
+                            "anomaly score": scores.get(h.path)} for h in hits]), hide_index=True, width="stretch")
+cols = st.columns(4)
+for i, h in enumerate(hits):
+    try:
+        cols[i % 4].image(cache.image_from_path(h.path), width="stretch",
+                          caption=f"{h.defect} · {h.similarity:.3f}" + (f" · score {scores[h.path]:.3f}" if h.path in scores else ""))
+    except ImageLoadError as exc:
+        cols[i % 4].warning(f"{exc.source}: {exc.reason}")

@@ -1,0 +1,90 @@
+"""Decoding every kind of image users upload, and refusing broken ones with a clear reason."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core.imageio import ImageLoadError, load_image, load_mask, save_png_atomic
+
+
+def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "fmt", "expected_pixel"),
+    [
+        (lambda: Image.new("L", (5, 4), 200), "PNG", (200, 200, 200)),
+        (lambda: Image.new("RGB", (5, 4), (10, 20, 30)), "PNG", (10, 20, 30)),
+        (lambda: Image.new("RGBA", (5, 4), (10, 20, 30, 0)), "PNG", (10, 20, 30)),  # alpha dropped, colour kept
+        (lambda: Image.new("LA", (5, 4), (77, 128)), "PNG", (77, 77, 77)),
+        (lambda: Image.fromarray(np.full((4, 5), 65535, np.uint16)), "PNG", (255, 255, 255)),  # 16-bit white
+        (lambda: Image.fromarray(np.full((4, 5), 257 * 100, np.uint16)), "PNG", (100, 100, 100)),  # 16-bit gray
+        (lambda: Image.new("RGB", (5, 4), (10, 20, 30)), "BMP", (10, 20, 30)),
+        (lambda: Image.new("RGB", (5, 4), (10, 20, 30)), "TIFF", (10, 20, 30)),
+        (lambda: Image.new("P", (5, 4), 0), "PNG", (0, 0, 0)),
+        (lambda: Image.new("1", (5, 4), 1), "PNG", (255, 255, 255)),
+    ],
+)
+def test_decodes_to_uint8_rgb(make, fmt: str, expected_pixel: tuple[int, int, int]) -> None:
+    array = load_image(_encode(make(), fmt), name=f"x.{fmt.lower()}")
+    assert array.dtype == np.uint8
+    assert array.shape == (4, 5, 3)
+    assert tuple(array[0, 0]) == expected_pixel
+
+
+def test_float_tiff_is_rescaled() -> None:
+    data = np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32)
+    array = load_image(_encode(Image.fromarray(data, mode="F"), "TIFF"))
+    assert array[:, :, 0].tolist() == [[0, 128], [255, 64]]
+
+
+def test_jpeg_close_to_source() -> None:
+    src = np.full((16, 16, 3), (120, 60, 30), np.uint8)
+    array = load_image(_encode(Image.fromarray(src), "JPEG"))
+    assert np.allclose(array.astype(int), src.astype(int), atol=4)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is a text file, not an image", "no image decoder"),
+        (b"%PDF-1.4 not an image", "no image decoder"),
+    ],
+)
+def test_rejects_non_images(data: bytes, reason: str) -> None:
+    with pytest.raises(ImageLoadError, match=reason) as info:
+        load_image(data, name="upload.png")
+    assert info.value.source == "upload.png"
+
+
+def test_rejects_truncated_png() -> None:
+    full = _encode(Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)))
+    with pytest.raises(ImageLoadError, match="damaged or truncated"):
+        load_image(full[: len(full) // 2], name="cut.png")
+
+
+def test_missing_file(tmp_path) -> None:
+    with pytest.raises(ImageLoadError, match="no file"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_mask_resized_nearest(tmp_path) -> None:
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:2, :2] = 255
+    path = save_png_atomic(mask, tmp_path / "m.png")
+    out = load_mask(path, (8, 8))
+    assert out.dtype == bool and out.shape == (8, 8)
+    assert out[:4, :4].all() and not out[4:, :].any() and not out[:, 4:].any()
+
+
+def test_atomic_png_leaves_no_temp(tmp_path) -> None:
+    save_png_atomic(np.zeros((3, 3, 3), np.uint8), tmp_path / "a.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]

@@ -1,0 +1,1 @@
+"""Streamlit glue: settings, caching, the shared sidebar, background jobs and plotly figures."""

@@ -1,0 +1,104 @@
+"""All Streamlit caching in one place: models with ``cache_resource``, results with ``cache_data``.
+
+Cached functions take plain, hashable arguments (paths as strings, a file's mtime to invalidate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import detector as det
+from core.dataset import CategoryData, load_category
+from core.imageio import load_image
+from core.metrics import PixelHistogram
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.similarity import SimilarityIndex, open_client
+from core.store import EVAL_IMAGES, EVAL_PIXELS, WEIGHTS, ModelStore
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else 0.0
+
+
+def model_version(store: str, category: str, kind: str) -> float:
+    """Changes whenever the model folder is rewritten (used as a cache key)."""
+    return _mtime(Path(store) / category / kind / WEIGHTS)
+
+
+@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+def load_model(store: str, category: str, kind: str, version: float) -> det.LoadedModel:
+    return det.load(ModelStore(store), category, kind)
+
+
+@st.cache_resource(show_spinner="Loading feature extractor…")
+def feature_extractor(backbone: str) -> PatchCore:
+    return PatchCore(PatchCoreConfig(backbone=backbone))
+
+
+@st.cache_resource
+def similarity_index(local_path: str, url: str | None) -> SimilarityIndex:
+    return SimilarityIndex(open_client(local_path, url))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def category_data(root: str, category: str, version: float) -> CategoryData:
+    return load_category(root, category)
+
+
+def data_version(root: str, category: str) -> float:
+    base = Path(root) / category
+    return max((_mtime(p) for p in (base / "test", base / "ground_truth", base / "train" / "good")), default=0.0)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def image_from_path(path: str) -> np.ndarray:
+    return load_image(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def predict_one(store: str, category: str, kind: str, version: float, digest: str,
+                _image: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(raw score, map at original size, latency ms); keyed by the image's digest, not its pixels."""
+    model = load_model(store, category, kind, version)
+    pred = model.detector.predict([_image])[0]
+    return pred.score, pred.anomaly_map, pred.latency_ms
+
+
+def digest(data: bytes | np.ndarray) -> str:
+    raw = data if isinstance(data, bytes) else np.ascontiguousarray(data).tobytes()
+    return hashlib.sha1(raw).hexdigest()
+
+
+@st.cache_data(show_spinner=False)
+def eval_images(store: str, category: str, kind: str, version: float) -> pd.DataFrame | None:
+    path = Path(store) / category / kind / EVAL_IMAGES
+    if not path.is_file():
+        return None
+    return pd.read_csv(path)
+
+
+@st.cache_data(show_spinner=False)
+def eval_pixels(store: str, category: str, kind: str, version: float) -> PixelHistogram | None:
+    path = Path(store) / category / kind / EVAL_PIXELS
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        if "edges" not in data:
+            return None
+        return PixelHistogram(data["edges"], data["good"], data["defect"])
+
+
+def eval_version(store: str, category: str, kind: str) -> float:
+    return _mtime(Path(store) / category / kind / EVAL_IMAGES)
+
+
+def clear_model_caches() -> None:
+    load_model.clear()
+    predict_one.clear()
+    eval_images.clear()
+    eval_pixels.clear()

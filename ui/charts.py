@@ -1,0 +1,76 @@
+"""Plotly figures for the pages (no computation beyond arranging already-computed numbers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from core.metrics import Curve
+
+PALETTE = ["#2e7d32", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#00838f", "#ad1457", "#4e342e"]
+LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=40), height=320, template="plotly_white",
+              legend=dict(orientation="h", y=-0.2))
+
+
+def _thin(x: np.ndarray, y: np.ndarray, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+    if len(x) <= limit:
+        return x, y
+    idx = np.unique(np.linspace(0, len(x) - 1, limit).astype(int))
+    return x[idx], y[idx]
+
+
+def roc_figure(curve: Curve, point: tuple[float, float], title: str, auroc: float) -> go.Figure:
+    x, y = _thin(curve.fpr, curve.tpr)
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name=f"ROC (AUROC {auroc:.3f})", line=dict(color="#1565c0")))
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#9e9e9e"),
+                             showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current threshold",
+                             marker=dict(size=12, color="#c62828", symbol="x")))
+    fig.update_layout(title=title, xaxis_title="false positive rate", yaxis_title="true positive rate", **LAYOUT)
+    return fig
+
+
+def pr_figure(curve: Curve, point: tuple[float, float], title: str) -> go.Figure:
+    x, y = _thin(curve.recall, curve.precision)
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="precision-recall", line=dict(color="#6a1b9a")))
+    fig.add_trace(go.Scatter(x=[point[0]], y=[point[1]], mode="markers", name="current threshold",
+                             marker=dict(size=12, color="#c62828", symbol="x")))
+    fig.update_layout(title=title, xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], **LAYOUT)
+    return fig
+
+
+def score_histogram(frame: pd.DataFrame, threshold: float) -> go.Figure:
+    """Histograms of raw image scores per defect type (good first) with the threshold line."""
+    fig = go.Figure()
+    groups = ["good"] + sorted(g for g in frame["defect"].unique() if g != "good")
+    for i, group in enumerate(groups):
+        values = frame.loc[frame["defect"] == group, "score"]
+        if len(values):
+            fig.add_trace(go.Histogram(x=values, name=f"{group} ({len(values)})", opacity=0.6, nbinsx=40,
+                                       marker_color=PALETTE[i % len(PALETTE)]))
+    fig.add_vline(x=threshold, line=dict(color="#000", dash="dash"), annotation_text="threshold")
+    fig.update_layout(barmode="overlay", title="Image scores: good vs each defect type", xaxis_title="raw score",
+                      yaxis_title="images", **LAYOUT)
+    return fig
+
+
+def confusion_figure(counts: dict[str, int]) -> go.Figure:
+    z = [[counts["tn"], counts["fp"]], [counts["fn"], counts["tp"]]]
+    fig = go.Figure(go.Heatmap(z=z, x=["predicted OK", "predicted DEFECT"], y=["truly good", "truly defective"],
+                               text=[[str(v) for v in row] for row in z], texttemplate="%{text}",
+                               colorscale="Blues", showscale=False))
+    fig.update_layout(title="Confusion matrix", **{**LAYOUT, "height": 260})
+    return fig
+
+
+def compare_scatter(frame: pd.DataFrame, x_label: str, y_label: str) -> go.Figure:
+    """One point per image: score of model A (x) against model B (y), coloured by defect type."""
+    fig = go.Figure()
+    groups = ["good"] + sorted(g for g in frame["defect"].unique() if g != "good")
+    for i, group in enumerate(groups):
+        part = frame[frame["defect"] == group]
+        fig.add_trace(go.Scatter(x=part["score_a"], y=part["score_b"], mode="markers", name=group,
+                                 text=part["name"], marker=dict(size=7, color=PALETTE[i % len(PALETTE)], opacity=0.75)))
+    fig.update_layout(title="Scores per image", xaxis_title=x_label, yaxis_title=y_label, **{**LAYOUT, "height": 380})
+    return fig
