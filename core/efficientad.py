@@ -29,6 +29,7 @@ KIND = "efficientad"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
 DEFAULT_PENALTY_DIR = ASSETS / "penalty"
+MIN_SIZE = 256
 SECONDS_PER_STEP_256 = 1.7  # measured on the 2-core CPU (benchmarks/RESULTS.md); scales with pixels
 
 
@@ -45,6 +46,13 @@ class EfficientADConfig:
     penalty_dir: str = str(DEFAULT_PENALTY_DIR)
     batch_size: int = 8
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.height < MIN_SIZE or self.width < MIN_SIZE:
+            raise ValueError(f"expected an EfficientAD input of at least {MIN_SIZE}x{MIN_SIZE} (its autoencoder "
+                             f"downsamples 32x before an 8x8 convolution), found {self.height}x{self.width}")
+        if self.steps < 1:
+            raise ValueError(f"expected at least 1 training step, found {self.steps}")
 
     @property
     def input_spec(self) -> InputSpec:

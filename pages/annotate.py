@@ -51,7 +51,8 @@ with c2:
 with c1:
     background = Image.fromarray(image).resize((cw, ch), Image.BILINEAR)
     result = st_canvas(fill_color="rgba(255, 0, 0, 0.45)", stroke_width=stroke, stroke_color="rgba(255, 0, 0, 0.9)",
-                       background_image=background, height=ch, width=cw, drawing_mode=tool, key=f"canvas-{name}")
+                       background_image=background, height=ch, width=cw, drawing_mode=tool, return_image_data=True,
+                       key=f"canvas-{name}")
 
 drawing = result.image_data if result is not None else None
 painted = drawing is not None and (np.asarray(drawing)[:, :, 3] > 0).any()

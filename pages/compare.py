@@ -9,7 +9,7 @@ import streamlit as st
 from core.overlay import overlay
 from core.store import WEIGHTS, ModelStoreError
 from ui import cache, charts
-from ui.inspect_view import display_copy
+from ui.display import display_image
 from ui.sidebar import KIND_LABELS, sidebar
 
 sel = sidebar()
@@ -69,12 +69,12 @@ opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
 for name in picked:
     image = cache.image_from_path(paths[name])
     cols = st.columns(3)
-    cols[0].image(display_copy(image, np.zeros(image.shape[:2], np.float32))[0], caption=name, width="stretch")
+    small = display_image(image)
+    cols[0].image(small, caption=name, width="stretch")
     for col, k in zip(cols[1:], kinds, strict=True):
         m = models[k]
         version = cache.model_version(sel.store_path, sel.category, k)
         score, amap, _ = cache.predict_one(sel.store_path, sel.category, k, version, cache.digest(image), image)
-        small, small_map = display_copy(image, amap)
         verdict = "DEFECT" if score >= m.calibration.image_threshold else "OK"
-        col.image(overlay(small, small_map, m.calibration, opacity), width="stretch",
+        col.image(overlay(small, amap, m.calibration, opacity), width="stretch",
                   caption=f"{KIND_LABELS[k]}: {score:.4f} → {verdict}")

@@ -9,7 +9,7 @@ from core.imageio import SUPPORTED_SUFFIXES
 from core.overlay import COLORMAPS, png_bytes
 from core.store import ModelStoreError
 from ui import cache
-from ui.inspect_view import ImageLoadError, decode_upload, display_copy, render_overlay, score_image
+from ui.inspect_view import ImageLoadError, decode_upload, display_image, render_overlay, score_image
 from ui.sidebar import KIND_LABELS, sidebar
 
 sel = sidebar()
@@ -86,7 +86,7 @@ for r in results:
     st.markdown(f"#### {r.name} — {badge} · score {r.score:.4f} (threshold {cal.image_threshold:.4f})")
     shown = render_overlay(r, cal, opacity, cmap, show_contour)
     c1, c2 = st.columns(2)
-    c1.image(display_copy(r.image, r.anomaly_map)[0], caption="image", width="stretch")
+    c1.image(display_image(r.image), caption="image", width="stretch")
     c2.image(shown, caption="heatmap overlay", width="stretch")
     st.download_button("Download overlay PNG", png_bytes(shown), file_name=f"{Path(r.name).stem}_overlay.png",
                        mime="image/png", key=f"dl-{r.name}")

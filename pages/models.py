@@ -54,9 +54,11 @@ else:
 st.subheader(f"Train a model for “{sel.category}”")
 job = st.session_state.get("train_job")
 with st.form("train"):
-    kind = st.selectbox("Model", det.KINDS, index=det.KINDS.index(sel.kind), format_func=KIND_LABELS.get)
+    kind = st.selectbox("Model", det.KINDS, index=det.KINDS.index(sel.kind), format_func=KIND_LABELS.get,
+                        key="train_kind")
     col1, col2, col3 = st.columns(3)
-    size = col1.select_slider("Input size (px)", options=[128, 160, 192, 224, 256, 320, 384], value=256)
+    size = col1.select_slider("Input size (px)", options=[128, 160, 192, 224, 256, 320, 384], value=256,
+                              help="EfficientAD needs at least 256 px.")
     ratio = col2.select_slider("PatchCore coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1], value=0.01)
     steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=1000, step=100)
     estimate = expected_training_seconds(EfficientADConfig(height=size, width=size, steps=int(steps)))

@@ -58,7 +58,7 @@ if not indexed:
 c1, c2 = st.columns([2, 1])
 upload = c1.file_uploader("Query image", type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
 samples = {f"{s.split}/{s.defect}/{s.path.name}": str(s.path) for s in [*data.test, *data.train]}
-picked = c1.selectbox("…or an image of the category", ["—"] + list(samples))
+picked = c1.selectbox("…or an image of the category", ["—"] + list(samples), key="similar_pick")
 k = c2.slider("How many", 1, 24, 8)
 query = None
 try:

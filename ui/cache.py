@@ -19,6 +19,7 @@ from core.metrics import PixelHistogram
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.similarity import SimilarityIndex, open_client
 from core.store import EVAL_IMAGES, EVAL_PIXELS, WEIGHTS, ModelStore
+from ui.display import display_map
 
 
 def _mtime(path: Path) -> float:
@@ -63,10 +64,14 @@ def image_from_path(path: str) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=512)
 def predict_one(store: str, category: str, kind: str, version: float, digest: str,
                 _image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """(raw score, map at original size, latency ms); keyed by the image's digest, not its pixels."""
+    """(raw score, map at display size, latency ms); keyed by the image's digest, not its pixels.
+
+    The map is the model's map at the original image size, downscaled only if the image is larger than
+    the display limit (so huge uploads do not fill the cache).
+    """
     model = load_model(store, category, kind, version)
     pred = model.detector.predict([_image])[0]
-    return pred.score, pred.anomaly_map, pred.latency_ms
+    return pred.score, display_map(pred.anomaly_map), pred.latency_ms
 
 
 def digest(data: bytes | np.ndarray) -> str:

@@ -1,0 +1,192 @@
+"""Every page in AppTest with small trained models; uploads of awkward files; thresholds drive verdicts."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+
+
+@pytest.fixture()
+def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    store = tmp_path / "models"
+    shutil.copytree(trained_store, store)
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    monkeypatch.setenv("INSPECT_DATA_ROOT", str(data))
+    monkeypatch.setenv("INSPECT_MODEL_STORE", str(store))
+    monkeypatch.delenv("QDRANT_URL", raising=False)
+    return store
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(f"pages/{name}.py")
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def png(array: np.ndarray, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [e.value for e in at.error] + [c.value for c in at.caption]
+    parts += [s.value for s in at.success] + [i.value for i in at.info] + [w.value for w in at.warning]
+    return "\n".join(str(p) for p in parts)
+
+
+def test_models_page_lists_models(env: Path) -> None:
+    at = page("models")
+    assert at.title[0].value == "Models"
+    table = at.dataframe[0].value
+    assert set(table["model"]) == {"PatchCore", "EfficientAD"}
+    assert table["image AUROC"].notna().all()
+
+
+def test_models_page_reports_broken_model_and_stays_usable(env: Path) -> None:
+    (env / "demo_metal" / "patchcore" / "manifest.json").write_text("{broken")
+    at = page("models")
+    assert any("Broken model folder" in e.value for e in at.error)
+    assert at.button  # the training form is still there
+
+
+def test_train_from_the_browser(env: Path) -> None:
+    shutil.rmtree(env / "demo_metal" / "patchcore")
+    at = page("models")
+    at.selectbox(key="train_kind").set_value("patchcore")
+    next(b for b in at.button if b.label == "Train").click()
+    at.run()
+    job = at.session_state["train_job"]
+    job.thread.join(timeout=300)
+    assert job.done and job.error is None, job.error
+    at.run()
+    assert (env / "demo_metal" / "patchcore" / "weights.pt").is_file()
+    assert not at.exception
+
+
+def test_empty_store_is_usable(env: Path) -> None:
+    shutil.rmtree(env)
+    for name in ("models", "inspect", "thresholds", "compare", "similar", "annotate"):
+        at = page(name)
+        assert not at.exception
+
+
+def _pick_all_test_images(at: AppTest) -> AppTest:
+    options = at.multiselect[0].options
+    at.multiselect[0].set_value(options[:6] + options[-4:])
+    at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def test_inspect_picked_images(env: Path) -> None:
+    at = _pick_all_test_images(page("inspect"))
+    table = at.dataframe[0].value
+    assert len(table) == 10
+    assert set(table["verdict"]) <= {"OK", "DEFECT"}
+    assert len(at.get("download_button")) == 11  # CSV + one overlay per image
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "expect_error"),
+    [
+        ("notes.png", b"just some text", "no image decoder"),
+        ("cut.png", png(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))[:300], "truncated"),
+        ("deep.png", png(np.full((60, 70), 30000, np.uint16)), None),
+        ("alpha.png", png(np.full((60, 70, 4), 128, np.uint8), "RGBA"), None),
+        ("huge.png", png(np.full((6000, 6000), 140, np.uint8)), None),
+    ],
+)
+def test_inspect_uploads(env: Path, name: str, data: bytes, expect_error: str | None) -> None:
+    at = page("inspect")
+    at.file_uploader[0].set_value((name, data, "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    if expect_error:
+        assert any(name in e.value and expect_error in e.value for e in at.error)
+    else:
+        table = at.dataframe[0].value
+        assert list(table["image"]) == [name]
+        assert np.isfinite(table["score"]).all()
+
+
+def test_threshold_change_changes_verdicts(env: Path) -> None:
+    at = page("thresholds")
+    assert len(at.get("plotly_chart")) >= 5
+    slider = at.slider[0]
+    slider.set_value(slider.max)  # nothing is above the maximum threshold
+    at.run()
+    flagged = [m for m in at.metric if m.label == "Flagged"][0].value
+    assert flagged.startswith("0 /")
+    next(b for b in at.button if b.label == "Save thresholds with the model").click()
+    at.run()
+    assert not at.exception
+    inspect = _pick_all_test_images(page("inspect"))
+    assert set(inspect.dataframe[0].value["verdict"]) == {"OK"}
+
+    at = page("thresholds")
+    at.slider[0].set_value(at.slider[0].min)
+    at.run()
+    next(b for b in at.button if b.label == "Save thresholds with the model").click()
+    at.run()
+    inspect = _pick_all_test_images(page("inspect"))
+    assert set(inspect.dataframe[0].value["verdict"]) == {"DEFECT"}
+
+
+def test_thresholds_set_by_recall(env: Path) -> None:
+    at = page("thresholds")
+    next(b for b in at.button if b.label == "Set by recall").click()
+    at.run()
+    recall = float([m for m in at.metric if m.label == "Recall"][0].value)
+    assert recall >= 0.95
+
+
+def test_compare_page(env: Path) -> None:
+    at = page("compare")
+    metrics = at.dataframe[0].value
+    assert list(metrics["model"]) == ["PatchCore", "EfficientAD"]
+    assert (metrics["model size MB"] > 0).all()
+    assert len(at.get("plotly_chart")) == 1
+    assert len(at.dataframe) == 2  # metrics + disagreements
+    assert len(at.get("image")) >= 3  # original + two overlays for each picked image
+
+
+def test_similar_page_builds_index_and_queries(env: Path) -> None:
+    at = page("similar")
+    next(b for b in at.button if "Build" in b.label).click()
+    at.run()
+    job = at.session_state["index_job"]
+    job.thread.join(timeout=300)
+    assert job.error is None, job.error
+    at.run()
+    options = at.selectbox(key="similar_pick").options
+    query = next(o for o in options if o.startswith("test/scratch/"))
+    at.selectbox(key="similar_pick").set_value(query)
+    at.run()
+    assert not at.exception, at.exception
+    hits = at.dataframe[0].value
+    assert len(hits) == 8
+    assert hits["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)  # the query itself is indexed
+    assert hits["image"].iloc[0].endswith(query.split("/")[-1])
+
+
+def test_annotate_page_renders_canvas(env: Path) -> None:
+    at = page("annotate")
+    at.file_uploader[0].set_value(("part.png", png(np.full((40, 50, 3), 90, np.uint8)), "image/png"))
+    at.run()
+    assert not at.exception, at.exception
+    save = next(b for b in at.button if b.label == "Save as ground truth")
+    assert save.disabled  # nothing drawn yet

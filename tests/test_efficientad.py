@@ -1,0 +1,75 @@
+"""EfficientAD offline: shipped teacher and penalty images, round trip, map sizes, clear config errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import detector as det
+from core.efficientad import DEFAULT_PENALTY_DIR, DEFAULT_TEACHER, EfficientAD, EfficientADConfig, load_penalty_images
+from core.imageio import load_image
+from core.preprocess import InputSpec
+from core.store import ModelStore
+from tests.conftest import rgb
+
+
+def test_teacher_ships_with_a_manifest() -> None:
+    manifest = json.loads((DEFAULT_TEACHER.parent / "manifest.json").read_text())
+    assert manifest["script"] == "tools/distill_teacher.py"
+    assert manifest["steps"] > 0 and manifest["loss_last_50"] < manifest["loss_first_50"]
+    state = torch.load(DEFAULT_TEACHER, map_location="cpu", weights_only=True)
+    assert state["conv4.weight"].shape[0] == manifest["teacher"]["out_channels"]
+
+
+def test_penalty_images_ship_with_the_project() -> None:
+    penalty = load_penalty_images(DEFAULT_PENALTY_DIR, InputSpec(256, 256, normalize=False))
+    assert penalty.shape[0] >= 10 and penalty.shape[1:] == (3, 256, 256)
+    assert 0.0 <= float(penalty.min()) and float(penalty.max()) <= 1.0
+
+
+def test_round_trip_and_sizes(trained_store: Path, demo_root: Path) -> None:
+    store = ModelStore(trained_store)
+    a = det.load(store, "demo_metal", "efficientad")
+    b = det.load(store, "demo_metal", "efficientad")
+    images = [load_image(p) for p in sorted((demo_root / "demo_metal" / "test" / "spot").glob("*.png"))[:2]]
+    images.append(rgb(300, 180))
+    for pa, pb, image in zip(a.detector.predict(images), b.detector.predict(images), images, strict=True):
+        assert pa.score == pb.score and np.array_equal(pa.anomaly_map, pb.anomaly_map)
+        assert pa.anomaly_map.shape == image.shape[:2]
+    q = a.detector.model.quantiles
+    assert float(q["qb_st"]) > float(q["qa_st"])  # normalisation quantiles were fitted
+    assert a.manifest["train"]["seconds_per_step"] > 0
+
+
+def test_training_reports_progress_and_cancels() -> None:
+    import threading
+
+    from core.types import TrainControl, TrainingCancelled
+
+    seen: list[float] = []
+    cancel = threading.Event()
+
+    def progress(message: str, fraction: float) -> None:
+        seen.append(fraction)
+        if "step" in message:
+            cancel.set()
+
+    model = EfficientAD(EfficientADConfig(steps=50))
+    with pytest.raises(TrainingCancelled):
+        model.fit([rgb(64, 64, seed=i) for i in range(2)], [], TrainControl(progress=progress, cancel=cancel))
+    assert seen and max(seen) < 0.5
+
+
+@pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1")])
+def test_bad_config(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        EfficientADConfig(**settings)
+
+
+def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="distill_teacher"):
+        EfficientAD(EfficientADConfig(teacher_path=str(tmp_path / "none.pth")))

@@ -1,0 +1,106 @@
+"""PatchCore: fit -> save -> load -> predict round trip, map sizes, fast and stock paths agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from core import detector as det
+from core.dataset import load_category
+from core.imageio import load_image
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.store import ModelStore
+from tests.conftest import PATCHCORE_TEST_SETTINGS, rgb
+
+
+@pytest.fixture(scope="module")
+def fitted(demo_root: Path) -> PatchCore:
+    data = load_category(demo_root, "demo_metal")
+    model = PatchCore(PatchCoreConfig.from_dict(PATCHCORE_TEST_SETTINGS))
+    model.fit([load_image(s.path) for s in data.train])
+    return model
+
+
+def test_defects_score_higher(fitted: PatchCore, demo_root: Path) -> None:
+    data = load_category(demo_root, "demo_metal")
+    preds = fitted.predict([load_image(s.path) for s in data.test])
+    good = [p.score for p, s in zip(preds, data.test, strict=True) if s.label == 0]
+    bad = [p.score for p, s in zip(preds, data.test, strict=True) if s.label == 1]
+    assert np.mean(bad) > np.mean(good)
+    assert np.median(bad) > max(good) * 0.9
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (50, 130), (301, 77)])
+def test_map_has_original_size(fitted: PatchCore, shape: tuple[int, int]) -> None:
+    pred = fitted.predict([rgb(*shape)])[0]
+    assert pred.anomaly_map.shape == shape
+    assert pred.anomaly_map.dtype == np.float32 and np.isfinite(pred.anomaly_map).all()
+
+
+def test_fast_search_equals_stock_anomalib_forward(fitted: PatchCore) -> None:
+    images = [rgb(64, 64, seed=i) for i in range(3)]
+    stock = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "search": "stock"}))
+    stock.load_state(fitted.state())
+    fast = [p for p in fitted.predict(images)]
+    ref = [p for p in stock.predict(images)]
+    for a, b in zip(fast, ref, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-4, abs=1e-5)
+        assert np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-4, atol=1e-4)
+
+
+def test_hnsw_close_to_exact(fitted: PatchCore) -> None:
+    images = [rgb(64, 64, seed=i) for i in range(2)]
+    approx = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "search": "hnsw"}))
+    approx.load_state(fitted.state())
+    for a, b in zip(fitted.predict(images), approx.predict(images), strict=True):
+        assert b.score == pytest.approx(a.score, rel=0.05)
+
+
+def test_native_mode_keeps_aspect(demo_root: Path) -> None:
+    cfg = PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "input_mode": "native", "scale": 0.5})
+    model = PatchCore(cfg)
+    model.fit([rgb(64, 96, seed=i) for i in range(4)])
+    pred = model.predict([rgb(80, 120, seed=9), rgb(64, 96, seed=10)])
+    assert [p.anomaly_map.shape for p in pred] == [(80, 120), (64, 96)]
+
+
+def test_stock_coreset_path_runs(demo_root: Path) -> None:
+    cfg = PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "coreset": "stock"})
+    model = PatchCore(cfg)
+    report = model.fit([rgb(64, 64, seed=i) for i in range(3)])
+    assert report.memory_bank == round(report.num_patches * cfg.coreset_ratio)
+
+
+def test_round_trip_identical_scores(demo_root: Path, tmp_path: Path) -> None:
+    data = load_category(demo_root, "demo_metal")
+    store = ModelStore(tmp_path)
+    result = det.train(data, "patchcore", PATCHCORE_TEST_SETTINGS, store)
+    assert (result.path / "manifest.json").is_file()
+    images = [load_image(s.path) for s in data.test[:4]]
+    first = det.load(store, "demo_metal", "patchcore")
+    again = det.load(store, "demo_metal", "patchcore")
+    for a, b in zip(first.detector.predict(images), again.detector.predict(images), strict=True):
+        assert a.score == b.score
+        assert np.array_equal(a.anomaly_map, b.anomaly_map)
+    manifest = first.manifest
+    assert manifest["category"] == "demo_metal" and manifest["kind"] == "patchcore"
+    assert manifest["backbone"] == "tf_efficientnet_lite0" and manifest["layers"] == ["blocks.2", "blocks.4"]
+    assert manifest["data"]["num_holdout_images"] == 2 and manifest["data"]["num_train_images"] == 14
+    assert "held-out" in first.calibration.source
+    assert set(manifest["versions"]) >= {"torch", "anomalib", "timm"}
+
+
+def test_pooled_features_shape(fitted: PatchCore) -> None:
+    feats = fitted.pooled_features([rgb(64, 64), rgb(70, 40)])
+    assert feats.shape == (2, 152) and feats.dtype == np.float32
+
+
+def test_empty_bank_refuses_to_predict() -> None:
+    model = PatchCore(PatchCoreConfig.from_dict(PATCHCORE_TEST_SETTINGS))
+    with pytest.raises(RuntimeError, match="empty memory bank"):
+        model.predict([rgb(64, 64)])
+    with pytest.raises(ValueError, match="memory bank"):
+        model.load_state({"memory_bank": torch.empty(0)})
