@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Set up (first run only) and run the whole test suite, the real-browser test included.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
+fi
+export HF_HUB_OFFLINE=1
+exec .venv/bin/python -m pytest -q "$@"

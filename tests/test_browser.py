@@ -1,0 +1,78 @@
+"""One real-browser smoke test: the server starts, an upload in headless Chromium shows a score."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"expected the app at {url} within {timeout}s, found no answer")
+
+
+@pytest.fixture()
+def server(demo_root: Path, trained_store: Path, tmp_path: Path):
+    store = tmp_path / "models"
+    shutil.copytree(trained_store, store)
+    port = _free_port()
+    env = {**os.environ, "INSPECT_DATA_ROOT": str(demo_root), "INSPECT_MODEL_STORE": str(store), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
+                             "--server.address", "127.0.0.1", "--server.headless", "true"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", 90)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
+def test_upload_shows_score(server: str, demo_root: Path, tmp_path: Path) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = demo_root / "demo_metal" / "test" / "spot" / "000.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server}/inspect", wait_until="domcontentloaded")
+        page.get_by_text("Drop images here").first.wait_for(timeout=90_000)
+        page.locator("input[type=file]").first.set_input_files(str(image))
+        heading = page.get_by_text(re.compile(r"000\.png — .* score \d+\.\d{4}")).first
+        heading.wait_for(timeout=90_000)
+        text = heading.inner_text()
+        assert re.search(r"score \d+\.\d{4} \(threshold \d+\.\d{4}\)", text), text
+        assert "OK" in text or "DEFECT" in text
+        page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
+        browser.close()
+    assert (tmp_path / "inspect.png").stat().st_size > 10_000
