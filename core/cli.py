@@ -77,7 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(json.dumps({"overall": result.overall, "per_defect": result.per_defect}, indent=2, default=float))
     for p in result.problems:
         print(f"problem: {p}", file=sys.stderr)
-    return 1 if any("unreadable" in p or "damaged" in p or "no image decoder" in p for p in result.problems) else 0
+    return 1 if result.unreadable else 0
 
 
 def _expand(paths: list[Path]) -> list[Path]:

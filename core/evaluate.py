@@ -36,6 +36,7 @@ class EvaluationResult:
     images: tuple[ImageResult, ...]
     pixel_histogram: metrics.PixelHistogram | None
     problems: tuple[str, ...] = field(default_factory=tuple)
+    unreadable: tuple[str, ...] = field(default_factory=tuple)
 
     def to_json(self) -> dict[str, Any]:
         return {"overall": self.overall, "per_defect": self.per_defect, "num_images": len(self.images),
@@ -93,7 +94,7 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
     samples: list[Sample] = []
     preds: list[Prediction] = []
     masks: list[np.ndarray | None] = []
-    problems: list[str] = list(data.problems)
+    unreadable: list[str] = []
     test = list(data.test)
     if not test:
         raise ValueError(f"expected test images under {data.root / data.name / 'test'}, found none")
@@ -105,7 +106,7 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
                 images.append(load_image(s.path))
                 chunk.append(s)
             except ImageLoadError as exc:
-                problems.append(str(exc))
+                unreadable.append(str(exc))
         if not images:
             continue
         for s, image, p in zip(chunk, images, detector.predict(images), strict=True):
@@ -117,7 +118,7 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
                 try:
                     masks.append(load_mask(s.mask_path, image.shape[:2]))
                 except ImageLoadError as exc:
-                    problems.append(str(exc))
+                    unreadable.append(str(exc))
                     masks.append(None)
             else:
                 masks.append(None)
@@ -146,4 +147,4 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
         hist = metrics.pixel_histogram([masks[i] for i in with_mask], [preds[i].anomaly_map for i in with_mask])
     rows = tuple(ImageResult(str(s.path), s.defect, s.label, p.score, p.latency_ms) for s, p in zip(samples, preds, strict=True))
     control.report("evaluation done", 1.0)
-    return EvaluationResult(overall, per_defect, rows, hist, tuple(problems))
+    return EvaluationResult(overall, per_defect, rows, hist, tuple(data.problems) + tuple(unreadable), tuple(unreadable))

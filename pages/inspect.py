@@ -7,22 +7,13 @@ import streamlit as st
 
 from core.imageio import SUPPORTED_SUFFIXES
 from core.overlay import COLORMAPS, png_bytes
-from core.store import ModelStoreError
 from ui import cache
 from ui.inspect_view import ImageLoadError, decode_upload, display_image, render_overlay, score_image
-from ui.sidebar import KIND_LABELS, sidebar
+from ui.sidebar import require_model, sidebar
 
 sel = sidebar()
 st.title("Inspect")
-if sel.category is None or sel.kind not in sel.trained_kinds:
-    st.info(f"Train a {KIND_LABELS[sel.kind]} model for this category on the **Models** page first.")
-    st.stop()
-try:
-    model = cache.load_model(sel.store_path, sel.category, sel.kind,
-                             cache.model_version(sel.store_path, sel.category, sel.kind))
-except ModelStoreError as exc:
-    st.error(f"Cannot load the model: {exc}")
-    st.stop()
+model = require_model(sel)
 cal = model.calibration
 
 left, right = st.columns([2, 1])

@@ -5,21 +5,12 @@ import streamlit as st
 
 from core import detector as det
 from core import metrics
-from core.store import ModelStoreError
 from ui import cache, charts
-from ui.sidebar import KIND_LABELS, sidebar
+from ui.sidebar import require_model, sidebar
 
 sel = sidebar()
 st.title("Thresholds")
-if sel.category is None or sel.kind not in sel.trained_kinds:
-    st.info(f"Train a {KIND_LABELS[sel.kind]} model for this category on the **Models** page first.")
-    st.stop()
-try:
-    model = cache.load_model(sel.store_path, sel.category, sel.kind,
-                             cache.model_version(sel.store_path, sel.category, sel.kind))
-except ModelStoreError as exc:
-    st.error(f"Cannot load the model: {exc}")
-    st.stop()
+model = require_model(sel)
 
 ev = cache.eval_version(sel.store_path, sel.category, sel.kind)
 frame = cache.eval_images(sel.store_path, sel.category, sel.kind, ev)

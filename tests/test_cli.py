@@ -73,3 +73,21 @@ def test_module_entry_point_offline(demo_root: Path, tmp_path: Path) -> None:
     assert "[100%]" in proc.stderr
     assert not (tmp_path / "cache" / "huggingface").exists()
     assert io.StringIO(proc.stdout).read().strip().startswith("{")
+
+
+def test_evaluate_names_unreadable_test_image(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    broken = root / "demo_metal" / "test" / "good" / "001.png"
+    broken.write_bytes(broken.read_bytes()[:100])
+    store = tmp_path / "m"
+    assert main(["train", "--data", str(root), "--category", "demo_metal", "--store", str(store),
+                 "--image-size", "64", "64", "--coreset-ratio", "0.1"]) == 0
+    code = main(["evaluate", "--data", str(root), "--category", "demo_metal", "--store", str(store)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "001.png" in err and "truncated" in err
+    evaluation = __import__("json").loads((store / "demo_metal" / "patchcore" / "evaluation.json").read_text())
+    assert evaluation["overall"]["num_good"] == 5  # six good test images, one unreadable

@@ -10,7 +10,9 @@ import streamlit as st
 from core.dataset import DatasetError, list_categories
 from core.demo import DEMO_CATEGORY, make_demo_dataset
 from core.detector import KINDS
-from core.store import ModelStore
+from core.detector import LoadedModel
+from core.store import ModelStore, ModelStoreError
+from ui import cache
 from ui.settings import AppSettings, load_settings
 
 KIND_LABELS = {"patchcore": "PatchCore", "efficientad": "EfficientAD"}
@@ -63,3 +65,16 @@ def sidebar() -> Selection:
                         + ("" if k in trained else " (not trained)"))
         st.caption(f"Models: `{settings.model_store}`")
     return Selection(settings, root, category, kind, trained)
+
+
+def require_model(sel: Selection) -> LoadedModel:
+    """The selected category's model of the selected kind, or a friendly message and ``st.stop()``."""
+    if sel.category is None or sel.kind not in sel.trained_kinds:
+        st.info(f"Train a {KIND_LABELS[sel.kind]} model for this category on the **Models** page first.")
+        st.stop()
+    try:
+        return cache.load_model(sel.store_path, sel.category, sel.kind,
+                                cache.model_version(sel.store_path, sel.category, sel.kind))
+    except ModelStoreError as exc:
+        st.error(f"Cannot load the model: {exc}")
+        st.stop()

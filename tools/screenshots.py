@@ -1,0 +1,70 @@
+"""Capture dashboard screenshots into docs/ with headless Debian Chromium (Playwright).
+
+    python tools/screenshots.py --data demo_data --store models
+
+Starts the app on a free port, opens Inspect (one uploaded test image), Thresholds and Compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=ROOT / "demo_data")
+    parser.add_argument("--store", type=Path, default=ROOT / "models")
+    parser.add_argument("--image", type=Path, default=ROOT / "demo_data" / "demo_metal" / "test" / "scratch" / "002.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "INSPECT_DATA_ROOT": str(args.data.resolve()), "INSPECT_MODEL_STORE": str(args.store.resolve())}
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+                             "--server.headless", "true"], cwd=ROOT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{url}/_stcore/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        args.out.mkdir(exist_ok=True)
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+            page = browser.new_page(viewport={"width": 1500, "height": 1100})
+            page.goto(f"{url}/inspect")
+            page.get_by_text("Drop images here").first.wait_for(timeout=120_000)
+            page.locator("input[type=file]").first.set_input_files(str(args.image))
+            page.get_by_text("heatmap overlay").first.wait_for(timeout=120_000)
+            time.sleep(2)
+            page.screenshot(path=str(args.out / "inspect.png"), full_page=True)
+            for name, marker in (("thresholds", "Image ROC"), ("compare", "Side by side")):
+                page.goto(f"{url}/{name}")
+                page.get_by_text(marker).first.wait_for(timeout=120_000)
+                time.sleep(4)
+                page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
