@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -55,7 +55,7 @@ class PatchCoreConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PatchCoreConfig:
-        known = {f for f in cls.__dataclass_fields__}
+        known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         if "layers" in values:
             values["layers"] = tuple(values["layers"])  # type: ignore[arg-type]
@@ -69,7 +69,6 @@ class FitReport:
     memory_bank: int
     embed_seconds: float
     coreset_seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class PatchCore:

@@ -23,7 +23,7 @@ class InputSpec:
 
     ``mode="squash"`` resizes every image to ``height x width`` (aspect ratio lost). ``mode="native"``
     keeps each image's aspect ratio and pixel scale, multiplying both sides by ``scale`` (rounded to a
-    multiple of 8); ``height``/``width`` are then unused. ``normalize=False`` leaves values in [0, 1]
+    multiple of 8, and capped so the long side stays within ``max_side``); ``height``/``width`` are then unused. ``normalize=False`` leaves values in [0, 1]
     (EfficientAD normalises inside its networks).
     """
 
@@ -32,6 +32,7 @@ class InputSpec:
     normalize: bool = True
     mode: str = "squash"
     scale: float = 1.0
+    max_side: int = 1024
 
     def __post_init__(self) -> None:
         if self.mode not in ("squash", "native"):
@@ -41,7 +42,8 @@ class InputSpec:
         """(height, width) an image of ``shape`` (H, W, ...) is resized to."""
         if self.mode == "squash":
             return self.height, self.width
-        return (max(32, int(round(shape[0] * self.scale / 8)) * 8), max(32, int(round(shape[1] * self.scale / 8)) * 8))
+        scale = min(self.scale, self.max_side / max(shape[0], shape[1]))
+        return (max(32, int(round(shape[0] * scale / 8)) * 8), max(32, int(round(shape[1] * scale / 8)) * 8))
 
 
 def batches(images: Sequence[np.ndarray], spec: InputSpec, batch_size: int) -> Iterator[tuple[list[int], torch.Tensor]]:

@@ -104,3 +104,15 @@ def test_empty_bank_refuses_to_predict() -> None:
         model.predict([rgb(64, 64)])
     with pytest.raises(ValueError, match="memory bank"):
         model.load_state({"memory_bank": torch.empty(0)})
+
+
+@pytest.mark.parametrize(
+    ("mode", "shape", "expected"),
+    [("squash", (600, 400), (64, 64)), ("native", (100, 300), (48, 152)), ("native", (4000, 2000), (512, 256)),
+     ("native", (20, 20), (32, 32))],
+)
+def test_input_target_size(mode: str, shape: tuple[int, int], expected: tuple[int, int]) -> None:
+    from core.preprocess import InputSpec
+
+    spec = InputSpec(64, 64, mode=mode, scale=0.5, max_side=512)
+    assert spec.target_size(shape) == expected
