@@ -181,7 +181,7 @@ class EfficientAD:
             loss.backward()
             optimizer.step()
             scheduler.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if step % 10 == 0 or step == self.config.steps - 1:
                 control.report(f"step {step + 1}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
                                0.95 * (step + 1) / self.config.steps)

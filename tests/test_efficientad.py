@@ -55,13 +55,12 @@ def test_training_reports_progress_and_cancels() -> None:
 
     def progress(message: str, fraction: float) -> None:
         seen.append(fraction)
-        if "step" in message:
-            cancel.set()
+        cancel.set()  # cancel as soon as training reports anything: the next report must raise
 
     model = EfficientAD(EfficientADConfig(steps=50))
     with pytest.raises(TrainingCancelled):
         model.fit([rgb(64, 64, seed=i) for i in range(2)], [], TrainControl(progress=progress, cancel=cancel))
-    assert seen and max(seen) < 0.5
+    assert seen == [0.0]  # only "teacher statistics" got through; no step was reported
 
 
 @pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1")])

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         loss.backward()
         optimizer.step()
         scheduler.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         steps_done = step + 1
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d}/{args.steps} loss {np.mean(losses[-50:]):.4f} "
