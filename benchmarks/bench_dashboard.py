@@ -48,7 +48,7 @@ def main() -> int:
         for _ in range(5):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
             at.run()
-            at.switch_page(f"pages/{name}.py")
+            at.switch_page(f"views/{name}.py")
             t0 = time.perf_counter()
             at.run()
             runs.append(time.perf_counter() - t0)
@@ -56,7 +56,7 @@ def main() -> int:
         first[name] = (runs[0], statistics.median(runs[1:]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
-    at.switch_page("pages/thresholds.py")
+    at.switch_page("views/thresholds.py")
     at.run()
     slider = at.slider[0]
     rerender = []

@@ -30,7 +30,7 @@ def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytes
 def page(name: str) -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
     at.run()
-    at.switch_page(f"pages/{name}.py")
+    at.switch_page(f"views/{name}.py")
     at.run()
     assert not at.exception, at.exception
     return at

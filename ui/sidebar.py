@@ -45,7 +45,7 @@ def sidebar() -> Selection:
     settings = load_settings()
     ensure_demo_data(settings.data_root)
     with st.sidebar:
-        st.markdown("### 🔎 Inspector")
+        st.markdown("### :material/visibility: Inspector")
         root_text = st.text_input("Data root", value=str(settings.data_root), key="data_root",
                                   help="Folder with one sub-folder per product category (MVTec AD layout) "
                                        "or plain folders of good images.")
