@@ -9,13 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from core.calibration import Calibration, calibrate
 from core.dataset import CategoryData
 from core.efficientad import EfficientAD, EfficientADConfig
 from core.evaluate import EvaluationResult, evaluate
-from core.imageio import ImageLoadError, load_image
+from core.imageio import load_many
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.store import (CALIBRATION, EVAL_IMAGES, EVAL_PIXELS, EVALUATION, MANIFEST, ModelStore, ModelStoreError,
                         versions)
@@ -63,18 +62,6 @@ class TrainResult:
     problems: tuple[str, ...]
 
 
-def load_images(paths: list[Path]) -> tuple[list[np.ndarray], list[Path], list[str]]:
-    """Decode ``paths``; unreadable ones are reported by name and left out (never fatal)."""
-    images, kept, problems = [], [], []
-    for path in paths:
-        try:
-            images.append(load_image(path))
-            kept.append(path)
-        except ImageLoadError as exc:
-            problems.append(str(exc))
-    return images, kept, problems
-
-
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Indices (fit, holdout): ``fraction`` of ``n`` good images held out for calibration (none if n < 10)."""
     order = list(range(n))
@@ -89,7 +76,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     full = {**default_settings(kind), **settings}
     detector = build(kind, full)
     control.report("reading training images", 0.0)
-    images, paths, problems = load_images([s.path for s in data.train])
+    _, images, problems = load_many([s.path for s in data.train])
     if len(images) < MIN_TRAIN:
         raise ValueError(f"expected at least {MIN_TRAIN} readable good images in {data.name}, found {len(images)}"
                          + (f" ({len(problems)} unreadable)" if problems else ""))

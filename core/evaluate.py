@@ -12,7 +12,7 @@ import numpy as np
 from core import metrics
 from core.calibration import Calibration
 from core.dataset import GOOD, CategoryData, Sample
-from core.imageio import ImageLoadError, load_image, load_mask
+from core.imageio import ImageLoadError, load_many, load_mask
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 CHUNK = 32
@@ -100,13 +100,10 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
         raise ValueError(f"expected test images under {data.root / data.name / 'test'}, found none")
     for start in range(0, len(test), CHUNK):
         control.report(f"scoring {start}/{len(test)}", start / len(test))
-        chunk, images = [], []
-        for s in test[start:start + CHUNK]:
-            try:
-                images.append(load_image(s.path))
-                chunk.append(s)
-            except ImageLoadError as exc:
-                unreadable.append(str(exc))
+        part = test[start:start + CHUNK]
+        kept, images, problems = load_many([s.path for s in part])
+        unreadable.extend(problems)
+        chunk = [part[i] for i in kept]
         if not images:
             continue
         for s, image, p in zip(chunk, images, detector.predict(images), strict=True):

@@ -11,6 +11,7 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,20 @@ def load_image(source: str | Path | bytes, name: str | None = None) -> np.ndarra
         raise ImageLoadError(label, f"image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageLoadError(label, f"image data is damaged or truncated ({exc})") from None
+
+
+def load_many(paths: Sequence[str | Path]) -> tuple[list[int], list[np.ndarray], list[str]]:
+    """Decode ``paths`` and never fail: (indices of the readable ones, their images, one message per unreadable)."""
+    kept: list[int] = []
+    images: list[np.ndarray] = []
+    problems: list[str] = []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path))
+            kept.append(i)
+        except ImageLoadError as exc:
+            problems.append(str(exc))
+    return kept, images, problems
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

@@ -6,7 +6,7 @@ One collection per category (``inspect_<category>``); payloads keep path, split,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
 from core.dataset import CategoryData, Sample
-from core.imageio import ImageLoadError, load_image
+from core.imageio import load_many
 from core.types import NO_CONTROL, TrainControl
 
 BATCH = 16
@@ -56,8 +56,12 @@ class SimilarityIndex:
             return 0
         return int(self.client.count(name, exact=True).count)
 
-    def build(self, data: CategoryData, embed, control: TrainControl = NO_CONTROL) -> tuple[int, list[str]]:
-        """(Re)index every train and test image of ``data``; returns (indexed, problems)."""
+    def build(self, data: CategoryData, embed: Callable[[Sequence[np.ndarray]], np.ndarray],
+              control: TrainControl = NO_CONTROL) -> tuple[int, list[str]]:
+        """(Re)index every train and test image of ``data`` with ``embed(images) -> [N, D]``.
+
+        Returns (number indexed, problems with unreadable images).
+        """
         samples: list[Sample] = [*data.train, *data.test]
         name = collection_name(data.name)
         problems: list[str] = []
@@ -65,13 +69,10 @@ class SimilarityIndex:
         point_id = 0
         for start in range(0, len(samples), BATCH):
             control.report(f"indexing {start}/{len(samples)}", start / max(1, len(samples)))
-            chunk, images = [], []
-            for s in samples[start:start + BATCH]:
-                try:
-                    images.append(load_image(s.path))
-                    chunk.append(s)
-                except ImageLoadError as exc:
-                    problems.append(str(exc))
+            part = samples[start:start + BATCH]
+            kept, images, unreadable = load_many([s.path for s in part])
+            problems.extend(unreadable)
+            chunk = [part[i] for i in kept]
             if not images:
                 continue
             vectors = np.asarray(embed(images), dtype=np.float32)
@@ -97,7 +98,3 @@ class SimilarityIndex:
                                           with_payload=True)
         return [Hit(p.payload["path"], float(p.score), p.payload["split"], p.payload["defect"], int(p.payload["label"]))
                 for p in result.points]
-
-
-def embed_images(embedder, images: Sequence[np.ndarray]) -> np.ndarray:
-    return embedder.pooled_features(images)

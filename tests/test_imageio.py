@@ -88,3 +88,14 @@ def test_mask_resized_nearest(tmp_path) -> None:
 def test_atomic_png_leaves_no_temp(tmp_path) -> None:
     save_png_atomic(np.zeros((3, 3, 3), np.uint8), tmp_path / "a.png")
     assert [p.name for p in tmp_path.iterdir()] == ["a.png"]
+
+
+def test_load_many_keeps_going(tmp_path) -> None:
+    from core.imageio import load_many
+
+    good = save_png_atomic(np.zeros((3, 4, 3), np.uint8), tmp_path / "ok.png")
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    kept, images, problems = load_many([bad, good, tmp_path / "missing.png"])
+    assert kept == [1] and images[0].shape == (3, 4, 3)
+    assert len(problems) == 2 and "bad.png" in problems[0] and "missing.png" in problems[1]

@@ -19,7 +19,6 @@ Usage: ``python tools/distill_teacher.py --images ../shared/data/natural --steps
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import random
 import sys

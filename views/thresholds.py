@@ -12,20 +12,26 @@ sel = sidebar()
 st.title("Thresholds")
 model = require_model(sel)
 
+
+def evaluate_and_rerun() -> None:
+    """Score the category's test images with the model, save the results beside it, and redraw."""
+    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+    with st.spinner("Scoring test images…"):
+        try:
+            det.run_evaluation(sel.store, model, data)
+        except ValueError as exc:
+            st.error(str(exc))
+            st.stop()
+    cache.clear_model_caches()
+    st.rerun()
+
+
 ev = cache.eval_version(sel.store_path, sel.category, sel.kind)
 frame = cache.eval_images(sel.store_path, sel.category, sel.kind, ev)
 if frame is None or frame.empty or frame["label"].nunique() < 2:
     st.info("Thresholds are tuned on evaluation images: good and defective test images of this category.")
     if st.button("Evaluate on the test images now", type="primary"):
-        data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
-        with st.spinner("Scoring test images…"):
-            try:
-                det.run_evaluation(sel.store, model, data)
-            except ValueError as exc:
-                st.error(str(exc))
-                st.stop()
-        cache.clear_model_caches()
-        st.rerun()
+        evaluate_and_rerun()
     st.stop()
 
 labels = frame["label"].to_numpy()
@@ -107,3 +113,5 @@ if s1.button("Save thresholds with the model", type="primary"):
     st.toast("Thresholds saved; Inspect uses them now.")
     st.rerun()
 s2.caption(f"Saved now: image {cal.image_threshold:.4f}, pixel {cal.pixel_threshold:.4f} ({cal.chosen_by}; {cal.source}).")
+if st.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
+    evaluate_and_rerun()
