@@ -84,7 +84,10 @@ def main() -> int:
                      f"{r['hnsw_build_s']:.1f} | {r['hnsw_ms']:.0f} | {r['hnsw_mem_mb']:.0f} | "
                      f"{r['nn_rel_err']:+.2%} | {r['score_rel_err']:+.2%} |")
     lines += ["", f"`search=\"auto\"` uses exact search up to {AUTO_EXACT_LIMIT:,} bank entries and HNSW above. "
-                  "HNSW over-estimates distances slightly (it can miss the true nearest neighbour), so scores only grow.",
+                  "HNSW over-estimates distances slightly (it can miss the true nearest neighbour), so scores only grow. "
+                  "The image score is the maximum over 4,096 patches, so a single badly missed neighbour shows up in "
+                  "the last column even when the mean error is tiny: compare both columns before trusting HNSW "
+                  "for image-level decisions at a given size.",
               "", "Command: `python benchmarks/bench_knn_scaling.py`."]
     write_section("knn", "## Nearest-neighbour search vs memory-bank size\n\n" + "\n".join(lines))
     return 0

@@ -30,7 +30,7 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
 DEFAULT_PENALTY_DIR = ASSETS / "penalty"
 MIN_SIZE = 256
-SECONDS_PER_STEP_256 = 1.7  # measured on the 2-core CPU (benchmarks/RESULTS.md); scales with pixels
+SECONDS_PER_STEP_256 = 1.77  # measured on the 2-core CPU (benchmarks/RESULTS.md, EfficientAD section)
 
 
 @dataclass(frozen=True)
