@@ -77,6 +77,15 @@ def test_train_from_the_browser(env: Path) -> None:
     assert not at.exception
 
 
+def test_small_input_size_keeps_efficientad_estimate(env: Path) -> None:
+    at = page("models")
+    at.select_slider(key="train_size").set_value(128)
+    at.selectbox(key="train_kind").set_value("efficientad")
+    at.run()
+    assert not at.exception, at.exception
+    assert any("EfficientAD at 256px" in c.value for c in at.caption)
+
+
 def test_empty_store_is_usable(env: Path) -> None:
     shutil.rmtree(env)
     for name in ("models", "inspect", "thresholds", "compare", "similar", "annotate"):

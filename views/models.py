@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
-from core.efficientad import EfficientADConfig, expected_training_seconds
+from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds
 from ui import cache
 from ui.jobs import start_job
 from ui.sidebar import KIND_LABELS, sidebar
@@ -58,18 +58,21 @@ with st.form("train"):
                         key="train_kind")
     col1, col2, col3 = st.columns(3)
     size = col1.select_slider("Input size (px)", options=[128, 160, 192, 224, 256, 320, 384], value=256,
-                              help="EfficientAD needs at least 256 px.")
+                              help=f"EfficientAD uses at least {MIN_SIZE} px.", key="train_size")
     ratio = col2.select_slider("PatchCore coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1], value=0.01)
     steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=1000, step=100)
-    estimate = expected_training_seconds(EfficientADConfig(height=size, width=size, steps=int(steps)))
-    st.caption(f"EfficientAD at {size}px for {int(steps)} steps: about {estimate / 60:.0f} min on a 2-core CPU. "
+    ead_size = max(size, MIN_SIZE)
+    estimate = expected_training_seconds(EfficientADConfig(height=ead_size, width=ead_size, steps=int(steps)))
+    st.caption(f"EfficientAD at {ead_size}px for {int(steps)} steps: about {estimate / 60:.0f} min on a 2-core CPU. "
                "PatchCore needs one pass over the images plus the coreset.")
     submitted = st.form_submit_button("Train", type="primary", disabled=bool(job and job.running))
 
 if submitted:
-    settings = {"height": size, "width": size}
-    settings.update({"coreset_ratio": ratio} if kind == "patchcore" else {"steps": int(steps)})
-    store, root, category = sel.store, sel.data_root, sel.category
+    if kind == "patchcore":
+        settings = {"height": size, "width": size, "coreset_ratio": ratio}
+    else:
+        settings = {"height": ead_size, "width": ead_size, "steps": int(steps)}
+    store, category = sel.store, sel.category
 
     def work(control):
         result = det.train(data, kind, settings, store, control)
