@@ -23,6 +23,7 @@ class JobState:
     error: str | None = None
     cancelled: bool = False
     result: Any = None
+    handled: bool = False  # set by the page once it has reacted to the job's end (e.g. refreshed caches)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 

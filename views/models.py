@@ -81,7 +81,6 @@ if submitted:
             det.run_evaluation(store, model, data, control)
         return result
 
-    st.session_state["train_job_seen"] = False
     st.session_state["train_job"] = start_job(f"{KIND_LABELS[kind]} on {category}", work)
     st.rerun()
 
@@ -101,8 +100,8 @@ def progress_panel() -> None:
         st.warning("Training cancelled; nothing was saved.")
     else:
         st.success(f"{job.name}: saved to {job.result.path}")
-        if not st.session_state.get("train_job_seen"):
-            st.session_state["train_job_seen"] = True
+        if not job.handled:
+            job.handled = True
             cache.clear_model_caches()
             time.sleep(0.1)
             st.rerun(scope="app")

@@ -46,8 +46,8 @@ def index_progress() -> None:
         st.progress(job.fraction, text=job.message)
     elif job.error:
         st.error(f"Indexing failed — {job.error}")
-    elif not st.session_state.get("index_job_seen_" + job.name):
-        st.session_state["index_job_seen_" + job.name] = True
+    elif not job.handled:
+        job.handled = True
         st.rerun(scope="app")
 
 
