@@ -181,4 +181,7 @@ class PatchCore:
         bank = state.get("memory_bank")
         if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"expected a non-empty memory bank [M, D], found {getattr(bank, 'shape', bank)!r}")
+        if bank.shape[1] != self.embedding_dim:
+            raise ValueError(f"expected memory-bank features of {self.embedding_dim} dims (layers {list(self.config.layers)} "
+                             f"of {self.config.backbone}), found {bank.shape[1]}")
         self.set_memory_bank(bank)
