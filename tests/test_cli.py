@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import json
 import os
 import subprocess
 import sys
@@ -72,7 +72,7 @@ def test_module_entry_point_offline(demo_root: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[100%]" in proc.stderr
     assert not (tmp_path / "cache" / "huggingface").exists()
-    assert io.StringIO(proc.stdout).read().strip().startswith("{")
+    assert proc.stdout.strip().startswith("{")
 
 
 def test_evaluate_names_unreadable_test_image(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -89,5 +89,5 @@ def test_evaluate_names_unreadable_test_image(demo_root: Path, tmp_path: Path, c
     err = capsys.readouterr().err
     assert code == 1
     assert "001.png" in err and "truncated" in err
-    evaluation = __import__("json").loads((store / "demo_metal" / "patchcore" / "evaluation.json").read_text())
+    evaluation = json.loads((store / "demo_metal" / "patchcore" / "evaluation.json").read_text())
     assert evaluation["overall"]["num_good"] == 5  # six good test images, one unreadable

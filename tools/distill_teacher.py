@@ -19,6 +19,7 @@ Usage: ``python tools/distill_teacher.py --images ../shared/data/natural --steps
 from __future__ import annotations
 
 import argparse
+import io
 import platform
 import random
 import sys
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     args.out.mkdir(parents=True, exist_ok=True)
-    buffer = __import__("io").BytesIO()
+    buffer = io.BytesIO()
     torch.save(teacher.state_dict(), buffer)
     atomic_write_bytes(args.out / "teacher_small.pth", buffer.getvalue())
     manifest = {

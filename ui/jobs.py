@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import streamlit as st
+
 from core.types import TrainControl, TrainingCancelled
 
 
@@ -30,6 +32,10 @@ class JobState:
     @property
     def running(self) -> bool:
         return not self.done
+
+    @property
+    def succeeded(self) -> bool:
+        return self.done and self.error is None and not self.cancelled
 
 
 def start_job(name: str, work: Callable[[TrainControl], Any]) -> JobState:
@@ -53,3 +59,22 @@ def start_job(name: str, work: Callable[[TrainControl], Any]) -> JobState:
     state.thread = threading.Thread(target=run, name=f"job-{name}", daemon=True)
     state.thread.start()
     return state
+
+
+def show_job(job: JobState, failed: str, cancel_label: str | None = None) -> bool:
+    """Draw a running job's progress (with a cancel button if ``cancel_label``), or how it failed or was cancelled.
+
+    Returns True exactly once: on the first call after the job succeeded, so the page can refresh itself.
+    """
+    if job.running:
+        st.progress(job.fraction, text=f"{job.name}: {job.message}")
+        if cancel_label and st.button(cancel_label, type="secondary"):
+            job.cancel.set()
+    elif job.error:
+        st.error(f"{failed} — {job.error}")
+    elif job.cancelled:
+        st.warning(f"{job.name}: cancelled; nothing was saved.")
+    elif not job.handled:
+        job.handled = True
+        return True
+    return False

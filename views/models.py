@@ -1,14 +1,12 @@
 """Models: categories, trained models, and training from the browser."""
 
-import time
-
 import pandas as pd
 import streamlit as st
 
 from core import detector as det
 from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds
 from ui import cache
-from ui.jobs import start_job
+from ui.jobs import show_job, start_job
 from ui.sidebar import KIND_LABELS, sidebar
 
 sel = sidebar()
@@ -90,21 +88,12 @@ def progress_panel() -> None:
     job = st.session_state.get("train_job")
     if job is None:
         return
-    if job.running:
-        st.progress(job.fraction, text=f"{job.name}: {job.message}")
-        if st.button("Cancel training", type="secondary"):
-            job.cancel.set()
-    elif job.error:
-        st.error(f"Training failed — {job.error}")
-    elif job.cancelled:
-        st.warning("Training cancelled; nothing was saved.")
-    else:
+    just_finished = show_job(job, "Training failed", cancel_label="Cancel training")
+    if job.succeeded:
         st.success(f"{job.name}: saved to {job.result.path}")
-        if not job.handled:
-            job.handled = True
-            cache.clear_model_caches()
-            time.sleep(0.1)
-            st.rerun(scope="app")
+    if just_finished:
+        cache.clear_model_caches()
+        st.rerun(scope="app")
 
 
 progress_panel()

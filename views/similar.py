@@ -8,7 +8,7 @@ import streamlit as st
 from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
 from ui.inspect_view import ImageLoadError, decode_upload
-from ui.jobs import start_job
+from ui.jobs import show_job, start_job
 from ui.sidebar import sidebar
 
 sel = sidebar()
@@ -32,7 +32,7 @@ st.caption(f"{indexed} images indexed in {where}. Features: spatial mean of Patc
 job = st.session_state.get("index_job")
 if st.button("Build / rebuild the index" if indexed else "Build the index", type="primary" if not indexed else "secondary",
              disabled=bool(job and job.running)):
-    st.session_state["index_job"] = start_job(f"indexing {sel.category}",
+    st.session_state["index_job"] = start_job(f"similarity index of {sel.category}",
                                               lambda control: index.build(data, extractor.pooled_features, control))
     st.rerun()
 
@@ -42,12 +42,7 @@ def index_progress() -> None:
     job = st.session_state.get("index_job")
     if job is None:
         return
-    if job.running:
-        st.progress(job.fraction, text=job.message)
-    elif job.error:
-        st.error(f"Indexing failed — {job.error}")
-    elif not job.handled:
-        job.handled = True
+    if show_job(job, "Indexing failed"):
         st.rerun(scope="app")
 
 
