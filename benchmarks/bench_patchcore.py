@@ -7,8 +7,9 @@
 training mode, ``subsample_embedding`` (anomalib's KCenterGreedy with its sparse random projection), and
 the model's own ``forward`` (``torch.cdist``-free exhaustive search) for inference. The stock coreset runs
 under ``torch.no_grad()`` (without it, its memory grows per iteration until the OOM killer ends the run).
-"ours" = core.patchcore.PatchCore: the same anomalib model and weights, our bounded fast coreset
-(core/coreset.py) and faiss exact search (core/knn.py). Both read the same images, preprocessed the same way.
+"ours" = core.patchcore.PatchCore: the same anomalib model and weights, the backbone run by ONNX Runtime
+(core/runtime.py), our bounded fast coreset (core/coreset.py), blocked exact search (core/knn.py) and matrix
+map smoothing (core/mapsmooth.py). Both read the same images, preprocessed the same way.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ def run_one(args: argparse.Namespace) -> dict:
     test = [load_image(s.path) for s in test_samples]
     cfg = PatchCoreConfig(height=args.size, width=args.size, input_mode=args.mode, coreset_ratio=args.ratio,
                           batch_size=1 if args.mode == "native" else 16,
-                          search="exact" if args.variant == "ours" else "stock")
+                          search="exact" if args.variant == "ours" else "stock",
+                          runtime="onnx" if args.variant == "ours" else "torch")
     model = PatchCore(cfg)
     t0 = time.perf_counter()
     if args.variant == "ours":

@@ -18,6 +18,7 @@ from core import detector as det
 from core.calibration import verdict
 from core.dataset import DatasetError, load_category, load_folder
 from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
+from core.runtime import RUNTIMES
 from core.store import ModelStore, ModelStoreError
 from core.types import TrainControl, TrainingCancelled
 
@@ -40,7 +41,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.image_size:
         settings["height"], settings["width"] = args.image_size
-    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset"):
+    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime"):
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
@@ -72,7 +73,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_category(args.data, args.category)
     store = ModelStore(args.store)
-    model = det.load(store, args.category, args.model)
+    model = det.load(store, args.category, args.model, args.inference)
     result = det.run_evaluation(store, model, data, _progress_printer())
     print(json.dumps({"overall": result.overall, "per_defect": result.per_defect}, indent=2, default=float))
     for p in result.problems:
@@ -91,7 +92,7 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model = det.load(ModelStore(args.store), args.category, args.model)
+    model = det.load(ModelStore(args.store), args.category, args.model, args.inference)
     failures = 0
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "score", "threshold", "verdict", "latency_ms"])
@@ -133,6 +134,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+INFERENCE_HELP = ("fast (default): ONNX Runtime, blocked exact / HNSW search, matrix map smoothing; "
+                  "stock: anomalib's own PyTorch forward pass, for comparison")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Offline visual anomaly detection.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,17 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coreset", choices=("fast", "stock"))
     p.add_argument("--search", choices=("auto", "exact", "hnsw", "stock"))
     p.add_argument("--steps", type=int, help="EfficientAD training steps")
+    p.add_argument("--runtime", choices=RUNTIMES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score the test set and save metrics beside the model")
     common(p)
     p.add_argument("--category", required=True)
+    p.add_argument("--inference", choices=det.INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score images or folders; CSV on stdout")
     common(p, need_data=False)
     p.add_argument("--category", required=True)
     p.add_argument("--overlays", type=Path, help="write heatmap overlay PNGs here")
+    p.add_argument("--inference", choices=det.INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
     p.add_argument("images", type=Path, nargs="+")
     p.set_defaults(func=cmd_predict)
 

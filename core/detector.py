@@ -22,6 +22,7 @@ from core.types import NO_CONTROL, TrainControl
 
 Detector = PatchCore | EfficientAD
 KINDS: tuple[str, ...] = ("patchcore", "efficientad")
+INFERENCE_PATHS: tuple[str, ...] = ("fast", "stock")
 HOLDOUT_FRACTION = 0.1
 MIN_TRAIN = 2
 
@@ -42,6 +43,19 @@ def build(kind: str, settings: dict[str, Any]) -> Detector:
     if kind == "efficientad":
         return EfficientAD(EfficientADConfig.from_dict(settings))
     raise ValueError(f"expected model kind in {KINDS}, found {kind!r}")
+
+
+def inference_settings(kind: str, settings: dict[str, Any], inference: str) -> dict[str, Any]:
+    """``settings`` with the inference path applied: ``"fast"`` (ONNX Runtime, our search and map smoothing)
+    or ``"stock"`` (anomalib's own torch forward pass, kept for comparison). Training settings are untouched."""
+    if inference not in INFERENCE_PATHS:
+        raise ValueError(f"expected inference path in {INFERENCE_PATHS}, found {inference!r}")
+    if inference == "stock":
+        return {**settings, "runtime": "torch", **({"search": "stock"} if kind == "patchcore" else {})}
+    fast = {**settings, "runtime": "onnx"}
+    if kind == "patchcore" and fast.get("search") == "stock":
+        fast["search"] = "auto"
+    return fast
 
 
 @dataclass(frozen=True)
@@ -118,8 +132,9 @@ def _backbone_name(detector: Detector) -> str:
     return detector.config.backbone
 
 
-def load(store: ModelStore, category: str, kind: str) -> LoadedModel:
-    """Load a saved model; never touches the network or the training data.
+def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -> LoadedModel:
+    """Load a saved model for the ``inference`` path (see :func:`inference_settings`); never touches the
+    network or the training data.
 
     Raises:
         ModelStoreError: the folder is missing, incomplete or corrupt (the message says which file and why).
@@ -131,7 +146,7 @@ def load(store: ModelStore, category: str, kind: str) -> LoadedModel:
     except ValueError as exc:
         raise ModelStoreError(f"{store.folder(category, kind) / CALIBRATION}: {exc}") from None
     try:
-        detector = build(kind, manifest["settings"])
+        detector = build(kind, inference_settings(kind, manifest["settings"], inference))
         detector.load_state(state)
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
         raise ModelStoreError(f"{store.folder(category, kind)}: weights do not fit the manifest's settings ({exc})") from None

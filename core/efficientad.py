@@ -5,6 +5,8 @@ map computation. We replace what would otherwise be downloaded -- the pretrained
 ``tools/distill_teacher.py``, weights in ``assets/teacher``) and the Imagenette penalty images (a few photos in
 ``assets/penalty``) -- and drive the training loop ourselves so it can report progress, be cancelled and
 compute the map-normalisation quantiles on held-out GOOD images (anomalib uses its validation split).
+Inference runs anomalib's eval forward pass exported to ONNX Runtime (``runtime="onnx"``, the default) or in
+torch (``runtime="torch"``); both give the same scores up to float rounding (tests/test_runtime.py).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, Eff
 from core.dataset import image_files
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
+from core.runtime import OnnxGraph, check_runtime
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "efficientad"
@@ -46,8 +49,10 @@ class EfficientADConfig:
     penalty_dir: str = str(DEFAULT_PENALTY_DIR)
     batch_size: int = 8
     seed: int = 0
+    runtime: str = "onnx"
 
     def __post_init__(self) -> None:
+        check_runtime(self.runtime)
         if self.height < MIN_SIZE or self.width < MIN_SIZE:
             raise ValueError(f"expected an EfficientAD input of at least {MIN_SIZE}x{MIN_SIZE} (its autoencoder "
                              f"downsamples 32x before an 8x8 convolution), found {self.height}x{self.width}")
@@ -116,6 +121,13 @@ class EfficientAD:
         for p in self.model.teacher.parameters():
             p.requires_grad_(False)
         self.model.eval()
+        self._graph: OnnxGraph | None = None
+
+    def _inference_graph(self) -> OnnxGraph | None:
+        """The exported eval forward pass (built on first use, after training or loading)."""
+        if self.config.runtime == "onnx" and self._graph is None:
+            self._graph = OnnxGraph(_ScoresAndMaps(self.model), 2)
+        return self._graph
 
     # ----------------------------------------------------------------- training
     def _teacher_mean_std(self, images: Sequence[np.ndarray]) -> None:
@@ -151,8 +163,14 @@ class EfficientAD:
             self.model.quantiles[key].data = value.clone()
 
     def fit(self, images: Sequence[np.ndarray], validation: Sequence[np.ndarray],
-            control: TrainControl = NO_CONTROL) -> dict[str, float]:
-        """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images."""
+            control: TrainControl = NO_CONTROL, checkpoints: tuple[int, ...] = (),
+            on_checkpoint: Callable[[int, float], None] | None = None) -> dict[str, float]:
+        """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images.
+
+        After each step count in ``checkpoints`` the model is made usable (eval mode, quantiles) and
+        ``on_checkpoint(step, training_seconds_so_far)`` is called; training then continues where it was.
+        """
+        self._graph = None
         if not images:
             raise ValueError("expected at least one good training image, found none")
         torch.manual_seed(self.config.seed)
@@ -185,6 +203,16 @@ class EfficientAD:
             if step % 10 == 0 or step == self.config.steps - 1:
                 control.report(f"step {step + 1}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
                                0.95 * (step + 1) / self.config.steps)
+            if on_checkpoint is not None and step + 1 in checkpoints and step + 1 < self.config.steps:
+                elapsed = time.perf_counter() - t0
+                self.model.eval()
+                self._set_quantiles(validation if len(validation) else images)
+                self._graph = None
+                on_checkpoint(step + 1, elapsed)
+                self._graph = None
+                self.model.train()
+                self.model.teacher.eval()
+                t0 = time.perf_counter() - elapsed
         train_seconds = time.perf_counter() - t0
         self.model.eval()
         control.report("map normalisation on held-out good images", 0.97)
@@ -196,9 +224,13 @@ class EfficientAD:
     # ---------------------------------------------------------------- inference
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image scores ``[B]`` and anomaly maps ``[B, H, W]`` at model input size."""
-        with torch.inference_mode():
-            out = self.model(batch)
-        return out.pred_score.reshape(-1), out.anomaly_map[:, 0]
+        graph = self._inference_graph()
+        if graph is not None:
+            scores, maps = graph(batch)
+        else:
+            with torch.inference_mode():
+                scores, maps = _ScoresAndMaps(self.model)(batch)
+        return scores.reshape(-1), maps[:, 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
@@ -208,11 +240,24 @@ class EfficientAD:
         return {k: v.clone() for k, v in self.model.state_dict().items()}
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._graph = None
         result = self.model.load_state_dict(state, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(f"expected EfficientAD weights with {self.channels} teacher channels, found "
                              f"missing {result.missing_keys[:3]} unexpected {result.unexpected_keys[:3]}")
         self.model.eval()
+
+
+class _ScoresAndMaps(torch.nn.Module):
+    """anomalib's eval forward as plain tensors: images ``[B, 3, H, W]`` -> (scores ``[B]``, maps ``[B, 1, H, W]``)."""
+
+    def __init__(self, model: EfficientAdModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(batch)
+        return out.pred_score, out.anomaly_map
 
 
 def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:

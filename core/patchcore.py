@@ -1,10 +1,11 @@
 """PatchCore through anomalib, offline, with a fast bounded coreset and a pluggable nearest-neighbour search.
 
 We build anomalib's :class:`PatchcoreModel` with ``pre_trained=False`` (no Hugging Face) and load the
-offline EfficientNet-Lite ImageNet weights into its timm feature extractor. Feature pooling, embedding,
-re-weighted image score and anomaly-map smoothing are anomalib's own; we replace the coreset
-(see :mod:`core.coreset`) and, on the fast path, the exhaustive nearest-neighbour search
-(see :mod:`core.knn`).
+offline EfficientNet-Lite ImageNet weights into its timm feature extractor. Feature pooling, embedding and the
+re-weighted image score are anomalib's own; we replace the coreset (see :mod:`core.coreset`) and, on the fast
+path, run the backbone through ONNX Runtime (:mod:`core.runtime`), search the bank in cache-sized blocks or an
+HNSW graph (:mod:`core.knn`) and smooth the map with two small matrix products (:mod:`core.mapsmooth`).
+``search="stock"`` with ``runtime="torch"`` runs anomalib's own forward pass unchanged, for comparison.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from core.backbone import load_into_feature_extractor
 from core.coreset import coreset_size, kcenter_greedy
-from core.knn import NearestNeighbourIndex, build_index
+from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
+from core.mapsmooth import smooth_upsample
 from core.preprocess import InputSpec, batches, predict_in_batches
+from core.runtime import OnnxGraph, check_runtime
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "patchcore"
@@ -28,7 +31,12 @@ KIND = "patchcore"
 
 @dataclass(frozen=True)
 class PatchCoreConfig:
-    """Settings of a PatchCore model. ``search`` is ``"exact"``, ``"hnsw"``, ``"auto"`` or ``"stock"``."""
+    """Settings of a PatchCore model.
+
+    ``search`` is ``"exact"``, ``"hnsw"``, ``"auto"`` or ``"stock"`` (anomalib's own forward pass);
+    ``runtime`` runs the backbone through ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
+    always uses torch, as each image size would need a graph of its own.
+    """
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ("blocks.2", "blocks.4")
@@ -41,6 +49,8 @@ class PatchCoreConfig:
     projection_dim: int = 64
     num_neighbors: int = 9
     search: str = "auto"
+    ef_search: int = HNSW_EF_SEARCH
+    runtime: str = "onnx"
     batch_size: int = 16
     seed: int = 0
 
@@ -71,6 +81,22 @@ class FitReport:
     coreset_seconds: float
 
 
+class _Embedder(torch.nn.Module):
+    """The exportable part of PatchCore (no memory bank): normalised images ``[B, 3, H, W]`` -> patch
+    embeddings ``[B, D, h, w]`` by anomalib's own feature extractor, 3x3 pooling and ``generate_embedding``."""
+
+    def __init__(self, model: PatchcoreModel) -> None:
+        super().__init__()
+        self.feature_extractor = model.feature_extractor
+        self.feature_pooler = model.feature_pooler
+        self.layers = list(model.layers)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        features = self.feature_extractor(batch)
+        features = {layer: self.feature_pooler(f) for layer, f in features.items()}
+        return PatchcoreModel.generate_embedding(self, features)  # type: ignore[arg-type]  # uses only .layers
+
+
 class PatchCore:
     """A PatchCore detector for one category. ``embedding_dim`` = sum of the chosen layers' channels."""
 
@@ -83,14 +109,18 @@ class PatchCore:
         load_into_feature_extractor(self.model.feature_extractor.feature_extractor, config.backbone)
         self.model.eval()
         self._index: NearestNeighbourIndex | None = None
+        self._embedder = _Embedder(self.model)
+        # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
+        use_graph = check_runtime(config.runtime) == "onnx" and config.input_mode == "squash"
+        self._graph = OnnxGraph(self._embedder, 1) if use_graph else None
 
     # ----------------------------------------------------------------- features
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
         """Locally aware patch features ``[B, D, h, w]`` for a normalised batch ``[B, 3, H, W]``."""
+        if self._graph is not None:
+            return self._graph(batch)[0]
         with torch.inference_mode():
-            features = self.model.feature_extractor(batch)
-            features = {layer: self.model.feature_pooler(f) for layer, f in features.items()}
-            return self.model.generate_embedding(features)
+            return self._embedder(batch)
 
     def pooled_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Global descriptors ``[N, D]`` (spatial mean of the patch features) for similarity search."""
@@ -149,7 +179,7 @@ class PatchCore:
     # ---------------------------------------------------------------- inference
     def _search_index(self) -> NearestNeighbourIndex:
         if self._index is None:
-            self._index = build_index(self.model.memory_bank, self.config.search)
+            self._index = build_index(self.model.memory_bank, self.config.search, self.config.ef_search)
         return self._index
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,10 +193,12 @@ class PatchCore:
             emb = self.embed(batch)
             b, _, h, w = emb.shape
             flat = PatchcoreModel.reshape_embedding(emb)
-            distances, locations = self._search_index().search(flat)
+            index = self._search_index()
+            distances, locations = index.exact_maximum(flat, *index.search(flat), b)
             patch_scores = distances.reshape(b, -1)
             scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
-            maps = self.model.anomaly_map_generator(patch_scores.reshape(b, 1, h, w), batch.shape[-2:])
+            maps = smooth_upsample(self.model.anomaly_map_generator, patch_scores.reshape(b, 1, h, w),
+                                   (int(batch.shape[-2]), int(batch.shape[-1])))
             return scores.reshape(-1), maps[:, 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:

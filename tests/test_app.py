@@ -109,6 +109,21 @@ def test_inspect_picked_images(env: Path) -> None:
     assert len(at.get("download_button")) == 11  # CSV + one overlay per image
 
 
+@pytest.mark.parametrize("kind", ["patchcore", "efficientad"])
+def test_stock_inference_path_from_the_sidebar_gives_the_same_scores(env: Path, kind: str) -> None:
+    at = page("inspect")
+    at.sidebar.radio(key="kind").set_value(kind)
+    at.run()
+    fast = _pick_all_test_images(at).dataframe[0].value
+    at.sidebar.radio(key="inference").set_value("stock")
+    at.run()
+    assert not at.exception, at.exception
+    stock = at.dataframe[0].value
+    assert list(stock["image"]) == list(fast["image"])
+    assert np.allclose(stock["score"], fast["score"], rtol=1e-4, atol=1e-6)
+    assert list(stock["verdict"]) == list(fast["verdict"])
+
+
 @pytest.mark.parametrize(
     ("name", "data", "expect_error"),
     [

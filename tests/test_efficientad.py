@@ -72,3 +72,20 @@ def test_bad_config(settings: dict, message: str) -> None:
 def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="distill_teacher"):
         EfficientAD(EfficientADConfig(teacher_path=str(tmp_path / "none.pth")))
+
+
+def test_checkpoints_evaluate_mid_training_and_training_goes_on() -> None:
+    model = EfficientAD(EfficientADConfig(steps=4))
+    images = [rgb(256, 256, seed=i) for i in range(3)]
+    seen: list[tuple[int, float, bool]] = []
+
+    def at_checkpoint(step: int, seconds: float) -> None:
+        pred = model.predict(images[:1])[0]  # the model is usable here: eval mode, quantiles set
+        seen.append((step, seconds, bool(np.isfinite(pred.score))))
+
+    before = [p.clone() for p in model.model.student.parameters()]
+    info = model.fit(images, images[:1], checkpoints=(1, 3, 4), on_checkpoint=at_checkpoint)
+    assert [s[0] for s in seen] == [1, 3]  # the last step is the end of training, not a checkpoint
+    assert all(ok for *_, ok in seen) and seen[0][1] < seen[1][1] <= info["train_seconds"]
+    assert model.model.training is False
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.model.student.parameters(), strict=True))

@@ -32,8 +32,8 @@ def model_version(store: str, category: str, kind: str) -> float:
 
 
 @st.cache_resource(show_spinner="Loading model…", max_entries=8)
-def load_model(store: str, category: str, kind: str, version: float) -> det.LoadedModel:
-    return det.load(ModelStore(store), category, kind)
+def load_model(store: str, category: str, kind: str, version: float, inference: str = "fast") -> det.LoadedModel:
+    return det.load(ModelStore(store), category, kind, inference)
 
 
 @st.cache_resource(show_spinner="Loading feature extractor…")
@@ -62,14 +62,14 @@ def image_from_path(path: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def predict_one(store: str, category: str, kind: str, version: float, digest: str,
+def predict_one(store: str, category: str, kind: str, version: float, inference: str, digest: str,
                 _image: np.ndarray) -> tuple[float, np.ndarray, float]:
     """(raw score, map at display size, latency ms); keyed by the image's digest, not its pixels.
 
     The map is the model's map at the original image size, downscaled only if the image is larger than
     the display limit (so huge uploads do not fill the cache).
     """
-    model = load_model(store, category, kind, version)
+    model = load_model(store, category, kind, version, inference)
     pred = model.detector.predict([_image])[0]
     return pred.score, display_map(pred.anomaly_map), pred.latency_ms
 

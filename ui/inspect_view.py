@@ -31,7 +31,8 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
 
 def score_image(sel: Selection, name: str, image: np.ndarray, calibration: Calibration) -> Scored:
     version = cache.model_version(sel.store_path, sel.category, sel.kind)
-    score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, cache.digest(image), image)
+    score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, sel.inference,
+                                           cache.digest(image), image)
     return Scored(name, image, score, amap, latency, verdict(score, calibration))
 
 

@@ -9,13 +9,13 @@ import streamlit as st
 
 from core.dataset import DatasetError, list_categories
 from core.demo import DEMO_CATEGORY, make_demo_dataset
-from core.detector import KINDS
-from core.detector import LoadedModel
+from core.detector import INFERENCE_PATHS, KINDS, LoadedModel
 from core.store import ModelStore, ModelStoreError
 from ui import cache
 from ui.settings import AppSettings, load_settings
 
 KIND_LABELS = {"patchcore": "PatchCore", "efficientad": "EfficientAD"}
+INFERENCE_LABELS = {"fast": "Fast", "stock": "Stock anomalib"}
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Selection:
     category: str | None
     kind: str
     trained_kinds: tuple[str, ...]
+    inference: str = "fast"
 
     @property
     def store(self) -> ModelStore:
@@ -63,8 +64,13 @@ def sidebar() -> Selection:
         trained = tuple(r.kind for r in ModelStore(settings.model_store).list_models(category) if r.ok) if category else ()
         kind = st.radio("Model", KINDS, key="kind", horizontal=True, format_func=lambda k: KIND_LABELS[k]
                         + ("" if k in trained else " (not trained)"))
+        inference = st.radio("Inference", INFERENCE_PATHS, key="inference", horizontal=True,
+                             format_func=INFERENCE_LABELS.get,
+                             help="Fast: networks in ONNX Runtime, blocked exact (or HNSW) patch search, cheap map "
+                                  "smoothing. Stock: anomalib's own PyTorch forward pass. Same scores up to float "
+                                  "rounding; see benchmarks/RESULTS.md for the speed difference.")
         st.caption(f"Models: `{settings.model_store}`")
-    return Selection(settings, root, category, kind, trained)
+    return Selection(settings, root, category, kind, trained, inference)
 
 
 def require_model(sel: Selection) -> LoadedModel:
@@ -74,7 +80,7 @@ def require_model(sel: Selection) -> LoadedModel:
         st.stop()
     try:
         return cache.load_model(sel.store_path, sel.category, sel.kind,
-                                cache.model_version(sel.store_path, sel.category, sel.kind))
+                                cache.model_version(sel.store_path, sel.category, sel.kind), sel.inference)
     except ModelStoreError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()

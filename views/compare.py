@@ -20,7 +20,8 @@ if sel.category is None or missing:
     st.info(f"Comparison needs both models for this category; train {', '.join(missing)} on the **Models** page.")
     st.stop()
 try:
-    models = {k: cache.load_model(sel.store_path, sel.category, k, cache.model_version(sel.store_path, sel.category, k))
+    models = {k: cache.load_model(sel.store_path, sel.category, k, cache.model_version(sel.store_path, sel.category, k),
+                                 sel.inference)
               for k in kinds}
 except ModelStoreError as exc:
     st.error(f"Cannot load a model: {exc}")
@@ -74,7 +75,7 @@ for name in picked:
     for col, k in zip(cols[1:], kinds, strict=True):
         m = models[k]
         version = cache.model_version(sel.store_path, sel.category, k)
-        score, amap, _ = cache.predict_one(sel.store_path, sel.category, k, version, cache.digest(image), image)
+        score, amap, _ = cache.predict_one(sel.store_path, sel.category, k, version, sel.inference, cache.digest(image), image)
         verdict = "DEFECT" if score >= m.calibration.image_threshold else "OK"
         col.image(overlay(small, amap, m.calibration, opacity), width="stretch",
                   caption=f"{KIND_LABELS[k]}: {score:.4f} → {verdict}")

@@ -1,0 +1,159 @@
+"""Fast inference path == stock path: ONNX Runtime graphs, blocked exact search, matrix map smoothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
+
+from core import detector as det
+from core.efficientad import EfficientAD, EfficientADConfig
+from core.knn import AUTO_EXACT_LIMIT, build_index, exact_search, resolve
+from core.mapsmooth import axis_operator, smooth_upsample
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.runtime import check_runtime
+from tests.conftest import PATCHCORE_TEST_SETTINGS
+
+
+@pytest.mark.parametrize(
+    ("bank", "queries", "distances", "indices"),
+    [
+        ([[0.0], [3.0], [10.0]], [[1.0], [4.0], [9.0], [-2.0]], [1.0, 1.0, 1.0, 2.0], [0, 1, 2, 0]),
+        ([[0.0, 0.0], [3.0, 4.0]], [[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]], [0.0, 1.0, 5.0], [1, 0, 1]),
+        ([[1.0, 1.0], [1.0, 1.0], [5.0, 5.0]], [[1.0, 2.0]], [1.0], [0]),
+    ],
+)
+@pytest.mark.parametrize("blocks", [(1, 1), (2, 2), (1024, 4096)])
+def test_exact_search_hand_computed(bank: list, queries: list, distances: list, indices: list,
+                                    blocks: tuple[int, int]) -> None:
+    dist, idx = exact_search(torch.tensor(queries), torch.tensor(bank), query_block=blocks[0], bank_block=blocks[1])
+    assert torch.allclose(dist, torch.tensor(distances), atol=1e-5)
+    assert idx.tolist() == indices
+
+
+@pytest.mark.parametrize(("n_bank", "n_query", "blocks"), [(50, 33, (8, 7)), (5000, 300, (128, 1000)), (3, 1, (1, 1))])
+def test_exact_search_matches_brute_force(n_bank: int, n_query: int, blocks: tuple[int, int]) -> None:
+    gen = torch.Generator().manual_seed(n_bank)
+    bank, queries = torch.randn(n_bank, 24, generator=gen), torch.randn(n_query, 24, generator=gen)
+    ref = torch.cdist(queries.double(), bank.double())
+    dist, idx = exact_search(queries, bank, query_block=blocks[0], bank_block=blocks[1])
+    assert torch.allclose(dist.double(), ref.min(dim=1).values, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(ref.gather(1, idx[:, None])[:, 0], ref.min(dim=1).values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("search", "size", "expected"),
+                         [("auto", 10, "exact"), ("auto", AUTO_EXACT_LIMIT, "exact"), ("auto", AUTO_EXACT_LIMIT + 1, "hnsw"),
+                          ("exact", 10 ** 7, "exact"), ("hnsw", 5, "hnsw")])
+def test_auto_search_switches_at_the_measured_limit(search: str, size: int, expected: str) -> None:
+    assert resolve(search, size) == expected
+
+
+def test_unknown_search_and_runtime_are_named() -> None:
+    with pytest.raises(ValueError, match="expected search in .* found 'fastest'"):
+        build_index(torch.zeros(3, 2), "fastest")
+    with pytest.raises(ValueError, match="expected runtime in .* found 'tensorrt'"):
+        check_runtime("tensorrt")
+    with pytest.raises(ValueError, match="expected inference path"):
+        det.inference_settings("patchcore", {}, "turbo")
+
+
+@pytest.mark.parametrize(("n_in", "n_out", "kernel", "row0"),
+                         # nearest 2 -> 4 gives [a, a, b, b]; reflect pad 1: [a, a, a, b, b, b]; box [1, 1, 1]/3
+                         [(2, 4, [1 / 3, 1 / 3, 1 / 3], [1.0, 0.0]),
+                          (2, 4, [0.0, 1.0, 0.0], [1.0, 0.0])])
+def test_axis_operator_hand_computed(n_in: int, n_out: int, kernel: list, row0: list) -> None:
+    op = axis_operator(n_in, n_out, torch.tensor(kernel, dtype=torch.float64), "reflect")
+    assert op.shape == (n_out, n_in)
+    assert torch.allclose(op[0], torch.tensor(row0, dtype=torch.float64))
+    assert torch.allclose(op.sum(dim=1), torch.ones(n_out, dtype=torch.float64))  # a blur keeps constants
+    if kernel[0] > 0:  # second output sees [a, a, b] -> (2a + b) / 3
+        assert torch.allclose(op[1], torch.tensor([2 / 3, 1 / 3], dtype=torch.float64))
+
+
+@pytest.mark.parametrize(("grid", "size", "sigma"), [((32, 32), (256, 256), 4), ((30, 41), (240, 328), 4),
+                                                     ((8, 8), (64, 64), 4), ((7, 5), (56, 40), 2)])
+def test_matrix_smoothing_equals_anomalib_map(grid: tuple[int, int], size: tuple[int, int], sigma: int) -> None:
+    generator = AnomalyMapGenerator(sigma=sigma)
+    scores = torch.rand(2, 1, *grid, generator=torch.Generator().manual_seed(1)) * 10
+    with torch.inference_mode():
+        ref = generator(scores, size)
+        fast = smooth_upsample(generator, scores, size)
+    assert fast.shape == ref.shape == (2, 1, *size)
+    assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 64, 64), (1, 3, 96, 64)])
+def test_onnx_embedding_equals_torch(shape: tuple[int, ...]) -> None:
+    fast = PatchCore(PatchCoreConfig.from_dict(PATCHCORE_TEST_SETTINGS))
+    ref = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "torch"}))
+    batch = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    a, b = fast.embed(batch), ref.embed(batch)
+    assert a.shape == b.shape == (shape[0], 152, shape[2] // 8, shape[3] // 8)
+    assert torch.allclose(a, b, rtol=1e-3, atol=1e-3)
+    assert not torch.equal(a, fast.embed(batch * 0.5))  # the graph really depends on its input
+
+
+def test_onnx_efficientad_equals_torch() -> None:
+    fast = EfficientAD(EfficientADConfig(steps=1))
+    ref = EfficientAD(EfficientADConfig(steps=1, runtime="torch"))
+    ref.load_state(fast.state())
+    with torch.no_grad():  # make the maps non-trivial: a student that differs from zero
+        for p in fast.model.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ref.load_state(fast.state())
+    batch = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    (sa, ma), (sb, mb) = fast.forward(batch), ref.forward(batch)
+    assert ma.shape == mb.shape == (2, 256, 256)
+    assert torch.allclose(sa, sb, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(ma, mb, rtol=1e-4, atol=1e-5)
+    assert float(ma.std()) > 0
+
+
+@pytest.mark.parametrize(("kind", "inference", "expected"),
+                         [("patchcore", "stock", {"runtime": "torch", "search": "stock"}),
+                          ("patchcore", "fast", {"runtime": "onnx", "search": "auto"}),
+                          ("efficientad", "stock", {"runtime": "torch"}),
+                          ("efficientad", "fast", {"runtime": "onnx"})])
+def test_inference_path_settings(kind: str, inference: str, expected: dict) -> None:
+    saved = {"search": "stock", "runtime": "onnx", "steps": 3} if kind == "patchcore" else {"steps": 3}
+    out = det.inference_settings(kind, saved, inference)
+    assert {k: out[k] for k in expected} == expected
+    assert out["steps"] == 3
+
+
+def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -> None:  # noqa: ANN001
+    from core.dataset import load_category
+    from core.imageio import load_image
+    from core.store import ModelStore
+
+    store = ModelStore(trained_store)
+    images = [load_image(s.path) for s in load_category(demo_root, "demo_metal").test[:3]]
+    for kind in det.KINDS:
+        fast = det.load(store, "demo_metal", kind, "fast").detector
+        stock = det.load(store, "demo_metal", kind, "stock").detector
+        assert fast.config.runtime == "onnx" and stock.config.runtime == "torch"
+        for a, b in zip(fast.predict(images), stock.predict(images), strict=True):
+            assert a.score == pytest.approx(b.score, rel=1e-4, abs=1e-6)
+            assert np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4 * max(1.0, float(np.ptp(b.anomaly_map))))
+
+
+def test_hnsw_exact_maximum_makes_each_image_maximum_exact() -> None:
+    gen = torch.Generator().manual_seed(5)
+    bank = torch.randn(3000, 16, generator=gen)
+    queries = torch.randn(2 * 300, 16, generator=gen) * 1.5
+    exact_d, _ = exact_search(queries, bank)
+    index = build_index(bank, "hnsw", ef_search=1)  # a deliberately poor search: many missed neighbours
+    approx_d, approx_i = index.search(queries)
+    assert (approx_d >= exact_d - 1e-4).all()  # a miss can only over-estimate
+    assert (approx_d > exact_d + 1e-4).any()  # ... and this search does miss
+    d, i = index.exact_maximum(queries, approx_d, approx_i, 2)
+    for g in range(2):
+        sl = slice(300 * g, 300 * (g + 1))
+        assert float(d[sl].max()) == pytest.approx(float(exact_d[sl].max()), rel=1e-5)
+        top = int(torch.argmax(d[sl])) + 300 * g
+        assert float(torch.dist(queries[top], bank[i[top]])) == pytest.approx(float(d[top]), rel=1e-4)
+    assert (d <= approx_d + 1e-5).all()
+    exact_index = build_index(bank, "exact")
+    same = exact_index.exact_maximum(queries, exact_d, torch.zeros_like(approx_i), 2)
+    assert torch.equal(same[0], exact_d)
