@@ -161,7 +161,9 @@ class PatchCore:
         def on_progress(done: int, total: int) -> None:
             control.report(f"coreset {done}/{total}", 0.5 + 0.5 * done / total)
 
-        if self.config.coreset == "stock":
+        if k == features.shape[0]:  # the whole set is its own coreset: nothing to select
+            bank = features
+        elif self.config.coreset == "stock":
             from anomalib.models.components import KCenterGreedy
 
             with torch.no_grad():

@@ -116,3 +116,13 @@ def test_input_target_size(mode: str, shape: tuple[int, int], expected: tuple[in
 
     spec = InputSpec(64, 64, mode=mode, scale=0.5, max_side=512)
     assert spec.target_size(shape) == expected
+
+
+def test_full_bank_keeps_every_patch_and_scores_its_own_images_zero() -> None:
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "coreset_ratio": 1.0}))
+    images = [rgb(64, 64, seed=i) for i in range(2)]
+    report = model.fit(images)
+    assert report.memory_bank == report.num_patches == 2 * 8 * 8
+    unseen = model.predict([rgb(64, 64, seed=99)])[0].score
+    for pred in model.predict(images):  # every patch is in the bank: distance 0 up to |a|^2 - 2ab + |b|^2 rounding
+        assert pred.score < 0.02 * unseen

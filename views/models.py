@@ -5,6 +5,7 @@ import streamlit as st
 
 from core import detector as det
 from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds
+from core.knn import AUTO_EXACT_LIMIT
 from ui import cache
 from ui.jobs import show_job, start_job
 from ui.sidebar import KIND_LABELS, sidebar
@@ -57,7 +58,10 @@ with st.form("train"):
     col1, col2, col3 = st.columns(3)
     size = col1.select_slider("Input size (px)", options=[128, 160, 192, 224, 256, 320, 384], value=256,
                               help=f"EfficientAD uses at least {MIN_SIZE} px.", key="train_size")
-    ratio = col2.select_slider("PatchCore coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1], value=0.01)
+    ratio = col2.select_slider("PatchCore coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0],
+                               value=0.01, help="Share of training patches kept in the memory bank (1.0: all of them). "
+                                                f"Banks above {AUTO_EXACT_LIMIT:,} patches are searched with HNSW, "
+                                                "with each image's top patch re-checked exactly.")
     steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=1000, step=100)
     ead_size = max(size, MIN_SIZE)
     estimate = expected_training_seconds(EfficientADConfig(height=ead_size, width=ead_size, steps=int(steps)))
