@@ -2,8 +2,7 @@
 
 Exact search computes ``|b|^2 - 2 q.b`` (then adds ``|q|^2``) for blocks of 1,024 queries x 4,096 bank entries,
 so each distance block stays in cache and memory stays bounded whatever the bank size; it is anomalib's own
-formula (``PatchcoreModel.euclidean_dist``) without materialising the full ``[N, M]`` matrix, and measured
-faster than both anomalib's and faiss' flat search on this CPU (benchmarks/RESULTS.md).
+formula (``PatchcoreModel.euclidean_dist``) without materialising the full ``[N, M]`` matrix.
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
