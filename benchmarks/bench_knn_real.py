@@ -28,7 +28,7 @@ from core import metrics  # noqa: E402
 from core.dataset import load_category  # noqa: E402
 from core.imageio import load_image, load_mask  # noqa: E402
 from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index  # noqa: E402
-from core.mapsmooth import smooth_upsample  # noqa: E402
+from core.mapsmooth import MapSmoother  # noqa: E402
 from core.patchcore import PatchCore, PatchCoreConfig  # noqa: E402
 from core.preprocess import batches  # noqa: E402
 
@@ -46,6 +46,7 @@ def score(model: PatchCore, index, test: torch.Tensor, grid: int,  # noqa: ANN00
           refine: bool) -> tuple[np.ndarray, list[np.ndarray], float]:
     """Image scores ``[T]``, maps (256x256 each) and the median search time per image (ms)."""
     scores, maps, times = [], [], []
+    smoother = MapSmoother(model.model.anomaly_map_generator)
     for feats in test:
         t0 = time.perf_counter()
         dist, loc = index.search(feats)
@@ -54,7 +55,7 @@ def score(model: PatchCore, index, test: torch.Tensor, grid: int,  # noqa: ANN00
         times.append((time.perf_counter() - t0) * 1000)
         with torch.inference_mode():
             s = model.model.compute_anomaly_score(dist[None], loc[None], feats)
-            m = smooth_upsample(model.model.anomaly_map_generator, dist.reshape(1, 1, grid, grid), (256, 256))
+            m = smoother(dist.reshape(1, 1, grid, grid), (256, 256))
         scores.append(float(s.reshape(-1)[0]))
         maps.append(m[0, 0].numpy())
     return np.array(scores), maps, float(np.median(times))

@@ -36,21 +36,25 @@ def axis_operator(n_in: int, n_out: int, kernel: torch.Tensor, border: str) -> t
     return out[:, 0, :].T.contiguous()
 
 
-@lru_cache(maxsize=32)
-def _operators(h: int, w: int, height: int, width: int, k_h: tuple[float, ...], k_w: tuple[float, ...],
-               border: str) -> tuple[torch.Tensor, torch.Tensor]:
-    a_h = axis_operator(h, height, torch.tensor(k_h, dtype=torch.float64), border).float()
-    a_w = axis_operator(w, width, torch.tensor(k_w, dtype=torch.float64), border).float()
-    return a_h, a_w.T.contiguous()
+class MapSmoother:
+    """anomalib's map for one :class:`AnomalyMapGenerator`; the kernels are split once, operators cached per size."""
 
+    def __init__(self, generator: AnomalyMapGenerator) -> None:
+        k_h, k_w = separable_kernels(generator)
+        self.k_h, self.k_w = k_h, k_w
+        self.border = generator.blur.border_type
 
-def smooth_upsample(generator: AnomalyMapGenerator, patch_scores: torch.Tensor,
-                    size: tuple[int, int]) -> torch.Tensor:
-    """Anomaly maps ``[B, 1, H, W]`` for ``patch_scores: [B, 1, h, w]``, equal to ``generator(patch_scores, size)``."""
-    b, c, h, w = patch_scores.shape
-    if c != 1:
-        raise ValueError(f"expected patch scores [B, 1, h, w], found {tuple(patch_scores.shape)}")
-    k_h, k_w = separable_kernels(generator)
-    a_h, a_w_t = _operators(h, w, int(size[0]), int(size[1]), tuple(k_h.tolist()), tuple(k_w.tolist()),
-                            generator.blur.border_type)
-    return (a_h @ patch_scores.float() @ a_w_t).reshape(b, 1, int(size[0]), int(size[1]))
+    @lru_cache(maxsize=32)  # noqa: B019  (one smoother per model; a handful of sizes)
+    def operators(self, h: int, w: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A_h: [height, h]`` and ``A_w.T: [w, width]``."""
+        a_h = axis_operator(h, height, self.k_h, self.border).float()
+        a_w = axis_operator(w, width, self.k_w, self.border).float()
+        return a_h, a_w.T.contiguous()
+
+    def __call__(self, patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Anomaly maps ``[B, 1, H, W]`` for ``patch_scores: [B, 1, h, w]``, equal to ``generator(patch_scores, size)``."""
+        b, c, h, w = patch_scores.shape
+        if c != 1:
+            raise ValueError(f"expected patch scores [B, 1, h, w], found {tuple(patch_scores.shape)}")
+        a_h, a_w_t = self.operators(h, w, int(size[0]), int(size[1]))
+        return (a_h @ patch_scores.float() @ a_w_t).reshape(b, 1, int(size[0]), int(size[1]))

@@ -21,7 +21,7 @@ from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from core.backbone import load_into_feature_extractor
 from core.coreset import coreset_size, kcenter_greedy
 from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
-from core.mapsmooth import smooth_upsample
+from core.mapsmooth import MapSmoother
 from core.preprocess import InputSpec, batches, predict_in_batches
 from core.runtime import OnnxGraph, check_runtime
 from core.types import NO_CONTROL, Prediction, TrainControl
@@ -110,6 +110,7 @@ class PatchCore:
         self.model.eval()
         self._index: NearestNeighbourIndex | None = None
         self._embedder = _Embedder(self.model)
+        self._smoother = MapSmoother(self.model.anomaly_map_generator)
         # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
         use_graph = check_runtime(config.runtime) == "onnx" and config.input_mode == "squash"
         self._graph = OnnxGraph(self._embedder, 1) if use_graph else None
@@ -199,8 +200,7 @@ class PatchCore:
             distances, locations = index.exact_maximum(flat, *index.search(flat), b)
             patch_scores = distances.reshape(b, -1)
             scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
-            maps = smooth_upsample(self.model.anomaly_map_generator, patch_scores.reshape(b, 1, h, w),
-                                   (int(batch.shape[-2]), int(batch.shape[-1])))
+            maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
             return scores.reshape(-1), maps[:, 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:

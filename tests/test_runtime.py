@@ -10,7 +10,7 @@ from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 from core import detector as det
 from core.efficientad import EfficientAD, EfficientADConfig
 from core.knn import AUTO_EXACT_LIMIT, build_index, exact_search, resolve
-from core.mapsmooth import axis_operator, smooth_upsample
+from core.mapsmooth import MapSmoother, axis_operator
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.runtime import check_runtime
 from tests.conftest import PATCHCORE_TEST_SETTINGS
@@ -78,7 +78,7 @@ def test_matrix_smoothing_equals_anomalib_map(grid: tuple[int, int], size: tuple
     scores = torch.rand(2, 1, *grid, generator=torch.Generator().manual_seed(1)) * 10
     with torch.inference_mode():
         ref = generator(scores, size)
-        fast = smooth_upsample(generator, scores, size)
+        fast = MapSmoother(generator)(scores, size)
     assert fast.shape == ref.shape == (2, 1, *size)
     assert torch.allclose(fast, ref, rtol=1e-5, atol=1e-5)
 
