@@ -3,8 +3,9 @@
 The network (PatchCore's backbone + pooling + embedding, or EfficientAD's whole forward pass) is exported in
 memory with the TorchScript-based ONNX exporter (no file, no download) the first time an input size is seen,
 and run by an ONNX Runtime CPU session using as many threads as torch does. Scores stay fp32 and equal to the
-torch path up to float rounding (tests/test_runtime.py); ONNX Runtime's fused convolution kernels are what make
-it faster (benchmarks/RESULTS.md, "Inference latency").
+torch path up to float rounding (tests/test_runtime.py). The speed-up is measured in benchmarks/RESULTS.md
+("Inference latency"); ONNX Runtime's graph optimisations (batch norms folded into convolutions, fused
+activations) are the likely reason.
 """
 
 from __future__ import annotations
