@@ -113,9 +113,10 @@ def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH
     """Index ``bank: [M, D]`` for ``search`` in {"exact", "hnsw", "auto"}; ``ef_search`` tunes HNSW's recall."""
     data = bank.detach().float().contiguous()
     kind = resolve(search, int(data.shape[0]))
+    bank_sq = (data * data).sum(dim=1)
     if kind == "exact":
-        return NearestNeighbourIndex(data, kind, bank_sq=(data * data).sum(dim=1))
+        return NearestNeighbourIndex(data, kind, bank_sq=bank_sq)
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))
-    return NearestNeighbourIndex(data, kind, hnsw=index, bank_sq=(data * data).sum(dim=1))
+    return NearestNeighbourIndex(data, kind, hnsw=index, bank_sq=bank_sq)
