@@ -11,6 +11,7 @@ torch (``runtime="torch"``); both give the same scores up to float rounding (tes
 
 from __future__ import annotations
 
+import io
 import json
 import random
 import time
@@ -26,6 +27,7 @@ from core.dataset import image_files
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
 from core.runtime import OnnxGraph, check_runtime
+from core.store import atomic_write_bytes
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "efficientad"
@@ -122,6 +124,7 @@ class EfficientAD:
             p.requires_grad_(False)
         self.model.eval()
         self._graph: OnnxGraph | None = None
+        self.step_seconds: list[float] = []  # wall time of each training step of the last fit
 
     def _inference_graph(self) -> OnnxGraph | None:
         """The exported eval forward pass (built on first use, after training or loading)."""
@@ -164,11 +167,16 @@ class EfficientAD:
 
     def fit(self, images: Sequence[np.ndarray], validation: Sequence[np.ndarray],
             control: TrainControl = NO_CONTROL, checkpoints: tuple[int, ...] = (),
-            on_checkpoint: Callable[[int, float], None] | None = None) -> dict[str, float]:
+            on_checkpoint: Callable[[int, float], None] | None = None,
+            resume_file: Path | None = None, save_every: int = 0) -> dict[str, float]:
         """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images.
 
         After each step count in ``checkpoints`` the model is made usable (eval mode, quantiles) and
         ``on_checkpoint(step, training_seconds_so_far)`` is called; training then continues where it was.
+        With ``resume_file``, the whole training state (weights, optimiser, schedule, random generators, step
+        times) is written there atomically every ``save_every`` steps and at each checkpoint, and a run that
+        finds the file picks up at its step, so a long run can be stopped and continued (same images and
+        settings expected). ``self.step_seconds`` holds the wall time of every step so far.
         """
         self._graph = None
         if not images:
@@ -184,11 +192,15 @@ class EfficientAD:
         optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * self.config.steps)),
                                                     gamma=0.1)
+        losses: list[float] = []
+        self.step_seconds = []
+        first = 0
+        if resume_file is not None and resume_file.is_file():
+            first = self._restore_training(resume_file, optimizer, scheduler, rng, losses, len(images))
         self.model.train()
         self.model.teacher.eval()
-        t0 = time.perf_counter()
-        losses = []
-        for step in range(self.config.steps):
+        for step in range(first, self.config.steps):
+            t0 = time.perf_counter()
             image = train[rng.randrange(train.shape[0])][None]
             pen = penalty[rng.randrange(penalty.shape[0])][None]
             if rng.random() < 0.3:
@@ -200,26 +212,68 @@ class EfficientAD:
             optimizer.step()
             scheduler.step()
             losses.append(float(loss.detach()))
-            if step % 10 == 0 or step == self.config.steps - 1:
-                control.report(f"step {step + 1}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
-                               0.95 * (step + 1) / self.config.steps)
-            if on_checkpoint is not None and step + 1 in checkpoints and step + 1 < self.config.steps:
-                elapsed = time.perf_counter() - t0
+            del losses[:-50]
+            self.step_seconds.append(time.perf_counter() - t0)
+            done = step + 1
+            if step % 10 == 0 or done == self.config.steps:
+                control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
+                               0.95 * done / self.config.steps)
+            at_checkpoint = on_checkpoint is not None and done in checkpoints and done < self.config.steps
+            if resume_file is not None and done < self.config.steps and (
+                    at_checkpoint or (save_every > 0 and done % save_every == 0)):
+                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images))
+            if at_checkpoint:
                 self.model.eval()
                 self._set_quantiles(validation if len(validation) else images)
                 self._graph = None
-                on_checkpoint(step + 1, elapsed)
+                on_checkpoint(done, sum(self.step_seconds))
                 self._graph = None
                 self.model.train()
                 self.model.teacher.eval()
-                t0 = time.perf_counter() - elapsed
-        train_seconds = time.perf_counter() - t0
+        train_seconds = sum(self.step_seconds)
         self.model.eval()
         control.report("map normalisation on held-out good images", 0.97)
         self._set_quantiles(validation if len(validation) else images)
         control.report("done", 1.0)
-        return {"train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, self.config.steps),
-                "final_loss": float(np.mean(losses[-50:])) if losses else float("nan")}
+        return {"train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, len(self.step_seconds)),
+                "final_loss": float(np.mean(losses)) if losses else float("nan")}
+
+    def _save_training(self, path: Path, step: int, optimizer: torch.optim.Optimizer,
+                       scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
+                       losses: list[float], num_images: int) -> None:
+        """Everything needed to continue training at ``step``, written atomically."""
+        state = {"config": self.config.to_dict(), "num_images": num_images, "step": step,
+                 "student": self.model.student.state_dict(), "ae": self.model.ae.state_dict(),
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                 "losses": list(losses), "step_seconds": list(self.step_seconds)}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+
+    def _restore_training(self, path: Path, optimizer: torch.optim.Optimizer,
+                          scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
+                          losses: list[float], num_images: int) -> int:
+        """Load a state written by :meth:`_save_training`; returns the step to continue from."""
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"expected a training state written by EfficientAD.fit in {path}, found an "
+                             f"unreadable file ({type(exc).__name__}: {exc})") from exc
+        if state.get("config") != self.config.to_dict() or state.get("num_images") != num_images:
+            raise ValueError(f"expected a training state for {num_images} images and settings "
+                             f"{self.config.to_dict()}, found one for {state.get('num_images')} images and "
+                             f"{state.get('config')} in {path}")
+        self.model.student.load_state_dict(state["student"])
+        self.model.ae.load_state_dict(state["ae"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(_as_tuple(state["rng"]))
+        torch.set_rng_state(state["torch_rng"])
+        losses[:] = state["losses"]
+        self.step_seconds = list(state["step_seconds"])
+        return int(state["step"])
 
     # ---------------------------------------------------------------- inference
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,3 +320,10 @@ def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:
         return values
     idx = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:limit]
     return values[idx]
+
+
+def _as_tuple(value: object) -> object:
+    """A random-generator state back from storage (lists, as saved, become the tuples ``setstate`` wants)."""
+    if isinstance(value, list):
+        return tuple(_as_tuple(v) for v in value)
+    return value

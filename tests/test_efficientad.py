@@ -89,3 +89,29 @@ def test_checkpoints_evaluate_mid_training_and_training_goes_on() -> None:
     assert all(ok for *_, ok in seen) and seen[0][1] < seen[1][1] <= info["train_seconds"]
     assert model.model.training is False
     assert any(not torch.equal(a, b) for a, b in zip(before, model.model.student.parameters(), strict=True))
+
+
+def test_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    images = [rgb(256, 256, seed=i) for i in range(3)]
+    straight = EfficientAD(EfficientADConfig(steps=4))
+    straight.fit(images, images[:1], resume_file=tmp_path / "state.pt", save_every=2)
+    assert len(straight.step_seconds) == 4
+    # the file holds step 2 of that run (the end of training is not saved): a new model continues from there
+    resumed = EfficientAD(EfficientADConfig(steps=4))
+    resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt", save_every=2)
+    assert resumed.step_seconds[:2] == straight.step_seconds[:2]  # restored from the file, not re-run
+    assert resumed.step_seconds[2:] != straight.step_seconds[2:] and len(resumed.step_seconds) == 4
+    for a, b in zip(straight.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(("content", "message"), [(b"not a state", "unreadable"), (None, "settings")])
+def test_resume_rejects_foreign_state(tmp_path: Path, content: bytes | None, message: str) -> None:
+    images = [rgb(256, 256, seed=i) for i in range(2)]
+    path = tmp_path / "state.pt"
+    if content is None:
+        EfficientAD(EfficientADConfig(steps=3)).fit(images, [], resume_file=path, save_every=1)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        EfficientAD(EfficientADConfig(steps=5)).fit(images, [], resume_file=path)
