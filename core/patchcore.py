@@ -196,8 +196,7 @@ class PatchCore:
             emb = self.embed(batch)
             b, _, h, w = emb.shape
             flat = PatchcoreModel.reshape_embedding(emb)
-            index = self._search_index()
-            distances, locations = index.exact_maximum(flat, *index.search(flat), b)
+            distances, locations = self._search_index().patch_search(flat, b)
             patch_scores = distances.reshape(b, -1)
             scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
             maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))

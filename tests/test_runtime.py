@@ -9,7 +9,7 @@ from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 
 from core import detector as det
 from core.efficientad import EfficientAD, EfficientADConfig
-from core.knn import AUTO_EXACT_LIMIT, build_index, exact_search, resolve
+from core.knn import AUTO_EXACT_LIMIT, augment_bank, build_index, exact_search, nearest_distances, resolve
 from core.mapsmooth import MapSmoother, axis_operator
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.runtime import check_runtime
@@ -40,6 +40,38 @@ def test_exact_search_matches_brute_force(n_bank: int, n_query: int, blocks: tup
     dist, idx = exact_search(queries, bank, query_block=blocks[0], bank_block=blocks[1])
     assert torch.allclose(dist.double(), ref.min(dim=1).values, rtol=1e-4, atol=1e-4)
     assert torch.allclose(ref.gather(1, idx[:, None])[:, 0], ref.min(dim=1).values, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("bank", "queries", "distances"),
+    [
+        ([[0.0], [3.0], [10.0]], [[1.0], [4.0], [9.0], [-2.0]], [1.0, 1.0, 1.0, 2.0]),
+        ([[0.0, 0.0], [3.0, 4.0]], [[3.0, 4.0], [0.0, 1.0], [6.0, 8.0]], [0.0, 1.0, 5.0]),
+        ([[1.0, 1.0], [1.0, 1.0], [5.0, 5.0]], [[1.0, 2.0]], [1.0]),
+    ],
+)
+@pytest.mark.parametrize("blocks", [(1, 1), (2, 2), (1024, 8192)])
+def test_nearest_distances_hand_computed(bank: list, queries: list, distances: list, blocks: tuple[int, int]) -> None:
+    b = torch.tensor(bank)
+    dist = nearest_distances(torch.tensor(queries), augment_bank(b, (b * b).sum(dim=1)), *blocks)
+    assert torch.allclose(dist, torch.tensor(distances), atol=1e-5)
+
+
+def test_nearest_distances_checks_shapes() -> None:
+    with pytest.raises(ValueError, match=r"expected queries \[N, D\] and an augmented bank \[M, D\+1\], found \(2, 3\)"):
+        nearest_distances(torch.zeros(2, 3), torch.zeros(5, 3))
+
+
+@pytest.mark.parametrize(("n_bank", "groups", "patches"), [(9000, 2, 400), (40, 3, 7), (1, 1, 5)])
+def test_patch_search_is_exact_search_at_each_image_maximum(n_bank: int, groups: int, patches: int) -> None:
+    gen = torch.Generator().manual_seed(n_bank)
+    bank, queries = torch.randn(n_bank, 24, generator=gen), torch.randn(groups * patches, 24, generator=gen)
+    exact_d, exact_i = exact_search(queries, bank)
+    d, i = build_index(bank, "exact").patch_search(queries, groups)
+    assert torch.allclose(d, exact_d, rtol=1e-4, atol=1e-4)  # 9,000 entries: two bank blocks of 8,192
+    rows = d.view(groups, -1).argmax(dim=1) + torch.arange(groups) * patches
+    assert torch.equal(i[rows], exact_i[rows])
+    assert int(i.count_nonzero()) <= groups  # other indices are not computed
 
 
 @pytest.mark.parametrize(("search", "size", "expected"),
