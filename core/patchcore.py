@@ -180,7 +180,8 @@ class PatchCore:
         return FitReport(len(images), int(features.shape[0]), int(bank.shape[0]), t1 - t0, t2 - t1)
 
     # ---------------------------------------------------------------- inference
-    def _search_index(self) -> NearestNeighbourIndex:
+    def search_index(self) -> NearestNeighbourIndex:
+        """The memory bank's search structure, built on first use (HNSW on a 779k bank: about a minute)."""
         if self._index is None:
             self._index = build_index(self.model.memory_bank, self.config.search, self.config.ef_search)
         return self._index
@@ -196,7 +197,7 @@ class PatchCore:
             emb = self.embed(batch)
             b, _, h, w = emb.shape
             flat = PatchcoreModel.reshape_embedding(emb)
-            distances, locations = self._search_index().patch_search(flat, b)
+            distances, locations = self.search_index().patch_search(flat, b)
             patch_scores = distances.reshape(b, -1)
             scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
             maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
