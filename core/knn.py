@@ -5,9 +5,8 @@ so memory stays bounded whatever the bank size; it is anomalib's own formula (``
 without materialising the full ``[N, M]`` matrix. PatchCore needs the neighbour's index only for each image's
 maximum patch (anomalib's score re-weighting), so :meth:`NearestNeighbourIndex.patch_search` takes every other
 patch's distance from :func:`nearest_distances`: one matrix product per 4,096 entries against the bank stored as
-``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices, about 40% less time than
-``exact_search`` (about 1.1 ms per 1,000 entries for 1,024 patches: 9 vs 15 ms at 7,793 entries; the product
-alone is 7.7 ms).
+``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices (a min with indices costs about
+as much as the product itself): ~1.3 ms per 1,000 entries per image in ``benchmarks/bench_knn_scaling.py``.
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
@@ -83,8 +82,8 @@ def nearest_distances(queries: torch.Tensor, augmented: torch.Tensor, query_bloc
     with torch.inference_mode():
         q_all = torch.cat([queries.float(), torch.ones(queries.shape[0], 1)], dim=1)
         dist = torch.empty(q_all.shape[0])
-        # one reused buffer for the distance blocks: a fresh 16 MB block per step costs page faults (measured
-        # ~2x slower on a 100k bank), and blocks larger than 4,096 entries run slower still
+        # One reused buffer for the distance blocks: fresh 1,024 x 8,192 blocks (32 MB each, page faults every
+        # time) made bench_knn_scaling ~2x slower on 100k+ banks (232 vs 121 ms per image at 100k).
         buffer = torch.empty(min(query_block, q_all.shape[0]) * min(bank_block, augmented.shape[0]))
         for qs in range(0, q_all.shape[0], query_block):
             q = q_all[qs:qs + query_block]
