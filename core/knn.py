@@ -5,8 +5,8 @@ so memory stays bounded whatever the bank size; it is anomalib's own formula (``
 without materialising the full ``[N, M]`` matrix. PatchCore needs the neighbour's index only for each image's
 maximum patch (anomalib's score re-weighting), so :meth:`NearestNeighbourIndex.patch_search` takes every other
 patch's distance from :func:`nearest_distances`: one matrix product per 4,096 entries against the bank stored as
-``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices (a min with indices costs about
-as much as the product itself): ~1.3 ms per 1,000 entries per image in ``benchmarks/bench_knn_scaling.py``.
+``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices (several times cheaper than a min with
+indices): ~1.3 ms per 1,000 entries per image in ``benchmarks/bench_knn_scaling.py``.
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
