@@ -133,8 +133,8 @@ def _backbone_name(detector: Detector) -> str:
 
 
 def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -> LoadedModel:
-    """Load a saved model for the ``inference`` path (see :func:`inference_settings`); never touches the
-    network or the training data.
+    """Load a saved model for the ``inference`` path (see :func:`inference_settings`), ready to score (a
+    PatchCore memory bank's search index is built here); never touches the network or the training data.
 
     Raises:
         ModelStoreError: the folder is missing, incomplete or corrupt (the message says which file and why).
@@ -148,6 +148,8 @@ def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -
     try:
         detector = build(kind, inference_settings(kind, manifest["settings"], inference))
         detector.load_state(state)
+        if isinstance(detector, PatchCore) and detector.config.search != "stock":
+            detector.search_index()  # ready to score: HNSW over a very large bank takes a while, so do it here
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
         raise ModelStoreError(f"{store.folder(category, kind)}: weights do not fit the manifest's settings ({exc})") from None
     return LoadedModel(category, kind, detector, manifest, calibration, store.folder(category, kind))

@@ -165,6 +165,8 @@ def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -
         fast = det.load(store, "demo_metal", kind, "fast").detector
         stock = det.load(store, "demo_metal", kind, "stock").detector
         assert fast.config.runtime == "onnx" and stock.config.runtime == "torch"
+        if kind == "patchcore":  # loaded ready to score: the search index is built by load, not by the first image
+            assert fast._index is not None and fast._index.kind == "exact" and stock._index is None
         for a, b in zip(fast.predict(images), stock.predict(images), strict=True):
             assert a.score == pytest.approx(b.score, rel=1e-4, abs=1e-6)
             assert np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-3, atol=1e-4 * max(1.0, float(np.ptp(b.anomaly_map))))

@@ -31,7 +31,8 @@ def model_version(store: str, category: str, kind: str) -> float:
     return _mtime(Path(store) / category / kind / WEIGHTS)
 
 
-@st.cache_resource(show_spinner="Loading model…", max_entries=8)
+@st.cache_resource(show_spinner="Loading model… (a memory bank of more than 16k patches also builds its search "
+                                "index here: about a minute per 800k patches)", max_entries=8)
 def load_model(store: str, category: str, kind: str, version: float, inference: str = "fast") -> det.LoadedModel:
     return det.load(ModelStore(store), category, kind, inference)
 
