@@ -219,9 +219,6 @@ class EfficientAD:
                 control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
                                0.95 * done / self.config.steps)
             at_checkpoint = on_checkpoint is not None and done in checkpoints and done < self.config.steps
-            if resume_file is not None and done < self.config.steps and (
-                    at_checkpoint or (save_every > 0 and done % save_every == 0)):
-                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images))
             if at_checkpoint:
                 self.model.eval()
                 self._set_quantiles(validation if len(validation) else images)
@@ -230,6 +227,10 @@ class EfficientAD:
                 self._graph = None
                 self.model.train()
                 self.model.teacher.eval()
+            # saved after the checkpoint's callback: a run stopped during it resumes before the checkpoint
+            if resume_file is not None and done < self.config.steps and (
+                    at_checkpoint or (save_every > 0 and done % save_every == 0)):
+                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images))
         train_seconds = sum(self.step_seconds)
         self.model.eval()
         control.report("map normalisation on held-out good images", 0.97)
