@@ -6,6 +6,8 @@ script as a legacy (v1) multipage app and then bypasses ``st.navigation``, losin
 
 import streamlit as st
 
+from ui import visits
+
 st.set_page_config(page_title="Inspector · visual anomaly detection", page_icon="🔎", layout="wide")
 
 pages = [
@@ -16,4 +18,6 @@ pages = [
     st.Page("views/similar.py", title="Similar", icon=":material/image_search:"),
     st.Page("views/annotate.py", title="Annotate", icon=":material/draw:"),
 ]
-st.navigation(pages).run()
+page = st.navigation(pages)
+visits.track(page.url_path)
+page.run()

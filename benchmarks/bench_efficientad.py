@@ -1,17 +1,16 @@
-"""EfficientAD on magnetic_tile with our distilled teacher: CPU seconds per step and AUROC vs step budget.
+"""EfficientAD variants on real data: CPU seconds per step, accuracy against the step budget, latency.
 
-    python benchmarks/bench_efficientad.py [--checkpoints 1000,3000,10000]
+    python benchmarks/bench_efficientad.py --variant lite --category magnetic_tile [--checkpoints 1000,3000]
+    python benchmarks/bench_efficientad.py --table        # only rewrite the RESULTS.md section from saved rows
 
-The run can be stopped and continued: the training state is saved to benchmarks/out/efficientad_state.pt every
-100 steps and at each checkpoint, and running the same command again picks up there (rows already measured are
-kept in benchmarks/out/efficientad.json). ``--fresh`` starts over. s/step is the median wall time of the steps
-in a segment, so a pause (a stopped process, a machine change between sessions) does not count as training.
-
-Trains one model (256x256, small PDN, batch 1, anomalib's losses) through core.efficientad for the last
-checkpoint's number of steps, pausing at each earlier checkpoint to evaluate it on the full test set (map
-quantiles from the held-out good images each time), so the 1,000-step row is the same run as the 3,000-step
-row, 1,000 steps in. s/step is measured per segment. Inference runs the fast (ONNX Runtime) path. The teacher
-is assets/teacher/teacher_small.pth (see its manifest.json).
+Variants (``VARIANTS`` below) are EfficientADConfig settings; ``lite`` is the product's default (pretrained
+Lite0 trunk as teacher, CPU-sized student and autoencoder), ``pdn_s`` anomalib's stock structure with our
+distilled PDN-S teacher. One run trains one model for the last checkpoint's number of steps and pauses at each
+earlier checkpoint to evaluate it on the full test set (map quantiles from the held-out good images each time),
+so the rows of a run are one training run. The training state is saved to benchmarks/out/ every 100 steps and
+at each checkpoint: running the same command again continues it (``--fresh`` starts over). s/step is the median
+step wall time of a segment, so a pause does not count as training. Rows are kept per (category, variant) in
+benchmarks/out/efficientad_<category>_<variant>.json and the RESULTS.md section lists them all.
 """
 
 from __future__ import annotations
@@ -31,36 +30,76 @@ from common import DATA, OUT, fmt, machine, peak_rss_mb, write_section  # noqa: 
 
 from core.detector import split_holdout  # noqa: E402
 from core.dataset import load_category  # noqa: E402
-from core.efficientad import DEFAULT_TEACHER, EfficientAD, EfficientADConfig  # noqa: E402
+from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
 from core.imageio import load_image  # noqa: E402
+
+VARIANTS: dict[str, dict[str, object]] = {
+    "lite": {},  # the product's defaults
+    "lite_w64": {"student_width": 64},
+    "lite_lr1e-3": {"lr": 1e-3},
+    "lite1": {"teacher_backbone": "tf_efficientnet_lite1"},
+    "pdn_s": {"structure": "pdn_s"},
+}
+
+
+def rows_path(category: str, variant: str) -> Path:
+    return OUT / f"efficientad_{category}_{variant}.json"
+
+
+def write_table() -> None:
+    lines = ["Each row: one training run of `EfficientADConfig` defaults plus the variant's settings, evaluated on "
+             "the full test set at that step count (map quantiles from the 10% held-out good training images). "
+             "`lite` is the product's default (pretrained tf_efficientnet_lite0 trunk to stride 16 as teacher, "
+             "152 channels at stride 8; plain-conv student of width 128; stride-8 autoencoder); `pdn_s` is anomalib's "
+             "stock structure with our distilled PDN-S teacher (assets/teacher). ms/image: batch 1, fast (ONNX "
+             "Runtime) path, median over 40 images after 3 warm-up images.", "",
+             "| category | variant | steps | s/step (median) | train min | image AUROC | pixel AUROC | AUPRO | F1-max | "
+             "ms/image (batch 1) | images/s (folder) | machine |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(OUT.glob("efficientad_*_*.json")):
+        saved = json.loads(path.read_text())
+        for r in saved.get("rows", []):
+            lines.append(f"| {saved['category']} | {saved['variant']} | {r['steps']} | {r['seconds_per_step']:.3f} | "
+                         f"{r['train_s'] / 60:.1f} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
+                         f"{fmt(r['aupro'])} | {fmt(r['f1_max'])} | {r['latency_ms_b1']:.0f} | "
+                         f"{r['folder_images_per_s']:.1f} | {saved['machine']} |")
+    lines += ["", "Command: `python benchmarks/bench_efficientad.py --variant V --category C --checkpoints ...`."]
+    write_section("efficientad", "## EfficientAD variants on real data\n\n" + "\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--checkpoints", default="1000,3000,10000")
+    parser.add_argument("--variant", default="lite", choices=sorted(VARIANTS))
+    parser.add_argument("--category", default="magnetic_tile")
+    parser.add_argument("--checkpoints", default="1000,3000")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fresh", action="store_true", help="ignore a saved training state and start over")
-    parser.add_argument("--test-images", type=int, default=0, help="score only this many test images (0: all)")
+    parser.add_argument("--table", action="store_true", help="only rewrite the RESULTS.md section")
     args = parser.parse_args()
-    if not (DATA / "magnetic_tile").is_dir():
-        print(f"skipped: no magnetic_tile under {DATA}", file=sys.stderr)
+    if args.table:
+        write_table()
         return 0
-    torch.set_num_threads(2)
-    data = load_category(DATA, "magnetic_tile")
+    if not (DATA / args.category).is_dir():
+        print(f"skipped: no {args.category} under {DATA}", file=sys.stderr)
+        return 0
+    torch.set_num_threads(args.threads)
+    data = load_category(DATA, args.category)
     train_all = [load_image(s.path) for s in data.train]
     fit_idx, hold_idx = split_holdout(len(train_all), 0.1, 0)
     train = [train_all[i] for i in fit_idx]
     hold = [train_all[i] for i in hold_idx]
-    test_samples = list(data.test)[::max(1, len(data.test) // args.test_images)] if args.test_images else list(data.test)
+    test_samples = list(data.test)
     test = [load_image(s.path) for s in test_samples]
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
-    state_file, rows_file = OUT / "efficientad_state.pt", OUT / "efficientad.json"
+    tag = f"{args.category}_{args.variant}"
+    state_file, rows_file = OUT / f"efficientad_state_{tag}.pt", rows_path(args.category, args.variant)
     if args.fresh:
         state_file.unlink(missing_ok=True)
     rows = []
     if state_file.is_file() and rows_file.is_file():
         saved = json.loads(rows_file.read_text())
-        rows = saved.get("rows", []) if isinstance(saved, dict) and saved.get("checkpoints") == checkpoints else []
-    model = EfficientAD(EfficientADConfig(steps=checkpoints[-1]))
+        rows = saved.get("rows", []) if saved.get("checkpoints") == checkpoints else []
+    model = EfficientAD(EfficientADConfig(steps=checkpoints[-1], **VARIANTS[args.variant]))  # type: ignore[arg-type]
     last = {"step": rows[-1]["steps"] if rows else 0}
 
     def evaluate_now(step: int, train_s: float) -> None:
@@ -68,7 +107,7 @@ def main() -> int:
         preds = model.predict(test)
         eval_s = time.perf_counter() - t0
         lat = []
-        for im in test[:40]:
+        for im in test[:43]:
             s = time.perf_counter()
             model.predict([im])
             lat.append((time.perf_counter() - s) * 1000)
@@ -81,36 +120,16 @@ def main() -> int:
         rows.append(row)
         last.update(step=step)
         print(json.dumps(row, default=float), file=sys.stderr, flush=True)
-        write_results()  # after every checkpoint, so an interrupted run keeps what it measured
-
-    def write_results() -> None:
         OUT.mkdir(parents=True, exist_ok=True)
-        rows_file.write_text(json.dumps({"checkpoints": checkpoints, "rows": rows}, default=float, indent=1))
-        teacher = json.loads((DEFAULT_TEACHER.parent / "manifest.json").read_text())
-        lines = [f"Machine: {machine()}. 256x256 input, small PDN, teacher distilled for {teacher['steps']} steps "
-                 f"(final distillation loss {teacher['loss_last_50']:.3f}), {len(train)} training images, "
-                 f"{len(hold)} held out for map normalisation.", "",
-                 "| steps | s/step (median) | train min (steps x median) | image AUROC | pixel AUROC | AUPRO | F1-max | ms/image (batch 1) | images/s (folder) |",
-                 "|---|---|---|---|---|---|---|---|---|"]
-        for r in rows:
-            lines.append(f"| {r['steps']} | {r['seconds_per_step']:.2f} | {r['train_s'] / 60:.1f} | {fmt(r['image_auroc'])} | "
-                         f"{fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | {fmt(r['f1_max'])} | {r['latency_ms_b1']:.0f} | "
-                         f"{r['folder_images_per_s']:.1f} |")
-        sps = min(r["seconds_per_step"] for r in rows)
-        done = rows[-1]["steps"]
-        if done < checkpoints[-1]:
-            lines += ["", f"Run in progress: rows up to {done:,} steps of a {checkpoints[-1]:,}-step run (its learning "
-                          f"rate drops 10x at 95% of {checkpoints[-1]:,}); running the command again continues it."]
-        lines += ["", f"At {sps:.2f} s/step (the fastest segment) 10,000 steps take about {10000 * sps / 3600:.1f} h on "
-                      f"this CPU; the dashboard shows this estimate before training.",
-                  "", f"Command: `python benchmarks/bench_efficientad.py --checkpoints {args.checkpoints}`."]
-        write_section("efficientad", "## EfficientAD on magnetic_tile\n\n" + "\n".join(lines))
+        rows_file.write_text(json.dumps({"category": args.category, "variant": args.variant,
+                                         "settings": model.config.to_dict(), "checkpoints": checkpoints,
+                                         "machine": machine(), "num_train": len(train), "num_holdout": len(hold),
+                                         "rows": rows}, default=float, indent=1))
+        write_table()  # after every checkpoint, so an interrupted run keeps what it measured
 
     info = model.fit(train, hold, checkpoints=tuple(checkpoints), on_checkpoint=evaluate_now,
                      resume_file=state_file, save_every=100)
     evaluate_now(checkpoints[-1], info["train_seconds"])
-    rows[-1]["final_loss"] = info["final_loss"]
-    write_results()
     state_file.unlink(missing_ok=True)  # finished: a rerun starts over
     return 0
 

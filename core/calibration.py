@@ -30,17 +30,39 @@ class Calibration:
     num_images: int
     source: str
     chosen_by: str = "default"
+    default_image_threshold: float | None = None
+    default_pixel_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        """A calibration read back from ``calibration.json``. Files written before the defaults were stored
+        get them back from their good-score statistics (the policy that made them)."""
         missing = [k for k in ("image_threshold", "pixel_threshold") if k not in data]
         if missing:
             raise ValueError(f"expected calibration keys {missing}, found {sorted(data)}")
+        for key in ("image_threshold", "pixel_threshold"):
+            if not isinstance(data[key], (int, float)) or not np.isfinite(data[key]):
+                raise ValueError(f"expected a finite number for {key}, found {data[key]!r}")
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        cal = cls(**{k: v for k, v in data.items() if k in known})
+        if cal.default_image_threshold is None or cal.default_pixel_threshold is None:
+            if cal.chosen_by == "default":
+                img, pix = cal.image_threshold, cal.pixel_threshold
+            else:
+                img = cal.good_score_mean + SIGMAS * cal.good_score_std
+                pix = cal.good_map_max_mean + SIGMAS * cal.good_map_max_std
+            cal = replace(cal, default_image_threshold=float(img), default_pixel_threshold=float(pix))
+        return cal
+
+    @property
+    def defaults(self) -> tuple[float, float]:
+        """The (image, pixel) thresholds chosen when the model was calibrated, whatever is saved now."""
+        img = self.image_threshold if self.default_image_threshold is None else self.default_image_threshold
+        pix = self.pixel_threshold if self.default_pixel_threshold is None else self.default_pixel_threshold
+        return float(img), float(pix)
 
     def with_thresholds(self, image_threshold: float, pixel_threshold: float, chosen_by: str) -> Calibration:
         return replace(self, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
@@ -55,11 +77,13 @@ def calibrate(good: list[Prediction], source: str) -> Calibration:
     map_max = np.array([float(p.anomaly_map.max()) for p in good], dtype=np.float64)
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(map_max.mean()), float(map_max.std())
+    image_threshold = s_mean + SIGMAS * s_std if len(good) > 1 else float(scores.max()) * 1.05
+    pixel_threshold = m_mean + SIGMAS * m_std if len(good) > 1 else float(map_max.max()) * 1.05
     return Calibration(
-        image_threshold=s_mean + SIGMAS * s_std if len(good) > 1 else float(scores.max()) * 1.05,
-        pixel_threshold=m_mean + SIGMAS * m_std if len(good) > 1 else float(map_max.max()) * 1.05,
+        image_threshold=image_threshold, pixel_threshold=pixel_threshold,
         good_score_mean=s_mean, good_score_std=s_std, good_score_max=float(scores.max()),
         good_map_max_mean=m_mean, good_map_max_std=m_std, num_images=len(good), source=source,
+        default_image_threshold=image_threshold, default_pixel_threshold=pixel_threshold,
     )
 
 

@@ -141,10 +141,7 @@ def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -
     """
     manifest = store.read_manifest(category, kind)
     state = store.read_weights(category, kind)
-    try:
-        calibration = Calibration.from_dict(store.read_calibration(category, kind))
-    except ValueError as exc:
-        raise ModelStoreError(f"{store.folder(category, kind) / CALIBRATION}: {exc}") from None
+    calibration = read_calibration(store, category, kind)
     try:
         detector = build(kind, inference_settings(kind, manifest["settings"], inference))
         detector.load_state(state)
@@ -153,6 +150,18 @@ def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
         raise ModelStoreError(f"{store.folder(category, kind)}: weights do not fit the manifest's settings ({exc})") from None
     return LoadedModel(category, kind, detector, manifest, calibration, store.folder(category, kind))
+
+
+def read_calibration(store: ModelStore, category: str, kind: str) -> Calibration:
+    """The calibration saved beside a model now.
+
+    Raises:
+        ModelStoreError: missing or damaged ``calibration.json`` (the message names the file and the problem).
+    """
+    try:
+        return Calibration.from_dict(store.read_calibration(category, kind))
+    except (ValueError, TypeError) as exc:
+        raise ModelStoreError(f"{store.folder(category, kind) / CALIBRATION}: {exc}") from None
 
 
 def save_calibration(store: ModelStore, model: LoadedModel, calibration: Calibration) -> None:

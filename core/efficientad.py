@@ -24,6 +24,7 @@ import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
 
 from core.dataset import image_files
+from core.efficientad_lite import STRIDE, LiteAutoEncoder, LiteStudent, LiteTeacher
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
 from core.runtime import OnnxGraph, check_runtime
@@ -35,7 +36,9 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
 DEFAULT_PENALTY_DIR = ASSETS / "penalty"
 MIN_SIZE = 256
-SECONDS_PER_STEP_256 = 1.77  # measured on the 2-core CPU (benchmarks/RESULTS.md, EfficientAD section)
+# Median training-step wall time at 256x256 on the 2-core CPU, per structure (benchmarks/RESULTS.md, EfficientAD).
+SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.10}
+STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
 
 
 @dataclass(frozen=True)
@@ -52,9 +55,17 @@ class EfficientADConfig:
     batch_size: int = 8
     seed: int = 0
     runtime: str = "onnx"
+    structure: str = "lite"
+    teacher_backbone: str = "tf_efficientnet_lite0"
+    student_width: int = 128
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"expected EfficientAD structure in {STRUCTURES}, found {self.structure!r}")
+        if self.structure == "lite" and (self.height % 256 or self.width % 256):
+            raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
+                             f"code is 256 px wide), found {self.height}x{self.width}")
         if self.height < MIN_SIZE or self.width < MIN_SIZE:
             raise ValueError(f"expected an EfficientAD input of at least {MIN_SIZE}x{MIN_SIZE} (its autoencoder "
                              f"downsamples 32x before an 8x8 convolution), found {self.height}x{self.width}")
@@ -67,6 +78,8 @@ class EfficientADConfig:
 
     @property
     def backbone(self) -> str:
+        if self.structure == "lite":
+            return f"{self.teacher_backbone} trunk (pretrained teacher, stride {STRIDE})"
         return "pdn_small (distilled from tf_efficientnet_lite0)"
 
     def to_dict(self) -> dict[str, object]:
@@ -74,13 +87,43 @@ class EfficientADConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> EfficientADConfig:
+        """Settings from a manifest; one saved before structures existed is the PDN-S structure."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})  # type: ignore[arg-type]
+        values = {k: v for k, v in data.items() if k in known}
+        values.setdefault("structure", "pdn_s")
+        return cls(**values)  # type: ignore[arg-type]
 
 
 def expected_training_seconds(config: EfficientADConfig) -> float:
     """Rough wall time of training on this class of CPU (scaled from the measured 256x256 step time)."""
-    return config.steps * SECONDS_PER_STEP_256 * (config.height * config.width) / (256 * 256)
+    return config.steps * SECONDS_PER_STEP_256[config.structure] * (config.height * config.width) / (256 * 256)
+
+
+def _build_pdn_s(config: EfficientADConfig) -> EfficientAdModel:
+    """anomalib's stock structure: PDN-S teacher (our distilled weights), PDN-S student, autoencoder."""
+    teacher_path = Path(config.teacher_path)
+    if not teacher_path.is_file():
+        raise FileNotFoundError(f"expected distilled teacher weights at {teacher_path}, found none "
+                                "(make them with tools/distill_teacher.py)")
+    model = EfficientAdModel(teacher_out_channels=teacher_channels(teacher_path), model_size=EfficientAdModelSize.S,
+                             padding=False, pad_maps=True)
+    model.teacher.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True), strict=True)
+    return model
+
+
+def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
+    """anomalib's model with a pretrained Lite trunk as teacher and CPU-sized student and autoencoder."""
+    teacher = LiteTeacher(config.teacher_backbone)
+    channels = teacher.out_channels
+    model = EfficientAdModel(teacher_out_channels=channels, model_size=EfficientAdModelSize.S, padding=True,
+                             pad_maps=False)
+    model.teacher = teacher
+    model.student = LiteStudent(2 * channels, config.student_width)
+    model.ae = LiteAutoEncoder(channels)  # type: ignore[assignment]
+    return model
+
+
+BUILDERS: dict[str, Callable[[EfficientADConfig], EfficientAdModel]] = {"pdn_s": _build_pdn_s, "lite": _build_lite}
 
 
 def teacher_channels(path: Path) -> int:
@@ -104,21 +147,14 @@ def load_penalty_images(folder: Path, spec: InputSpec) -> torch.Tensor:
 
 
 class EfficientAD:
-    """An EfficientAD detector (small PDN) for one category."""
+    """An EfficientAD detector for one category (structure ``lite`` or anomalib's ``pdn_s``)."""
 
     kind = KIND
 
     def __init__(self, config: EfficientADConfig) -> None:
         self.config = config
-        teacher_path = Path(config.teacher_path)
-        if not teacher_path.is_file():
-            raise FileNotFoundError(f"expected distilled teacher weights at {teacher_path}, found none "
-                                    "(make them with tools/distill_teacher.py)")
-        self.channels = teacher_channels(teacher_path)
-        self.model = EfficientAdModel(teacher_out_channels=self.channels, model_size=EfficientAdModelSize.S,
-                                      padding=False, pad_maps=True)
-        state = torch.load(teacher_path, map_location="cpu", weights_only=True)
-        self.model.teacher.load_state_dict(state, strict=True)
+        self.model = BUILDERS[config.structure](config)
+        self.channels = self.model.teacher_out_channels
         self.model.teacher.eval()
         for p in self.model.teacher.parameters():
             p.requires_grad_(False)

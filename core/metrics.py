@@ -194,8 +194,11 @@ def aupro(masks: list[np.ndarray], maps: list[np.ndarray], fpr_limit: float = 0.
     fprs = np.cumsum(np.concatenate(fp_change)[order])
     pros = np.cumsum(np.concatenate(pro_change)[order])
     keep = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
-    fprs = np.r_[0.0, np.clip(fprs[keep], 0.0, 1.0)]
-    pros = np.r_[0.0, np.clip(pros[keep], 0.0, 1.0)]
+    return _pro_area(np.r_[0.0, np.clip(fprs[keep], 0.0, 1.0)], np.r_[0.0, np.clip(pros[keep], 0.0, 1.0)], fpr_limit)
+
+
+def _pro_area(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float:
+    """Normalised area under the PRO curve (points ``[K]``, FPR increasing from 0) up to ``fpr_limit``."""
     cut = np.searchsorted(fprs, fpr_limit, side="right")
     x, yv = fprs[:cut], pros[:cut]
     if cut < len(fprs) and x[-1] < fpr_limit:
@@ -232,16 +235,96 @@ class PixelHistogram:
         return float(np.trapezoid(c.tpr, c.fpr))
 
 
-def pixel_histogram(masks: list[np.ndarray], maps: list[np.ndarray], bins: int = 2048) -> PixelHistogram:
-    """Bin all pixel scores of ``maps`` by the truth in ``masks`` (bool ``[H, W]`` each)."""
+BINS = 8192
+
+
+def binning_edges(maps: list[np.ndarray], bins: int = BINS, sample: int = 1_000_000) -> np.ndarray:
+    """Shared, strictly increasing bin edges ``[<= bins + 1]`` for the pixel values of ``maps``.
+
+    Half the edges are quantiles of a fixed subsample of the values (fine where most pixels lie), half are
+    evenly spaced between the minimum and maximum (fine in the sparse high tail where defects lie).
+    """
+    if not maps:
+        raise ValueError("expected at least one anomaly map to bin, found none")
     lo = min(float(m.min()) for m in maps)
     hi = max(float(m.max()) for m in maps)
-    if hi <= lo:
-        hi = lo + 1e-6
-    edges = np.linspace(lo, hi, bins + 1)
-    good = np.zeros(bins, dtype=np.int64)
-    defect = np.zeros(bins, dtype=np.int64)
-    for mask, amap in zip(masks, maps, strict=True):
-        good += np.histogram(amap[~mask], bins=edges)[0]
-        defect += np.histogram(amap[mask], bins=edges)[0]
-    return PixelHistogram(edges, good, defect)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError("expected finite map values, found NaN or inf")
+    total = sum(m.size for m in maps)
+    step = max(1, total // sample)
+    values = np.concatenate([m.ravel()[::step] for m in maps]).astype(np.float64)
+    half = max(2, bins // 2)
+    edges = np.unique(np.r_[np.quantile(values, np.linspace(0.0, 1.0, half + 1)), np.linspace(lo, hi, half + 1)])
+    if edges.size < 2:
+        edges = np.array([lo, lo + max(abs(lo), 1.0) * 1e-6])
+    edges[0], edges[-1] = min(edges[0], lo), max(edges[-1], hi)
+    return edges
+
+
+@dataclass(frozen=True)
+class BinnedPixels:
+    """Pixel statistics of some images on shared ``edges`` (``[B+1]``): counts of defect-free (``good``)
+    and defect pixels per bin ``[B]``, the per-region-overlap mass per bin (``pro``: each defect pixel adds
+    1 / the size of its connected region) and the number of regions. Sums over images add up (``+``), so
+    overall and per-defect metrics come from one pass over the maps; nothing keeps every pixel.
+    """
+
+    edges: np.ndarray
+    good: np.ndarray
+    defect: np.ndarray
+    pro: np.ndarray
+    regions: int
+
+    def __add__(self, other: BinnedPixels) -> BinnedPixels:
+        if self.edges is not other.edges and not np.array_equal(self.edges, other.edges):
+            raise ValueError("expected pixel statistics on the same bin edges, found different edges")
+        return BinnedPixels(self.edges, self.good + other.good, self.defect + other.defect, self.pro + other.pro,
+                            self.regions + other.regions)
+
+    def _descending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cumulative (good, defect, pro) from the highest bin down, with a leading 0: ``[B+1]`` each."""
+        return (np.r_[0.0, np.cumsum(self.good[::-1], dtype=np.float64)],
+                np.r_[0.0, np.cumsum(self.defect[::-1], dtype=np.float64)],
+                np.r_[0.0, np.cumsum(self.pro[::-1], dtype=np.float64)])
+
+    def auroc(self) -> float:
+        """Pixel AUROC; pixels within one bin count as ties (NaN without both classes)."""
+        fp, tp, _ = self._descending()
+        if fp[-1] == 0 or tp[-1] == 0:
+            return float("nan")
+        return float(np.trapezoid(tp / tp[-1], fp / fp[-1]))
+
+    def aupro(self, fpr_limit: float = 0.3) -> float:
+        """AUPRO up to ``fpr_limit`` as :func:`aupro`, with thresholds at the bin edges (NaN without regions)."""
+        fp, _, pro = self._descending()
+        if self.regions == 0 or fp[-1] == 0:
+            return float("nan")
+        return _pro_area(np.clip(fp / fp[-1], 0.0, 1.0), np.clip(pro / self.regions, 0.0, 1.0), fpr_limit)
+
+    def histogram(self) -> PixelHistogram:
+        return PixelHistogram(self.edges, self.good.astype(np.int64), self.defect.astype(np.int64))
+
+
+def empty_binned(edges: np.ndarray) -> BinnedPixels:
+    bins = len(edges) - 1
+    return BinnedPixels(edges, np.zeros(bins, np.int64), np.zeros(bins, np.int64), np.zeros(bins), 0)
+
+
+def bin_image(mask: np.ndarray, amap: np.ndarray, edges: np.ndarray) -> BinnedPixels:
+    """One image's :class:`BinnedPixels`: ``mask`` bool ``[H, W]`` (True = defect), ``amap`` float ``[H, W]``."""
+    if mask.shape != amap.shape:
+        raise ValueError(f"expected map shape {mask.shape}, found {amap.shape}")
+    bins = len(edges) - 1
+    idx = np.clip(np.searchsorted(edges, amap.ravel(), side="right") - 1, 0, bins - 1)
+    flat = mask.ravel()
+    good = np.bincount(idx[~flat], minlength=bins)
+    defect = np.bincount(idx[flat], minlength=bins)
+    pro = np.zeros(bins)
+    regions = 0
+    if flat.any():
+        lab, regions = ndimage.label(mask, structure=np.ones((3, 3), dtype=int))
+        sizes = np.bincount(lab.ravel(), minlength=regions + 1).astype(np.float64)
+        weight = np.zeros(regions + 1)
+        weight[1:] = 1.0 / sizes[1:]
+        pro = np.bincount(idx, weights=weight[lab.ravel()], minlength=bins)
+    return BinnedPixels(edges, good, defect, pro, int(regions))

@@ -16,6 +16,7 @@ crash never leaves a half-written model under the real name. Single files are re
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -175,6 +176,24 @@ class ModelStore:
 
     def read_calibration(self, category: str, kind: str) -> dict[str, Any]:
         return read_json(self.folder(category, kind) / CALIBRATION)
+
+    def calibration_stamp(self, category: str, kind: str) -> str:
+        """A digest of ``calibration.json`` as it is now ("" when absent): changes with any edit, wherever
+        made (the dashboard, the CLI, another tab, a hand edit), so caches keyed on it see the change."""
+        path = self.folder(category, kind) / CALIBRATION
+        try:
+            return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+        except FileNotFoundError:
+            return ""
+
+    def weights_stamp(self, category: str, kind: str) -> str:
+        """Changes whenever the model's weights are rewritten (retraining): size and modification time."""
+        path = self.folder(category, kind) / WEIGHTS
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return ""
+        return f"{st.st_size}-{st.st_mtime_ns}"
 
     def read_optional_json(self, category: str, kind: str, name: str) -> dict[str, Any] | None:
         path = self.folder(category, kind) / name

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -168,6 +169,90 @@ def test_threshold_change_changes_verdicts(env: Path) -> None:
     at.run()
     inspect = _pick_all_test_images(page("inspect"))
     assert set(inspect.dataframe[0].value["verdict"]) == {"DEFECT"}
+
+
+def _calibration(env: Path, kind: str = "patchcore") -> dict:
+    return json.loads((env / "demo_metal" / kind / "calibration.json").read_text())
+
+
+def _button(at: AppTest, label: str):  # noqa: ANN202 - streamlit's element type
+    return next(b for b in at.button if b.label == label)
+
+
+def test_thresholds_second_visit_starts_from_the_saved_calibration(env: Path) -> None:
+    """The reported bug: leave Thresholds and come back in the same session; the sliders must show the saved
+    values (not their minimum), and a Save after the return must leave the file as it was."""
+    saved = _calibration(env)
+    at = page("thresholds")
+    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
+    at.slider(key="image_thr").set_value(at.slider(key="image_thr").min)  # an unsaved change...
+    at.run()
+    assert any("Unsaved changes" in w.value for w in at.warning)
+    at.switch_page("views/inspect.py")  # ...abandoned by leaving the page
+    at.run()
+    at.switch_page("views/thresholds.py")
+    at.run()
+    assert not at.exception, at.exception
+    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
+    assert at.slider(key="pixel_thr").value == pytest.approx(saved["pixel_threshold"])
+    assert not any("Unsaved changes" in w.value for w in at.warning)
+    assert _button(at, "Save thresholds with the model").disabled  # nothing to save: a browser cannot press it
+    _button(at, "Use F1-optimal").click()  # a real change after the return is saved as chosen
+    at.run()
+    _button(at, "Save thresholds with the model").click()
+    at.run()
+    after = _calibration(env)
+    assert after["image_threshold"] == pytest.approx(at.slider(key="image_thr").value)
+    assert after["pixel_threshold"] == pytest.approx(saved["pixel_threshold"])  # untouched, not the slider minimum
+
+
+def test_thresholds_save_shows_changes_then_restore_defaults(env: Path) -> None:
+    saved = _calibration(env)
+    at = page("thresholds")
+    target = at.slider(key="image_thr").max
+    at.slider(key="image_thr").set_value(target)
+    at.run()
+    preview = at.dataframe[-1].value
+    assert list(preview["saved"])[0] == pytest.approx(saved["image_threshold"])
+    assert list(preview["after Save"])[0] == pytest.approx(target)
+    assert any("Saving flips the verdict" in w.value for w in at.warning)
+    _button(at, "Save thresholds with the model").click()
+    at.run()
+    user = _calibration(env)
+    assert user["image_threshold"] == pytest.approx(target) and user["chosen_by"] == "user"
+    assert at.slider(key="image_thr").value == pytest.approx(target)  # the page shows what was saved
+    _button(at, "Restore defaults").click()
+    at.run()
+    assert at.slider(key="image_thr").value == pytest.approx(saved["default_image_threshold"])
+    _button(at, "Save thresholds with the model").click()
+    at.run()
+    back = _calibration(env)
+    assert back["image_threshold"] == pytest.approx(saved["image_threshold"]) and back["chosen_by"] == "default"
+
+
+def test_pixel_threshold_set_by_fpr(env: Path) -> None:
+    at = page("thresholds")
+    at.number_input(key="target_pfpr").set_value(0.02)
+    _button(at, "Set by pixel FPR").click()
+    at.run()
+    assert not at.exception, at.exception
+    caption = next(c.value for c in at.caption if c.value.startswith("At this pixel threshold"))
+    assert float(caption.split("pixel FPR ")[1][:6]) <= 0.02
+    assert at.slider(key="pixel_thr").value != pytest.approx(_calibration(env)["pixel_threshold"])
+
+
+def test_calibration_edited_elsewhere_is_used_at_the_next_rerun(env: Path) -> None:
+    at = _pick_all_test_images(page("inspect"))
+    path = env / "demo_metal" / "patchcore" / "calibration.json"
+    cal = json.loads(path.read_text())
+    cal["image_threshold"] = -1e9  # a hand edit (or the CLI): everything is a defect now
+    path.write_text(json.dumps(cal))
+    at.run()  # same session, no restart
+    assert set(at.dataframe[0].value["verdict"]) == {"DEFECT"}
+    cal["image_threshold"] = 1e9
+    path.write_text(json.dumps(cal))
+    at.run()
+    assert set(at.dataframe[0].value["verdict"]) == {"OK"}
 
 
 def test_thresholds_set_by_recall(env: Path) -> None:

@@ -98,14 +98,61 @@ def test_aupro_nan_without_defects() -> None:
     assert np.isnan(metrics.aupro([np.zeros((3, 3), bool)], [np.zeros((3, 3))]))
 
 
-def test_pixel_histogram_auroc_close_to_exact() -> None:
-    rng = np.random.default_rng(1)
-    masks = [rng.random((32, 32)) < 0.1 for _ in range(4)]
-    maps = [rng.normal(m.astype(float), 1.0) for m in masks]
-    hist = metrics.pixel_histogram(masks, maps, bins=2048)
-    exact = metrics.roc_auc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
-    assert hist.auroc() == pytest.approx(exact, abs=2e-3)
-    assert hist.good.sum() + hist.defect.sum() == 4 * 32 * 32
+def _blobby_set(seed: int, n: int, shape: tuple[int, int], tail: str) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Generated maps like a detector's: smooth noise, defect regions (ellipses of varied size) with raised
+    values, some images without defects; ``tail`` picks the noise distribution."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    masks, maps = [], []
+    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    for k in range(n):
+        mask = np.zeros(shape, bool)
+        if k % 3:
+            for _ in range(rng.integers(1, 4)):
+                cy, cx = rng.integers(0, shape[0]), rng.integers(0, shape[1])
+                ry, rx = rng.integers(2, shape[0] // 4), rng.integers(2, shape[1] // 4)
+                mask |= ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
+        noise = rng.lognormal(0.0, 0.8, shape) if tail == "lognormal" else rng.normal(0.0, 1.0, shape)
+        amap = ndi.gaussian_filter(noise, 2.0) + ndi.gaussian_filter(mask * rng.uniform(0.2, 2.0), 3.0)
+        masks.append(mask)
+        maps.append(amap.astype(np.float32))
+    return masks, maps
+
+
+@pytest.mark.parametrize(("seed", "tail"), [(0, "normal"), (1, "lognormal"), (2, "normal"), (3, "lognormal")])
+def test_binned_pixel_metrics_within_0002_of_exact(seed: int, tail: str) -> None:
+    masks, maps = _blobby_set(seed, 24, (96, 128), tail)
+    edges = metrics.binning_edges(maps)
+    binned = metrics.bin_image(masks[0], maps[0], edges)
+    for mask, amap in zip(masks[1:], maps[1:], strict=True):
+        binned = binned + metrics.bin_image(mask, amap, edges)
+    exact_auroc = metrics.roc_auc(np.concatenate([m.ravel() for m in masks]), np.concatenate([m.ravel() for m in maps]))
+    assert binned.auroc() == pytest.approx(exact_auroc, abs=2e-3)
+    assert binned.aupro() == pytest.approx(metrics.aupro(masks, maps), abs=2e-3)
+    assert binned.good.sum() + binned.defect.sum() == 24 * 96 * 128
+    assert 0.5 < exact_auroc < 0.999  # a case where binning could matter, not a trivially separable one
+
+
+def test_binned_pixels_hand_computed() -> None:
+    # bins [0,1) [1,2) [2,3]: defect pixels score 2.5 (a 2-pixel region) and 1.5 (a 1-pixel region);
+    # good pixels 0.5, 0.5, 1.5, 2.5.
+    mask = np.array([[1, 1, 0, 0], [0, 0, 0, 1]], bool)
+    amap = np.array([[2.5, 2.5, 0.5, 0.5], [1.5, 2.5, 1.0, 1.5]])
+    mask[1, 2] = False
+    b = metrics.bin_image(mask, amap, np.array([0.0, 1.0, 2.0, 3.0]))
+    assert list(b.good) == [2, 2, 1] and list(b.defect) == [0, 1, 2] and b.regions == 2
+    assert np.allclose(b.pro, [0.0, 1.0, 1.0])  # each region adds 1 in total
+    # ROC points (fpr, tpr): (0,0) -> (1/5, 2/3) -> (3/5, 1) -> (1, 1); trapezoid area:
+    assert b.auroc() == pytest.approx(0.2 * (2 / 3) / 2 + 0.4 * (2 / 3 + 1) / 2 + 0.4)
+    # PRO points (fpr, pro): (0,0) -> (0.2, 0.5) -> (0.6, 1): area to 0.3 = 0.2*0.25 + 0.1*(0.5+0.625)/2
+    assert b.aupro(0.3) == pytest.approx((0.2 * 0.25 + 0.1 * (0.5 + 0.625) / 2) / 0.3)
+
+
+def test_binned_pixels_refuse_other_edges() -> None:
+    a = metrics.bin_image(np.zeros((2, 2), bool), np.zeros((2, 2)), np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="same bin edges"):
+        _ = a + metrics.bin_image(np.zeros((2, 2), bool), np.zeros((2, 2)), np.array([0.0, 2.0]))
 
 
 def test_crossfit_f1_separable_and_random() -> None:

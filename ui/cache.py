@@ -6,6 +6,7 @@ Cached functions take plain, hashable arguments (paths as strings, a file's mtim
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
+from core.calibration import Calibration
 from core.dataset import CategoryData, load_category
 from core.imageio import load_image
 from core.metrics import PixelHistogram
@@ -26,15 +28,33 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-def model_version(store: str, category: str, kind: str) -> float:
-    """Changes whenever the model folder is rewritten (used as a cache key)."""
-    return _mtime(Path(store) / category / kind / WEIGHTS)
+def model_version(store: str, category: str, kind: str) -> str:
+    """Changes whenever the model's weights are rewritten (used as a cache key)."""
+    return ModelStore(store).weights_stamp(category, kind)
 
 
-@st.cache_resource(show_spinner="Loading model… (a memory bank of more than 16k patches also builds its search "
-                                "index here: about a minute per 800k patches)", max_entries=8)
-def load_model(store: str, category: str, kind: str, version: float, inference: str = "fast") -> det.LoadedModel:
+def calibration_version(store: str, category: str, kind: str) -> str:
+    """Changes with any edit of the model's calibration, wherever it was made."""
+    return ModelStore(store).calibration_stamp(category, kind)
+
+
+@st.cache_resource(show_spinner="Loading model and warming it up… (a memory bank of more than 16k patches also "
+                                "builds its search index here: about a minute per 800k patches)", max_entries=8)
+def _load_network(store: str, category: str, kind: str, version: str, inference: str) -> det.LoadedModel:
     return det.load(ModelStore(store), category, kind, inference)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _calibration(store: str, category: str, kind: str, version: str) -> Calibration:
+    return det.read_calibration(ModelStore(store), category, kind)
+
+
+def load_model(store: str, category: str, kind: str, inference: str = "fast") -> det.LoadedModel:
+    """The model, cached on its weights, with the calibration saved beside it NOW (cached on the file's
+    digest, so a change made in the CLI, another tab or by hand is used at the next rerun)."""
+    model = _load_network(store, category, kind, model_version(store, category, kind), inference)
+    calibration = _calibration(store, category, kind, calibration_version(store, category, kind))
+    return model if calibration == model.calibration else replace(model, calibration=calibration)
 
 
 @st.cache_resource(show_spinner="Loading feature extractor…")
@@ -63,14 +83,14 @@ def image_from_path(path: str) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def predict_one(store: str, category: str, kind: str, version: float, inference: str, digest: str,
+def predict_one(store: str, category: str, kind: str, version: str, inference: str, digest: str,
                 _image: np.ndarray) -> tuple[float, np.ndarray, float]:
     """(raw score, map at display size, latency ms); keyed by the image's digest, not its pixels.
 
     The map is the model's map at the original image size, downscaled only if the image is larger than
     the display limit (so huge uploads do not fill the cache).
     """
-    model = load_model(store, category, kind, version, inference)
+    model = _load_network(store, category, kind, version, inference)
     pred = model.detector.predict([_image])[0]
     return pred.score, display_map(pred.anomaly_map), pred.latency_ms
 
@@ -104,7 +124,8 @@ def eval_version(store: str, category: str, kind: str) -> float:
 
 
 def clear_model_caches() -> None:
-    load_model.clear()
+    _load_network.clear()
+    _calibration.clear()
     predict_one.clear()
     eval_images.clear()
     eval_pixels.clear()

@@ -79,8 +79,7 @@ def require_model(sel: Selection) -> LoadedModel:
         st.info(f"Train a {KIND_LABELS[sel.kind]} model for this category on the **Models** page first.")
         st.stop()
     try:
-        return cache.load_model(sel.store_path, sel.category, sel.kind,
-                                cache.model_version(sel.store_path, sel.category, sel.kind), sel.inference)
+        return cache.load_model(sel.store_path, sel.category, sel.kind, sel.inference)
     except ModelStoreError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()

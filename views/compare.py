@@ -20,9 +20,7 @@ if sel.category is None or missing:
     st.info(f"Comparison needs both models for this category; train {', '.join(missing)} on the **Models** page.")
     st.stop()
 try:
-    models = {k: cache.load_model(sel.store_path, sel.category, k, cache.model_version(sel.store_path, sel.category, k),
-                                 sel.inference)
-              for k in kinds}
+    models = {k: cache.load_model(sel.store_path, sel.category, k, sel.inference) for k in kinds}
 except ModelStoreError as exc:
     st.error(f"Cannot load a model: {exc}")
     st.stop()

@@ -1,11 +1,21 @@
-"""Thresholds: ROC/PR curves at image and pixel level, live confusion matrix, save operating points."""
+"""Thresholds: ROC/PR curves at image and pixel level, live confusion matrix, save operating points.
+
+Every visit starts from the calibration saved beside the model (Streamlit forgets widget values when a page is
+left, so the page re-reads the file instead of trusting leftovers); changes are marked unsaved until Save, and
+what Save would change is shown before it writes.
+"""
+
+import math
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from core import detector as det
 from core import metrics
-from ui import cache, charts
+from core import thresholds as th
+from core.types import TrainControl
+from ui import cache, charts, visits
 from ui.sidebar import require_model, sidebar
 
 sel = sidebar()
@@ -16,12 +26,13 @@ model = require_model(sel)
 def evaluate_and_rerun() -> None:
     """Score the category's test images with the model, save the results beside it, and redraw."""
     data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
-    with st.spinner("Scoring test images…"):
-        try:
-            det.run_evaluation(sel.store, model, data)
-        except ValueError as exc:
-            st.error(str(exc))
-            st.stop()
+    bar = st.progress(0.0, text="Scoring test images…")
+    try:
+        det.run_evaluation(sel.store, model, data,
+                           TrainControl(progress=lambda msg, f: bar.progress(f, text=msg.capitalize())))
+    except ValueError as exc:
+        st.error(str(exc))
+        st.stop()
     cache.clear_model_caches()
     st.rerun()
 
@@ -41,31 +52,49 @@ img_auroc = metrics.roc_auc(labels, scores)
 best_f1, best_thr = metrics.f1_max(labels, scores)
 hist = cache.eval_pixels(sel.store_path, sel.category, sel.kind, ev)
 cal = model.calibration
-key = f"{sel.category}/{sel.kind}"
-lo, hi = float(scores.min()), float(scores.max())
+saved_img, saved_pix = cal.image_threshold, cal.pixel_threshold
+default_img, default_pix = cal.defaults
+lo = min(float(scores.min()), saved_img, default_img)
+hi = max(float(scores.max()), saved_img, default_img)
 pad = 0.05 * (hi - lo or 1.0)
-if st.session_state.get("thr_model") != key:
-    st.session_state["thr_model"] = key
-    st.session_state["image_thr"] = float(np.clip(cal.image_threshold, lo - pad, hi + pad))
-    if hist is not None:
-        st.session_state["pixel_thr"] = float(np.clip(cal.pixel_threshold, hist.edges[0], hist.edges[-1]))
+img_range = (lo - pad, hi + pad)
+if hist is not None:
+    pix_range = (min(float(hist.edges[0]), saved_pix, default_pix), max(float(hist.edges[-1]), saved_pix, default_pix))
+
+# Start from the saved calibration on every visit, after a change of model, or when the file changed anywhere.
+stamp = (sel.category, sel.kind, cache.calibration_version(sel.store_path, sel.category, sel.kind))
+if (visits.is_new_visit() or st.session_state.get("thr_stamp") != stamp or "image_thr" not in st.session_state
+        or (hist is not None and "pixel_thr" not in st.session_state)):
+    st.session_state["thr_stamp"] = stamp
+    st.session_state["image_thr"] = saved_img
+    st.session_state["pixel_thr"] = saved_pix
 
 
 def set_image_threshold(value: float) -> None:
-    st.session_state["image_thr"] = float(np.clip(value, lo - pad, hi + pad))
+    st.session_state["image_thr"] = float(np.clip(value, *img_range))
+
+
+def set_pixel_threshold(value: float) -> None:
+    st.session_state["pixel_thr"] = float(np.clip(value, *pix_range))
+
+
+def restore_defaults() -> None:
+    set_image_threshold(default_img)
+    if hist is not None:
+        set_pixel_threshold(default_pix)
 
 
 st.subheader("Image level")
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 with c1:
-    thr = st.slider("Image threshold (raw score)", lo - pad, hi + pad, key="image_thr", step=(hi - lo + 2 * pad) / 1000,
-                    format="%.4f")
+    thr = st.slider("Image threshold (raw score)", *img_range, key="image_thr",
+                    step=(img_range[1] - img_range[0]) / 1000, format="%.4f")
 with c2:
-    target_fpr = st.number_input("Target FPR", 0.0, 1.0, 0.05, 0.01)
+    target_fpr = st.number_input("Target FPR", 0.0, 1.0, 0.05, 0.01, key="target_fpr")
     st.button("Set by FPR", on_click=lambda: set_image_threshold(
         metrics.threshold_at_fpr(scores[labels == 0], target_fpr)))
 with c3:
-    target_recall = st.number_input("Target recall", 0.0, 1.0, 0.95, 0.01)
+    target_recall = st.number_input("Target recall", 0.0, 1.0, 0.95, 0.01, key="target_recall")
     st.button("Set by recall", on_click=lambda: set_image_threshold(metrics.threshold_at_recall(labels, scores, target_recall)))
 with c4:
     st.metric("F1-optimal", f"{best_thr:.4f}", help=f"F1 {best_f1:.3f} on these images")
@@ -86,32 +115,64 @@ g2.plotly_chart(charts.pr_figure(img_curve, (r["recall"], r["precision"] if coun
 g3.plotly_chart(charts.confusion_figure(counts), width="stretch")
 st.plotly_chart(charts.score_histogram(frame, thr), width="stretch")
 
-pixel_thr = cal.pixel_threshold
+pixel_thr = saved_pix
 if hist is not None:
     st.subheader("Pixel level")
     pix_curve = hist.curve()
-    edges = hist.edges
-    pixel_thr = st.slider("Pixel threshold (map value)", float(edges[0]), float(edges[-1]), key="pixel_thr",
-                          step=float(edges[1] - edges[0]), format="%.4f")
-    i = int(np.clip(np.searchsorted(pix_curve.thresholds[::-1], pixel_thr), 0, len(pix_curve.thresholds) - 1))
-    j = len(pix_curve.thresholds) - 1 - i
+    q1, q2, q3 = st.columns([3, 1, 1])
+    with q1:
+        pixel_thr = st.slider("Pixel threshold (map value)", *pix_range, key="pixel_thr",
+                              step=(pix_range[1] - pix_range[0]) / 2000, format="%.4f")
+    with q2:
+        target_pfpr = st.number_input("Target pixel FPR", 0.0, 1.0, 0.01, 0.005, format="%.3f", key="target_pfpr")
+        st.button("Set by pixel FPR", on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_fpr(hist, target_pfpr)))
+    with q3:
+        target_precall = st.number_input("Target pixel recall", 0.0, 1.0, 0.5, 0.05, key="target_precall")
+        st.button("Set by pixel recall",
+                  on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_recall(hist, target_precall)))
+    pfpr, precall = th.pixel_rates(hist, pixel_thr)
     p1, p2 = st.columns(2)
-    p1.plotly_chart(charts.roc_figure(pix_curve, (pix_curve.fpr[j], pix_curve.tpr[j]), "Pixel ROC", hist.auroc()),
+    p1.plotly_chart(charts.roc_figure(pix_curve, (pfpr, precall), "Pixel ROC", hist.auroc()), width="stretch")
+    j = int(min(np.searchsorted(-pix_curve.thresholds, -pixel_thr), len(pix_curve.thresholds) - 1))
+    p2.plotly_chart(charts.pr_figure(pix_curve, (precall, pix_curve.precision[j]), "Pixel precision-recall"),
                     width="stretch")
-    p2.plotly_chart(charts.pr_figure(pix_curve, (pix_curve.recall[j], pix_curve.precision[j]), "Pixel precision-recall"),
-                    width="stretch")
-    st.caption(f"At this pixel threshold: pixel recall {pix_curve.tpr[j]:.3f}, pixel FPR {pix_curve.fpr[j]:.4f}. "
-               "Pixel curves use 2048 score bins over all evaluation pixels.")
+    st.caption(f"At this pixel threshold: pixel recall {precall:.3f}, pixel FPR {pfpr:.4f}. Pixel curves use "
+               f"{len(hist.edges) - 1} shared score bins over all evaluation pixels.")
 else:
     st.caption("No ground-truth masks in the evaluation set, so no pixel-level curves.")
 
-s1, s2 = st.columns([1, 3])
-if s1.button("Save thresholds with the model", type="primary"):
-    det.save_calibration(sel.store, model, cal.with_thresholds(thr, pixel_thr, "user"))
-    cache.load_model.clear()
-    st.session_state.pop("thr_model", None)
+st.divider()
+st.subheader("Save")
+before = th.operating_point(labels, scores, hist, saved_img, saved_pix)
+after = th.operating_point(labels, scores, hist, thr, pixel_thr)
+changed = not math.isclose(thr, saved_img, rel_tol=1e-9, abs_tol=1e-12) or (
+    hist is not None and not math.isclose(pixel_thr, saved_pix, rel_tol=1e-9, abs_tol=1e-12))
+who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
+st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}** · calibrated defaults: image "
+           f"{default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
+if changed:
+    flips = th.verdict_flips(scores, saved_img, thr)
+    st.warning(f"**Unsaved changes.** Inspect still uses the saved thresholds. Saving flips the verdict of "
+               f"**{flips} of {len(scores)}** evaluation images.", icon=":material/edit_note:")
+    rows = [("image threshold", before.image_threshold, after.image_threshold),
+            ("image FPR (good parts flagged)", before.image_fpr, after.image_fpr),
+            ("image recall (defects caught)", before.image_recall, after.image_recall),
+            ("image F1", before.image_f1, after.image_f1)]
+    if hist is not None:
+        rows += [("pixel threshold", before.pixel_threshold, after.pixel_threshold),
+                 ("pixel FPR", before.pixel_fpr, after.pixel_fpr), ("pixel recall", before.pixel_recall, after.pixel_recall)]
+    st.dataframe(pd.DataFrame(rows, columns=["", "saved", "after Save"]), hide_index=True,
+                 column_config={"saved": st.column_config.NumberColumn(format="%.4f"),
+                                "after Save": st.column_config.NumberColumn(format="%.4f")})
+else:
+    st.success("The thresholds shown are the saved ones.", icon=":material/check_circle:")
+s1, s2, s3 = st.columns([1, 1, 2])
+if s1.button("Save thresholds with the model", type="primary", disabled=not changed):
+    is_default = math.isclose(thr, default_img, rel_tol=1e-9) and math.isclose(pixel_thr, default_pix, rel_tol=1e-9)
+    det.save_calibration(sel.store, model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
     st.toast("Thresholds saved; Inspect uses them now.")
     st.rerun()
-s2.caption(f"Saved now: image {cal.image_threshold:.4f}, pixel {cal.pixel_threshold:.4f} ({cal.chosen_by}; {cal.source}).")
-if st.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
+s2.button("Restore defaults", on_click=restore_defaults, help="Back to the thresholds calibrated on held-out good "
+          "images when the model was trained (press Save to keep them).")
+if s3.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
     evaluate_and_rerun()

@@ -1,0 +1,100 @@
+"""EfficientAD networks sized for a CPU: a pretrained EfficientNet-Lite trunk as the teacher.
+
+anomalib's :class:`EfficientAdModel` keeps the recipe (hard-feature student loss, penalty images, autoencoder
+branch, student-autoencoder discrepancy, quantile map normalisation). Its stock teacher is a PDN that must be
+distilled from a large ImageNet network (57 GFLOP per 256x256 image for teacher + student here). This module
+swaps in three modules with the same call signatures:
+
+- :class:`LiteTeacher`: the offline-pretrained ``tf_efficientnet_lite*`` trunk up to stride 16, features of
+  ``blocks.2`` (stride 8) and ``blocks.4`` (upsampled to stride 8), 3x3-averaged like PatchCore's
+  locally aware features. No distillation error, ~0.2 GFLOP. ``[B, 3, H, W]`` in [0, 1] -> ``[B, C, H/8, W/8]``.
+- :class:`LiteStudent`: a plain conv net (no batch norm: the penalty images pass through it too) with a
+  ~100 px receptive field, output ``[B, 2C, H/8, W/8]`` (first C channels imitate the teacher, the rest the
+  autoencoder, as in anomalib).
+- :class:`LiteAutoEncoder`: anomalib's encoder shape (strided 4x4 convolutions to a 64-d code) with a decoder
+  that upsamples straight to the teacher's stride-8 grid. ``forward(x, image_size)`` like anomalib's.
+
+All three normalise their own input, so the model keeps taking images in [0, 1].
+"""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn.functional as F
+from anomalib.models.image.efficient_ad.torch_model import imagenet_norm_batch
+from torch import nn
+
+from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
+
+# timm feature indices of efficientnet: 2 -> blocks.2 (stride 8), 3 -> blocks.4 (stride 16)
+TEACHER_FEATURES: tuple[int, int] = (2, 3)
+STRIDE = 8
+
+
+class LiteTeacher(nn.Module):
+    """Frozen pretrained trunk. Images ``[B, 3, H, W]`` in [0, 1] -> features ``[B, C, H/8, W/8]``."""
+
+    def __init__(self, backbone: str, pretrained: bool = True) -> None:
+        super().__init__()
+        self.trunk = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=TEACHER_FEATURES)
+        if pretrained:
+            load_into_feature_extractor(self.trunk, backbone)
+        self.out_channels = int(sum(self.trunk.feature_info.channels()))
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fine, coarse = self.trunk((x - self.mean) / self.std)
+        coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1, count_include_pad=False)
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride=stride, padding=dilation, dilation=dilation), nn.ReLU(inplace=True)]
+
+
+class LiteStudent(nn.Module):
+    """Images ``[B, 3, H, W]`` in [0, 1] -> ``[B, out_channels, H/8, W/8]``; ``width`` scales the channels."""
+
+    def __init__(self, out_channels: int, width: int = 128) -> None:
+        super().__init__()
+        w = width
+        self.net = nn.Sequential(
+            *_conv(3, w // 4, 2), *_conv(w // 4, w // 2, 2), *_conv(w // 2, w // 2),
+            *_conv(w // 2, w, 2), *_conv(w, w), *_conv(w, w, dilation=2), *_conv(w, 2 * w, dilation=2),
+            nn.Conv2d(2 * w, out_channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(imagenet_norm_batch(x))
+
+
+class LiteAutoEncoder(nn.Module):
+    """anomalib's autoencoder idea at stride 8: ``[B, 3, H, W]`` -> 64-d code at ``H/256 x W/256`` ->
+    ``[B, out_channels, H/8, W/8]``. Inputs must be multiples of 256 wide and high (checked by the config)."""
+
+    def __init__(self, out_channels: int) -> None:
+        super().__init__()
+        enc = []
+        for cin, cout in ((3, 32), (32, 32), (32, 64), (64, 64), (64, 64)):
+            enc += [nn.Conv2d(cin, cout, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        enc.append(nn.Conv2d(64, 64, 8))
+        self.encoder = nn.Sequential(*enc)
+        self.up = nn.ModuleList([nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)])
+        self.dropout = nn.Dropout(0.2)
+        self.head = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True),
+                                  nn.Conv2d(64, out_channels, 3, padding=1))
+
+    def forward(self, x: torch.Tensor, image_size: tuple[int, int] | torch.Size) -> torch.Tensor:
+        code = self.encoder(imagenet_norm_batch(x))
+        h, w = int(image_size[0]), int(image_size[1])
+        y = code
+        for i, conv in enumerate(self.up):  # sizes H/64, H/32, H/16, H/8
+            scale = 64 // (2 ** i)
+            y = F.interpolate(y, size=(h // scale, w // scale), mode="bilinear", align_corners=False)
+            y = self.dropout(F.relu(conv(y)))
+        return self.head(y)

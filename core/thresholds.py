@@ -1,0 +1,61 @@
+"""Operating points: what a pair of (image, pixel) thresholds means on evaluation data, and what changes
+between two pairs. Pure functions of raw scores and the pixel histogram (no UI)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from core import metrics
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Rates at one pair of thresholds. Pixel rates are NaN without a pixel histogram (no masks)."""
+
+    image_threshold: float
+    pixel_threshold: float
+    image_fpr: float
+    image_recall: float
+    image_f1: float
+    pixel_fpr: float
+    pixel_recall: float
+
+
+def pixel_rates(hist: metrics.PixelHistogram | None, threshold: float) -> tuple[float, float]:
+    """(pixel FPR, pixel recall) of ``map >= threshold``, at the nearest bin edge at or below it."""
+    if hist is None:
+        return float("nan"), float("nan")
+    c = hist.curve()  # thresholds decreasing
+    j = int(np.searchsorted(-c.thresholds, -threshold, side="left"))
+    j = min(j, len(c.thresholds) - 1)
+    return float(c.fpr[j]), float(c.tpr[j])
+
+
+def operating_point(labels: np.ndarray, scores: np.ndarray, hist: metrics.PixelHistogram | None,
+                    image_threshold: float, pixel_threshold: float) -> OperatingPoint:
+    """Rates on evaluation images ``labels``/``scores`` ``[N]`` and pixels ``hist`` at the two thresholds."""
+    r = metrics.rates(metrics.confusion(labels, scores, image_threshold))
+    pfpr, prec = pixel_rates(hist, pixel_threshold)
+    return OperatingPoint(float(image_threshold), float(pixel_threshold), r["fpr"], r["recall"], r["f1"], pfpr, prec)
+
+
+def verdict_flips(scores: np.ndarray, old: float, new: float) -> int:
+    """How many of ``scores`` ``[N]`` get another verdict at threshold ``new`` than at ``old``."""
+    s = np.asarray(scores, dtype=np.float64)
+    return int(((s >= old) != (s >= new)).sum())
+
+
+def pixel_threshold_at_fpr(hist: metrics.PixelHistogram, fpr: float) -> float:
+    """Lowest bin-edge threshold whose pixel FPR is at most ``fpr``."""
+    c = hist.curve()
+    ok = np.flatnonzero(c.fpr <= fpr)
+    return float(c.thresholds[ok[-1]])
+
+
+def pixel_threshold_at_recall(hist: metrics.PixelHistogram, recall: float) -> float:
+    """Highest bin-edge threshold whose pixel recall is at least ``recall`` (the lowest edge if none is)."""
+    c = hist.curve()
+    ok = np.flatnonzero(c.tpr >= recall)
+    return float(c.thresholds[ok[0]] if ok.size else c.thresholds[-1])
