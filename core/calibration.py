@@ -32,6 +32,7 @@ class Calibration:
     chosen_by: str = "default"
     default_image_threshold: float | None = None
     default_pixel_threshold: float | None = None
+    familiarity_limit: float | None = None  # unfamiliar-image guard (core.familiarity); None: no guard
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from core import detector as det
-from core.calibration import verdict
 from core.dataset import DatasetError, load_category, load_folder
 from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.runtime import RUNTIMES
@@ -93,9 +92,10 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = det.load(ModelStore(args.store), args.category, args.model, args.inference)
+    print(f"model loaded; warm-up {model.warmup_ms:.0f} ms (not counted in latency_ms)", file=sys.stderr)
     failures = 0
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "score", "threshold", "verdict", "latency_ms"])
+    writer.writerow(["path", "score", "threshold", "verdict", "familiar", "latency_ms", "note"])
     for path in _expand(args.images):
         try:
             image = load_image(path)
@@ -103,15 +103,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        pred = model.detector.predict([image])[0]
-        writer.writerow([str(path), f"{pred.score:.6g}", f"{model.calibration.image_threshold:.6g}",
-                         verdict(pred.score, model.calibration), f"{pred.latency_ms:.1f}"])
-        if args.overlays:
+        result = det.inspect(model, [image])[0]
+        if result.score is None:
+            print(f"no verdict: {path}: {result.note}", file=sys.stderr)
+            failures += 1
+        familiar = {True: "yes", False: "no", None: ""}[result.familiar]
+        writer.writerow([str(path), "" if result.score is None else f"{result.score:.6g}",
+                         f"{model.calibration.image_threshold:.6g}", result.verdict, familiar,
+                         "" if result.score is None else f"{result.latency_ms:.1f}", result.note])
+        if args.overlays and result.anomaly_map is not None:
             from core.overlay import overlay_png
 
             args.overlays.mkdir(parents=True, exist_ok=True)
             (args.overlays / f"{path.stem}_overlay.png").write_bytes(
-                overlay_png(image, pred.anomaly_map, model.calibration))
+                overlay_png(image, result.anomaly_map, model.calibration))
     return 1 if failures else 0
 
 

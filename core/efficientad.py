@@ -61,16 +61,16 @@ class EfficientADConfig:
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
-        if self.structure not in STRUCTURES:
-            raise ValueError(f"expected EfficientAD structure in {STRUCTURES}, found {self.structure!r}")
-        if self.structure == "lite" and (self.height % 256 or self.width % 256):
-            raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
-                             f"code is 256 px wide), found {self.height}x{self.width}")
         if self.height < MIN_SIZE or self.width < MIN_SIZE:
             raise ValueError(f"expected an EfficientAD input of at least {MIN_SIZE}x{MIN_SIZE} (its autoencoder "
                              f"downsamples 32x before an 8x8 convolution), found {self.height}x{self.width}")
         if self.steps < 1:
             raise ValueError(f"expected at least 1 training step, found {self.steps}")
+        if self.structure not in STRUCTURES:
+            raise ValueError(f"expected EfficientAD structure in {STRUCTURES}, found {self.structure!r}")
+        if self.structure == "lite" and (self.height % 256 or self.width % 256):
+            raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
+                             f"code is 256 px wide), found {self.height}x{self.width}")
 
     @property
     def input_spec(self) -> InputSpec:

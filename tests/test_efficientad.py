@@ -63,7 +63,9 @@ def test_training_reports_progress_and_cancels() -> None:
     assert seen == [0.0]  # only "teacher statistics" got through; no step was reported
 
 
-@pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1")])
+@pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1"),
+                                                  ({"height": 320}, "multiples of 256"),
+                                                  ({"structure": "pdn_m"}, "structure in")])
 def test_bad_config(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EfficientADConfig(**settings)
@@ -71,7 +73,7 @@ def test_bad_config(settings: dict, message: str) -> None:
 
 def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="distill_teacher"):
-        EfficientAD(EfficientADConfig(teacher_path=str(tmp_path / "none.pth")))
+        EfficientAD(EfficientADConfig(structure="pdn_s", teacher_path=str(tmp_path / "none.pth")))
 
 
 def test_checkpoints_evaluate_mid_training_and_training_goes_on() -> None:

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.calibration import Calibration, verdict
+from core.calibration import Calibration
+from core.detector import Inspection, LoadedModel, judge, size_problem
 from core.imageio import ImageLoadError, load_image
 from core.overlay import overlay
+from core.types import Prediction
 from ui import cache
 from ui.display import display_image
 from ui.sidebar import Selection
@@ -16,12 +18,15 @@ from ui.sidebar import Selection
 
 @dataclass(frozen=True)
 class Scored:
+    """One image as a page shows it: ``inspection`` holds score, map, verdict and the familiarity flag."""
+
     name: str
     image: np.ndarray
-    score: float
-    anomaly_map: np.ndarray
-    latency_ms: float
-    verdict: str
+    inspection: Inspection
+
+    @property
+    def verdict(self) -> str:
+        return self.inspection.verdict
 
 
 def decode_upload(name: str, data: bytes) -> np.ndarray:
@@ -29,15 +34,25 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
     return load_image(data, name=name)
 
 
-def score_image(sel: Selection, name: str, image: np.ndarray, calibration: Calibration) -> Scored:
+def score_image(sel: Selection, model: LoadedModel, name: str, image: np.ndarray) -> Scored:
+    """Score through the cache (raw score and map per image digest), then judge with the calibration and
+    familiarity limit saved now. Images below the model's minimum size are not scored."""
+    if size_problem(model, image) is not None:
+        return Scored(name, image, judge(model, image, None, None))
     version = cache.model_version(sel.store_path, sel.category, sel.kind)
-    score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, sel.inference,
-                                           cache.digest(image), image)
-    return Scored(name, image, score, amap, latency, verdict(score, calibration))
+    key = cache.digest(image)
+    score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, sel.inference, key, image)
+    familiarity = cache.familiarity_one(sel.store_path, sel.category, sel.kind, version,
+                                        cache.calibration_version(sel.store_path, sel.category, sel.kind),
+                                        sel.inference, key, image)
+    return Scored(name, image, judge(model, image, Prediction(score, amap, latency), familiarity))
 
 
 def render_overlay(scored: Scored, calibration: Calibration, opacity: float, cmap: str, show_contour: bool) -> np.ndarray:
-    return overlay(display_image(scored.image), scored.anomaly_map, calibration, opacity, cmap, show_contour)
+    shown = display_image(scored.image)
+    if scored.inspection.anomaly_map is None:
+        return shown
+    return overlay(shown, scored.inspection.anomaly_map, calibration, opacity, cmap, show_contour)
 
 
 __all__ = ["ImageLoadError", "Scored", "decode_upload", "display_image", "render_overlay", "score_image"]

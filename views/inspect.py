@@ -5,6 +5,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.detector import NO_VERDICT
 from core.imageio import SUPPORTED_SUFFIXES
 from core.overlay import COLORMAPS, png_bytes
 from ui import cache
@@ -29,6 +30,10 @@ with right:
     show_contour = st.toggle("Outline predicted defect", value=True)
     st.caption(f"Image threshold **{cal.image_threshold:.4g}** · pixel threshold **{cal.pixel_threshold:.4g}** "
                f"({'set on Thresholds page' if cal.chosen_by == 'user' else 'default from held-out good images'})")
+    guard = ("on" if model.familiarity is not None and cal.familiarity_limit is not None
+             else "off (model trained before the guard existed: retrain to enable)")
+    st.caption(f"Model warm-up at load: {model.warmup_ms:.0f} ms (not counted in the latencies below) · "
+               f"unfamiliar-image guard {guard}")
 
 items = []
 for up in uploads or []:
@@ -49,21 +54,31 @@ if not items:
 results = []
 progress = st.progress(0.0, text="Scoring…") if len(items) > 3 else None
 for i, (name, image) in enumerate(items):
-    results.append(score_image(sel, name, image, cal))
+    results.append(score_image(sel, model, name, image))
     if progress:
         progress.progress((i + 1) / len(items), text=f"Scoring {i + 1}/{len(items)}")
 if progress:
     progress.empty()
 
-table = pd.DataFrame([{"image": r.name, "score": r.score, "verdict": r.verdict,
-                       "score / threshold": r.score / cal.image_threshold if cal.image_threshold else float("nan"),
-                       "height": r.image.shape[0], "width": r.image.shape[1], "latency ms": round(r.latency_ms, 1)}
+def _ratio(score: float | None) -> float:
+    return score / cal.image_threshold if score is not None and cal.image_threshold else float("nan")
+
+
+table = pd.DataFrame([{"image": r.name, "score": r.inspection.score, "verdict": r.verdict,
+                       "score / threshold": _ratio(r.inspection.score),
+                       "familiar": {True: "yes", False: "NO", None: "–"}[r.inspection.familiar],
+                       "height": r.image.shape[0], "width": r.image.shape[1],
+                       "latency ms": round(r.inspection.latency_ms, 1) if r.inspection.score is not None else None,
+                       "note": r.inspection.note}
                       for r in results])
 n_defect = int((table["verdict"] == "DEFECT").sum())
-m1, m2, m3 = st.columns(3)
+scored_latency = table["latency ms"].dropna()
+m1, m2, m3, m4 = st.columns(4)
 m1.metric("Images", len(results))
 m2.metric("Flagged DEFECT", n_defect)
-m3.metric("Median latency", f"{table['latency ms'].median():.0f} ms")
+m3.metric("Unfamiliar / no verdict", f"{int((table['familiar'] == 'NO').sum())} / {int((table['verdict'] == NO_VERDICT).sum())}")
+m4.metric("Median latency", f"{scored_latency.median():.0f} ms" if len(scored_latency) else "–",
+          help="Steady-state model time per image (the warm-up at load is shown separately above).")
 st.dataframe(table, hide_index=True, width="stretch",
              column_config={"score": st.column_config.NumberColumn(format="%.4f"),
                             "score / threshold": st.column_config.ProgressColumn(min_value=0.0, max_value=2.0,
@@ -71,10 +86,16 @@ st.dataframe(table, hide_index=True, width="stretch",
 st.download_button("Download results (CSV)", table.to_csv(index=False).encode(),
                    file_name=f"{sel.category}_{sel.kind}_results.csv", mime="text/csv")
 
+BADGES = {"DEFECT": ":red[**DEFECT**]", "OK": ":green[**OK**]", NO_VERDICT: ":gray[**NO VERDICT**]"}
 for r in results:
     st.divider()
-    badge = ":red[**DEFECT**]" if r.verdict == "DEFECT" else ":green[**OK**]"
-    st.markdown(f"#### {r.name} — {badge} · score {r.score:.4f} (threshold {cal.image_threshold:.4f})")
+    score = "" if r.inspection.score is None else f" · score {r.inspection.score:.4f} (threshold {cal.image_threshold:.4f})"
+    st.markdown(f"#### {r.name} — {BADGES[r.verdict]}{score}")
+    if r.verdict == NO_VERDICT:
+        st.error(f"No verdict: {r.inspection.note}.", icon=":material/block:")
+    elif r.inspection.familiar is False:
+        st.warning(f"**Unfamiliar image** — {r.inspection.note.removeprefix('unfamiliar image: ')}. This may not be "
+                   f"a {sel.category} part: treat the verdict with care.", icon=":material/help:")
     shown = render_overlay(r, cal, opacity, cmap, show_contour)
     c1, c2 = st.columns(2)
     c1.image(display_image(r.image), caption="image", width="stretch")
