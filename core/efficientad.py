@@ -24,7 +24,7 @@ import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, EfficientAdModelSize
 
 from core.dataset import image_files
-from core.efficientad_lite import STRIDE, LiteAutoEncoder, LiteStudent, LiteTeacher
+from core.efficientad_lite import STRIDE, LiteAutoEncoder, LiteEfficientAdModel, LiteStudent, LiteTeacher
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
 from core.runtime import OnnxGraph, check_runtime
@@ -115,8 +115,8 @@ def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     """anomalib's model with a pretrained Lite trunk as teacher and CPU-sized student and autoencoder."""
     teacher = LiteTeacher(config.teacher_backbone)
     channels = teacher.out_channels
-    model = EfficientAdModel(teacher_out_channels=channels, model_size=EfficientAdModelSize.S, padding=True,
-                             pad_maps=False)
+    model = LiteEfficientAdModel(teacher_out_channels=channels, model_size=EfficientAdModelSize.S, padding=True,
+                                 pad_maps=False)
     model.teacher = teacher
     model.student = LiteStudent(2 * channels, config.student_width)
     model.ae = LiteAutoEncoder(channels)  # type: ignore[assignment]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
-from anomalib.models.image.efficient_ad.torch_model import imagenet_norm_batch
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, imagenet_norm_batch
 from torch import nn
 
 from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
@@ -30,6 +30,33 @@ from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
 # timm feature indices of efficientnet: 2 -> blocks.2 (stride 8), 3 -> blocks.4 (stride 16)
 TEACHER_FEATURES: tuple[int, int] = (2, 3)
 STRIDE = 8
+# Map border left at zero (before normalisation), in feature cells: stock EfficientAD's PDNs use valid
+# convolutions and pad the maps with zeros (4 cells at stride 4 = 16 px); here 2 cells at stride 8 = 16 px.
+# Measured: the student-teacher branch's image AUROC on magnetic_tile went 0.69 -> 0.84 (1,500 steps).
+BORDER_CELLS = 2
+
+
+class LiteEfficientAdModel(EfficientAdModel):
+    """anomalib's EfficientAdModel whose maps leave a border of ``BORDER_CELLS`` feature cells at zero, as the
+    stock structure's valid convolutions do (padded convolutions disagree most at the image border)."""
+
+    def compute_maps(self, batch: torch.Tensor, student_output: torch.Tensor, distance_st: torch.Tensor,
+                     normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student-teacher map, student-autoencoder map), each ``[B, 1, H, W]`` at input size."""
+        map_st, map_stae = super().compute_maps(batch, student_output, distance_st, normalize=False)
+        border = BORDER_CELLS * STRIDE
+        h, w = map_st.shape[-2:]
+        keep = F.pad(torch.ones(1, 1, h - 2 * border, w - 2 * border, dtype=map_st.dtype),
+                     (border, border, border, border))
+        map_st, map_stae = map_st * keep, map_stae * keep
+        if normalize:
+            q = self.quantiles
+            is_set = self._is_set_tensor(q)
+            range_st = torch.where(is_set, q["qb_st"] - q["qa_st"], torch.ones_like(q["qa_st"]))
+            range_ae = torch.where(is_set, q["qb_ae"] - q["qa_ae"], torch.ones_like(q["qa_ae"]))
+            map_st = torch.where(is_set, 0.1 * (map_st - q["qa_st"]) / range_st, map_st)
+            map_stae = torch.where(is_set, 0.1 * (map_stae - q["qa_ae"]) / range_ae, map_stae)
+        return map_st, map_stae
 
 
 class LiteTeacher(nn.Module):

@@ -45,7 +45,10 @@ class EvaluationResult:
                 "notes": {"f1_max": "best F1 over all thresholds on the test images (optimistic by definition)",
                           "f1_crossfit": "F1-optimal threshold fitted on one half of the test images, F1 counted "
                                          "on the other half, and vice versa (2-fold, stratified)",
-                          "f1_at_calibrated": "F1 at the default threshold fitted on held-out GOOD training images",
+                          "f1_at_calibrated": "F1 at the model's saved image threshold (by default the one fitted "
+                                              "on held-out GOOD training images for the promised false-alarm rate)",
+                          "false_alarm_observed": "share of good test images flagged at the saved threshold; compare "
+                                                  "with calibration.json's false_alarm_target",
                           "aupro": "PRO integrated up to 30% FPR, normalised",
                           "pixel metrics": f"pixel AUROC and AUPRO from {metrics.BINS} shared score bins (within 0.002 of the exact values; tests/test_metrics.py)"}}
 
@@ -72,9 +75,15 @@ def _image_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float | No
     if labels.any() and (~labels.astype(bool)).any():
         f1, thr = metrics.f1_max(labels, scores)
         out["f1_max"], out["f1_max_threshold"] = f1, thr
-        out["f1_crossfit"], _ = metrics.crossfit_f1(labels, scores)
-        if threshold is not None:
-            out["f1_at_calibrated"] = metrics.rates(metrics.confusion(labels, scores, threshold))["f1"]
+        out["f1_crossfit"], out["crossfit_threshold"] = metrics.crossfit_f1(labels, scores)
+    if threshold is not None:
+        r = metrics.rates(metrics.confusion(labels, scores, threshold))
+        if labels.any() and (~labels.astype(bool)).any():
+            out["f1_at_calibrated"] = r["f1"]
+        if (~labels.astype(bool)).any():
+            out["false_alarm_observed"] = r["fpr"]  # good test images flagged at the saved threshold
+        if labels.any():
+            out["recall_at_calibrated"] = r["recall"]
     return out
 
 

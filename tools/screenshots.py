@@ -2,7 +2,10 @@
 
     python tools/screenshots.py --data demo_data --store models
 
-Starts the app on a free port, opens Inspect (one uploaded test image), Thresholds and Compare.
+Starts the app on a free port, opens Inspect (one uploaded test image), Thresholds and Compare, then walks
+the Thresholds visit cycle in ONE browser session (navigating with the sidebar links, as a user does):
+first visit -> F1-optimal + Save -> Inspect -> back to Thresholds (second visit: the saved values) ->
+Restore defaults (unsaved, with the Save preview). Saved thresholds are put back to the defaults at the end.
 """
 
 from __future__ import annotations
@@ -59,11 +62,43 @@ def main() -> int:
                 page.get_by_text(marker).first.wait_for(timeout=120_000)
                 time.sleep(4)
                 page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
+            thresholds_cycle(page, url, args.out)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
     return 0
+
+
+def _settle(page, seconds: float = 3.0) -> None:  # noqa: ANN001 - playwright page
+    time.sleep(seconds)
+    page.wait_for_load_state("networkidle")
+
+
+def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playwright page
+    page.goto(f"{url}/thresholds")
+    page.get_by_text("Image ROC").first.wait_for(timeout=120_000)
+    _settle(page)
+    page.screenshot(path=str(out / "thresholds_first_visit.png"), full_page=True)
+    page.get_by_role("button", name="Use F1-optimal").click()
+    page.get_by_text("Unsaved changes").first.wait_for(timeout=60_000)
+    _settle(page)
+    page.screenshot(path=str(out / "thresholds_unsaved.png"), full_page=True)
+    page.get_by_role("button", name="Save thresholds with the model").click()
+    page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
+    page.get_by_role("link", name="Inspect").first.click()
+    page.get_by_text("Drop images here").first.wait_for(timeout=60_000)
+    _settle(page, 2.0)
+    page.get_by_role("link", name="Thresholds").first.click()
+    page.get_by_text("Image ROC").first.wait_for(timeout=120_000)
+    _settle(page)
+    page.screenshot(path=str(out / "thresholds_second_visit.png"), full_page=True)
+    page.get_by_role("button", name="Restore defaults").click()
+    page.get_by_text("Unsaved changes").first.wait_for(timeout=60_000)
+    _settle(page)
+    page.screenshot(path=str(out / "thresholds_after_restore.png"), full_page=True)
+    page.get_by_role("button", name="Save thresholds with the model").click()  # leave the store as it was
+    page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
 
 
 if __name__ == "__main__":

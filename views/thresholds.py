@@ -50,12 +50,13 @@ scores = frame["score"].to_numpy()
 img_curve = metrics.curve(labels, scores)
 img_auroc = metrics.roc_auc(labels, scores)
 best_f1, best_thr = metrics.f1_max(labels, scores)
+cross_f1, cross_thr = metrics.crossfit_f1(labels, scores)
 hist = cache.eval_pixels(sel.store_path, sel.category, sel.kind, ev)
 cal = model.calibration
 saved_img, saved_pix = cal.image_threshold, cal.pixel_threshold
 default_img, default_pix = cal.defaults
-lo = min(float(scores.min()), saved_img, default_img)
-hi = max(float(scores.max()), saved_img, default_img)
+lo = min(float(scores.min()), saved_img, default_img, cross_thr if np.isfinite(cross_thr) else saved_img)
+hi = max(float(scores.max()), saved_img, default_img, cross_thr if np.isfinite(cross_thr) else saved_img)
 pad = 0.05 * (hi - lo or 1.0)
 img_range = (lo - pad, hi + pad)
 if hist is not None:
@@ -97,8 +98,14 @@ with c3:
     target_recall = st.number_input("Target recall", 0.0, 1.0, 0.95, 0.01, key="target_recall")
     st.button("Set by recall", on_click=lambda: set_image_threshold(metrics.threshold_at_recall(labels, scores, target_recall)))
 with c4:
-    st.metric("F1-optimal", f"{best_thr:.4f}", help=f"F1 {best_f1:.3f} on these images")
+    st.metric("F1-optimal", f"{best_thr:.4f}", help=f"F1 {best_f1:.3f} on these images (optimistic: fitted and "
+              "counted on the same images)")
     st.button("Use F1-optimal", on_click=lambda: set_image_threshold(best_thr))
+    if np.isfinite(cross_thr):
+        st.button(f"Use cross-fitted ({cross_thr:.4f})", on_click=lambda: set_image_threshold(cross_thr),
+                  help=f"F1-optimal threshold fitted on one half of the labelled images and counted on the other "
+                       f"(2-fold): F1 {cross_f1:.3f} on images it was not fitted on. Uses your labelled defects; "
+                       "the default uses good images only.")
 
 counts = metrics.confusion(labels, scores, thr)
 r = metrics.rates(counts)
@@ -150,6 +157,12 @@ changed = not math.isclose(thr, saved_img, rel_tol=1e-9, abs_tol=1e-12) or (
 who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
 st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}** · calibrated defaults: image "
            f"{default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
+if cal.false_alarm_target is not None:
+    observed = metrics.rates(metrics.confusion(labels, scores, default_img))
+    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged (normal "
+               f"tail fit of {cal.num_images} held-out good images, no defects needed); on these evaluation images "
+               f"it flags **{observed['fpr']:.1%}** of the good ones and catches {observed['recall']:.1%} of the "
+               f"defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
 if changed:
     flips = th.verdict_flips(scores, saved_img, thr)
     st.warning(f"**Unsaved changes.** Inspect still uses the saved thresholds. Saving flips the verdict of "

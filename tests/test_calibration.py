@@ -1,0 +1,62 @@
+"""Default thresholds for a promised false-alarm rate: hand-computed tail fits, old files, bad values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from core.calibration import DEFAULT_FALSE_ALARM, SIGMAS, Calibration, calibrate, tail_threshold
+from core.types import Prediction
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "n", "rate", "expected"),
+    [
+        (10.0, 2.0, 5, 0.05, 10.0 + 1.6448536 * 2.0 * math.sqrt(5 / 4)),   # z(0.95) = 1.6449, s with n-1 dof
+        (10.0, 2.0, 5, 0.01, 10.0 + 2.3263479 * 2.0 * math.sqrt(5 / 4)),   # z(0.99) = 2.3263
+        (0.0, 1.0, 101, 0.5, 0.0),                                          # the median of a normal fit
+        (3.0, 0.0, 10, 0.05, 3.0),                                          # no spread: the mean itself
+    ],
+)
+def test_tail_threshold_hand_computed(mean: float, std: float, n: int, rate: float, expected: float) -> None:
+    assert tail_threshold(mean, std, n, rate) == pytest.approx(expected, rel=1e-6, abs=1e-9)
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 2.0])
+def test_tail_threshold_refuses_impossible_rates(rate: float) -> None:
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        tail_threshold(0.0, 1.0, 10, rate)
+
+
+def _preds(scores: list[float]) -> list[Prediction]:
+    return [Prediction(s, np.full((4, 4), s / 2), 1.0) for s in scores]
+
+
+def test_calibrate_promises_the_default_rate_and_keeps_it() -> None:
+    scores = [1.0, 2.0, 3.0, 4.0, 5.0]  # mean 3, population std sqrt(2), sample std sqrt(2.5)
+    cal = calibrate(_preds(scores), "test")
+    assert cal.false_alarm_target == DEFAULT_FALSE_ALARM
+    assert cal.image_threshold == pytest.approx(3.0 + 1.6448536 * math.sqrt(2.5), rel=1e-6)
+    assert cal.pixel_threshold == pytest.approx(1.5 + 1.6448536 * math.sqrt(2.5) / 2, rel=1e-6)
+    assert cal.defaults == (cal.image_threshold, cal.pixel_threshold)
+    low, _ = cal.defaults_for(0.01)
+    assert low > cal.image_threshold  # a stricter promise needs a higher threshold
+    back = Calibration.from_dict(cal.to_dict())
+    assert back == cal
+
+
+def test_old_file_without_defaults_gets_them_from_its_statistics() -> None:
+    old = {"image_threshold": 9.0, "pixel_threshold": 4.0, "good_score_mean": 2.0, "good_score_std": 1.0,
+           "good_score_max": 4.0, "good_map_max_mean": 1.0, "good_map_max_std": 0.5, "num_images": 20,
+           "source": "old", "chosen_by": "user"}
+    cal = Calibration.from_dict(old)
+    assert cal.defaults == pytest.approx((2.0 + SIGMAS * 1.0, 1.0 + SIGMAS * 0.5))  # the policy that made it
+    assert cal.image_threshold == 9.0 and cal.false_alarm_target is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), "12", None])
+def test_non_numeric_threshold_is_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="finite number for image_threshold"):
+        Calibration.from_dict({"image_threshold": bad, "pixel_threshold": 1.0})
