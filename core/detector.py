@@ -28,7 +28,8 @@ from core.types import NO_CONTROL, Prediction, TrainControl
 Detector = PatchCore | EfficientAD
 KINDS: tuple[str, ...] = ("patchcore", "efficientad")
 INFERENCE_PATHS: tuple[str, ...] = ("fast", "stock")
-HOLDOUT_FRACTION = 0.1
+HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration (see split_holdout)
+MAX_HOLDOUT = 200
 MIN_TRAIN = 2
 
 
@@ -148,11 +149,13 @@ class TrainResult:
     problems: tuple[str, ...]
 
 
-def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Indices (fit, holdout): ``fraction`` of ``n`` good images held out for calibration (none if n < 10)."""
+def split_holdout(n: int, fraction: float, seed: int, limit: int = MAX_HOLDOUT) -> tuple[list[int], list[int]]:
+    """Indices (fit, holdout): ``fraction`` of ``n`` good images (at most ``limit``) held out for calibration,
+    none if n < 10. 20% rather than 10%: on magnetic_tile the false-alarm rate a 5% default delivered varied
+    4-10% (10th-90th percentile) over random 76-image held-out sets and 5-8% over 152-image ones."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_hold = int(round(n * fraction)) if n >= 10 else 0
+    n_hold = min(limit, int(round(n * fraction))) if n >= 10 else 0
     return sorted(order[n_hold:]), sorted(order[:n_hold])
 
 
@@ -182,7 +185,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     control.report("calibrating on held-out good images", 0.92)
     if hold_images:
         calibration = calibrate(detector.predict(hold_images), f"held-out good training images (n={len(hold_images)}, "
-                                                               f"{HOLDOUT_FRACTION:.0%}, not used for fitting)")
+                                                               f"not used for fitting)")
     else:
         calibration = calibrate(detector.predict(fit_images), "training images (too few to hold any out; optimistic)")
     control.report("unfamiliar-image guard", 0.96)

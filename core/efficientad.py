@@ -38,6 +38,7 @@ DEFAULT_PENALTY_DIR = ASSETS / "penalty"
 MIN_SIZE = 256
 # Median training-step wall time at 256x256 on the 2-core CPU, per structure (benchmarks/RESULTS.md, EfficientAD).
 SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.10}
+SECONDS_PER_IMAGE_256 = 0.08  # per good training image: teacher statistics, quantiles, calibration, guard
 STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
 
 
@@ -48,7 +49,7 @@ class EfficientADConfig:
     height: int = 256
     width: int = 256
     steps: int = 1000
-    lr: float = 1e-4
+    lr: float = 1e-3  # lite; the pdn_s structure was measured at 1e-4 (anomalib's value)
     weight_decay: float = 1e-5
     teacher_path: str = str(DEFAULT_TEACHER)
     penalty_dir: str = str(DEFAULT_PENALTY_DIR)
@@ -58,6 +59,8 @@ class EfficientADConfig:
     structure: str = "lite"
     teacher_backbone: str = "tf_efficientnet_lite0"
     student_width: int = 128
+    context_cells: int = 2  # lite: mirrored image around the input, in stride-8 cells (16 px)
+    border_cells: int = 0  # lite: map border left at zero, in stride-8 cells
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
@@ -94,9 +97,19 @@ class EfficientADConfig:
         return cls(**values)  # type: ignore[arg-type]
 
 
-def expected_training_seconds(config: EfficientADConfig) -> float:
-    """Rough wall time of training on this class of CPU (scaled from the measured 256x256 step time)."""
-    return config.steps * SECONDS_PER_STEP_256[config.structure] * (config.height * config.width) / (256 * 256)
+def expected_training_seconds(config: EfficientADConfig, num_images: int = 0) -> float:
+    """Wall time of ``python -m core train`` / the Models page on the 2-core CPU: the measured median step time
+    scaled by input area, plus the per-image passes (teacher statistics, map quantiles, calibration and the
+    unfamiliar-image guard) over ``num_images`` good training images."""
+    area = (config.height * config.width) / (256 * 256)
+    return (config.steps * SECONDS_PER_STEP_256[config.structure] + num_images * SECONDS_PER_IMAGE_256) * area
+
+
+def input_size_for(requested: int, structure: str) -> int:
+    """The EfficientAD input side closest to ``requested`` that ``structure`` accepts."""
+    if structure == "lite":
+        return 256 * max(1, round(requested / 256))
+    return max(requested, MIN_SIZE)
 
 
 def _build_pdn_s(config: EfficientADConfig) -> EfficientAdModel:
@@ -113,12 +126,11 @@ def _build_pdn_s(config: EfficientADConfig) -> EfficientAdModel:
 
 def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     """anomalib's model with a pretrained Lite trunk as teacher and CPU-sized student and autoencoder."""
-    teacher = LiteTeacher(config.teacher_backbone)
+    teacher = LiteTeacher(config.teacher_backbone, config.context_cells)
     channels = teacher.out_channels
-    model = LiteEfficientAdModel(teacher_out_channels=channels, model_size=EfficientAdModelSize.S, padding=True,
-                                 pad_maps=False)
+    model = LiteEfficientAdModel(channels, config.border_cells)
     model.teacher = teacher
-    model.student = LiteStudent(2 * channels, config.student_width)
+    model.student = LiteStudent(2 * channels, config.student_width, config.context_cells)
     model.ae = LiteAutoEncoder(channels)  # type: ignore[assignment]
     return model
 

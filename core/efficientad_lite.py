@@ -30,25 +30,43 @@ from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
 # timm feature indices of efficientnet: 2 -> blocks.2 (stride 8), 3 -> blocks.4 (stride 16)
 TEACHER_FEATURES: tuple[int, int] = (2, 3)
 STRIDE = 8
-# Map border left at zero (before normalisation), in feature cells: stock EfficientAD's PDNs use valid
-# convolutions and pad the maps with zeros (4 cells at stride 4 = 16 px); here 2 cells at stride 8 = 16 px.
-# Measured: the student-teacher branch's image AUROC on magnetic_tile went 0.69 -> 0.84 (1,500 steps).
-BORDER_CELLS = 2
+
+
+def reflect_context(x: torch.Tensor, cells: int) -> torch.Tensor:
+    """``x`` ``[B, 3, H, W]`` padded by ``cells`` feature cells (``cells * STRIDE`` px) of mirrored image on
+    each side, so networks see image-like context at the border instead of zero padding."""
+    if cells == 0:
+        return x
+    pad = cells * STRIDE
+    return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+
+
+def crop_cells(y: torch.Tensor, cells: int) -> torch.Tensor:
+    """Features ``[B, C, h + 2 cells, w + 2 cells]`` back to the image's own grid ``[B, C, h, w]``."""
+    return y[..., cells:y.shape[-2] - cells, cells:y.shape[-1] - cells] if cells else y
 
 
 class LiteEfficientAdModel(EfficientAdModel):
-    """anomalib's EfficientAdModel whose maps leave a border of ``BORDER_CELLS`` feature cells at zero, as the
-    stock structure's valid convolutions do (padded convolutions disagree most at the image border)."""
+    """anomalib's EfficientAdModel whose maps may leave a border of ``border_cells`` feature cells at zero,
+    as the stock structure's valid convolutions do (padded convolutions disagree most at the border).
+    Measured on magnetic_tile, 2 cells (16 px): the student-teacher branch's image AUROC 0.69 -> 0.84 at 1,500
+    steps, but pixel AUROC fell (its breaks and frays touch the image edge); mirrored context
+    (:func:`reflect_context`) is the default instead, see benchmarks/RESULTS.md."""
+
+    def __init__(self, teacher_out_channels: int, border_cells: int) -> None:
+        super().__init__(teacher_out_channels=teacher_out_channels, padding=True, pad_maps=False)
+        self.border_cells = border_cells
 
     def compute_maps(self, batch: torch.Tensor, student_output: torch.Tensor, distance_st: torch.Tensor,
                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """(student-teacher map, student-autoencoder map), each ``[B, 1, H, W]`` at input size."""
         map_st, map_stae = super().compute_maps(batch, student_output, distance_st, normalize=False)
-        border = BORDER_CELLS * STRIDE
-        h, w = map_st.shape[-2:]
-        keep = F.pad(torch.ones(1, 1, h - 2 * border, w - 2 * border, dtype=map_st.dtype),
-                     (border, border, border, border))
-        map_st, map_stae = map_st * keep, map_stae * keep
+        if self.border_cells:
+            border = self.border_cells * STRIDE
+            h, w = map_st.shape[-2:]
+            keep = F.pad(torch.ones(1, 1, h - 2 * border, w - 2 * border, dtype=map_st.dtype),
+                         (border, border, border, border))
+            map_st, map_stae = map_st * keep, map_stae * keep
         if normalize:
             q = self.quantiles
             is_set = self._is_set_tensor(q)
@@ -60,10 +78,12 @@ class LiteEfficientAdModel(EfficientAdModel):
 
 
 class LiteTeacher(nn.Module):
-    """Frozen pretrained trunk. Images ``[B, 3, H, W]`` in [0, 1] -> features ``[B, C, H/8, W/8]``."""
+    """Frozen pretrained trunk. Images ``[B, 3, H, W]`` in [0, 1] -> features ``[B, C, H/8, W/8]``;
+    ``context`` cells of mirrored image around the input (see :func:`reflect_context`)."""
 
-    def __init__(self, backbone: str, pretrained: bool = True) -> None:
+    def __init__(self, backbone: str, context: int = 0, pretrained: bool = True) -> None:
         super().__init__()
+        self.context = context
         self.trunk = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=TEACHER_FEATURES)
         if pretrained:
             load_into_feature_extractor(self.trunk, backbone)
@@ -75,9 +95,10 @@ class LiteTeacher(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fine, coarse = self.trunk((x - self.mean) / self.std)
+        fine, coarse = self.trunk((reflect_context(x, self.context) - self.mean) / self.std)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
-        return F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1, count_include_pad=False)
+        pooled = F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1, count_include_pad=False)
+        return crop_cells(pooled, self.context)
 
 
 def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Module]:
@@ -85,10 +106,12 @@ def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> list[nn.Mo
 
 
 class LiteStudent(nn.Module):
-    """Images ``[B, 3, H, W]`` in [0, 1] -> ``[B, out_channels, H/8, W/8]``; ``width`` scales the channels."""
+    """Images ``[B, 3, H, W]`` in [0, 1] -> ``[B, out_channels, H/8, W/8]``; ``width`` scales the channels;
+    ``context`` cells of mirrored image around the input, as the teacher gets."""
 
-    def __init__(self, out_channels: int, width: int = 128) -> None:
+    def __init__(self, out_channels: int, width: int = 128, context: int = 0) -> None:
         super().__init__()
+        self.context = context
         w = width
         self.net = nn.Sequential(
             *_conv(3, w // 4, 2), *_conv(w // 4, w // 2, 2), *_conv(w // 2, w // 2),
@@ -97,7 +120,7 @@ class LiteStudent(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(imagenet_norm_batch(x))
+        return crop_cells(self.net(imagenet_norm_batch(reflect_context(x, self.context))), self.context)
 
 
 class LiteAutoEncoder(nn.Module):

@@ -94,8 +94,9 @@ for r in results:
     if r.verdict == NO_VERDICT:
         st.error(f"No verdict: {r.inspection.note}.", icon=":material/block:")
     elif r.inspection.familiar is False:
-        st.warning(f"**Unfamiliar image** — {r.inspection.note.removeprefix('unfamiliar image: ')}. This may not be "
-                   f"a {sel.category} part: treat the verdict with care.", icon=":material/help:")
+        st.warning(f"**Unfamiliar image** — {r.inspection.note.removeprefix('unfamiliar image: ')}. It may be "
+                   f"another product, a changed camera setup, or a gross defect of a {sel.category} part: the "
+                   "verdict is shown, but check the image.", icon=":material/help:")
     shown = render_overlay(r, cal, opacity, cmap, show_contour)
     c1, c2 = st.columns(2)
     c1.image(display_image(r.image), caption="image", width="stretch")

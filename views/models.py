@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
-from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds
+from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds, input_size_for
 from core.knn import AUTO_EXACT_LIMIT
 from ui import cache
 from ui.jobs import show_job, start_job
@@ -62,10 +62,13 @@ with st.form("train"):
                                value=0.01, help="Share of training patches kept in the memory bank (1.0: all of them). "
                                                 f"Banks above {AUTO_EXACT_LIMIT:,} patches are searched with HNSW, "
                                                 "with each image's top patch re-checked exactly.")
-    steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=1000, step=100)
-    ead_size = max(size, MIN_SIZE)
-    estimate = expected_training_seconds(EfficientADConfig(height=ead_size, width=ead_size, steps=int(steps)))
-    st.caption(f"EfficientAD at {ead_size}px for {int(steps)} steps: about {estimate / 60:.0f} min on a 2-core CPU. "
+    steps = col3.number_input("EfficientAD steps", min_value=10, max_value=70000, value=EfficientADConfig().steps,
+                              step=100)
+    ead_size = input_size_for(size, EfficientADConfig().structure)
+    estimate = expected_training_seconds(EfficientADConfig(height=ead_size, width=ead_size, steps=int(steps)),
+                                         len(data.train))
+    st.caption(f"EfficientAD at {ead_size}px for {int(steps)} steps on {len(data.train)} good images: about "
+               f"{estimate / 60:.0f} min on a 2-core CPU (measured step time; benchmarks/RESULTS.md). "
                "PatchCore needs one pass over the images plus the coreset.")
     submitted = st.form_submit_button("Train", type="primary", disabled=bool(job and job.running))
 
