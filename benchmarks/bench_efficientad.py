@@ -10,7 +10,8 @@ earlier checkpoint to evaluate it on the full test set (map quantiles from the h
 so the rows of a run are one training run. The training state is saved to benchmarks/out/ every 100 steps and
 at each checkpoint: running the same command again continues it (``--fresh`` starts over). s/step is the median
 step wall time of a segment, so a pause does not count as training. Rows are kept per (category, variant) in
-benchmarks/out/efficientad_<category>_<variant>.json and the RESULTS.md section lists them all.
+benchmarks/results/efficientad_<category>_<variant>.json (committed) and the RESULTS.md section lists them all;
+``pdn_s`` rows there were measured before this script took variants (see the file's ``note``).
 """
 
 from __future__ import annotations
@@ -44,8 +45,11 @@ VARIANTS: dict[str, dict[str, object]] = {
 }
 
 
+ROWS = Path(__file__).resolve().parent / "results"  # committed, so the table survives a fresh checkout
+
+
 def rows_path(category: str, variant: str) -> Path:
-    return OUT / f"efficientad_{category}_{variant}.json"
+    return ROWS / f"efficientad_{category}_{variant}.json"
 
 
 def write_table() -> None:
@@ -58,7 +62,7 @@ def write_table() -> None:
              "| category | variant | held out | steps | s/step (median) | train min | image AUROC | pixel AUROC | AUPRO | "
              "F1-max | ms/image (batch 1) | images/s (folder) | machine |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for path in sorted(OUT.glob("efficientad_*_*.json")):
+    for path in sorted(ROWS.glob("efficientad_*_*.json")):
         saved = json.loads(path.read_text())
         for r in saved.get("rows", []):
             lines.append(f"| {saved['category']} | {saved['variant']} | {saved['num_holdout']} | {r['steps']} | "
@@ -123,7 +127,7 @@ def main() -> int:
         rows.append(row)
         last.update(step=step)
         print(json.dumps(row, default=float), file=sys.stderr, flush=True)
-        OUT.mkdir(parents=True, exist_ok=True)
+        ROWS.mkdir(parents=True, exist_ok=True)
         rows_file.write_text(json.dumps({"category": args.category, "variant": args.variant,
                                          "settings": model.config.to_dict(), "checkpoints": checkpoints,
                                          "machine": machine(), "num_train": len(train), "num_holdout": len(hold),

@@ -156,7 +156,7 @@ def main() -> int:
             report = pc.fit(train)
             rows.append({**measure(f"PatchCore, coreset {ratio:.1%} ({report.memory_bank:,} patches)", pc,
                                    stock_patchcore(pc), images, paths, Path(tmp)), "bank": report.memory_bank})
-        ead = EfficientAD(EfficientADConfig(steps=args.efficientad_steps))
+        ead = EfficientAD(EfficientADConfig(steps=args.efficientad_steps, structure="pdn_s", lr=1e-4))
         ead.fit(train[:-20], train[-20:])
         rows.append(measure("EfficientAD-S (152-ch teacher)", ead, stock_efficientad(ead), images, paths, Path(tmp)))
     if args.smoke:

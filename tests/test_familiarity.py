@@ -100,3 +100,15 @@ def test_damaged_profile_is_a_clear_load_error(trained_store: Path, tmp_path: Pa
     with pytest.raises(ModelStoreError, match="familiarity.npz: expected a familiarity profile"):
         det.load(ModelStore(store), "demo_metal", "patchcore")
     det.load(ModelStore(store), "demo_metal", "efficientad")  # the other model still loads
+
+
+@pytest.mark.parametrize(("kind", "graph"), [("patchcore", "_graph"), ("efficientad", "_graph")])
+def test_load_warms_up_so_the_first_image_is_steady_state(trained_store: Path, kind: str, graph: str) -> None:
+    """The first forward pass (ONNX export, session) happens at load: the graph for the model's input size
+    exists before any user image is scored, and the warm-up time is reported separately."""
+    model = det.load(ModelStore(trained_store), "demo_metal", kind)
+    compiled = getattr(model.detector, graph)
+    assert compiled is not None
+    cfg = model.detector.config
+    assert (cfg.height, cfg.width) in compiled._sessions
+    assert model.warmup_ms > 0
