@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_patchcore import evaluate_predictions  # noqa: E402
 from common import DATA, OUT, fmt, machine, peak_rss_mb, write_section  # noqa: E402
 
-from core.detector import HOLDOUT_FRACTION, split_holdout  # noqa: E402
 from core.dataset import load_category  # noqa: E402
+from core.detector import HOLDOUT_FRACTION, split_holdout  # noqa: E402
 from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
 from core.imageio import load_image  # noqa: E402
 

@@ -20,7 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import folder_throughput, per_image_ms, stock_efficientad, stock_inferencer  # noqa: E402
+from bench_inference import (  # noqa: E402
+    folder_throughput,
+    per_image_ms,
+    stock_efficientad,
+    stock_inferencer,
+)
 from common import DATA, machine, write_section  # noqa: E402
 
 from core.dataset import load_category  # noqa: E402

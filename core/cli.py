@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core import detector as det
+from core import inspection
 from core.dataset import DatasetError, load_category, load_folder
 from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.runtime import RUNTIMES
@@ -103,7 +104,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        result = det.inspect(model, [image])[0]
+        result = inspection.inspect(model, [image])[0]
         if result.score is None:
             print(f"no verdict: {path}: {result.note}", file=sys.stderr)
             failures += 1

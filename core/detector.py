@@ -5,25 +5,30 @@ from __future__ import annotations
 import datetime as dt
 import random
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-
 import numpy as np
 
-from core.calibration import Calibration, calibrate, verdict
+from core.calibration import Calibration, calibrate
 from core.dataset import CategoryData
 from core.efficientad import EfficientAD, EfficientADConfig
 from core.evaluate import EvaluationResult, evaluate
+from core.familiarity import aspect_range, fit_limit, min_side_for
 from core.imageio import load_many
 from core.patchcore import PatchCore, PatchCoreConfig
-from core.familiarity import (MIN_SIDE_FLOOR, Familiarity, FamiliarityProfile, assess, build_profile, descriptors,
-                              fit_limit)
-from core.store import (CALIBRATION, EVAL_IMAGES, EVAL_PIXELS, EVALUATION, FAMILIARITY, MANIFEST, ModelStore,
-                        ModelStoreError, versions)
-from core.types import NO_CONTROL, Prediction, TrainControl
+from core.store import (
+    CALIBRATION,
+    EVAL_IMAGES,
+    EVAL_PIXELS,
+    EVALUATION,
+    MANIFEST,
+    ModelStore,
+    ModelStoreError,
+    versions,
+)
+from core.types import NO_CONTROL, TrainControl
 
 Detector = PatchCore | EfficientAD
 KINDS: tuple[str, ...] = ("patchcore", "efficientad")
@@ -67,8 +72,7 @@ def inference_settings(kind: str, settings: dict[str, Any], inference: str) -> d
 @dataclass(frozen=True)
 class LoadedModel:
     """A model ready to score. ``warmup_ms``: time of the first (discarded) forward pass made at load, so
-    the latencies reported afterwards are steady-state. ``familiarity``: None for models trained before
-    the unfamiliar-image guard existed."""
+    the latencies reported afterwards are steady-state."""
 
     category: str
     kind: str
@@ -76,69 +80,7 @@ class LoadedModel:
     manifest: dict[str, Any]
     calibration: Calibration
     path: Path
-    familiarity: FamiliarityProfile | None = None
     warmup_ms: float = 0.0
-
-
-NO_VERDICT = "NO VERDICT"
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """What the product says about one image: raw score and map (None when the image got no verdict),
-    the verdict (OK / DEFECT / NO VERDICT), and whether the image looks like the training images at all."""
-
-    score: float | None
-    anomaly_map: np.ndarray | None
-    latency_ms: float
-    verdict: str
-    familiar: bool | None
-    familiarity_distance: float | None
-    note: str
-
-
-def min_side(model: LoadedModel) -> int:
-    """Smallest image side (px) the model gives a verdict for."""
-    return model.familiarity.min_side if model.familiarity is not None else MIN_SIDE_FLOOR
-
-
-def size_problem(model: LoadedModel, image: np.ndarray) -> str | None:
-    """Why ``image`` ``[H, W, 3]`` is too small for a verdict, or None."""
-    need = min_side(model)
-    if min(image.shape[:2]) < need:
-        return (f"too small for a verdict: {image.shape[0]}x{image.shape[1]} px, this model needs at least "
-                f"{need} px on the short side")
-    return None
-
-
-def judge(model: LoadedModel, image: np.ndarray, prediction: Prediction | None,
-          familiarity: Familiarity | None) -> Inspection:
-    """Combine a raw prediction and the guard's view into what users see (the calibration is the model's now)."""
-    problem = size_problem(model, image)
-    if problem is not None or prediction is None:
-        return Inspection(None, None, 0.0, NO_VERDICT, None, None, problem or "not scored")
-    note = "" if familiarity is None or familiarity.familiar else f"unfamiliar image: {familiarity.reason}"
-    return Inspection(prediction.score, prediction.anomaly_map, prediction.latency_ms,
-                      verdict(prediction.score, model.calibration),
-                      None if familiarity is None else familiarity.familiar,
-                      None if familiarity is None else familiarity.distance, note)
-
-
-def assess_familiarity(model: LoadedModel, images: Sequence[np.ndarray]) -> list[Familiarity | None]:
-    """The guard's view of each image (None everywhere when the model has no profile or limit)."""
-    limit = model.calibration.familiarity_limit
-    if model.familiarity is None or limit is None or not images:
-        return [None] * len(images)
-    return list(assess(model.familiarity, limit, images))
-
-
-def inspect(model: LoadedModel, images: Sequence[np.ndarray]) -> list[Inspection]:
-    """Score ``images`` (uint8 RGB ``[H, W, 3]``) and judge each: the one call the CLI (and later the service)
-    makes. Images below the model's minimum size are not scored and get NO VERDICT with the reason."""
-    ok = [i for i, im in enumerate(images) if size_problem(model, im) is None]
-    preds = dict(zip(ok, model.detector.predict([images[i] for i in ok]), strict=True)) if ok else {}
-    fams = dict(zip(ok, assess_familiarity(model, [images[i] for i in ok]), strict=True)) if ok else {}
-    return [judge(model, im, preds.get(i), fams.get(i)) for i, im in enumerate(images)]
 
 
 @dataclass(frozen=True)
@@ -183,14 +125,15 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
         train_info = detector.fit(fit_images, hold_images, sub)
     train_seconds = time.perf_counter() - t0
     control.report("calibrating on held-out good images", 0.92)
+    hold_preds = detector.predict(hold_images) if hold_images else []
     if hold_images:
-        calibration = calibrate(detector.predict(hold_images), f"held-out good training images (n={len(hold_images)}, "
-                                                               f"not used for fitting)")
+        calibration = calibrate(hold_preds, f"held-out good training images (n={len(hold_images)}, not used for fitting)")
     else:
         calibration = calibrate(detector.predict(fit_images), "training images (too few to hold any out; optimistic)")
-    control.report("unfamiliar-image guard", 0.96)
-    profile = build_profile(fit_images)
-    calibration = replace(calibration, familiarity_limit=fit_limit(profile, hold_images))
+    shapes = [im.shape for im in images]
+    lo, hi = aspect_range(shapes)
+    calibration = replace(calibration, familiarity_limit=fit_limit(hold_preds), aspect_min=lo, aspect_max=hi,
+                          min_side=min_side_for(shapes))
     manifest = {
         "category": data.name, "kind": kind, "backbone": _backbone_name(detector),
         "layers": list(getattr(detector.config, "layers", ())),
@@ -201,8 +144,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "versions": versions(), "metrics": {},
     }
-    path = store.write_model(data.name, kind, detector.state(), manifest, calibration.to_dict(),
-                             {FAMILIARITY: profile.to_bytes()})
+    path = store.write_model(data.name, kind, detector.state(), manifest, calibration.to_dict())
     control.report("saved", 1.0)
     return TrainResult(path, manifest, calibration, tuple(problems))
 
@@ -228,26 +170,16 @@ def load(store: ModelStore, category: str, kind: str, inference: str = "fast") -
             detector.search_index()  # ready to score: HNSW over a very large bank takes a while, so do it here
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
         raise ModelStoreError(f"{store.folder(category, kind)}: weights do not fit the manifest's settings ({exc})") from None
-    profile = None
-    raw = store.read_familiarity(category, kind)
-    if raw is not None:
-        try:
-            profile = FamiliarityProfile.from_bytes(raw)
-        except ValueError as exc:
-            raise ModelStoreError(f"{store.folder(category, kind) / FAMILIARITY}: {exc}") from None
-    warmup_ms = warm_up(detector, profile is not None)
-    return LoadedModel(category, kind, detector, manifest, calibration, store.folder(category, kind), profile, warmup_ms)
+    warmup_ms = warm_up(detector)
+    return LoadedModel(category, kind, detector, manifest, calibration, store.folder(category, kind), warmup_ms)
 
 
-def warm_up(detector: Detector, guard: bool) -> float:
-    """One discarded forward pass at the model's input size (graph export, thread pools, first-touch memory;
-    and the guard's network when there is one), so the latencies reported afterwards are steady-state.
-    Returns its wall time in ms."""
+def warm_up(detector: Detector) -> float:
+    """One discarded forward pass at the model's input size (graph export, thread pools, first-touch memory),
+    so the latencies reported afterwards are steady-state. Returns its wall time in ms."""
     t0 = time.perf_counter()
     blank = np.full((detector.config.height, detector.config.width, 3), 127, dtype=np.uint8)
     detector.predict([blank])
-    if guard:
-        descriptors([blank])
     return (time.perf_counter() - t0) * 1000.0
 
 

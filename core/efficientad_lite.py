@@ -22,7 +22,10 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
-from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel, imagenet_norm_batch
+from anomalib.models.image.efficient_ad.torch_model import (
+    EfficientAdModel,
+    imagenet_norm_batch,
+)
 from torch import nn
 
 from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor

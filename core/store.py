@@ -9,7 +9,6 @@ Layout::
         evaluation.json     metrics overall and per defect type (when evaluated)
         eval_images.csv     per evaluation image: path, defect, label, raw score, latency
         eval_pixels.npz     pixel-score histograms of good and defect pixels (for pixel-level curves)
-        familiarity.npz     global descriptors of the training images (unfamiliar-image guard)
 
 A whole model folder is first written to a hidden temp folder beside it and renamed into place, so a
 crash never leaves a half-written model under the real name. Single files are replaced the same way.
@@ -35,7 +34,6 @@ CALIBRATION = "calibration.json"
 EVALUATION = "evaluation.json"
 EVAL_IMAGES = "eval_images.csv"
 EVAL_PIXELS = "eval_pixels.npz"
-FAMILIARITY = "familiarity.npz"
 SCHEMA_VERSION = 1
 REQUIRED_MANIFEST_KEYS = ("schema", "category", "kind", "backbone", "settings", "created", "versions")
 
@@ -196,11 +194,6 @@ class ModelStore:
         except FileNotFoundError:
             return ""
         return f"{st.st_size}-{st.st_mtime_ns}"
-
-    def read_familiarity(self, category: str, kind: str) -> bytes | None:
-        """The saved familiarity profile's bytes, or None for a model trained before the guard existed."""
-        path = self.folder(category, kind) / FAMILIARITY
-        return path.read_bytes() if path.is_file() else None
 
     def read_optional_json(self, category: str, kind: str, name: str) -> dict[str, Any] | None:
         path = self.folder(category, kind) / name

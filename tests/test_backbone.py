@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.backbone import (BackboneError, convert_lukemelas_state_dict, create_classifier, load_into_feature_extractor,
-                           weights_path)
+from core.backbone import (
+    BackboneError,
+    convert_lukemelas_state_dict,
+    create_classifier,
+    load_into_feature_extractor,
+    weights_path,
+)
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

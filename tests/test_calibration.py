@@ -7,7 +7,13 @@ import math
 import numpy as np
 import pytest
 
-from core.calibration import DEFAULT_FALSE_ALARM, SIGMAS, Calibration, calibrate, tail_threshold
+from core.calibration import (
+    DEFAULT_FALSE_ALARM,
+    SIGMAS,
+    Calibration,
+    calibrate,
+    tail_threshold,
+)
 from core.types import Prediction
 
 

@@ -10,9 +10,17 @@ import pytest
 import torch
 
 from core import detector as det
-from core.efficientad import (DEFAULT_PENALTY_DIR, DEFAULT_TEACHER, SECONDS_PER_IMAGE_256, SECONDS_PER_STEP_256,
-                             EfficientAD, EfficientADConfig, expected_training_seconds, input_size_for,
-                             load_penalty_images)
+from core.efficientad import (
+    DEFAULT_PENALTY_DIR,
+    DEFAULT_TEACHER,
+    SECONDS_PER_IMAGE_256,
+    SECONDS_PER_STEP_256,
+    EfficientAD,
+    EfficientADConfig,
+    expected_training_seconds,
+    input_size_for,
+    load_penalty_images,
+)
 from core.imageio import load_image
 from core.preprocess import InputSpec
 from core.store import ModelStore

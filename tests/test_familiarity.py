@@ -1,5 +1,5 @@
-"""Unfamiliar-image guard and minimum size: hand-computed distances, profile files, the guard on other products,
-and NO VERDICT for images too small to judge (CLI and core)."""
+"""Unfamiliar-image guard and minimum size: hand-computed limits, the guard on other products and on defects,
+NO VERDICT for images too small to judge (CLI and core), warm-up at load."""
 
 from __future__ import annotations
 
@@ -10,65 +10,81 @@ import pytest
 
 from core import detector as det
 from core import familiarity as fam
+from core import inspection
 from core.cli import main
 from core.imageio import load_image, save_png_atomic
-from core.store import FAMILIARITY, ModelStore, ModelStoreError
+from core.store import ModelStore
+from core.types import Prediction
 
 
-def _profile(reference: list[list[float]], aspect: tuple[float, float] = (1.0, 1.0)) -> fam.FamiliarityProfile:
-    ref = np.array(reference, dtype=np.float32)
-    return fam.FamiliarityProfile(ref, np.zeros(ref.shape[1], np.float32), np.ones(ref.shape[1], np.float32), aspect, 16)
+def _pred(values: np.ndarray) -> Prediction:
+    return Prediction(float(values.max()), np.asarray(values, dtype=np.float32), 1.0)
 
 
 @pytest.mark.parametrize(
-    ("query", "expected"),
+    ("medians", "expected"),
     [
-        ([3.0, 4.0], 0.0),                      # on a reference point
-        ([0.0, 1.0], np.sqrt(1.0 / 2)),         # nearest is the origin: squared distance 1 over 2 dims
-        ([3.0, 0.0], np.sqrt(9.0 / 2)),         # |(3,0)-(0,0)|^2 = 9 < |(3,0)-(3,4)|^2 = 16
-        ([6.0, 8.0], np.sqrt(25.0 / 2)),        # nearest is (3,4): 9 + 16 = 25
+        ([1.0, 2.0, 3.0], 3.0 + 3.0 * (3.0 - 2.0)),               # top 3, median 2: spread term 3 > relative 0.6
+        ([10.0, 10.0, 10.0, 10.5], 10.5 + 0.2 * 10.5),            # median 10: relative 2.1 > spread term 1.5
+        ([20.0, 20.05, 20.1], 20.1 + 0.2 * 20.1),                 # tight spread: the relative term (4.02 > 0.15)
+        ([-0.3, -0.2, -0.1], -0.1 + 3.0 * 0.1),                   # maps below zero (EfficientAD): spread term
     ],
 )
-def test_distances_hand_computed(query: list[float], expected: float) -> None:
-    profile = _profile([[0.0, 0.0], [3.0, 4.0]])
-    assert profile.distances(np.array([query], np.float32))[0] == pytest.approx(expected, abs=1e-5)
+def test_fit_limit_hand_computed(medians: list[float], expected: float) -> None:
+    preds = [_pred(np.full((4, 4), m)) for m in medians]
+    assert fam.fit_limit(preds) == pytest.approx(expected)
 
 
-def test_standardisation_and_leave_one_out() -> None:
-    ref = np.array([[0.0, 0.0], [2.0, 0.0], [0.0, 4.0]], np.float32)
-    profile = fam.FamiliarityProfile(ref, np.array([1.0, 1.0], np.float32), np.array([1.0, 2.0], np.float32),
-                                     (1.0, 1.0), 16)
-    raw = np.array([[1.0, 1.0]], np.float32)  # standardised: (0, 0) -> exactly reference 0
-    assert profile.distances(raw)[0] == pytest.approx(0.0, abs=1e-6)
-    assert profile.distances(raw, exclude_self=True)[0] == pytest.approx(np.sqrt(4.0 / 2), abs=1e-5)
+def test_fit_limit_needs_three_images() -> None:
+    assert fam.fit_limit([_pred(np.zeros((2, 2)))] * 2) is None
+
+
+def test_typical_anomaly_ignores_a_local_defect() -> None:
+    amap = np.zeros((10, 10))
+    amap[:4] = 100.0  # a defect over 40% of the image moves the maximum, not the median
+    assert fam.typical_anomaly(amap) == 0.0
+    assert fam.assess(_pred(amap), (10, 10, 3), 1.0, None).familiar
+    assert not fam.assess(_pred(amap + 5.0), (10, 10, 3), 1.0, None).familiar
 
 
 @pytest.mark.parametrize(("shape", "ok"), [((100, 100), True), ((100, 124), True), ((100, 130), False),
                                            ((130, 100), False), ((124, 100), True)])
 def test_aspect_margin(shape: tuple[int, int], ok: bool) -> None:
-    assert _profile([[0.0]]).aspect_ok(shape) is ok  # 1.0 +- 25%
+    assert fam.assess(_pred(np.zeros((4, 4))), shape, 1.0, (1.0, 1.0)).familiar is ok  # 1.0 +- 25%
 
 
-def test_profile_round_trip_and_damage() -> None:
-    profile = _profile([[0.0, 1.0], [2.0, 3.0]], (0.5, 2.0))
-    back = fam.FamiliarityProfile.from_bytes(profile.to_bytes())
-    assert np.array_equal(back.reference, profile.reference) and back.aspect_range == (0.5, 2.0)
-    with pytest.raises(ValueError, match="expected a familiarity profile"):
-        fam.FamiliarityProfile.from_bytes(b"not a numpy file")
+@pytest.mark.parametrize(("shapes", "side"), [([(64, 64, 3)], 16), ([(400, 800, 3), (103, 222, 3)], 26),
+                                              ([(1000, 2000, 3)], 250)])
+def test_min_side_for(shapes: list[tuple[int, int, int]], side: int) -> None:
+    assert fam.min_side_for(shapes) == side
 
 
-def test_guard_flags_other_products_not_the_trained_one(trained_store: Path, demo_root: Path) -> None:
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[det.LoadedModel, Path]:
+    """PatchCore on the demo product at its real size (160 px, 40 good images: 8 held out)."""
+    from core.dataset import load_category
+    from core.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("demo160")
+    make_demo_dataset(root, n_train=40, n_test_good=8, n_per_defect=6, size=160, seed=5)
+    store = ModelStore(tmp_path_factory.mktemp("models160"))
+    det.train(load_category(root, "demo_metal"), "patchcore", {"height": 128, "width": 128, "coreset_ratio": 0.1},
+              store)
+    return det.load(store, "demo_metal", "patchcore"), root / "demo_metal"
+
+
+def test_guard_flags_other_products_not_the_trained_ones_defects(demo_model: tuple[det.LoadedModel, Path]) -> None:
     from skimage import data as skdata
 
-    model = det.load(ModelStore(trained_store), "demo_metal", "patchcore")
-    assert model.familiarity is not None and model.calibration.familiarity_limit is not None
-    assert model.warmup_ms > 0
-    good = [load_image(p) for p in sorted((demo_root / "demo_metal" / "test" / "good").glob("*.png"))]
+    model, folder = demo_model
+    assert model.calibration.familiarity_limit is not None
+    good = [load_image(p) for p in sorted((folder / "test" / "good").glob("*.png"))]
+    defects = [load_image(p) for p in sorted((folder / "test").glob("[!g]*/*.png"))]
     others = [np.ascontiguousarray(skdata.astronaut()), np.ascontiguousarray(skdata.coffee()),
               np.ascontiguousarray(skdata.chelsea()), np.stack([skdata.camera()] * 3, axis=-1)]
-    on_good = det.inspect(model, good)
-    on_other = det.inspect(model, others)
-    assert sum(r.familiar is False for r in on_good) == 0
+    assert sum(r.familiar is False for r in inspection.inspect(model, good)) == 0
+    assert sum(r.familiar is False for r in inspection.inspect(model, defects)) == 0  # a defect is local
+    on_other = inspection.inspect(model, others)
     assert all(r.familiar is False and "unlike the training images" in r.note for r in on_other)
     assert all(r.verdict in ("OK", "DEFECT") and r.score is not None for r in on_other)  # flagged, still scored
 
@@ -76,8 +92,8 @@ def test_guard_flags_other_products_not_the_trained_one(trained_store: Path, dem
 @pytest.mark.parametrize("shape", [(1, 1, 3), (8, 200, 3)])
 def test_too_small_gets_no_verdict(trained_store: Path, shape: tuple[int, int, int]) -> None:
     model = det.load(ModelStore(trained_store), "demo_metal", "patchcore")
-    result = det.inspect(model, [np.full(shape, 100, np.uint8)])[0]
-    assert result.verdict == det.NO_VERDICT and result.score is None
+    result = inspection.inspect(model, [np.full(shape, 100, np.uint8)])[0]
+    assert result.verdict == inspection.NO_VERDICT and result.score is None
     assert f"{shape[0]}x{shape[1]} px" in result.note and "at least 16 px" in result.note
 
 
@@ -91,24 +107,27 @@ def test_cli_predict_tiny_image(trained_store: Path, tmp_path: Path, capsys: pyt
     assert "warm-up" in captured.err
 
 
-def test_damaged_profile_is_a_clear_load_error(trained_store: Path, tmp_path: Path) -> None:
+def test_model_without_guard_still_judges(trained_store: Path, tmp_path: Path) -> None:
+    """A calibration written before the guard existed: no flag, default minimum side, verdicts as before."""
+    import json
     import shutil
 
     store = tmp_path / "models"
     shutil.copytree(trained_store, store)
-    (store / "demo_metal" / "patchcore" / FAMILIARITY).write_bytes(b"garbage")
-    with pytest.raises(ModelStoreError, match="familiarity.npz: expected a familiarity profile"):
-        det.load(ModelStore(store), "demo_metal", "patchcore")
-    det.load(ModelStore(store), "demo_metal", "efficientad")  # the other model still loads
+    path = store / "demo_metal" / "patchcore" / "calibration.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items()
+           if k not in ("familiarity_limit", "aspect_min", "aspect_max", "min_side")}
+    path.write_text(json.dumps(old))
+    model = det.load(ModelStore(store), "demo_metal", "patchcore")
+    result = inspection.inspect(model, [np.full((64, 64, 3), 120, np.uint8)])[0]
+    assert result.familiar is None and result.verdict in ("OK", "DEFECT")
 
 
-@pytest.mark.parametrize(("kind", "graph"), [("patchcore", "_graph"), ("efficientad", "_graph")])
-def test_load_warms_up_so_the_first_image_is_steady_state(trained_store: Path, kind: str, graph: str) -> None:
+@pytest.mark.parametrize("kind", ["patchcore", "efficientad"])
+def test_load_warms_up_so_the_first_image_is_steady_state(trained_store: Path, kind: str) -> None:
     """The first forward pass (ONNX export, session) happens at load: the graph for the model's input size
     exists before any user image is scored, and the warm-up time is reported separately."""
     model = det.load(ModelStore(trained_store), "demo_metal", kind)
-    compiled = getattr(model.detector, graph)
-    assert compiled is not None
     cfg = model.detector.config
-    assert (cfg.height, cfg.width) in compiled._sessions
+    assert (cfg.height, cfg.width) in model.detector._graph._sessions
     assert model.warmup_ms > 0

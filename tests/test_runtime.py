@@ -9,7 +9,14 @@ from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 
 from core import detector as det
 from core.efficientad import EfficientAD, EfficientADConfig
-from core.knn import AUTO_EXACT_LIMIT, augment_bank, build_index, exact_search, nearest_distances, resolve
+from core.knn import (
+    AUTO_EXACT_LIMIT,
+    augment_bank,
+    build_index,
+    exact_search,
+    nearest_distances,
+    resolve,
+)
 from core.mapsmooth import MapSmoother, axis_operator
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.runtime import check_runtime

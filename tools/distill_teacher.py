@@ -33,6 +33,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anomalib.models.image.efficient_ad.torch_model import SmallPatchDescriptionNetwork  # noqa: E402
+
 from core.backbone import load_into_feature_extractor  # noqa: E402
 from core.dataset import image_files  # noqa: E402
 from core.imageio import ImageLoadError, load_image  # noqa: E402

@@ -32,6 +32,7 @@ def main() -> int:
     parser.add_argument("--store", type=Path, default=ROOT / "models")
     parser.add_argument("--image", type=Path, default=ROOT / "demo_data" / "demo_metal" / "test" / "scratch" / "002.png")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    parser.add_argument("--no-compare", action="store_true", help="skip Compare (needs both models trained)")
     args = parser.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +58,8 @@ def main() -> int:
             page.get_by_text("heatmap overlay").first.wait_for(timeout=120_000)
             time.sleep(2)
             page.screenshot(path=str(args.out / "inspect.png"), full_page=True)
-            for name, marker in (("thresholds", "Image ROC"), ("compare", "Side by side")):
+            pages = (("thresholds", "Image ROC"),) + ((("compare", "Side by side"),) if not args.no_compare else ())
+            for name, marker in pages:
                 page.goto(f"{url}/{name}")
                 page.get_by_text(marker).first.wait_for(timeout=120_000)
                 time.sleep(4)
@@ -76,6 +78,7 @@ def _settle(page, seconds: float = 3.0) -> None:  # noqa: ANN001 - playwright pa
 
 
 def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playwright page
+    page.set_viewport_size({"width": 1500, "height": 2700})  # the whole page, Save section included
     page.goto(f"{url}/thresholds")
     page.get_by_text("Image ROC").first.wait_for(timeout=120_000)
     _settle(page)

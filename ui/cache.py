@@ -16,12 +16,11 @@ import streamlit as st
 from core import detector as det
 from core.calibration import Calibration
 from core.dataset import CategoryData, load_category
-from core.familiarity import Familiarity
 from core.imageio import load_image
 from core.metrics import PixelHistogram
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.similarity import SimilarityIndex, open_client
-from core.store import EVAL_IMAGES, EVAL_PIXELS, WEIGHTS, ModelStore
+from core.store import EVAL_IMAGES, EVAL_PIXELS, ModelStore
 from ui.display import display_map
 
 
@@ -94,15 +93,6 @@ def predict_one(store: str, category: str, kind: str, version: str, inference: s
     model = _load_network(store, category, kind, version, inference)
     pred = model.detector.predict([_image])[0]
     return pred.score, display_map(pred.anomaly_map), pred.latency_ms
-
-
-@st.cache_data(show_spinner=False, max_entries=512)
-def familiarity_one(store: str, category: str, kind: str, version: str, calibration: str, inference: str,
-                    digest: str, _image: np.ndarray) -> Familiarity | None:
-    """The unfamiliar-image guard's view of one image (None for models without a guard); keyed on the
-    calibration's digest too, since the limit lives there."""
-    model = load_model(store, category, kind, inference)
-    return det.assess_familiarity(model, [_image])[0]
 
 
 def digest(data: bytes | np.ndarray) -> str:

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.calibration import Calibration
-from core.detector import Inspection, LoadedModel, judge, size_problem
+from core.detector import LoadedModel
 from core.imageio import ImageLoadError, load_image
+from core.inspection import Inspection, judge, size_problem
 from core.overlay import overlay
 from core.types import Prediction
 from ui import cache
@@ -38,14 +39,11 @@ def score_image(sel: Selection, model: LoadedModel, name: str, image: np.ndarray
     """Score through the cache (raw score and map per image digest), then judge with the calibration and
     familiarity limit saved now. Images below the model's minimum size are not scored."""
     if size_problem(model, image) is not None:
-        return Scored(name, image, judge(model, image, None, None))
+        return Scored(name, image, judge(model, image, None))
     version = cache.model_version(sel.store_path, sel.category, sel.kind)
     key = cache.digest(image)
     score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, sel.inference, key, image)
-    familiarity = cache.familiarity_one(sel.store_path, sel.category, sel.kind, version,
-                                        cache.calibration_version(sel.store_path, sel.category, sel.kind),
-                                        sel.inference, key, image)
-    return Scored(name, image, judge(model, image, Prediction(score, amap, latency), familiarity))
+    return Scored(name, image, judge(model, image, Prediction(score, amap, latency)))
 
 
 def render_overlay(scored: Scored, calibration: Calibration, opacity: float, cmap: str, show_contour: bool) -> np.ndarray:

@@ -5,11 +5,17 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core.detector import NO_VERDICT
 from core.imageio import SUPPORTED_SUFFIXES
+from core.inspection import NO_VERDICT
 from core.overlay import COLORMAPS, png_bytes
 from ui import cache
-from ui.inspect_view import ImageLoadError, decode_upload, display_image, render_overlay, score_image
+from ui.inspect_view import (
+    ImageLoadError,
+    decode_upload,
+    display_image,
+    render_overlay,
+    score_image,
+)
 from ui.sidebar import require_model, sidebar
 
 sel = sidebar()
@@ -30,8 +36,7 @@ with right:
     show_contour = st.toggle("Outline predicted defect", value=True)
     st.caption(f"Image threshold **{cal.image_threshold:.4g}** · pixel threshold **{cal.pixel_threshold:.4g}** "
                f"({'set on Thresholds page' if cal.chosen_by == 'user' else 'default from held-out good images'})")
-    guard = ("on" if model.familiarity is not None and cal.familiarity_limit is not None
-             else "off (model trained before the guard existed: retrain to enable)")
+    guard = "on" if cal.familiarity_limit is not None else "off (model trained before the guard existed: retrain)"
     st.caption(f"Model warm-up at load: {model.warmup_ms:.0f} ms (not counted in the latencies below) · "
                f"unfamiliar-image guard {guard}")
 

@@ -4,7 +4,12 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
-from core.efficientad import MIN_SIZE, EfficientADConfig, expected_training_seconds, input_size_for
+from core.efficientad import (
+    MIN_SIZE,
+    EfficientADConfig,
+    expected_training_seconds,
+    input_size_for,
+)
 from core.knn import AUTO_EXACT_LIMIT
 from ui import cache
 from ui.jobs import show_job, start_job

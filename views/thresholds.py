@@ -102,9 +102,10 @@ with c4:
               "counted on the same images)")
     st.button("Use F1-optimal", on_click=lambda: set_image_threshold(best_thr))
     if np.isfinite(cross_thr):
-        st.button(f"Use cross-fitted ({cross_thr:.4f})", on_click=lambda: set_image_threshold(cross_thr),
-                  help=f"F1-optimal threshold fitted on one half of the labelled images and counted on the other "
-                       f"(2-fold): F1 {cross_f1:.3f} on images it was not fitted on. Uses your labelled defects; "
+        st.button("Use cross-fitted", on_click=lambda: set_image_threshold(cross_thr),
+                  help=f"{cross_thr:.4f}: the F1-optimal threshold fitted on one half of the labelled images and "
+                       f"counted on the other (2-fold): F1 {cross_f1:.3f} on images it was not fitted on. Uses your "
+                       "labelled defects; "
                        "the default uses good images only.")
 
 counts = metrics.confusion(labels, scores, thr)
