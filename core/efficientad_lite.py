@@ -62,14 +62,16 @@ class LiteEfficientAdModel(EfficientAdModel):
 
     def compute_maps(self, batch: torch.Tensor, student_output: torch.Tensor, distance_st: torch.Tensor,
                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """(student-teacher map, student-autoencoder map), each ``[B, 1, H, W]`` at input size."""
+        """(student-teacher map, student-autoencoder map), each ``[B, 1, H, W]`` at input size. Without a border
+        this is anomalib's own computation; with one, the border is zeroed before anomalib's normalisation."""
+        if not self.border_cells:
+            return super().compute_maps(batch, student_output, distance_st, normalize=normalize)
         map_st, map_stae = super().compute_maps(batch, student_output, distance_st, normalize=False)
-        if self.border_cells:
-            border = self.border_cells * STRIDE
-            h, w = map_st.shape[-2:]
-            keep = F.pad(torch.ones(1, 1, h - 2 * border, w - 2 * border, dtype=map_st.dtype),
-                         (border, border, border, border))
-            map_st, map_stae = map_st * keep, map_stae * keep
+        border = self.border_cells * STRIDE
+        h, w = map_st.shape[-2:]
+        keep = F.pad(torch.ones(1, 1, h - 2 * border, w - 2 * border, dtype=map_st.dtype),
+                     (border, border, border, border))
+        map_st, map_stae = map_st * keep, map_stae * keep
         if normalize:
             q = self.quantiles
             is_set = self._is_set_tensor(q)

@@ -168,3 +168,15 @@ def test_lite_builds_and_trains_without_network(monkeypatch: pytest.MonkeyPatch)
 def test_old_manifest_without_structure_loads_as_pdn_s() -> None:
     cfg = EfficientADConfig.from_dict({"height": 256, "width": 256, "steps": 3, "lr": 1e-4})
     assert cfg.structure == "pdn_s"
+
+
+def test_border_variant_zeroes_the_map_border_and_default_keeps_it() -> None:
+    x = torch.rand(1, 3, 256, 256)
+    bordered = EfficientAD(EfficientADConfig(steps=1, context_cells=0, border_cells=2)).model.eval()
+    st, ae = bordered.get_maps(x, normalize=False)
+    for m in (st, ae):
+        assert float(m[..., :16, :].abs().max()) == 0.0 and float(m[..., -16:].abs().max()) == 0.0
+        assert float(m[..., 16:-16, 16:-16].abs().min()) > 0.0
+    plain = EfficientAD(EfficientADConfig(steps=1)).model.eval()
+    st, _ = plain.get_maps(x, normalize=False)
+    assert float(st[..., :16, :].abs().max()) > 0.0

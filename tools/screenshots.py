@@ -77,6 +77,11 @@ def _settle(page, seconds: float = 3.0) -> None:  # noqa: ANN001 - playwright pa
     page.wait_for_load_state("networkidle")
 
 
+def _save_thresholds(page) -> None:  # noqa: ANN001 - playwright page
+    page.get_by_role("button", name="Save thresholds with the model").click()
+    page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
+
+
 def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playwright page
     page.set_viewport_size({"width": 1500, "height": 2700})  # the whole page, Save section included
     page.goto(f"{url}/thresholds")
@@ -87,8 +92,7 @@ def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playw
     page.get_by_text("Unsaved changes").first.wait_for(timeout=60_000)
     _settle(page)
     page.screenshot(path=str(out / "thresholds_unsaved.png"), full_page=True)
-    page.get_by_role("button", name="Save thresholds with the model").click()
-    page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
+    _save_thresholds(page)
     page.get_by_role("link", name="Inspect").first.click()
     page.get_by_text("Drop images here").first.wait_for(timeout=60_000)
     _settle(page, 2.0)
@@ -100,8 +104,7 @@ def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playw
     page.get_by_text("Unsaved changes").first.wait_for(timeout=60_000)
     _settle(page)
     page.screenshot(path=str(out / "thresholds_after_restore.png"), full_page=True)
-    page.get_by_role("button", name="Save thresholds with the model").click()  # leave the store as it was
-    page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
+    _save_thresholds(page)  # leave the store as it was
 
 
 if __name__ == "__main__":
