@@ -10,7 +10,7 @@ export HF_HUB_OFFLINE=1
 if [ ! -d demo_data/demo_metal ]; then
   .venv/bin/python -m core demo --out demo_data
 fi
-if [ ! -f models/demo_metal/patchcore/manifest.json ]; then
+if ! .venv/bin/python -m core versions --category demo_metal --model patchcore --store models >/dev/null 2>&1; then
   .venv/bin/python -m core train --data demo_data --category demo_metal --model patchcore --store models
   .venv/bin/python -m core evaluate --data demo_data --category demo_metal --model patchcore --store models >/dev/null
 fi

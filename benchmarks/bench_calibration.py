@@ -47,8 +47,8 @@ def main() -> int:
             store = ModelStore(tmp)
             data = load_category(DATA, category)
             det.train(data, args.kind, {}, store)
-            model = det.load(store, category, args.kind)
-            result = det.run_evaluation(store, model, data)
+            model = det.load(store.current(category, args.kind))
+            result = det.run_evaluation(model, data)
         labels = np.array([r.label for r in result.images])
         scores = np.array([r.score for r in result.images])
         cal = model.calibration

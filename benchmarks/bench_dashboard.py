@@ -38,7 +38,7 @@ def main() -> int:
     for kind, settings in (("patchcore", {"height": 64, "width": 64, "coreset_ratio": 0.1}),
                            ("efficientad", {"steps": 20})):
         det.train(data, kind, settings, store)
-        det.run_evaluation(store, det.load(store, "demo_metal", kind), data)
+        det.run_evaluation(det.load(store.current("demo_metal", kind)), data)
     os.environ["INSPECT_DATA_ROOT"] = str(work / "data")
     os.environ["INSPECT_MODEL_STORE"] = str(store.root)
     n_eval = len(data.test)
@@ -49,7 +49,7 @@ def main() -> int:
         for _ in range(5):
             at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
             at.run()
-            at.switch_page(f"views/{name}.py")
+            at.switch_page(f"pages/{name}.py")
             t0 = time.perf_counter()
             at.run()
             runs.append(time.perf_counter() - t0)
@@ -57,7 +57,7 @@ def main() -> int:
         first[name] = (runs[0], statistics.median(runs[1:]))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.run()
-    at.switch_page("views/thresholds.py")
+    at.switch_page("pages/thresholds.py")
     at.run()
     slider = at.slider[0]
     rerender = []

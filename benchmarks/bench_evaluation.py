@@ -33,7 +33,7 @@ from core.types import TrainControl  # noqa: E402
 
 def run_binned(store: Path, category: str) -> dict:
     data = load_category(DATA, category)
-    model = det.load(ModelStore(store), category, "patchcore")
+    model = det.load(ModelStore(store).current(category, "patchcore"))
     stages: dict[str, float] = {}
     last = {"t": time.perf_counter(), "stage": "scoring", "fraction": 0.0}
     went_back = []
@@ -47,7 +47,7 @@ def run_binned(store: Path, category: str) -> dict:
         last.update(t=now, stage=stage, fraction=fraction)
 
     t0 = time.perf_counter()
-    result = det.run_evaluation(ModelStore(store), model, data, TrainControl(progress=progress))
+    result = det.run_evaluation(model, data, TrainControl(progress=progress))
     total = time.perf_counter() - t0
     return {"total_s": total, "scoring_s": stages.get("scoring", 0.0), "metrics_s": stages.get("metrics", 0.0),
             "peak_rss_mb": peak_rss_mb(), "progress_went_back": len(went_back), "num_images": len(result.images),
@@ -57,7 +57,7 @@ def run_binned(store: Path, category: str) -> dict:
 
 def run_exact(store: Path, category: str) -> dict:
     data = load_category(DATA, category)
-    model = det.load(ModelStore(store), category, "patchcore")
+    model = det.load(ModelStore(store).current(category, "patchcore"))
     samples = list(data.test)
     images = [load_image(s.path) for s in samples]
     t0 = time.perf_counter()

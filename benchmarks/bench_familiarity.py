@@ -51,7 +51,7 @@ def main() -> int:
     for name, root in roots.items():
         store = ModelStore(tmp / "models")
         result = det.train(load_category(root, name), args.kind, {}, store)
-        model = det.load(store, name, args.kind)
+        model = det.load(store.current(name, args.kind))
 
         def flagged(images: list) -> str:  # noqa: ANN001
             res = inspection.inspect(model, images) if images else []

@@ -8,7 +8,7 @@ training, and the score check compares the same weights either way) on magnetic_
 the very same memory bank / weights into anomalib's Lightning ``Patchcore`` / ``EfficientAd`` (pre-processing:
 anomalib's default Resize (+ ImageNet Normalize for PatchCore); post-processing without normalisation, so raw
 scores can be compared), export it with anomalib's ``to_torch`` and load it with ``TorchInferencer``
-(``TRUST_REMOTE_CODE=1``).
+(``TRUST_REMOTE_CODE=1`` set only around that call).
 
 - latency: uint8 RGB image in memory (original size) -> score + map, batch 1, 2 threads; median per image over
   the first ``--latency-images`` test images, three passes, median of the passes. Ours also resizes the map
@@ -35,7 +35,6 @@ import torch
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ["TRUST_REMOTE_CODE"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section  # noqa: E402
 
@@ -49,7 +48,15 @@ def stock_inferencer(lightning: torch.nn.Module, folder: Path):  # noqa: ANN201 
     from anomalib.deploy import TorchInferencer
 
     path = lightning.to_torch(folder)
-    return TorchInferencer(path=path, device="cpu")
+    before = os.environ.get("TRUST_REMOTE_CODE")
+    os.environ["TRUST_REMOTE_CODE"] = "1"  # anomalib unpickles its own export; only here, never in the product
+    try:
+        return TorchInferencer(path=path, device="cpu")
+    finally:
+        if before is None:
+            os.environ.pop("TRUST_REMOTE_CODE", None)
+        else:
+            os.environ["TRUST_REMOTE_CODE"] = before
 
 
 def stock_patchcore(ours: PatchCore):  # noqa: ANN201

@@ -38,8 +38,8 @@ def run(category: str, kind: str) -> dict:
         t0 = time.perf_counter()
         det.train(data, kind, {}, store)
         wall = time.perf_counter() - t0
-        model = det.load(store, category, kind)
-        result = det.run_evaluation(store, model, data)
+        model = det.load(store.current(category, kind))
+        result = det.run_evaluation(model, data)
     o = result.overall
     return {"category": category, "kind": kind, "machine": machine(), "train_wall_s": wall, "estimate_s": estimate,
             "settings": model.manifest["settings"], "warmup_ms": model.warmup_ms,

@@ -8,7 +8,6 @@ import warnings as _warnings
 
 # anomalib and timm consult the Hugging Face hub for pretrained weights; we never want that.
 _os.environ.setdefault("HF_HUB_OFFLINE", "1")
-_os.environ.setdefault("TRUST_REMOTE_CODE", "1")
 
 # Import-time deprecation notices inside timm and anomalib are not actionable for users of this tool.
 _warnings.filterwarnings("ignore", category=FutureWarning, module=r"(timm|anomalib)(\..*)?$")

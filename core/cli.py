@@ -1,7 +1,8 @@
-"""Command line: ``python -m core train|evaluate|predict|list|demo``.
+"""Command line: ``python -m core train|evaluate|predict|list|versions|feedback|demo``.
 
 Exit codes: 0 success; 1 finished but some inputs could not be used (named on stderr); 2 bad arguments,
-missing data or a broken model; 130 cancelled.
+missing data or a broken model; 130 cancelled. Heavy packages (torch, anomalib) are imported only by the
+command that needs them, so ``--help`` answers at once.
 """
 
 from __future__ import annotations
@@ -12,20 +13,21 @@ import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from core import detector as det
-from core import inspection
-from core.dataset import DatasetError, load_category, load_folder
-from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
-from core.runtime import RUNTIMES
-from core.store import ModelStore, ModelStoreError
-from core.types import TrainControl, TrainingCancelled
+from core.registry import INFERENCE_PATHS, KINDS, spec
+from core.store import ModelStore, ModelStoreError, validate_name
 
+if TYPE_CHECKING:
+    from core.types import TrainControl
+
+RUNTIME_CHOICES = ("onnx", "torch")
 DEFAULT_STORE = Path("models")
 
 
 def _progress_printer() -> TrainControl:
+    from core.types import TrainControl
+
     last = {"pct": -1}
 
     def show(message: str, fraction: float) -> None:
@@ -51,30 +53,52 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _load_data(args: argparse.Namespace):
+    from core.dataset import load_category, load_folder
+
     if args.category:
-        return load_category(args.data, args.category)
+        return load_category(args.data, validate_name(args.category, "category name"))
     return load_folder(args.data)
 
 
+def _model(args: argparse.Namespace):
+    """The saved model the arguments name (``--version`` or the current one), loaded."""
+    from core import detector as det
+
+    store = ModelStore(args.store)
+    ref = store.ref(validate_name(args.category, "category name"), args.model, getattr(args, "version", None))
+    return det.load(ref, getattr(args, "inference", "fast"))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from core import detector as det
+
     data = _load_data(args)
+    validate_name(data.name, "category name")  # before any training, not after it
     if data.problems:
         for p in data.problems:
             print(f"warning: {p}", file=sys.stderr)
-    result = det.train(data, args.model, _settings_from_args(args), ModelStore(args.store), _progress_printer())
+    settings = _settings_from_args(args)
+    estimate = spec(args.model).estimate_seconds({**spec(args.model).default_settings(), **settings}, len(data.train))
+    if estimate is not None:
+        print(f"{spec(args.model).label} on {len(data.train)} good images: about {estimate / 60:.0f} min "
+              f"(measured step time on a 2-core CPU; benchmarks/RESULTS.md)", file=sys.stderr, flush=True)
+    result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer())
     for p in result.problems:
         print(f"unreadable, skipped: {p}", file=sys.stderr)
-    print(json.dumps({"model": str(result.path), "train": result.manifest["train"],
+    print(json.dumps({"model": result.ref.label, "folder": str(ModelStore(args.store).path(result.ref)),
+                      "train": result.manifest["train"],
                       "image_threshold": result.calibration.image_threshold,
                       "pixel_threshold": result.calibration.pixel_threshold}, indent=2, default=float))
     return 1 if result.problems else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    data = load_category(args.data, args.category)
-    store = ModelStore(args.store)
-    model = det.load(store, args.category, args.model, args.inference)
-    result = det.run_evaluation(store, model, data, _progress_printer())
+    from core import detector as det
+    from core.dataset import load_category
+
+    data = load_category(args.data, validate_name(args.category, "category name"))
+    model = _model(args)
+    result = det.run_evaluation(model, data, _progress_printer())
     print(json.dumps({"overall": result.overall, "per_defect": result.per_defect}, indent=2, default=float))
     for p in result.problems:
         print(f"problem: {p}", file=sys.stderr)
@@ -82,6 +106,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[Path]) -> list[Path]:
+    from core.imageio import SUPPORTED_SUFFIXES
+
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
@@ -92,8 +118,11 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    model = det.load(ModelStore(args.store), args.category, args.model, args.inference)
-    print(f"model loaded; warm-up {model.warmup_ms:.0f} ms (not counted in latency_ms)", file=sys.stderr)
+    from core import inspection
+    from core.imageio import ImageLoadError, load_image
+
+    model = _model(args)
+    print(f"{model.ref.label} loaded; warm-up {model.warmup_ms:.0f} ms (not counted in latency_ms)", file=sys.stderr)
     failures = 0
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "score", "threshold", "verdict", "familiar", "latency_ms", "note"])
@@ -123,13 +152,64 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     for rec in ModelStore(args.store).list_models():
-        if rec.ok and rec.manifest is not None:
+        if rec.ok and rec.manifest is not None and rec.ref is not None:
             m = rec.manifest.get("metrics", {})
-            print(f"{rec.category}/{rec.kind}: {rec.manifest['backbone']} created {rec.manifest['created']} "
-                  f"image AUROC {m.get('image_auroc', float('nan')):.3f}")
+            print(f"{rec.ref.label} (of {rec.num_versions}): {rec.manifest['backbone']} created "
+                  f"{rec.manifest['created']} image AUROC {m.get('image_auroc', float('nan')):.3f}")
         else:
             print(f"{rec.category}/{rec.kind}: BROKEN - {rec.error}")
     return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    store = ModelStore(args.store)
+    category = validate_name(args.category, "category name")
+    if args.use is not None:
+        ref = store.use(store.ref(category, args.model, args.use))
+        print(f"{ref.label} is now current", file=sys.stderr)
+    infos = store.list_versions(category, args.model)
+    if not infos:
+        raise ModelStoreError(f"expected a trained {args.model} model for {category} in {args.store}, found none")
+    writer = csv.writer(sys.stdout)
+    writer.writerow(["version", "current", "parent", "reason", "created", "image_auroc", "problem"])
+    for info in infos:
+        m = info.manifest or {}
+        auroc = m.get("metrics", {}).get("image_auroc")
+        writer.writerow([info.ref.version, "*" if info.current else "", info.parent or "", info.reason,
+                         m.get("created", ""), "" if auroc is None else f"{auroc:.4f}", info.error or ""])
+    return 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from core import feedback
+    from core.imageio import load_image
+
+    store = ModelStore(args.store)
+    category = validate_name(args.category, "category name")
+    if args.undo:
+        print(feedback.undo(store, category, args.model))
+        return 0
+    if args.log:
+        for entry in feedback.history(store, category, args.model):
+            print(json.dumps(entry))
+        return 0
+    if not args.images:
+        raise ValueError("expected images to mark (or --undo / --log), found none")
+    failures = 0
+    for path in _expand(args.images):
+        model = _model(args)  # the current version: each mark builds on the previous one
+        try:
+            image = load_image(path)
+            if args.defect:
+                result = feedback.mark_defect(model, image, path.name, args.data, args.defect)
+            else:
+                result = feedback.mark_ok(model, image, path.name)
+        except (feedback.FeedbackError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        print(result.message)
+    return 1 if failures else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -144,6 +224,13 @@ INFERENCE_HELP = ("fast (default): ONNX Runtime, blocked exact / HNSW search, ma
                   "stock: anomalib's own PyTorch forward pass, for comparison")
 
 
+def _int_at_least_1(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a version number >= 1, found {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Offline visual anomaly detection.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -152,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
         if need_data:
             p.add_argument("--data", type=Path, required=True, help="data root (MVTec layout) or a folder of good images")
         p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store folder (default: models)")
-        p.add_argument("--model", choices=det.KINDS, default="patchcore")
+        p.add_argument("--model", choices=KINDS, default="patchcore")
 
     p = sub.add_parser("train", help="fit a model on good images and save it")
     common(p)
@@ -166,22 +253,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coreset", choices=("fast", "stock"))
     p.add_argument("--search", choices=("auto", "exact", "hnsw", "stock"))
     p.add_argument("--steps", type=int, help="EfficientAD training steps")
-    p.add_argument("--runtime", choices=RUNTIMES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
+    p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score the test set and save metrics beside the model")
     common(p)
     p.add_argument("--category", required=True)
-    p.add_argument("--inference", choices=det.INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
+    p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
+    p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score images or folders; CSV on stdout")
     common(p, need_data=False)
     p.add_argument("--category", required=True)
     p.add_argument("--overlays", type=Path, help="write heatmap overlay PNGs here")
-    p.add_argument("--inference", choices=det.INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
+    p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
+    p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
     p.add_argument("images", type=Path, nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("versions", help="list a model's versions; --use N makes version N current (undo, rollback)")
+    common(p, need_data=False)
+    p.add_argument("--category", required=True)
+    p.add_argument("--use", type=_int_at_least_1, help="make this version current")
+    p.set_defaults(func=cmd_versions)
+
+    p = sub.add_parser("feedback", help="mark images OK (PatchCore learns them) or as a defect; undo; show the log")
+    common(p, need_data=False)
+    p.add_argument("--category", required=True)
+    p.add_argument("--data", type=Path, help="data root; needed with --defect (the image is filed under test/)")
+    p.add_argument("--defect", help="file the images as this defect type instead of marking them OK")
+    p.add_argument("--undo", action="store_true", help="undo the newest feedback action")
+    p.add_argument("--log", action="store_true", help="print the feedback log (JSON lines)")
+    p.add_argument("images", type=Path, nargs="*")
+    p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("list", help="list saved models")
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
@@ -195,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from core.dataset import DatasetError
+    from core.types import TrainingCancelled
+
+    if getattr(args, "defect", None) and not getattr(args, "data", None):
+        print("error: --defect files the image under <data>/<category>/test/<defect>/: expected --data, found none",
+              file=sys.stderr)
+        return 2
     try:
         return int(args.func(args))
     except (DatasetError, ModelStoreError, ValueError, FileNotFoundError) as exc:

@@ -100,6 +100,7 @@ def load_category(root: str | Path, category: str) -> CategoryData:
     if not train:
         raise DatasetError(f"expected training images in {category_dir / 'train' / GOOD}, found none")
     test: list[Sample] = []
+    no_mask: list[str] = []
     test_dir = category_dir / "test"
     if test_dir.is_dir():
         for defect_dir in sorted(d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith(".")):
@@ -110,8 +111,11 @@ def load_category(root: str | Path, category: str) -> CategoryData:
                     continue
                 mask = _find_mask(category_dir, defect, path)
                 if mask is None:
-                    problems.append(f"no mask for {path.relative_to(root)} (expected ground_truth/{defect}/{path.stem}_mask.png)")
+                    no_mask.append(f"{path.relative_to(root)} (expected ground_truth/{defect}/{path.stem}_mask.png)")
                 test.append(Sample(path, "test", defect, 1, mask))
+    if no_mask:  # one line, however many: a real category can have hundreds
+        problems.append(f"{len(no_mask)} defect image{'s' if len(no_mask) > 1 else ''} without a mask, counted in "
+                        f"image metrics only; first: {no_mask[0]}")
     return CategoryData(root, category, "mvtec", train, tuple(test), tuple(problems))
 
 

@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from anomalib.models.image.efficient_ad.torch_model import (
 )
 
 from core.dataset import image_files
+from core.device import compute_device
 from core.efficientad_lite import (
     STRIDE,
     LiteAutoEncoder,
@@ -115,6 +117,18 @@ def expected_training_seconds(config: EfficientADConfig, num_images: int = 0) ->
     return (config.steps * SECONDS_PER_STEP_256[config.structure] + num_images * SECONDS_PER_IMAGE_256) * area
 
 
+def estimate_for_settings(settings: dict[str, Any], num_images: int) -> float:
+    """:func:`expected_training_seconds` for a settings dict (defaults filled in), as the registry asks."""
+    return expected_training_seconds(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}),
+                                     num_images)
+
+
+def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:
+    """``settings`` for the inference ``path``: "fast" (the networks in ONNX Runtime) or "stock" (anomalib's
+    torch forward pass)."""
+    return {**settings, "runtime": "torch" if path == "stock" else "onnx"}
+
+
 def input_size_for(requested: int, structure: str) -> int:
     """The EfficientAD input side closest to ``requested`` that ``structure`` accepts."""
     if structure == "lite":
@@ -182,6 +196,7 @@ class EfficientAD:
             p.requires_grad_(False)
         self.model.eval()
         self._graph: OnnxGraph | None = None
+        self._device = torch.device("cpu")  # where fit() is training; the CPU otherwise
         self.step_seconds: list[float] = []  # wall time of each training step of the last fit
 
     def _inference_graph(self) -> OnnxGraph | None:
@@ -198,7 +213,7 @@ class EfficientAD:
         count = 0
         with torch.no_grad():
             for start in range(0, len(images), self.config.batch_size):
-                out = self.model.teacher(to_tensor(images[start:start + self.config.batch_size], spec))
+                out = self.model.teacher(to_tensor(images[start:start + self.config.batch_size], spec).to(self._device))
                 s = out.sum(dim=(0, 2, 3))
                 sq = (out ** 2).sum(dim=(0, 2, 3))
                 total = s if total is None else total + s
@@ -214,7 +229,7 @@ class EfficientAD:
         with torch.no_grad():
             for start in range(0, len(images), self.config.batch_size):
                 batch = to_tensor(images[start:start + self.config.batch_size], self.config.input_spec)
-                st, ae = self.model.get_maps(batch, normalize=False)
+                st, ae = self.model.get_maps(batch.to(self._device), normalize=False)
                 maps_st.append(st.flatten())
                 maps_ae.append(ae.flatten())
         st_all, ae_all = torch.cat(maps_st), torch.cat(maps_ae)
@@ -243,9 +258,12 @@ class EfficientAD:
         rng = random.Random(self.config.seed)
         spec = self.config.input_spec
         control.report("teacher statistics", 0.0)
+        device = compute_device()
+        self._device = device
+        self.model.to(device)
         self._teacher_mean_std(images)
-        train = to_tensor(images, spec)
-        penalty = load_penalty_images(Path(self.config.penalty_dir), spec)
+        train = to_tensor(images, spec).to(device)
+        penalty = load_penalty_images(Path(self.config.penalty_dir), spec).to(device)
         params = list(self.model.student.parameters()) + list(self.model.ae.parameters())
         optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * self.config.steps)),
@@ -281,8 +299,10 @@ class EfficientAD:
                 self.model.eval()
                 self._set_quantiles(validation if len(validation) else images)
                 self._graph = None
+                self.model.to("cpu")
                 on_checkpoint(done, sum(self.step_seconds))
                 self._graph = None
+                self.model.to(device)
                 self.model.train()
                 self.model.teacher.eval()
             # saved after the checkpoint's callback: a run stopped during it resumes before the checkpoint
@@ -293,6 +313,8 @@ class EfficientAD:
         self.model.eval()
         control.report("map normalisation on held-out good images", 0.97)
         self._set_quantiles(validation if len(validation) else images)
+        self.model.to("cpu")
+        self._device = torch.device("cpu")
         control.report("done", 1.0)
         return {"train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, len(self.step_seconds)),
                 "final_loss": float(np.mean(losses)) if losses else float("nan")}
@@ -334,7 +356,15 @@ class EfficientAD:
         self.step_seconds = list(state["step_seconds"])
         return int(state["step"])
 
+    def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
+                 control: TrainControl = NO_CONTROL) -> dict[str, Any]:
+        """:class:`core.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles."""
+        return self.fit(images, holdout, control)
+
     # ---------------------------------------------------------------- inference
+    def prepare(self) -> None:
+        """Nothing to build before scoring (the ONNX graph is exported by the warm-up pass)."""
+
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image scores ``[B]`` and anomaly maps ``[B, H, W]`` at model input size."""
         graph = self._inference_graph()

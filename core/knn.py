@@ -166,11 +166,11 @@ def resolve(search: str, bank_size: int) -> str:
 def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH) -> NearestNeighbourIndex:
     """Index ``bank: [M, D]`` for ``search`` in {"exact", "hnsw", "auto"}; ``ef_search`` tunes HNSW's recall."""
     data = bank.detach().float().contiguous()
-    kind = resolve(search, int(data.shape[0]))
+    method = resolve(search, int(data.shape[0]))
     bank_sq = (data * data).sum(dim=1)
-    if kind == "exact":
-        return NearestNeighbourIndex(data, kind, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
+    if method == "exact":
+        return NearestNeighbourIndex(data, method, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))
-    return NearestNeighbourIndex(data, kind, hnsw=index, bank_sq=bank_sq)
+    return NearestNeighbourIndex(data, method, hnsw=index, bank_sq=bank_sq)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from core.backbone import load_into_feature_extractor
+from core.device import compute_device
 from core.coreset import coreset_size, kcenter_greedy
 from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
 from core.mapsmooth import MapSmoother
@@ -72,6 +74,17 @@ class PatchCoreConfig:
         return cls(**values)  # type: ignore[arg-type]
 
 
+def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:
+    """``settings`` for the inference ``path``: "fast" (ONNX Runtime, our search) or "stock" (anomalib's
+    torch forward pass and search, kept for comparison). Training settings are untouched."""
+    if path == "stock":
+        return {**settings, "runtime": "torch", "search": "stock"}
+    fast = {**settings, "runtime": "onnx"}
+    if fast.get("search") == "stock":
+        fast["search"] = "auto"
+    return fast
+
+
 @dataclass(frozen=True)
 class FitReport:
     num_images: int
@@ -123,6 +136,15 @@ class PatchCore:
         with torch.inference_mode():
             return self._embedder(batch)
 
+    def _embed_on(self, device: torch.device, batch: torch.Tensor) -> torch.Tensor:
+        """:meth:`embed` on the training device (CUDA when :func:`core.device.compute_device` picks it);
+        features come back on the CPU."""
+        if device.type == "cpu":
+            return self.embed(batch)
+        self._embedder.to(device)
+        with torch.inference_mode():
+            return self._embedder(batch.to(device)).cpu()
+
     def pooled_features(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """Global descriptors ``[N, D]`` (spatial mean of the patch features) for similarity search."""
         out = np.zeros((len(images), self.embedding_dim), dtype=np.float32)
@@ -150,10 +172,14 @@ class PatchCore:
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
         done = 0
-        for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
-            control.report(f"extracting features {done}/{len(images)}", 0.5 * done / len(images))
-            chunks.append(PatchcoreModel.reshape_embedding(self.embed(batch)).clone())
-            done += len(idx)
+        device = compute_device()
+        try:
+            for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
+                control.report(f"extracting features {done}/{len(images)}", 0.5 * done / len(images))
+                chunks.append(PatchcoreModel.reshape_embedding(self._embed_on(device, batch)).clone())
+                done += len(idx)
+        finally:
+            self._embedder.to("cpu")
         features = torch.cat(chunks)
         del chunks
         t1 = time.perf_counter()
@@ -179,7 +205,28 @@ class PatchCore:
         control.report("memory bank ready", 1.0)
         return FitReport(len(images), int(features.shape[0]), int(bank.shape[0]), t1 - t0, t2 - t1)
 
+    def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
+                 control: TrainControl = NO_CONTROL) -> dict[str, Any]:
+        """:class:`core.registry.Detector` training: the memory bank from ``images`` (``holdout`` unused)."""
+        report = self.fit(images, control)
+        return {"num_patches": report.num_patches, "memory_bank": report.memory_bank,
+                "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds}
+
+    def add_to_bank(self, images: Sequence[np.ndarray]) -> int:
+        """Append every patch feature of ``images`` to the memory bank (feedback: "this is OK"); returns how
+        many entries were added. No coreset: the point is that these exact patches stop looking anomalous."""
+        added = [PatchcoreModel.reshape_embedding(self.embed(batch)).clone()
+                 for _, batch in batches(images, self.config.input_spec, self.config.batch_size)]
+        new = torch.cat(added)
+        self.set_memory_bank(torch.cat([self.model.memory_bank, new]))
+        return int(new.shape[0])
+
     # ---------------------------------------------------------------- inference
+    def prepare(self) -> None:
+        """Build the search index now (HNSW over a very large bank takes a while)."""
+        if self.config.search != "stock":
+            self.search_index()
+
     def search_index(self) -> NearestNeighbourIndex:
         """The memory bank's search structure, built on first use (HNSW on a 779k bank: about a minute)."""
         if self._index is None:

@@ -1,32 +1,41 @@
-"""Model store: one folder per (category, model kind), written atomically, loadable offline.
+"""Model store: numbered versions per (category, model kind), a pointer to the current one, atomic writes.
 
 Layout::
 
     <store>/<category>/<kind>/
-        manifest.json       category, kind, backbone, settings, train time, versions, metrics summary
-        weights.pt          model state (memory bank, or EfficientAD networks) -- never calibration
-        calibration.json    raw good-score statistics and thresholds (user-editable, kept as data)
-        evaluation.json     metrics overall and per defect type (when evaluated)
-        eval_images.csv     per evaluation image: path, defect, label, raw score, latency
-        eval_pixels.npz     pixel-score histograms of good and defect pixels (for pixel-level curves)
+        current.json        {"version": N}: the version in use ("make current" and undo move only this)
+        feedback.jsonl      one JSON line per feedback action (time, image hash, action, versions)
+        .lock               taken while a version number is chosen and its folder created
+        v<N>/
+            manifest.json       category, kind, backbone, settings, versions, metrics, parent version, reason
+            weights.pt          model state (memory bank, or EfficientAD networks) -- never calibration
+            calibration.json    raw good-score statistics and thresholds (user-editable, kept as data)
+            evaluation.json     metrics overall and per defect type (when evaluated)
+            eval_images.csv     per evaluation image: path, defect, label, raw score, latency
+            eval_pixels.npz     pixel-score histograms of good and defect pixels (for pixel-level curves)
 
-A whole model folder is first written to a hidden temp folder beside it and renamed into place, so a
-crash never leaves a half-written model under the real name. Single files are replaced the same way.
+A model saved before versions existed (the files directly in ``<kind>/``) is read as version 1 and never
+moved. A version is written to a hidden temp folder and renamed into place; files a new version shares with
+its parent (weights when only thresholds change) are hard links, never rewritten in place. No module outside
+this one names a file of the store: everything goes through :class:`ModelStore` and :class:`ModelRef`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import fcntl
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -34,12 +43,26 @@ CALIBRATION = "calibration.json"
 EVALUATION = "evaluation.json"
 EVAL_IMAGES = "eval_images.csv"
 EVAL_PIXELS = "eval_pixels.npz"
-SCHEMA_VERSION = 1
+CURRENT = "current.json"
+FEEDBACK = "feedback.jsonl"
+LOCK = ".lock"
+SCHEMA_VERSION = 2
 REQUIRED_MANIFEST_KEYS = ("schema", "category", "kind", "backbone", "settings", "created", "versions")
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+_NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,127}$")
+LEGACY_REASON = "trained (saved before model versions existed)"
 
 
 class ModelStoreError(RuntimeError):
     """A model folder is missing, incomplete or corrupt. The message names the folder and the problem."""
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """``name`` if it is a plain folder name: 1-128 characters, no '/' or '\\', not starting with '.'."""
+    if not isinstance(name, str) or not _NAME.match(name) or name.strip() != name:
+        raise ModelStoreError(f"expected a plain {what} (1-128 characters, no '/' or '\\', not starting with "
+                              f"'.', no surrounding spaces), found {name!r}")
+    return name
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -82,18 +105,36 @@ def versions() -> dict[str, str]:
 
     import anomalib
     import timm
+    import torch
 
     return {"python": platform.python_version(), "torch": torch.__version__, "anomalib": anomalib.__version__,
             "timm": timm.__version__}
 
 
-@dataclass(frozen=True)
-class ModelRecord:
-    """What the store knows of one model folder without loading its weights."""
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
-    path: Path
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One saved model version: the handle pages, the cache and the CLI pass around (hashable)."""
+
+    store: str
     category: str
     kind: str
+    version: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.category}/{self.kind} v{self.version}"
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A version as the Models page and ``python -m core versions`` list it."""
+
+    ref: ModelRef
+    current: bool
     manifest: dict[str, Any] | None
     error: str | None
 
@@ -101,71 +142,178 @@ class ModelRecord:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def reason(self) -> str:
+        return str((self.manifest or {}).get("reason", ""))
+
+    @property
+    def parent(self) -> int | None:
+        return (self.manifest or {}).get("parent")
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """The current version of one (category, kind) as the store knows it without loading weights."""
+
+    path: Path
+    category: str
+    kind: str
+    manifest: dict[str, Any] | None
+    error: str | None
+    ref: ModelRef | None = None
+    num_versions: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
 
 class ModelStore:
-    """Folder-per-model store rooted at ``root``."""
+    """Versioned folder-per-model store rooted at ``root``; the only code that names its files."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
 
-    def folder(self, category: str, kind: str) -> Path:
-        for part in (category, kind):
-            if not part or "/" in part or "\\" in part or part.startswith("."):
-                raise ModelStoreError(f"expected a plain folder name, found {part!r}")
+    # -- places ------------------------------------------------------------------------------------
+    def kind_folder(self, category: str, kind: str) -> Path:
+        validate_name(category, "category name")
+        validate_name(kind, "model kind")
         return self.root / category / kind
 
-    def write_model(self, category: str, kind: str, weights: dict[str, Any], manifest: dict[str, Any],
-                    calibration: dict[str, Any], extra_files: dict[str, bytes] | None = None) -> Path:
-        """Write a complete model folder atomically (temp folder, then rename over any old one)."""
-        final = self.folder(category, kind)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{kind}.tmp-"))
+    def _legacy(self, category: str, kind: str) -> bool:
+        return (self.kind_folder(category, kind) / MANIFEST).is_file()
+
+    def path(self, ref: ModelRef) -> Path:
+        """The folder of one version (version 1 of a model saved before versions is the kind folder)."""
+        base = self.kind_folder(ref.category, ref.kind)
+        if ref.version == 1 and (base / MANIFEST).is_file() and not (base / "v1").exists():
+            return base
+        return base / f"v{ref.version}"
+
+    def version_numbers(self, category: str, kind: str) -> list[int]:
+        base = self.kind_folder(category, kind)
+        if not base.is_dir():
+            return []
+        numbers = {int(m.group(1)) for p in base.iterdir() if p.is_dir() and (m := _VERSION_DIR.match(p.name))}
+        if self._legacy(category, kind):
+            numbers.add(1)
+        return sorted(numbers)
+
+    def current(self, category: str, kind: str) -> ModelRef:
+        """The version in use: the one ``current.json`` names, else the newest.
+
+        Raises:
+            ModelStoreError: no model of this kind, or a pointer naming a version that does not exist.
+        """
+        numbers = self.version_numbers(category, kind)
+        base = self.kind_folder(category, kind)
+        if not numbers:
+            raise ModelStoreError(f"expected a trained model in {base}, found nothing there")
+        pointer = base / CURRENT
+        if not pointer.is_file():
+            return ModelRef(str(self.root), category, kind, numbers[-1])
+        number = read_json(pointer).get("version")
+        if number not in numbers:
+            raise ModelStoreError(f"{pointer}: expected one of the versions {numbers}, found {number!r} "
+                                  f"(pick one with `python -m core versions --use N`)")
+        return ModelRef(str(self.root), category, kind, int(number))
+
+    def ref(self, category: str, kind: str, version: int | None = None) -> ModelRef:
+        """A handle on ``version`` (the current one when None); raises ModelStoreError if it does not exist."""
+        if version is None:
+            return self.current(category, kind)
+        numbers = self.version_numbers(category, kind)
+        if version not in numbers:
+            raise ModelStoreError(f"expected one of the versions {numbers} of {category}/{kind}, found {version}")
+        return ModelRef(str(self.root), category, kind, int(version))
+
+    def has_model(self, category: str, kind: str) -> bool:
+        return bool(self.version_numbers(category, kind))
+
+    # -- writing versions --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self, category: str, kind: str) -> Iterator[None]:
+        base = self.kind_folder(category, kind)
+        base.mkdir(parents=True, exist_ok=True)
+        with open(base / LOCK, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def create_version(self, category: str, kind: str, manifest: dict[str, Any], calibration: dict[str, Any],
+                       reason: str, weights: dict[str, Any] | None = None, parent: ModelRef | None = None,
+                       keep_evaluation: bool = False) -> ModelRef:
+        """Write a new numbered version and make it current; returns its handle.
+
+        ``weights`` None shares the parent's weights (a hard link); ``keep_evaluation`` shares its evaluation
+        files (right when the scores cannot have changed, e.g. only thresholds were saved). The files are
+        written to a temp folder first; the number is chosen and the folder renamed under a lock, so two
+        writers never reuse a number or leave a half-written version.
+        """
+        if weights is None and parent is None:
+            raise ValueError("expected weights or a parent version to share them from, found neither")
+        base = self.kind_folder(category, kind)
+        base.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
         try:
-            buffer = io.BytesIO()
-            torch.save(weights, buffer)
-            (tmp / WEIGHTS).write_bytes(buffer.getvalue())
-            (tmp / MANIFEST).write_text(json.dumps({"schema": SCHEMA_VERSION, **manifest}, indent=2, default=float))
+            if weights is not None:
+                import torch
+
+                buffer = io.BytesIO()
+                torch.save(weights, buffer)
+                (tmp / WEIGHTS).write_bytes(buffer.getvalue())
+            shared = ([] if weights is not None else [WEIGHTS]) + (
+                [EVALUATION, EVAL_IMAGES, EVAL_PIXELS] if keep_evaluation else [])
+            for name in shared:
+                source = self.path(parent) / name  # type: ignore[arg-type]
+                if source.is_file():
+                    _link_or_copy(source, tmp / name)
             (tmp / CALIBRATION).write_text(json.dumps(calibration, indent=2, default=float))
-            for name, data in (extra_files or {}).items():
-                (tmp / name).write_bytes(data)
-            old = None
-            if final.exists():
-                old = final.parent / f".{kind}.old-{os.getpid()}"
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            with self._locked(category, kind):
+                number = max(self.version_numbers(category, kind), default=0) + 1
+                body = {"schema": SCHEMA_VERSION, **manifest, "category": category, "kind": kind,
+                        "version": number, "parent": parent.version if parent else None, "reason": reason,
+                        "created": now_iso()}
+                (tmp / MANIFEST).write_text(json.dumps(body, indent=2, default=float))
+                os.rename(tmp, base / f"v{number}")
+                atomic_write_json(base / CURRENT, {"version": number})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return final
+        return ModelRef(str(self.root), category, kind, number)
 
-    def write_file(self, category: str, kind: str, name: str, data: bytes) -> Path:
-        folder = self.folder(category, kind)
-        if not folder.is_dir():
-            raise ModelStoreError(f"expected model folder {folder}, found nothing there")
-        return atomic_write_bytes(folder / name, data)
+    def use(self, ref: ModelRef) -> ModelRef:
+        """Make ``ref`` the current version (undo and "make current" are this pointer move)."""
+        checked = self.ref(ref.category, ref.kind, ref.version)
+        with self._locked(ref.category, ref.kind):
+            atomic_write_json(self.kind_folder(ref.category, ref.kind) / CURRENT, {"version": checked.version})
+        return checked
 
-    def write_json(self, category: str, kind: str, name: str, data: dict[str, Any]) -> Path:
-        return self.write_file(category, kind, name, json.dumps(data, indent=2, default=float).encode())
-
-    def read_manifest(self, category: str, kind: str) -> dict[str, Any]:
-        folder = self.folder(category, kind)
+    # -- reading a version -------------------------------------------------------------------------
+    def read_manifest(self, ref: ModelRef) -> dict[str, Any]:
+        folder = self.path(ref)
         if not folder.is_dir():
             raise ModelStoreError(f"expected model folder {folder}, found nothing there")
         manifest = read_json(folder / MANIFEST)
         missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
         if missing:
             raise ModelStoreError(f"{folder / MANIFEST}: expected keys {missing}, found only {sorted(manifest)}")
-        if manifest["kind"] != kind or manifest["category"] != category:
-            raise ModelStoreError(f"{folder / MANIFEST}: expected {category}/{kind}, "
+        if manifest["kind"] != ref.kind or manifest["category"] != ref.category:
+            raise ModelStoreError(f"{folder / MANIFEST}: expected {ref.category}/{ref.kind}, "
                                   f"found {manifest['category']}/{manifest['kind']}")
+        manifest.setdefault("version", ref.version)
+        manifest.setdefault("parent", None)
+        manifest.setdefault("reason", LEGACY_REASON)
         return manifest
 
-    def read_weights(self, category: str, kind: str) -> dict[str, Any]:
-        path = self.folder(category, kind) / WEIGHTS
+    def read_weights(self, ref: ModelRef) -> dict[str, Any]:
+        path = self.path(ref) / WEIGHTS
         if not path.is_file():
             raise ModelStoreError(f"{path}: expected model weights, found no file")
+        import torch
+
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for damaged files
@@ -174,33 +322,123 @@ class ModelStore:
             raise ModelStoreError(f"{path}: expected a dict of tensors, found {type(state).__name__}")
         return state
 
-    def read_calibration(self, category: str, kind: str) -> dict[str, Any]:
-        return read_json(self.folder(category, kind) / CALIBRATION)
+    def weights_bytes(self, ref: ModelRef) -> int:
+        path = self.path(ref) / WEIGHTS
+        return path.stat().st_size if path.is_file() else 0
 
-    def calibration_stamp(self, category: str, kind: str) -> str:
-        """A digest of ``calibration.json`` as it is now ("" when absent): changes with any edit, wherever
-        made (the dashboard, the CLI, another tab, a hand edit), so caches keyed on it see the change."""
-        path = self.folder(category, kind) / CALIBRATION
+    def read_calibration(self, ref: ModelRef) -> dict[str, Any]:
+        return read_json(self.path(ref) / CALIBRATION)
+
+    def calibration_file(self, ref: ModelRef) -> Path:
+        """Where a version's thresholds live (shown to users who edit them by hand)."""
+        return self.path(ref) / CALIBRATION
+
+    def write_calibration(self, ref: ModelRef, data: dict[str, Any]) -> None:
+        """Edit a version's calibration in place (scripts and tests; the app saves thresholds as a new version)."""
+        atomic_write_json(self.calibration_file(ref), data)
+
+    def calibration_stamp(self, ref: ModelRef) -> str:
+        """A digest of the version's calibration as it is now ("" when absent): changes with any edit,
+        wherever made (the dashboard, the CLI, another tab, a hand edit), so caches keyed on it see it."""
         try:
-            return hashlib.sha1(path.read_bytes()).hexdigest()[:16]
+            return hashlib.sha1(self.calibration_file(ref).read_bytes()).hexdigest()[:16]
         except FileNotFoundError:
             return ""
 
-    def weights_stamp(self, category: str, kind: str) -> str:
-        """Changes whenever the model's weights are rewritten (retraining): size and modification time."""
-        path = self.folder(category, kind) / WEIGHTS
+    def weights_stamp(self, ref: ModelRef) -> str:
+        """The weights file's identity (inode, size, mtime): equal for versions that share their weights."""
         try:
-            st = path.stat()
+            st = (self.path(ref) / WEIGHTS).stat()
         except FileNotFoundError:
             return ""
-        return f"{st.st_size}-{st.st_mtime_ns}"
+        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
 
-    def read_optional_json(self, category: str, kind: str, name: str) -> dict[str, Any] | None:
-        path = self.folder(category, kind) / name
+    # -- evaluation results ------------------------------------------------------------------------
+    def write_evaluation(self, ref: ModelRef, summary: dict[str, Any], images_csv: bytes, pixels_npz: bytes,
+                         metrics: dict[str, Any]) -> None:
+        """Save an evaluation of ``ref`` beside it and its metrics summary in the manifest."""
+        folder = self.path(ref)
+        if not folder.is_dir():
+            raise ModelStoreError(f"expected model folder {folder}, found nothing there")
+        atomic_write_json(folder / EVALUATION, summary)
+        atomic_write_bytes(folder / EVAL_IMAGES, images_csv)
+        atomic_write_bytes(folder / EVAL_PIXELS, pixels_npz)
+        manifest = read_json(folder / MANIFEST)
+        manifest["metrics"] = metrics
+        atomic_write_json(folder / MANIFEST, manifest)
+
+    def read_evaluation(self, ref: ModelRef) -> dict[str, Any] | None:
+        path = self.path(ref) / EVALUATION
         return read_json(path) if path.is_file() else None
 
+    def read_eval_images(self, ref: ModelRef) -> bytes | None:
+        """The per-image evaluation table (CSV bytes), or None when not evaluated."""
+        path = self.path(ref) / EVAL_IMAGES
+        return path.read_bytes() if path.is_file() else None
+
+    def read_eval_pixels(self, ref: ModelRef) -> bytes | None:
+        """The pixel-score histograms (npz bytes), or None when not evaluated."""
+        path = self.path(ref) / EVAL_PIXELS
+        return path.read_bytes() if path.is_file() else None
+
+    def evaluation_stamp(self, ref: ModelRef) -> str:
+        try:
+            st = (self.path(ref) / EVAL_IMAGES).stat()
+        except FileNotFoundError:
+            return ""
+        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+
+    # -- feedback log ------------------------------------------------------------------------------
+    def append_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
+        """Append one action to the model's feedback log (one JSON line; under the store lock)."""
+        with self._locked(category, kind):
+            with open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
+                handle.write(json.dumps(entry, default=float) + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+
+    def read_feedback(self, category: str, kind: str) -> list[dict[str, Any]]:
+        """Every logged feedback action, oldest first.
+
+        Raises:
+            ModelStoreError: a line is not a JSON object (the file is left as it is; the message names the line).
+        """
+        path = self.kind_folder(category, kind) / FEEDBACK
+        if not path.is_file():
+            return []
+        entries = []
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                entry = None
+            if not isinstance(entry, dict):
+                raise ModelStoreError(f"{path}, line {number}: expected one JSON object per line, found "
+                                      f"{line[:60]!r}; the log is left untouched: repair or move that line")
+            entries.append(entry)
+        return entries
+
+    # -- listing -----------------------------------------------------------------------------------
+    def list_versions(self, category: str, kind: str) -> list[VersionInfo]:
+        try:
+            current: int | None = self.current(category, kind).version
+        except ModelStoreError:
+            current = None
+        infos = []
+        for number in self.version_numbers(category, kind):
+            ref = ModelRef(str(self.root), category, kind, number)
+            try:
+                manifest: dict[str, Any] | None = self.read_manifest(ref)
+                error = None if (self.path(ref) / WEIGHTS).is_file() else f"{self.path(ref) / WEIGHTS}: no weights"
+            except ModelStoreError as exc:
+                manifest, error = None, str(exc)
+            infos.append(VersionInfo(ref, number == current, manifest, error))
+        return infos
+
     def list_models(self, category: str | None = None) -> list[ModelRecord]:
-        """Every model folder (optionally of one category), broken ones included with their error."""
+        """The current version of every (category, kind), broken ones included with their error."""
         records: list[ModelRecord] = []
         if not self.root.is_dir():
             return records
@@ -211,11 +449,21 @@ class ModelStore:
             if not cat_dir.is_dir():
                 continue
             for kind_dir in sorted(p for p in cat_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                kind = kind_dir.name
                 try:
-                    manifest = self.read_manifest(cat, kind_dir.name)
-                    if not (kind_dir / WEIGHTS).is_file():
-                        raise ModelStoreError(f"{kind_dir / WEIGHTS}: expected model weights, found no file")
-                    records.append(ModelRecord(kind_dir, cat, kind_dir.name, manifest, None))
+                    ref = self.current(cat, kind)
+                    manifest = self.read_manifest(ref)
+                    if not (self.path(ref) / WEIGHTS).is_file():
+                        raise ModelStoreError(f"{self.path(ref) / WEIGHTS}: expected model weights, found no file")
+                    records.append(ModelRecord(self.path(ref), cat, kind, manifest, None, ref,
+                                               len(self.version_numbers(cat, kind))))
                 except ModelStoreError as exc:
-                    records.append(ModelRecord(kind_dir, cat, kind_dir.name, None, str(exc)))
+                    records.append(ModelRecord(kind_dir, cat, kind, None, str(exc)))
         return records
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)

@@ -41,7 +41,7 @@ def trained_store(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     data = load_category(demo_root, "demo_metal")
     for kind, settings in (("patchcore", PATCHCORE_TEST_SETTINGS), ("efficientad", EFFICIENTAD_TEST_SETTINGS)):
         det.train(data, kind, settings, store)
-        det.run_evaluation(store, det.load(store, "demo_metal", kind), data)
+        det.run_evaluation(det.load(store.current("demo_metal", kind)), data)
     return store.root
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
+
+from core import detector as det
+from core.store import ModelStore
+from tests.conftest import rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -28,10 +33,17 @@ def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytes
     return store
 
 
+def app() -> AppTest:
+    """app.py as the browser runs it. From a copy outside the repository: with a ``pages/`` folder beside the
+    entry script, AppTest runs every run in Streamlit's legacy multipage mode, which a server does only for the
+    first run of its process (that path is covered by the browser test's cold start)."""
+    return AppTest.from_string((ROOT / "app.py").read_text(), default_timeout=TIMEOUT)
+
+
 def page(name: str) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at = app()
     at.run()
-    at.switch_page(f"views/{name}.py")
+    at.switch_page(str(ROOT / "pages" / f"{name}.py"))
     at.run()
     assert not at.exception, at.exception
     return at
@@ -58,7 +70,7 @@ def test_models_page_lists_models(env: Path) -> None:
 
 
 def test_models_page_reports_broken_model_and_stays_usable(env: Path) -> None:
-    (env / "demo_metal" / "patchcore" / "manifest.json").write_text("{broken")
+    (env / "demo_metal" / "patchcore" / "v1" / "manifest.json").write_text("{broken")
     at = page("models")
     assert any("Broken model folder" in e.value for e in at.error)
     assert at.button  # the training form is still there
@@ -74,17 +86,54 @@ def test_train_from_the_browser(env: Path) -> None:
     job.thread.join(timeout=300)
     assert job.done and job.error is None, job.error
     at.run()
-    assert (env / "demo_metal" / "patchcore" / "weights.pt").is_file()
+    assert job.result.ref.version == 1 and (env / "demo_metal" / "patchcore" / "v1" / "weights.pt").is_file()
     assert not at.exception
+    at.run()  # the browser's rerun after the job's end
+    assert "Model in use: **demo_metal/patchcore v1**" in [c.value for c in at.sidebar.caption], at.sidebar.caption
 
 
-def test_small_input_size_keeps_efficientad_estimate(env: Path) -> None:
+def test_training_form_shows_only_the_chosen_kinds_settings(env: Path) -> None:
     at = page("models")
-    at.select_slider(key="train_size").set_value(128)
+    assert at.selectbox(key="train_kind").value == "patchcore"
+    assert not any("EfficientAD at" in c.value for c in at.caption)  # no EfficientAD steps/estimate for PatchCore
+    assert not at.number_input
     at.selectbox(key="train_kind").set_value("efficientad")
     at.run()
     assert not at.exception, at.exception
     assert any("EfficientAD at 256px" in c.value for c in at.caption)
+    assert at.number_input[0].label == "Training steps"
+
+
+def test_versions_listed_switched_and_switched_back(env: Path) -> None:
+    store = ModelStore(env)
+    v1 = store.current("demo_metal", "patchcore")
+    model = det.load(v1)
+    v2 = det.save_calibration(model, model.calibration.with_thresholds(123.0, model.calibration.pixel_threshold, "user"))
+    at = page("models")
+    versions = at.dataframe[1].value
+    assert list(versions["version"]) == ["v2", "v1"] and list(versions["in use"]) == ["●", ""]
+    assert list(versions["why"]) == ["thresholds saved", "trained"]
+    at.selectbox(key="version_pick").set_value(1).run()
+    next(b for b in at.button if b.label == "Use this version").click()
+    at.run()
+    assert not at.exception, at.exception
+    assert store.current("demo_metal", "patchcore") == v1
+    assert "Model in use: **demo_metal/patchcore v1**" in texts(at)
+    at.selectbox(key="version_pick").set_value(2).run()
+    next(b for b in at.button if b.label == "Use this version").click()
+    at.run()
+    assert store.current("demo_metal", "patchcore") == v2
+
+
+def test_data_root_is_limited_to_the_configured_roots(env: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    other = tmp_path / "other_root"
+    (other / "bolts" / "train" / "good").mkdir(parents=True)
+    monkeypatch.setenv("INSPECT_DATA_ROOTS", os.pathsep.join([os.environ["INSPECT_DATA_ROOT"], str(other)]))
+    at = page("models")
+    assert [str(o) for o in at.sidebar.selectbox(key="data_root").options] == [os.environ["INSPECT_DATA_ROOT"],
+                                                                                str(other)]
+    assert not any(w.type == "text_input" for w in at.sidebar)  # no free-text path a browser user could type
 
 
 def test_empty_store_is_usable(env: Path) -> None:
@@ -100,6 +149,60 @@ def _pick_all_test_images(at: AppTest) -> AppTest:
     at.run()
     assert not at.exception, at.exception
     return at
+
+
+def test_mark_ok_flips_the_verdict_makes_a_version_and_undo_restores(env: Path) -> None:
+    at = page("inspect")
+    defect = next(o for o in at.multiselect[0].options if not o.startswith("good/"))
+    at.multiselect[0].set_value([defect])
+    at.run()
+    table = at.dataframe[0].value
+    assert table["verdict"].iloc[0] == "DEFECT"
+    score_before = table["score"].iloc[0]
+    at.button(key=f"ok-{defect}").click()
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["verdict"].iloc[0] == "OK" and table["score"].iloc[0] < 0.5 * score_before
+    assert "Model in use: **demo_metal/patchcore v2**" in texts(at)
+    log = ModelStore(env).read_feedback("demo_metal", "patchcore")
+    assert [(e["action"], e["version_before"], e["version_after"]) for e in log] == [("mark_ok", 1, 2)]
+    at.button(key="feedback_undo").click()
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert table["verdict"].iloc[0] == "DEFECT" and table["score"].iloc[0] == pytest.approx(score_before, rel=1e-5)
+    assert "Model in use: **demo_metal/patchcore v1**" in texts(at)
+
+
+def test_mark_defect_files_the_upload_and_undo_removes_it(env: Path) -> None:
+    at = page("inspect")
+    at.file_uploader[0].set_value([("odd.png", png(rgb(64, 64, seed=9)), "image/png")])
+    at.run()
+    name = at.dataframe[0].value["image"].iloc[0]
+    assert name == "odd.png"
+    at.selectbox(key=f"defect-{name}").set_value("new_defect")
+    at.button(key=f"bad-{name}").click()
+    at.run()
+    assert not at.exception, at.exception
+    filed = list((Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test" / "new_defect").glob("feedback_*.png"))
+    assert len(filed) == 1
+    assert any("filed as a 'new_defect' defect" in s.value for s in at.success)
+    at.button(key="feedback_undo").click()
+    at.run()
+    assert not filed[0].exists()
+
+
+def test_inspect_keeps_picked_images_across_pages(env: Path) -> None:
+    at = page("inspect")
+    picks = at.multiselect[0].options[:2]
+    at.multiselect[0].set_value(picks)
+    at.run()
+    at.switch_page(str(ROOT / "pages") + "/models.py")
+    at.run()
+    at.switch_page(str(ROOT / "pages") + "/inspect.py")
+    at.run()
+    assert at.multiselect[0].value == picks and len(at.dataframe[0].value) == 2
 
 
 def test_inspect_picked_images(env: Path) -> None:
@@ -189,7 +292,8 @@ def test_threshold_change_changes_verdicts(env: Path) -> None:
 
 
 def _calibration(env: Path, kind: str = "patchcore") -> dict:
-    return json.loads((env / "demo_metal" / kind / "calibration.json").read_text())
+    store = ModelStore(env)
+    return store.read_calibration(store.current("demo_metal", kind))  # the version in use
 
 
 def _button(at: AppTest, label: str):  # noqa: ANN202 - streamlit's element type
@@ -205,9 +309,9 @@ def test_thresholds_second_visit_starts_from_the_saved_calibration(env: Path) ->
     at.slider(key="image_thr").set_value(at.slider(key="image_thr").min)  # an unsaved change...
     at.run()
     assert any("Unsaved changes" in w.value for w in at.warning)
-    at.switch_page("views/inspect.py")  # ...abandoned by leaving the page
+    at.switch_page(str(ROOT / "pages") + "/inspect.py")  # ...abandoned by leaving the page
     at.run()
-    at.switch_page("views/thresholds.py")
+    at.switch_page(str(ROOT / "pages") + "/thresholds.py")
     at.run()
     assert not at.exception, at.exception
     assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
@@ -260,7 +364,8 @@ def test_pixel_threshold_set_by_fpr(env: Path) -> None:
 
 def test_calibration_edited_elsewhere_is_used_at_the_next_rerun(env: Path) -> None:
     at = _pick_all_test_images(page("inspect"))
-    path = env / "demo_metal" / "patchcore" / "calibration.json"
+    store = ModelStore(env)
+    path = store.calibration_file(store.current("demo_metal", "patchcore"))
     cal = json.loads(path.read_text())
     cal["image_threshold"] = -1e9  # a hand edit (or the CLI): everything is a defect now
     path.write_text(json.dumps(cal))
@@ -283,7 +388,7 @@ def test_thresholds_set_by_recall(env: Path) -> None:
 def test_compare_page(env: Path) -> None:
     at = page("compare")
     metrics = at.dataframe[0].value
-    assert list(metrics["model"]) == ["PatchCore", "EfficientAD"]
+    assert list(metrics["model"]) == ["PatchCore v1", "EfficientAD v1"]
     assert (metrics["model size MB"] > 0).all()
     assert len(at.get("plotly_chart")) == 1
     assert len(at.dataframe) == 2  # metrics + disagreements

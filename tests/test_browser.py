@@ -1,4 +1,5 @@
-"""One real-browser smoke test: the server starts, an upload in headless Chromium shows a score."""
+"""One real-browser smoke test: from a cold start, a deep link shows the frame (navigation titles and order,
+the sidebar selection, no Deploy button) and an upload in headless Chromium shows a score."""
 
 from __future__ import annotations
 
@@ -65,8 +66,13 @@ def test_upload_shows_score(server: str, demo_root: Path, tmp_path: Path) -> Non
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{server}/inspect", wait_until="domcontentloaded")
+        page.goto(f"{server}/inspect", wait_until="domcontentloaded")  # the server's first run: a deep link
         page.get_by_text("Drop images here").first.wait_for(timeout=90_000)
+        nav = page.locator('[data-testid="stSidebarNav"] a')
+        assert [t.strip().splitlines()[-1] for t in nav.all_inner_texts()] == ["Models", "Inspect", "Thresholds", "Compare",
+                                                               "Similar", "Annotate"]
+        assert page.get_by_text("Model in use: demo_metal/patchcore v1").count() == 1
+        assert page.get_by_role("button", name="Deploy").count() == 0
         page.locator("input[type=file]").first.set_input_files(str(image))
         heading = page.get_by_text(re.compile(r"000\.png — .* score \d+\.\d{4}")).first
         heading.wait_for(timeout=90_000)

@@ -22,7 +22,7 @@ def test_train_evaluate_predict(demo_root: Path, tmp_path: Path, capsys: pytest.
     code = main(["train", "--data", str(demo_root), "--category", "demo_metal", "--model", "patchcore",
                  "--store", str(store), "--image-size", "64", "64", "--coreset-ratio", "0.1"])
     assert code == 0
-    assert (store / "demo_metal" / "patchcore" / "manifest.json").is_file()
+    assert (store / "demo_metal" / "patchcore" / "v1" / "manifest.json").is_file()
     assert main(["evaluate", "--data", str(demo_root), "--category", "demo_metal", "--store", str(store)]) == 0
     out = capsys.readouterr().out
     assert '"image_auroc"' in out and '"aupro"' in out
@@ -48,7 +48,7 @@ def test_plain_folder_training(tmp_path: Path) -> None:
     code = main(["train", "--data", str(tmp_path / "good_parts"), "--store", str(tmp_path / "m"),
                  "--image-size", "64", "64", "--coreset-ratio", "0.5"])
     assert code == 1  # trained, but one file was unreadable
-    assert (tmp_path / "m" / "good_parts" / "patchcore" / "weights.pt").is_file()
+    assert (tmp_path / "m" / "good_parts" / "patchcore" / "v1" / "weights.pt").is_file()
 
 
 @pytest.mark.parametrize(
@@ -89,5 +89,69 @@ def test_evaluate_names_unreadable_test_image(demo_root: Path, tmp_path: Path, c
     err = capsys.readouterr().err
     assert code == 1
     assert "001.png" in err and "truncated" in err
-    evaluation = json.loads((store / "demo_metal" / "patchcore" / "evaluation.json").read_text())
+    evaluation = json.loads((store / "demo_metal" / "patchcore" / "v1" / "evaluation.json").read_text())
     assert evaluation["overall"]["num_good"] == 5  # six good test images, one unreadable
+
+
+def test_help_is_fast_because_nothing_heavy_is_imported() -> None:
+    code = ("import sys, core.cli\n"
+            "heavy = [m for m in ('torch', 'anomalib', 'timm', 'onnxruntime') if m in sys.modules]\n"
+            "print(heavy)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+def test_invalid_category_refused_before_training(demo_root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--data", str(demo_root), "--category", "../demo_metal", "--store", "/tmp/unused"]) == 2
+    assert "expected a plain category name" in capsys.readouterr().err
+
+
+def test_missing_masks_are_reported_once(demo_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from core.dataset import load_category
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    shutil.rmtree(root / "demo_metal" / "ground_truth")
+    problems = load_category(root, "demo_metal").problems
+    assert len(problems) == 1 and problems[0].startswith("10 defect images without a mask")
+
+
+def test_versions_and_feedback_commands(demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_root, root)
+    store = tmp_path / "models"
+    base = ["--store", str(store), "--category", "demo_metal"]
+    assert main(["train", "--data", str(root), "--category", "demo_metal", "--store", str(store),
+                 "--image-size", "64", "64", "--coreset-ratio", "0.1"]) == 0
+    capsys.readouterr()
+    alarm = root / "demo_metal" / "test" / "scratch" / "000.png"
+    assert main(["predict", *base, str(alarm)]) == 0
+    score_before = float(capsys.readouterr().out.splitlines()[1].split(",")[1])
+    assert main(["feedback", *base, str(alarm)]) == 0
+    assert "marked OK" in capsys.readouterr().out
+    assert main(["predict", *base, str(alarm)]) == 0
+    assert float(capsys.readouterr().out.splitlines()[1].split(",")[1]) < 0.5 * score_before
+    assert main(["versions", *base]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].startswith("1,,,trained") and rows[2].startswith("2,*,1,feedback: 000.png marked OK")
+    assert main(["feedback", *base, "--undo"]) == 0
+    assert "v1 is current again" in capsys.readouterr().out
+    assert main(["predict", *base, str(alarm)]) == 0
+    assert float(capsys.readouterr().out.splitlines()[1].split(",")[1]) == pytest.approx(score_before, rel=1e-5)
+    assert main(["versions", *base, "--use", "2"]) == 0  # redo by hand: a pointer move
+    assert "demo_metal/patchcore v2 is now current" in capsys.readouterr().err
+    assert main(["versions", *base, "--use", "9"]) == 2
+    assert "expected one of the versions [1, 2]" in capsys.readouterr().err
+    # defect marking files the image under test/<defect>/, and refuses a path as a defect name
+    assert main(["feedback", *base, "--data", str(root), "--defect", "crack", str(alarm)]) == 0
+    assert len(list((root / "demo_metal" / "test" / "crack").glob("feedback_*.png"))) == 1
+    capsys.readouterr()
+    assert main(["feedback", *base, "--data", str(root), "--defect", "../x", str(alarm)]) == 1
+    assert "expected a plain defect name" in capsys.readouterr().err
+    assert main(["feedback", *base, "--log"]) == 0
+    actions = [json.loads(line)["action"] for line in capsys.readouterr().out.splitlines()]
+    assert actions == ["mark_ok", "undo", "mark_defect"]

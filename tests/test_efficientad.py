@@ -43,8 +43,8 @@ def test_penalty_images_ship_with_the_project() -> None:
 
 def test_round_trip_and_sizes(trained_store: Path, demo_root: Path) -> None:
     store = ModelStore(trained_store)
-    a = det.load(store, "demo_metal", "efficientad")
-    b = det.load(store, "demo_metal", "efficientad")
+    a = det.load(store.current("demo_metal", "efficientad"))
+    b = det.load(store.current("demo_metal", "efficientad"))
     images = [load_image(p) for p in sorted((demo_root / "demo_metal" / "test" / "spot").glob("*.png"))[:2]]
     images.append(rgb(300, 180))
     for pa, pb, image in zip(a.detector.predict(images), b.detector.predict(images), images, strict=True):

@@ -70,7 +70,7 @@ def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[det.LoadedMode
     store = ModelStore(tmp_path_factory.mktemp("models160"))
     det.train(load_category(root, "demo_metal"), "patchcore", {"height": 128, "width": 128, "coreset_ratio": 0.1},
               store)
-    return det.load(store, "demo_metal", "patchcore"), root / "demo_metal"
+    return det.load(store.current("demo_metal", "patchcore")), root / "demo_metal"
 
 
 def test_guard_flags_other_products_not_the_trained_ones_defects(demo_model: tuple[det.LoadedModel, Path]) -> None:
@@ -91,7 +91,7 @@ def test_guard_flags_other_products_not_the_trained_ones_defects(demo_model: tup
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (8, 200, 3)])
 def test_too_small_gets_no_verdict(trained_store: Path, shape: tuple[int, int, int]) -> None:
-    model = det.load(ModelStore(trained_store), "demo_metal", "patchcore")
+    model = det.load(ModelStore(trained_store).current("demo_metal", "patchcore"))
     result = inspection.inspect(model, [np.full(shape, 100, np.uint8)])[0]
     assert result.verdict == inspection.NO_VERDICT and result.score is None
     assert f"{shape[0]}x{shape[1]} px" in result.note and "at least 16 px" in result.note
@@ -114,11 +114,11 @@ def test_model_without_guard_still_judges(trained_store: Path, tmp_path: Path) -
 
     store = tmp_path / "models"
     shutil.copytree(trained_store, store)
-    path = store / "demo_metal" / "patchcore" / "calibration.json"
+    path = ModelStore(store).calibration_file(ModelStore(store).current("demo_metal", "patchcore"))
     old = {k: v for k, v in json.loads(path.read_text()).items()
            if k not in ("familiarity_limit", "aspect_min", "aspect_max", "min_side")}
     path.write_text(json.dumps(old))
-    model = det.load(ModelStore(store), "demo_metal", "patchcore")
+    model = det.load(ModelStore(store).current("demo_metal", "patchcore"))
     result = inspection.inspect(model, [np.full((64, 64, 3), 120, np.uint8)])[0]
     assert result.familiar is None and result.verdict in ("OK", "DEFECT")
 
@@ -127,7 +127,7 @@ def test_model_without_guard_still_judges(trained_store: Path, tmp_path: Path) -
 def test_load_warms_up_so_the_first_image_is_steady_state(trained_store: Path, kind: str) -> None:
     """The first forward pass (ONNX export, session) happens at load: the graph for the model's input size
     exists before any user image is scored, and the warm-up time is reported separately."""
-    model = det.load(ModelStore(trained_store), "demo_metal", kind)
+    model = det.load(ModelStore(trained_store).current("demo_metal", kind))
     cfg = model.detector.config
     assert (cfg.height, cfg.width) in model.detector._graph._sessions
     assert model.warmup_ms > 0

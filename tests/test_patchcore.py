@@ -78,10 +78,10 @@ def test_round_trip_identical_scores(demo_root: Path, tmp_path: Path) -> None:
     data = load_category(demo_root, "demo_metal")
     store = ModelStore(tmp_path)
     result = det.train(data, "patchcore", PATCHCORE_TEST_SETTINGS, store)
-    assert (result.path / "manifest.json").is_file()
+    assert result.ref.version == 1 and store.current("demo_metal", "patchcore") == result.ref
     images = [load_image(s.path) for s in data.test[:4]]
-    first = det.load(store, "demo_metal", "patchcore")
-    again = det.load(store, "demo_metal", "patchcore")
+    first = det.load(store.current("demo_metal", "patchcore"))
+    again = det.load(store.current("demo_metal", "patchcore"))
     for a, b in zip(first.detector.predict(images), again.detector.predict(images), strict=True):
         assert a.score == b.score
         assert np.array_equal(a.anomaly_map, b.anomaly_map)

@@ -169,8 +169,8 @@ def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -
     store = ModelStore(trained_store)
     images = [load_image(s.path) for s in load_category(demo_root, "demo_metal").test[:3]]
     for kind in det.KINDS:
-        fast = det.load(store, "demo_metal", kind, "fast").detector
-        stock = det.load(store, "demo_metal", kind, "stock").detector
+        fast = det.load(store.current("demo_metal", kind), "fast").detector
+        stock = det.load(store.current("demo_metal", kind), "stock").detector
         assert fast.config.runtime == "onnx" and stock.config.runtime == "torch"
         if kind == "patchcore":  # loaded ready to score: the search index is built by load, not by the first image
             assert fast._index is not None and fast._index.kind == "exact" and stock._index is None

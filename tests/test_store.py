@@ -1,15 +1,19 @@
-"""Model store: atomic folders, clear errors for corrupt or half-written models, others unaffected."""
+"""Model store: numbered versions, a current pointer, atomic writes, clear errors, old models still load."""
 
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from core import detector as det
-from core.store import ModelStore, ModelStoreError, atomic_write_json
+from core.store import ModelRef, ModelStore, ModelStoreError, atomic_write_json
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture()
@@ -23,11 +27,13 @@ def test_listing_trained_models(store_copy: ModelStore) -> None:
     assert {(r.category, r.kind) for r in records} == {("demo_metal", "patchcore"), ("demo_metal", "efficientad")}
     assert all(r.ok for r in records)
     for r in records:
+        assert r.ref is not None and r.ref.version == 1 and r.num_versions == 1
         files = {p.name for p in r.path.iterdir()}
         assert {"manifest.json", "weights.pt", "calibration.json", "evaluation.json", "eval_images.csv",
                 "eval_pixels.npz"} <= files
         assert not any(name.endswith(".tmp") for name in files)
         assert set(r.manifest["metrics"]) >= {"image_auroc", "pixel_auroc", "aupro", "f1_max", "latency_ms_mean"}
+        assert r.manifest["reason"] == "trained" and r.manifest["parent"] is None
 
 
 @pytest.mark.parametrize(
@@ -42,25 +48,27 @@ def test_listing_trained_models(store_copy: ModelStore) -> None:
     ],
 )
 def test_corrupt_model_gives_clear_error_and_spares_others(store_copy: ModelStore, damage, message: str) -> None:
-    damage(store_copy.folder("demo_metal", "patchcore"))
+    ref = store_copy.current("demo_metal", "patchcore")
+    damage(store_copy.path(ref))
     with pytest.raises(ModelStoreError, match=message) as info:
-        det.load(store_copy, "demo_metal", "patchcore")
+        det.load(ref)
     assert "patchcore" in str(info.value)
-    other = det.load(store_copy, "demo_metal", "efficientad")  # the other model still loads
+    other = det.load(store_copy.current("demo_metal", "efficientad"))  # the other model still loads
     assert other.kind == "efficientad"
 
 
 def test_weights_of_wrong_shape(store_copy: ModelStore) -> None:
-    folder = store_copy.folder("demo_metal", "patchcore")
-    manifest = json.loads((folder / "manifest.json").read_text())
+    ref = store_copy.current("demo_metal", "patchcore")
+    path = store_copy.path(ref) / "manifest.json"
+    manifest = json.loads(path.read_text())
     manifest["settings"]["layers"] = ["blocks.4"]  # bank has 152 dims, settings now say 112
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    path.write_text(json.dumps(manifest))
     with pytest.raises(ModelStoreError, match="expected memory-bank features of 112 dims.*found 152"):
-        det.load(store_copy, "demo_metal", "patchcore")
+        det.load(ref)
 
 
 def test_broken_folder_listed_with_error(store_copy: ModelStore) -> None:
-    (store_copy.root / "demo_metal" / "halfwritten").mkdir()
+    (store_copy.root / "demo_metal" / "halfwritten" / "v1").mkdir(parents=True)
     records = {r.kind: r for r in store_copy.list_models("demo_metal")}
     assert not records["halfwritten"].ok and "expected a JSON file" in records["halfwritten"].error
     assert records["patchcore"].ok and records["efficientad"].ok
@@ -68,22 +76,99 @@ def test_broken_folder_listed_with_error(store_copy: ModelStore) -> None:
 
 def test_hidden_temp_folders_ignored(store_copy: ModelStore) -> None:
     (store_copy.root / "demo_metal" / ".patchcore.tmp-123").mkdir()
+    (store_copy.root / "demo_metal" / "patchcore" / ".tmp-abc").mkdir()
     assert {r.kind for r in store_copy.list_models()} == {"patchcore", "efficientad"}
+    assert store_copy.version_numbers("demo_metal", "patchcore") == [1]
 
 
-def test_rewrite_replaces_atomically(store_copy: ModelStore) -> None:
-    folder = store_copy.write_model("cat", "patchcore", {"x": 1}, {"category": "cat", "kind": "patchcore"}, {"a": 1})
-    store_copy.write_model("cat", "patchcore", {"x": 2}, {"category": "cat", "kind": "patchcore"}, {"a": 2})
-    assert json.loads((folder / "calibration.json").read_text()) == {"a": 2}
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["patchcore"]
+def _manifest(cat: str) -> dict:
+    return {"category": cat, "kind": "patchcore", "backbone": "b", "settings": {}, "versions": {}}
 
 
-@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden"])
+def test_versions_pointer_and_shared_files(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    v1 = store.create_version("cat", "patchcore", _manifest("cat"), {"a": 1}, reason="trained", weights={"x": 1})
+    v2 = store.create_version("cat", "patchcore", _manifest("cat"), {"a": 2}, reason="thresholds saved", parent=v1)
+    assert (v1.version, v2.version) == (1, 2) and store.current("cat", "patchcore") == v2
+    assert store.read_calibration(v1) == {"a": 1} and store.read_calibration(v2) == {"a": 2}
+    assert store.weights_stamp(v1) == store.weights_stamp(v2)  # shared (hard link), loaded once by the app
+    assert store.read_manifest(v2)["parent"] == 1 and store.read_manifest(v2)["reason"] == "thresholds saved"
+    assert store.use(v1) == v1 and store.current("cat", "patchcore") == v1  # undo: a pointer move
+    v3 = store.create_version("cat", "patchcore", _manifest("cat"), {"a": 3}, reason="trained", weights={"x": 3})
+    assert v3.version == 3 and store.read_weights(v3) == {"x": 3} and store.read_weights(v1) == {"x": 1}
+    assert [i.ref.version for i in store.list_versions("cat", "patchcore") if i.current] == [3]
+    with pytest.raises(ModelStoreError, match=r"expected one of the versions \[1, 2, 3\].*found 7"):
+        store.ref("cat", "patchcore", 7)
+
+
+def test_damaged_pointer_names_the_fix(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.create_version("cat", "patchcore", _manifest("cat"), {}, reason="trained", weights={"x": 1})
+    atomic_write_json(tmp_path / "cat" / "patchcore" / "current.json", {"version": 9})
+    with pytest.raises(ModelStoreError, match=r"expected one of the versions \[1\], found 9.*--use N"):
+        store.current("cat", "patchcore")
+
+
+def _make_versions(root: str, count: int, queue: mp.Queue) -> None:
+    store = ModelStore(root)
+    made = [store.create_version("cat", "patchcore", _manifest("cat"), {"n": i}, reason="trained",
+                                 weights={"x": i}).version for i in range(count)]
+    queue.put(made)
+
+
+def test_two_writers_never_share_a_version_number(tmp_path: Path) -> None:
+    queue: mp.Queue = mp.get_context("fork").Queue()
+    procs = [mp.get_context("fork").Process(target=_make_versions, args=(str(tmp_path), 8, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    made = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    numbers = sorted(made[0] + made[1])
+    assert numbers == list(range(1, 17))  # 16 distinct numbers, none reused, none lost
+    store = ModelStore(tmp_path)
+    assert all(i.ok for i in store.list_versions("cat", "patchcore"))
+    assert not [p for p in (tmp_path / "cat" / "patchcore").iterdir() if p.name.startswith(".tmp")]
+
+
+def test_model_saved_before_versions_loads_as_version_1(tmp_path: Path) -> None:
+    """A folder written by commit 3d9b59b (files directly in <kind>/) loads with identical scores."""
+    shutil.copytree(FIXTURES / "legacy_store", tmp_path / "models")
+    store = ModelStore(tmp_path / "models")
+    expected = json.loads((FIXTURES / "legacy_expected.json").read_text())
+    ref = store.current("demo_metal", "patchcore")
+    assert ref == ModelRef(str(store.root), "demo_metal", "patchcore", 1)
+    model = det.load(ref)
+    score = model.detector.predict([np.load(FIXTURES / "legacy_probe.npy")])[0].score
+    assert score == pytest.approx(expected["score"], rel=1e-5)
+    assert model.calibration.image_threshold == pytest.approx(expected["image_threshold"])
+    # a new version lives beside it; the old files are not moved and v1 stays loadable
+    v2 = det.save_calibration(model, model.calibration.with_thresholds(1.0, model.calibration.pixel_threshold, "user"))
+    assert v2.version == 2 and store.current("demo_metal", "patchcore") == v2
+    assert det.load(v2).calibration.image_threshold == 1.0
+    assert det.load(store.ref("demo_metal", "patchcore", 1)).calibration.image_threshold == pytest.approx(
+        expected["image_threshold"])
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", ".hidden", " padded"])
 def test_unsafe_names_refused(store_copy: ModelStore, name: str) -> None:
-    with pytest.raises(ModelStoreError, match="plain folder name"):
-        store_copy.folder(name, "patchcore")
+    with pytest.raises(ModelStoreError, match="expected a plain category name"):
+        store_copy.current(name, "patchcore")
 
 
 def test_missing_model_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match="found nothing there"):
-        det.load(ModelStore(tmp_path), "nope", "patchcore")
+        det.load(ModelStore(tmp_path).current("nope", "patchcore"))
+
+
+def test_feedback_log_damage_is_reported_with_its_line(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    store.create_version("cat", "patchcore", _manifest("cat"), {}, reason="trained", weights={"x": 1})
+    store.append_feedback("cat", "patchcore", {"action": "mark_ok"})
+    log = tmp_path / "cat" / "patchcore" / "feedback.jsonl"
+    log.write_text(log.read_text() + "{not json\n")
+    before = log.read_bytes()
+    with pytest.raises(ModelStoreError, match="line 2: expected one JSON object per line"):
+        store.read_feedback("cat", "patchcore")
+    assert log.read_bytes() == before  # nothing lost

@@ -1,11 +1,14 @@
 """All Streamlit caching in one place: models with ``cache_resource``, results with ``cache_data``.
 
-Cached functions take plain, hashable arguments (paths as strings, a file's mtime to invalidate).
+Models are keyed on a :class:`ModelRef` and the identity of the files behind it (weights, calibration,
+evaluation), so a change made anywhere (another tab, the CLI, a hand edit) is seen at the next rerun, and
+versions that share their weights (thresholds saved) share one loaded network.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,7 +23,7 @@ from core.imageio import load_image
 from core.metrics import PixelHistogram
 from core.patchcore import PatchCore, PatchCoreConfig
 from core.similarity import SimilarityIndex, open_client
-from core.store import EVAL_IMAGES, EVAL_PIXELS, ModelStore
+from core.store import ModelRef, ModelStore
 from ui.display import display_map
 
 
@@ -28,33 +31,36 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-def model_version(store: str, category: str, kind: str) -> str:
-    """Changes whenever the model's weights are rewritten (used as a cache key)."""
-    return ModelStore(store).weights_stamp(category, kind)
+def weights_key(ref: ModelRef) -> str:
+    """Changes whenever the weights behind ``ref`` change; equal for versions sharing their weights."""
+    return f"{ref.store}|{ref.category}|{ref.kind}|{ModelStore(ref.store).weights_stamp(ref)}"
 
 
-def calibration_version(store: str, category: str, kind: str) -> str:
-    """Changes with any edit of the model's calibration, wherever it was made."""
-    return ModelStore(store).calibration_stamp(category, kind)
+def calibration_key(ref: ModelRef) -> str:
+    """Changes with any edit of the version's calibration, wherever it was made."""
+    return ModelStore(ref.store).calibration_stamp(ref)
 
 
 @st.cache_resource(show_spinner="Loading model and warming it up… (a memory bank of more than 16k patches also "
                                 "builds its search index here: about a minute per 800k patches)", max_entries=8)
-def _load_network(store: str, category: str, kind: str, version: str, inference: str) -> det.LoadedModel:
-    return det.load(ModelStore(store), category, kind, inference)
+def _load_network(key: str, inference: str, _ref: ModelRef) -> det.LoadedModel:
+    return det.load(_ref, inference)
 
 
 @st.cache_data(show_spinner=False, max_entries=64)
-def _calibration(store: str, category: str, kind: str, version: str) -> Calibration:
-    return det.read_calibration(ModelStore(store), category, kind)
+def _calibration(ref: ModelRef, key: str) -> Calibration:
+    return det.read_calibration(ref)
 
 
-def load_model(store: str, category: str, kind: str, inference: str = "fast") -> det.LoadedModel:
-    """The model, cached on its weights, with the calibration saved beside it NOW (cached on the file's
-    digest, so a change made in the CLI, another tab or by hand is used at the next rerun)."""
-    model = _load_network(store, category, kind, model_version(store, category, kind), inference)
-    calibration = _calibration(store, category, kind, calibration_version(store, category, kind))
-    return model if calibration == model.calibration else replace(model, calibration=calibration)
+def load_model(ref: ModelRef, inference: str = "fast") -> det.LoadedModel:
+    """The model version ``ref``: the network cached on its weights, with the manifest and calibration as
+    they are on disk NOW (a change made in the CLI, another tab or by hand is used at the next rerun)."""
+    model = _load_network(weights_key(ref), inference, ref)
+    calibration = _calibration(ref, calibration_key(ref))
+    manifest = ModelStore(ref.store).read_manifest(ref) if model.ref != ref else model.manifest
+    if model.ref == ref and calibration == model.calibration:
+        return model
+    return replace(model, ref=ref, manifest=manifest, calibration=calibration)
 
 
 @st.cache_resource(show_spinner="Loading feature extractor…")
@@ -77,22 +83,31 @@ def data_version(root: str, category: str) -> float:
     return max((_mtime(p) for p in (base / "test", base / "ground_truth", base / "train" / "good")), default=0.0)
 
 
+def category(root: Path, name: str) -> CategoryData:
+    """The category's images as they are now (re-read when a folder of it changed)."""
+    return category_data(str(root), name, data_version(str(root), name))
+
+
 @st.cache_data(show_spinner=False, max_entries=256)
 def image_from_path(path: str) -> np.ndarray:
     return load_image(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)
-def predict_one(store: str, category: str, kind: str, version: str, inference: str, digest: str,
-                _image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """(raw score, map at display size, latency ms); keyed by the image's digest, not its pixels.
+def _predict_one(key: str, inference: str, digest: str, _ref: ModelRef,
+                 _image: np.ndarray) -> tuple[float, np.ndarray, float]:
+    model = _load_network(key, inference, _ref)
+    pred = model.detector.predict([_image])[0]
+    return pred.score, display_map(pred.anomaly_map), pred.latency_ms
+
+
+def predict_one(ref: ModelRef, inference: str, image: np.ndarray) -> tuple[float, np.ndarray, float]:
+    """(raw score, map at display size, latency ms), cached per weights and image digest (not pixels).
 
     The map is the model's map at the original image size, downscaled only if the image is larger than
     the display limit (so huge uploads do not fill the cache).
     """
-    model = _load_network(store, category, kind, version, inference)
-    pred = model.detector.predict([_image])[0]
-    return pred.score, display_map(pred.anomaly_map), pred.latency_ms
+    return _predict_one(weights_key(ref), inference, digest(image), ref, image)
 
 
 def digest(data: bytes | np.ndarray) -> str:
@@ -101,31 +116,35 @@ def digest(data: bytes | np.ndarray) -> str:
 
 
 @st.cache_data(show_spinner=False)
-def eval_images(store: str, category: str, kind: str, version: float) -> pd.DataFrame | None:
-    path = Path(store) / category / kind / EVAL_IMAGES
-    if not path.is_file():
-        return None
-    return pd.read_csv(path)
+def _eval_images(ref: ModelRef, stamp: str) -> pd.DataFrame | None:
+    raw = ModelStore(ref.store).read_eval_images(ref)
+    return None if raw is None else pd.read_csv(io.BytesIO(raw))
 
 
 @st.cache_data(show_spinner=False)
-def eval_pixels(store: str, category: str, kind: str, version: float) -> PixelHistogram | None:
-    path = Path(store) / category / kind / EVAL_PIXELS
-    if not path.is_file():
+def _eval_pixels(ref: ModelRef, stamp: str) -> PixelHistogram | None:
+    raw = ModelStore(ref.store).read_eval_pixels(ref)
+    if raw is None:
         return None
-    with np.load(path) as data:
+    with np.load(io.BytesIO(raw)) as data:
         if "edges" not in data:
             return None
         return PixelHistogram(data["edges"], data["good"], data["defect"])
 
 
-def eval_version(store: str, category: str, kind: str) -> float:
-    return _mtime(Path(store) / category / kind / EVAL_IMAGES)
+def eval_images(ref: ModelRef) -> pd.DataFrame | None:
+    """The version's per-image evaluation (raw scores), or None when it was not evaluated."""
+    return _eval_images(ref, ModelStore(ref.store).evaluation_stamp(ref))
+
+
+def eval_pixels(ref: ModelRef) -> PixelHistogram | None:
+    """The version's pixel-score histograms, or None (not evaluated, or no masks)."""
+    return _eval_pixels(ref, ModelStore(ref.store).evaluation_stamp(ref))
 
 
 def clear_model_caches() -> None:
     _load_network.clear()
     _calibration.clear()
-    predict_one.clear()
-    eval_images.clear()
-    eval_pixels.clear()
+    _predict_one.clear()
+    _eval_images.clear()
+    _eval_pixels.clear()

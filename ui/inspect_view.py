@@ -40,9 +40,7 @@ def score_image(sel: Selection, model: LoadedModel, name: str, image: np.ndarray
     familiarity limit saved now. Images below the model's minimum size are not scored."""
     if size_problem(model, image) is not None:
         return Scored(name, image, judge(model, image, None))
-    version = cache.model_version(sel.store_path, sel.category, sel.kind)
-    key = cache.digest(image)
-    score, amap, latency = cache.predict_one(sel.store_path, sel.category, sel.kind, version, sel.inference, key, image)
+    score, amap, latency = cache.predict_one(model.ref, sel.inference, image)
     return Scored(name, image, judge(model, image, Prediction(score, amap, latency)))
 
 

@@ -1,4 +1,5 @@
-"""The sidebar shared by every page: data root, category and model choice."""
+"""The selection every page works on (data root, category, model, inference path), drawn in the sidebar once
+per run by the frame (ui/frame.py); pages read it with ``ui.frame.selection()``."""
 
 from __future__ import annotations
 
@@ -9,22 +10,24 @@ import streamlit as st
 
 from core.dataset import DatasetError, list_categories
 from core.demo import DEMO_CATEGORY, make_demo_dataset
-from core.detector import INFERENCE_PATHS, KINDS, LoadedModel
-from core.store import ModelStore, ModelStoreError
+from core.detector import LoadedModel
+from core.registry import INFERENCE_PATHS, KINDS, label
+from core.store import ModelRef, ModelStore, ModelStoreError
 from ui import cache
 from ui.settings import AppSettings, load_settings
 
-KIND_LABELS = {"patchcore": "PatchCore", "efficientad": "EfficientAD"}
 INFERENCE_LABELS = {"fast": "Fast", "stock": "Stock anomalib"}
 
 
 @dataclass(frozen=True)
 class Selection:
+    """What the sidebar selected. ``refs``: the current version of each trained kind of the category."""
+
     settings: AppSettings
     data_root: Path
     category: str | None
     kind: str
-    trained_kinds: tuple[str, ...]
+    refs: tuple[ModelRef, ...]
     inference: str = "fast"
 
     @property
@@ -32,8 +35,16 @@ class Selection:
         return ModelStore(self.settings.model_store)
 
     @property
-    def store_path(self) -> str:
-        return str(self.settings.model_store)
+    def trained_kinds(self) -> tuple[str, ...]:
+        return tuple(r.kind for r in self.refs)
+
+    def ref_for(self, kind: str) -> ModelRef | None:
+        return next((r for r in self.refs if r.kind == kind), None)
+
+    @property
+    def ref(self) -> ModelRef | None:
+        """The selected model's current version (None when not trained)."""
+        return self.ref_for(self.kind)
 
 
 def ensure_demo_data(root: Path) -> None:
@@ -42,15 +53,16 @@ def ensure_demo_data(root: Path) -> None:
         make_demo_dataset(root)
 
 
-def sidebar() -> Selection:
+def draw() -> Selection:
+    """Draw the sidebar and return what it selects (the frame calls this once per run)."""
     settings = load_settings()
-    ensure_demo_data(settings.data_root)
+    for root in settings.data_roots:
+        ensure_demo_data(root)
     with st.sidebar:
         st.markdown("### :material/visibility: Inspector")
-        root_text = st.text_input("Data root", value=str(settings.data_root), key="data_root",
-                                  help="Folder with one sub-folder per product category (MVTec AD layout) "
-                                       "or plain folders of good images.")
-        root = Path(root_text).expanduser()
+        root = st.selectbox("Data root", settings.data_roots, key="data_root", format_func=str,
+                            help="Folders this server offers (INSPECT_DATA_ROOT or INSPECT_DATA_ROOTS): one "
+                                 "sub-folder per product category (MVTec AD layout) or plain folders of good images.")
         try:
             categories = list_categories(root)
         except DatasetError as exc:
@@ -61,25 +73,34 @@ def sidebar() -> Selection:
             category = None
         else:
             category = st.selectbox("Category", categories, key="category")
-        trained = tuple(r.kind for r in ModelStore(settings.model_store).list_models(category) if r.ok) if category else ()
-        kind = st.radio("Model", KINDS, key="kind", horizontal=True, format_func=lambda k: KIND_LABELS[k]
-                        + ("" if k in trained else " (not trained)"))
+        refs = _current_refs(settings, category)
+        trained = {r.kind for r in refs}
+        kind = st.radio("Model", KINDS, key="kind", horizontal=True,
+                        format_func=lambda k: label(k) + ("" if k in trained else " (not trained)"))
         inference = st.radio("Inference", INFERENCE_PATHS, key="inference", horizontal=True,
                              format_func=INFERENCE_LABELS.get,
                              help="Fast: networks in ONNX Runtime, blocked exact (or HNSW) patch search, cheap map "
                                   "smoothing. Stock: anomalib's own PyTorch forward pass. Same scores up to float "
                                   "rounding; see benchmarks/RESULTS.md for the speed difference.")
+        current = next((r for r in refs if r.kind == kind), None)
+        st.caption(f"Model in use: **{current.label}**" if current else "Model in use: none")
         st.caption(f"Models: `{settings.model_store}`")
-    return Selection(settings, root, category, kind, trained, inference)
+    return Selection(settings, Path(root), category, kind, refs, inference)
+
+
+def _current_refs(settings: AppSettings, category: str | None) -> tuple[ModelRef, ...]:
+    if category is None:
+        return ()
+    return tuple(r.ref for r in ModelStore(settings.model_store).list_models(category) if r.ok and r.ref)
 
 
 def require_model(sel: Selection) -> LoadedModel:
-    """The selected category's model of the selected kind, or a friendly message and ``st.stop()``."""
-    if sel.category is None or sel.kind not in sel.trained_kinds:
-        st.info(f"Train a {KIND_LABELS[sel.kind]} model for this category on the **Models** page first.")
+    """The selected category's current model of the selected kind, or a friendly message and ``st.stop()``."""
+    if sel.category is None or sel.ref is None:
+        st.info(f"Train a {label(sel.kind)} model for this category on the **Models** page first.")
         st.stop()
     try:
-        return cache.load_model(sel.store_path, sel.category, sel.kind, sel.inference)
+        return cache.load_model(sel.ref, sel.inference)
     except ModelStoreError as exc:
         st.error(f"Cannot load the model: {exc}")
         st.stop()

@@ -9,9 +9,9 @@ from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
 from ui.inspect_view import ImageLoadError, decode_upload
 from ui.jobs import show_job, start_job
-from ui.sidebar import sidebar
+from ui.frame import selection
 
-sel = sidebar()
+sel = selection()
 st.title("Similar images")
 if sel.category is None:
     st.info("Pick a category in the sidebar.")
@@ -24,7 +24,7 @@ try:
 except Exception as exc:  # server down, locked folder, ...
     st.error(f"Vector store unavailable ({where}): {exc}")
     st.stop()
-data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+data = cache.category(sel.data_root, sel.category)
 extractor = cache.feature_extractor("tf_efficientnet_lite0")
 st.caption(f"{indexed} images indexed in {where}. Features: spatial mean of PatchCore's patch features "
            "(tf_efficientnet_lite0 blocks 2+4), cosine similarity.")
@@ -70,9 +70,8 @@ name, image = query
 vector = extractor.pooled_features([image])[0]
 hits = index.query(sel.category, vector, k)
 scores = {}
-if sel.kind in sel.trained_kinds:
-    frame = cache.eval_images(sel.store_path, sel.category, sel.kind,
-                              cache.eval_version(sel.store_path, sel.category, sel.kind))
+if sel.ref is not None:
+    frame = cache.eval_images(sel.ref)
     if frame is not None:
         scores = dict(zip(frame["path"], frame["score"], strict=True))
 st.image(image, caption=f"query: {name}", width=260)

@@ -7,20 +7,21 @@ import pandas as pd
 import streamlit as st
 
 from core.overlay import overlay
-from core.store import WEIGHTS, ModelStoreError
+from core.registry import label
+from core.store import ModelStoreError
 from ui import cache, charts
 from ui.display import display_image
-from ui.sidebar import KIND_LABELS, sidebar
+from ui.frame import selection
 
-sel = sidebar()
+sel = selection()
 st.title("Compare PatchCore and EfficientAD")
 kinds = ("patchcore", "efficientad")
-missing = [KIND_LABELS[k] for k in kinds if k not in sel.trained_kinds]
+missing = [label(k) for k in kinds if k not in sel.trained_kinds]
 if sel.category is None or missing:
     st.info(f"Comparison needs both models for this category; train {', '.join(missing)} on the **Models** page.")
     st.stop()
 try:
-    models = {k: cache.load_model(sel.store_path, sel.category, k, sel.inference) for k in kinds}
+    models = {k: cache.load_model(sel.ref_for(k), sel.inference) for k in kinds}
 except ModelStoreError as exc:
     st.error(f"Cannot load a model: {exc}")
     st.stop()
@@ -28,14 +29,13 @@ except ModelStoreError as exc:
 rows = []
 for k, m in models.items():
     met = m.manifest.get("metrics", {})
-    size_mb = (m.path / WEIGHTS).stat().st_size / 1e6
-    rows.append({"model": KIND_LABELS[k], "image AUROC": met.get("image_auroc"), "pixel AUROC": met.get("pixel_auroc"),
+    size_mb = sel.store.weights_bytes(m.ref) / 1e6
+    rows.append({"model": f"{label(k)} v{m.version}", "image AUROC": met.get("image_auroc"), "pixel AUROC": met.get("pixel_auroc"),
                  "AUPRO": met.get("aupro"), "F1-max": met.get("f1_max"), "ms/image": met.get("latency_ms_mean"),
                  "model size MB": round(size_mb, 2), "train s": round(m.manifest.get("train", {}).get("seconds", 0), 1)})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
-frames = {k: cache.eval_images(sel.store_path, sel.category, k, cache.eval_version(sel.store_path, sel.category, k))
-          for k in kinds}
+frames = {k: cache.eval_images(models[k].ref) for k in kinds}
 if all(f is not None for f in frames.values()):
     a, b = frames["patchcore"], frames["efficientad"]
     joined = a.merge(b[["path", "score"]], on="path", suffixes=("_a", "_b"))
@@ -51,14 +51,22 @@ if all(f is not None for f in frames.values()):
                f"saved thresholds. Spearman rank correlation "
                f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.")
     st.subheader("Where they disagree most")
+    st.caption("Rank: where an image falls among all evaluation images by that model's score (100% = the most "
+               "anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable "
+               "between models, ranks are.")
     top = joined.sort_values("disagreement", ascending=False).head(10)
     st.dataframe(top[["name", "defect", "score_a", "score_b", "rank_a", "rank_b", "disagreement"]]
-                 .rename(columns={"score_a": "PatchCore", "score_b": "EfficientAD"}), hide_index=True, width="stretch")
+                 .rename(columns={"score_a": "PatchCore score", "score_b": "EfficientAD score",
+                                  "rank_a": "PatchCore rank", "rank_b": "EfficientAD rank",
+                                  "disagreement": "rank gap"}),
+                 hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="percent")
+                                for c in ("PatchCore rank", "EfficientAD rank", "rank gap")})
     default_pick = list(top["name"].head(3))
     paths = dict(zip(joined["name"], joined["path"], strict=True))
 else:
     st.info("Evaluate both models (Thresholds page) to see the score scatter and disagreements.")
-    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+    data = cache.category(sel.data_root, sel.category)
     paths = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test}
     default_pick = list(paths)[:2]
 
@@ -72,8 +80,7 @@ for name in picked:
     cols[0].image(small, caption=name, width="stretch")
     for col, k in zip(cols[1:], kinds, strict=True):
         m = models[k]
-        version = cache.model_version(sel.store_path, sel.category, k)
-        score, amap, _ = cache.predict_one(sel.store_path, sel.category, k, version, sel.inference, cache.digest(image), image)
+        score, amap, _ = cache.predict_one(m.ref, sel.inference, image)
         verdict = "DEFECT" if score >= m.calibration.image_threshold else "OK"
         col.image(overlay(small, amap, m.calibration, opacity), width="stretch",
-                  caption=f"{KIND_LABELS[k]}: {score:.4f} → {verdict}")
+                  caption=f"{label(k)}: {score:.4f} → {verdict}")

@@ -11,16 +11,16 @@ from core.annotate import mask_from_canvas, save_annotation
 from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
 from ui.inspect_view import ImageLoadError, decode_upload
-from ui.sidebar import sidebar
+from ui.frame import selection
 
 CANVAS_MAX = 640
 
-sel = sidebar()
+sel = selection()
 st.title("Annotate defects")
 if sel.category is None:
     st.info("Pick a category in the sidebar.")
     st.stop()
-data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+data = cache.category(sel.data_root, sel.category)
 st.caption("Paint over the defect. Saving writes the image to `test/<defect>/` and the mask to "
            "`ground_truth/<defect>/<name>_mask.png`; the image then counts in pixel-level metrics on the next evaluation.")
 

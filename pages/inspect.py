@@ -5,9 +5,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core import feedback
 from core.imageio import SUPPORTED_SUFFIXES
 from core.inspection import NO_VERDICT
 from core.overlay import COLORMAPS, png_bytes
+from core.registry import label, spec
+from core.store import ModelStoreError
 from ui import cache
 from ui.inspect_view import (
     ImageLoadError,
@@ -16,9 +19,10 @@ from ui.inspect_view import (
     render_overlay,
     score_image,
 )
-from ui.sidebar import require_model, sidebar
+from ui.frame import selection
+from ui.sidebar import require_model
 
-sel = sidebar()
+sel = selection()
 st.title("Inspect")
 model = require_model(sel)
 cal = model.calibration
@@ -27,9 +31,14 @@ left, right = st.columns([2, 1])
 with left:
     uploads = st.file_uploader("Drop images here (PNG, JPEG, BMP, TIFF)", accept_multiple_files=True,
                                type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
-    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+    data = cache.category(sel.data_root, sel.category)
     choices = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test}
-    picked = st.multiselect("…or pick test images of this category", list(choices), max_selections=24)
+    # Streamlit drops a widget's value when its page is left; keep the picks in a plain session key.
+    if "inspect_pick" not in st.session_state:
+        st.session_state["inspect_pick"] = [p for p in st.session_state.get("_inspect_picks", []) if p in choices]
+    picked = st.multiselect("…or pick test images of this category", list(choices), max_selections=24,
+                            key="inspect_pick")
+    st.session_state["_inspect_picks"] = picked
 with right:
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
     cmap = st.selectbox("Colormap", COLORMAPS)
@@ -42,15 +51,45 @@ with right:
     st.caption(f"Model warm-up at load: {model.warmup_ms:.0f} ms (not counted in the latencies below) · "
                f"unfamiliar-image guard {guard}")
 
+def feedback_panel() -> None:
+    """Undo and the outcome of the last feedback action (the log lives beside the model)."""
+    message = st.session_state.pop("_feedback_message", None)
+    if message:
+        (st.error if message[0] == "error" else st.success)(message[1])
+    try:
+        entries = feedback.history(sel.store, sel.category, sel.kind)
+    except ModelStoreError as exc:
+        st.error(f"Feedback is paused: {exc}")
+        return
+    last = feedback.undoable(entries)
+    if last is not None:
+        entry = entries[last]
+        what = "marked OK" if entry["action"] == feedback.MARK_OK else f"filed as '{entry.get('defect')}'"
+        if st.button(f"Undo: {entry['image']} {what}", icon=":material/undo:", key="feedback_undo"):
+            run_feedback(lambda: feedback.undo(sel.store, sel.category, sel.kind))
+
+
+def run_feedback(action) -> None:
+    try:
+        result = action()
+        st.session_state["_feedback_message"] = ("ok", result if isinstance(result, str) else result.message)
+    except (feedback.FeedbackError, ModelStoreError, OSError) as exc:
+        st.session_state["_feedback_message"] = ("error", str(exc))
+    cache.category_data.clear()
+    st.rerun()
+
+
+feedback_panel()
+
 items = []
 for up in uploads or []:
     try:
         items.append((up.name, decode_upload(up.name, up.getvalue())))
     except ImageLoadError as exc:
         st.error(f"Skipped {exc.source}: {exc.reason}")
-for label in picked:
+for pick in picked:
     try:
-        items.append((label, cache.image_from_path(choices[label])))
+        items.append((pick, cache.image_from_path(choices[pick])))
     except ImageLoadError as exc:
         st.error(f"Skipped {exc.source}: {exc.reason}")
 
@@ -108,5 +147,20 @@ for r in results:
     c1, c2 = st.columns(2)
     c1.image(display_image(r.image), caption="image", width="stretch")
     c2.image(shown, caption="heatmap overlay", width="stretch")
-    st.download_button("Download overlay PNG", png_bytes(shown), file_name=f"{Path(r.name).stem}_overlay.png",
+    b1, b2, b3, b4 = st.columns([2, 2, 2, 2], vertical_alignment="bottom")
+    b1.download_button("Download overlay PNG", png_bytes(shown), file_name=f"{Path(r.name).stem}_overlay.png",
                        mime="image/png", key=f"dl-{r.name}")
+    if r.verdict == NO_VERDICT:
+        continue
+    learns = spec(sel.kind).learns_from_feedback
+    if b2.button("Mark as OK (false alarm)", key=f"ok-{r.name}", disabled=not learns, icon=":material/thumb_up:",
+                 help="Adds this image's patches to the memory bank as a new model version (seconds, no retraining; "
+                      "undo below)." if learns else f"{label(sel.kind)} cannot learn from one image yet: add it to "
+                      "train/good and retrain on the Models page."):
+        run_feedback(lambda r=r: feedback.mark_ok(model, r.image, r.name))
+    defect = b3.selectbox("Defect type", sorted(set(data.defect_types) | {"new_defect"}), key=f"defect-{r.name}",
+                          accept_new_options=True, help="Pick one or type a new name.")
+    if b4.button("Mark as defect", key=f"bad-{r.name}", icon=":material/report:",
+                 help=f"Files the image under {sel.category}/test/<defect type>/ so the next evaluation counts it "
+                      "(draw its mask on the Annotate page)."):
+        run_feedback(lambda r=r, d=defect: feedback.mark_defect(model, r.image, r.name, sel.data_root, d))

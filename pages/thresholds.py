@@ -16,19 +16,20 @@ from core import metrics
 from core import thresholds as th
 from core.types import TrainControl
 from ui import cache, charts, visits
-from ui.sidebar import require_model, sidebar
+from ui.frame import selection
+from ui.sidebar import require_model
 
-sel = sidebar()
+sel = selection()
 st.title("Thresholds")
 model = require_model(sel)
 
 
 def evaluate_and_rerun() -> None:
     """Score the category's test images with the model, save the results beside it, and redraw."""
-    data = cache.category_data(str(sel.data_root), sel.category, cache.data_version(str(sel.data_root), sel.category))
+    data = cache.category(sel.data_root, sel.category)
     bar = st.progress(0.0, text="Scoring test images…")
     try:
-        det.run_evaluation(sel.store, model, data,
+        det.run_evaluation(model, data,
                            TrainControl(progress=lambda msg, f: bar.progress(f, text=msg.capitalize())))
     except ValueError as exc:
         st.error(str(exc))
@@ -37,8 +38,7 @@ def evaluate_and_rerun() -> None:
     st.rerun()
 
 
-ev = cache.eval_version(sel.store_path, sel.category, sel.kind)
-frame = cache.eval_images(sel.store_path, sel.category, sel.kind, ev)
+frame = cache.eval_images(model.ref)
 if frame is None or frame.empty or frame["label"].nunique() < 2:
     st.info("Thresholds are tuned on evaluation images: good and defective test images of this category.")
     if st.button("Evaluate on the test images now", type="primary"):
@@ -51,7 +51,7 @@ img_curve = metrics.curve(labels, scores)
 img_auroc = metrics.roc_auc(labels, scores)
 best_f1, best_thr = metrics.f1_max(labels, scores)
 cross_f1, cross_thr = metrics.crossfit_f1(labels, scores)
-hist = cache.eval_pixels(sel.store_path, sel.category, sel.kind, ev)
+hist = cache.eval_pixels(model.ref)
 cal = model.calibration
 saved_img, saved_pix = cal.image_threshold, cal.pixel_threshold
 default_img, default_pix = cal.defaults
@@ -63,7 +63,7 @@ if hist is not None:
     pix_range = (min(float(hist.edges[0]), saved_pix, default_pix), max(float(hist.edges[-1]), saved_pix, default_pix))
 
 # Start from the saved calibration on every visit, after a change of model, or when the file changed anywhere.
-stamp = (sel.category, sel.kind, cache.calibration_version(sel.store_path, sel.category, sel.kind))
+stamp = (model.ref, cache.calibration_key(model.ref))
 if (visits.is_new_visit() or st.session_state.get("thr_stamp") != stamp or "image_thr" not in st.session_state
         or (hist is not None and "pixel_thr" not in st.session_state)):
     st.session_state["thr_stamp"] = stamp
@@ -183,8 +183,8 @@ else:
 s1, s2, s3 = st.columns([1, 1, 2])
 if s1.button("Save thresholds with the model", type="primary", disabled=not changed):
     is_default = math.isclose(thr, default_img, rel_tol=1e-9) and math.isclose(pixel_thr, default_pix, rel_tol=1e-9)
-    det.save_calibration(sel.store, model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
-    st.toast("Thresholds saved; Inspect uses them now.")
+    saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
+    st.toast(f"Thresholds saved as {saved.label}; Inspect uses them now (the Models page can switch back).")
     st.rerun()
 s2.button("Restore defaults", on_click=restore_defaults, help="Back to the thresholds calibrated on held-out good "
           "images when the model was trained (press Save to keep them).")

@@ -1,0 +1,171 @@
+"""The feedback loop: a user says "this is OK" or "this is a defect" about a scored image.
+
+- **Mark as OK (false alarm)**, PatchCore: the image's patch features join the memory bank (no retraining;
+  seconds), as a new model version whose parent is the version that raised the alarm; thresholds are kept
+  (a larger bank only lowers good images' scores, so the false-alarm rate the default promised stays an upper
+  bound). EfficientAD cannot learn from one image yet: :class:`FeedbackError` says so and what to do instead.
+- **Mark as defect**: the image is filed under ``<data>/<category>/test/<defect>/`` so the next evaluation and
+  the Thresholds page count it (its mask can be drawn on the Annotate page).
+- Every action is one line of the model's feedback log (time, image hash, action, versions before/after) and
+  can be undone: an OK mark by moving the current-version pointer back, a defect mark by removing the filed copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from core import detector as det
+from core.inspection import NO_VERDICT, inspect
+from core.registry import spec
+from core.store import ModelRef, ModelStore, ModelStoreError, atomic_write_bytes, now_iso, validate_name
+
+MARK_OK = "mark_ok"
+MARK_DEFECT = "mark_defect"
+UNDO = "undo"
+
+
+class FeedbackError(ValueError):
+    """A feedback action that cannot be taken; the message says why and what to do instead."""
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """One action's outcome. ``score_*``: raw score of the image before and after (None for a defect mark)."""
+
+    action: str
+    before: ModelRef
+    after: ModelRef
+    image_sha1: str
+    score_before: float | None
+    score_after: float | None
+    filed_as: Path | None
+    message: str
+
+
+def image_sha1(image: np.ndarray) -> str:
+    """Digest of the decoded pixels ``[H, W, 3]`` (the same image in another file format has the same hash)."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def history(store: ModelStore, category: str, kind: str) -> list[dict[str, Any]]:
+    """The feedback log, oldest first (raises ModelStoreError, naming the line, when it is damaged)."""
+    return store.read_feedback(category, kind)
+
+
+def mark_ok(model: det.LoadedModel, image: np.ndarray, name: str) -> FeedbackResult:
+    """Teach ``model`` that ``image`` (uint8 RGB ``[H, W, 3]``) is a good part: a new, current version.
+
+    Raises:
+        FeedbackError: the kind cannot learn from feedback, or the image is too small or unlike this
+            product's images (marking it would teach the model the wrong thing).
+        ModelStoreError: the feedback log is damaged (nothing is changed).
+    """
+    kind = spec(model.kind)
+    if not kind.learns_from_feedback:
+        raise FeedbackError(f"{kind.label} cannot learn from a single marked image yet: add the image to "
+                            f"train/good and retrain it on the Models page (PatchCore learns it in seconds)")
+    store = ModelStore(model.ref.store)
+    store.read_feedback(model.category, model.kind)  # a damaged log stops us before anything changes
+    before = inspect(model, [image])[0]
+    if before.verdict == NO_VERDICT:
+        raise FeedbackError(f"{name}: not marked, {before.note}")
+    if before.familiar is False:
+        raise FeedbackError(f"{name}: not marked, it does not look like this product's images ({before.note}); "
+                            "marking it OK would teach the model that anything goes")
+    fresh = det.build(model.kind, det.inference_settings(model.kind, model.manifest["settings"], "fast"))
+    fresh.load_state(model.detector.state())
+    added = fresh.add_to_bank([image])  # type: ignore[attr-defined]  # kinds that learn from feedback have it
+    after_score = float(fresh.predict([image])[0].score)
+    digest = image_sha1(image)
+    manifest = store.read_manifest(model.ref)
+    marked = list(manifest.get("feedback", {}).get("marked_ok", [])) + [{"image": name, "sha1": digest}]
+    manifest["feedback"] = {"marked_ok": marked, "bank_entries_added": added}
+    manifest["metrics"] = {}  # the scores changed: the old evaluation does not describe this version
+    after = store.create_version(model.category, model.kind, manifest, model.calibration.to_dict(),
+                                 reason=f"feedback: {name} marked OK", weights=fresh.state(), parent=model.ref)
+    store.append_feedback(model.category, model.kind, {
+        "time": now_iso(), "action": MARK_OK, "image": name, "sha1": digest, "version_before": model.version,
+        "version_after": after.version, "score_before": before.score, "score_after": after_score})
+    return FeedbackResult(MARK_OK, model.ref, after, digest, before.score, after_score, None,
+                          f"{name} marked OK: score {before.score:.4g} -> {after_score:.4g} "
+                          f"(threshold {model.calibration.image_threshold:.4g}); now {after.label}")
+
+
+def mark_defect(model: det.LoadedModel, image: np.ndarray, name: str, data_root: Path, defect: str) -> FeedbackResult:
+    """File ``image`` under ``<data_root>/<category>/test/<defect>/`` as a PNG (never overwriting a file).
+
+    Raises:
+        FeedbackError: ``defect`` is not a plain folder name, or ``good`` (use Mark as OK for that).
+        ModelStoreError: the feedback log is damaged (nothing is changed).
+    """
+    store = ModelStore(model.ref.store)
+    store.read_feedback(model.category, model.kind)
+    try:
+        validate_name(defect, "defect name")
+    except ModelStoreError as exc:
+        raise FeedbackError(str(exc)) from None
+    if defect == "good":
+        raise FeedbackError("expected a defect name, found 'good': use Mark as OK for good parts")
+    category_dir = Path(data_root) / model.category
+    if not category_dir.is_dir():
+        raise FeedbackError(f"expected the category folder {category_dir}, found nothing there")
+    digest = image_sha1(image)
+    folder = category_dir / "test" / defect
+    target = folder / f"feedback_{digest[:12]}.png"
+    if not target.exists():
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        atomic_write_bytes(target, buffer.getvalue())
+    store.append_feedback(model.category, model.kind, {
+        "time": now_iso(), "action": MARK_DEFECT, "image": name, "sha1": digest, "defect": defect,
+        "filed_as": str(target), "version_before": model.version, "version_after": model.version})
+    return FeedbackResult(MARK_DEFECT, model.ref, model.ref, digest, None, None, target,
+                          f"{name} filed as a '{defect}' defect: {target}")
+
+
+def undoable(entries: list[dict[str, Any]]) -> int | None:
+    """Index in the log of the newest action not yet undone (None when there is none)."""
+    undone = {e.get("undoes") for e in entries if e.get("action") == UNDO}
+    for index in range(len(entries) - 1, -1, -1):
+        if entries[index].get("action") in (MARK_OK, MARK_DEFECT) and index not in undone:
+            return index
+    return None
+
+
+def undo(store: ModelStore, category: str, kind: str) -> str:
+    """Undo the newest feedback action not yet undone; returns what was done.
+
+    Raises:
+        FeedbackError: nothing to undo, or the model has moved on since (another version was made current).
+        ModelStoreError: the feedback log is damaged (nothing is changed).
+    """
+    entries = store.read_feedback(category, kind)
+    index = undoable(entries)
+    if index is None:
+        raise FeedbackError(f"nothing to undo for {category}/{kind}")
+    entry = entries[index]
+    current = store.current(category, kind)
+    if entry["action"] == MARK_OK:
+        if current.version != entry["version_after"]:
+            raise FeedbackError(f"not undone: the current version is v{current.version}, not v{entry['version_after']} "
+                                f"that marking {entry['image']} made; switch versions on the Models page instead")
+        store.use(store.ref(category, kind, int(entry["version_before"])))
+        message = f"undone: {entry['image']} no longer marked OK; v{entry['version_before']} is current again"
+    else:
+        undone = {e.get("undoes") for e in entries if e.get("action") == UNDO} | {index}
+        still_filed = any(e.get("filed_as") == entry["filed_as"] and i not in undone
+                          for i, e in enumerate(entries) if e.get("action") == MARK_DEFECT)
+        if not still_filed:  # the same image marked twice stays until both marks are undone
+            Path(entry["filed_as"]).unlink(missing_ok=True)
+        message = f"undone: {entry['image']} removed from the '{entry['defect']}' test images"
+    store.append_feedback(category, kind, {"time": now_iso(), "action": UNDO, "undoes": index,
+                                           "version_before": current.version,
+                                           "version_after": store.current(category, kind).version})
+    return message

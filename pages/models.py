@@ -1,0 +1,135 @@
+"""Models: categories, trained models and their versions, and training from the browser."""
+
+import pandas as pd
+import streamlit as st
+
+from core import detector as det
+from core.efficientad import MIN_SIZE
+from core.knn import AUTO_EXACT_LIMIT
+from core.registry import KINDS, label, spec
+from core.store import ModelStoreError
+from ui import cache
+from ui.jobs import show_job, start_job
+from ui.frame import selection
+
+sel = selection()
+st.title("Models")
+st.caption("Train a detector per product category from good images only, then inspect, tune and compare.")
+
+if sel.category is None:
+    st.info("Point the sidebar's **Data root** at a folder of categories to get started.")
+    st.stop()
+
+try:
+    data = cache.category(sel.data_root, sel.category)
+except Exception as exc:  # a broken folder must not break the page
+    st.error(f"Cannot read category {sel.category!r}: {exc}")
+    st.stop()
+
+c1, c2, c3, c4 = st.columns(4)
+c1.metric("Good training images", len(data.train))
+c2.metric("Test images", len(data.test))
+c3.metric("Defect types", len(data.defect_types))
+c4.metric("Layout", "MVTec AD" if data.layout == "mvtec" else "plain folder")
+for problem in data.problems[:5]:
+    st.warning(problem)
+
+st.subheader("Trained models")
+records = sel.store.list_models()
+rows = []
+for rec in records:
+    if rec.ok and rec.manifest and rec.ref:
+        m = rec.manifest.get("metrics", {})
+        rows.append({"category": rec.category, "model": label(rec.kind), "version": f"v{rec.ref.version}",
+                     "versions": rec.num_versions, "backbone": rec.manifest.get("backbone"),
+                     "created": rec.manifest.get("created"),
+                     "train s": round(rec.manifest.get("train", {}).get("seconds", float("nan")), 1),
+                     "image AUROC": m.get("image_auroc"), "pixel AUROC": m.get("pixel_auroc"),
+                     "AUPRO": m.get("aupro"), "F1-max": m.get("f1_max"), "ms/image": m.get("latency_ms_mean")})
+    else:
+        st.error(f"Broken model folder {rec.path}: {rec.error}")
+if rows:
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+else:
+    st.info("No models trained yet. Train one below — PatchCore takes well under a minute on the demo data.")
+
+if sel.ref is not None:
+    st.subheader(f"Versions of {label(sel.kind)} for “{sel.category}”")
+    infos = sel.store.list_versions(sel.category, sel.kind)
+    st.dataframe(pd.DataFrame([{"version": f"v{i.ref.version}", "in use": "●" if i.current else "",
+                                "made from": f"v{i.parent}" if i.parent else "–", "why": i.reason,
+                                "created": (i.manifest or {}).get("created"),
+                                "image AUROC": (i.manifest or {}).get("metrics", {}).get("image_auroc"),
+                                "problem": i.error or ""} for i in reversed(infos)]),
+                 hide_index=True, width="stretch")
+    numbers = [i.ref.version for i in infos if i.ok]
+    v1, v2 = st.columns([1, 3])
+    chosen = v1.selectbox("Version", numbers, index=numbers.index(sel.ref.version) if sel.ref.version in numbers else 0,
+                          format_func=lambda n: f"v{n}", key="version_pick")
+    if v2.button("Use this version", disabled=chosen == sel.ref.version,
+                 help="Every page, the CLI and the service use the current version; older ones stay on disk."):
+        try:
+            ref = sel.store.use(sel.store.ref(sel.category, sel.kind, chosen))
+        except ModelStoreError as exc:
+            st.error(str(exc))
+        else:
+            st.toast(f"{ref.label} is now in use")
+            st.rerun()
+
+st.subheader(f"Train a model for “{sel.category}”")
+job = st.session_state.get("train_job")
+kind = st.selectbox("Model", KINDS, index=KINDS.index(sel.kind), format_func=label, key="train_kind",
+                    help=" · ".join(f"{label(k)}: {spec(k).summary}" for k in KINDS))
+kind_spec = spec(kind)
+with st.form("train"):
+    col1, col2 = st.columns(2)
+    sizes = [128, 160, 192, 224, 256, 320, 384] if kind_spec.min_side < MIN_SIZE else [256, 512]
+    size = col1.select_slider("Input size (px)", options=sizes, value=256, key=f"train_size_{kind}")
+    if kind == "patchcore":
+        ratio = col2.select_slider("Coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0],
+                                   value=0.01, help="Share of training patches kept in the memory bank (1.0: all of "
+                                                    f"them). Banks above {AUTO_EXACT_LIMIT:,} patches are searched "
+                                                    "with HNSW, with each image's top patch re-checked exactly.")
+        settings = {"height": size, "width": size, "coreset_ratio": ratio}
+    else:
+        steps = col2.number_input("Training steps", min_value=10, max_value=70000,
+                                  value=int(kind_spec.default_settings()["steps"]), step=100)
+        side = kind_spec.input_size(size)
+        settings = {"height": side, "width": side, "steps": int(steps)}
+    estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train))
+    if estimate is not None:
+        st.caption(f"{kind_spec.label} at {settings['height']}px for {settings.get('steps', '')} steps on "
+                   f"{len(data.train)} good images: about {estimate / 60:.0f} min on a 2-core CPU (measured step "
+                   "time; benchmarks/RESULTS.md). The form's values are used when you press Train.")
+    else:
+        st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "
+                   "the demo data).")
+    submitted = st.form_submit_button("Train", type="primary", disabled=bool(job and job.running))
+
+if submitted:
+    store, category = sel.store, sel.category
+
+    def work(control):
+        result = det.train(data, kind, settings, store, control)
+        if data.test:
+            det.run_evaluation(det.load(result.ref), data, control)
+        return result
+
+    st.session_state["train_job"] = start_job(f"{kind_spec.label} on {category}", work)
+    st.rerun()
+
+
+@st.fragment(run_every=1.0)
+def progress_panel() -> None:
+    job = st.session_state.get("train_job")
+    if job is None:
+        return
+    just_finished = show_job(job, "Training failed", cancel_label="Cancel training")
+    if job.succeeded:
+        st.success(f"{job.name}: saved as {job.result.ref.label} (now in use)")
+    if just_finished:
+        cache.clear_model_caches()
+        st.rerun(scope="app")
+
+
+progress_panel()
