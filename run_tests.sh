@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (first run only) and run the whole test suite, the real-browser test included.
+# Set up (first run only), lint (ruff), type-check core/ (mypy), and run the whole test suite, the
+# real-browser test included. Settings for all three are in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
@@ -10,4 +11,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null
 fi
 export HF_HUB_OFFLINE=1
+.venv/bin/python -m ruff check .
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core import detector as det  # noqa: E402
-from core import metrics  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.store import ModelStore  # noqa: E402
+from core import detector as det
+from core import metrics
+from core.dataset import load_category
+from core.store import ModelStore
 
 RATES = (0.01, 0.02, 0.05, 0.1)
 

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, write_section  # noqa: E402
+from common import ROOT, machine, write_section
 
-from core import detector as det  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.demo import make_demo_dataset  # noqa: E402
-from core.store import ModelStore  # noqa: E402
+from core import detector as det
+from core.dataset import load_category
+from core.demo import make_demo_dataset
+from core.store import ModelStore
 
 PAGES = ("models", "inspect", "thresholds", "compare", "similar", "annotate")
 

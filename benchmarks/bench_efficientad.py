@@ -26,13 +26,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_patchcore import evaluate_predictions  # noqa: E402
-from common import DATA, OUT, fmt, machine, peak_rss_mb, write_section  # noqa: E402
+from bench_patchcore import evaluate_predictions
+from common import DATA, OUT, fmt, machine, peak_rss_mb, write_section
 
-from core.dataset import load_category  # noqa: E402
-from core.detector import HOLDOUT_FRACTION, split_holdout  # noqa: E402
-from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
-from core.imageio import load_image  # noqa: E402
+from core.dataset import load_category
+from core.detector import HOLDOUT_FRACTION, split_holdout
+from core.efficientad import EfficientAD, EfficientADConfig
+from core.imageio import load_image
 
 VARIANTS: dict[str, dict[str, object]] = {
     "lite": {},  # the product's defaults

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_section  # noqa: E402
+from common import machine, write_section
 
-from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
+from core.efficientad import EfficientAD, EfficientADConfig
 
 GEMM = 2048
 

@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_inference import (  # noqa: E402
+from bench_inference import (
     folder_throughput,
     per_image_ms,
     stock_efficientad,
     stock_inferencer,
 )
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core.dataset import load_category  # noqa: E402
-from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
-from core.imageio import load_image  # noqa: E402
+from core.dataset import load_category
+from core.efficientad import EfficientAD, EfficientADConfig
+from core.imageio import load_image
 
 
 def main() -> int:

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section  # noqa: E402
+from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section
 
-from core import detector as det  # noqa: E402
-from core import metrics  # noqa: E402
-from core.dataset import GOOD, load_category  # noqa: E402
-from core.imageio import load_image, load_mask  # noqa: E402
-from core.store import ModelStore  # noqa: E402
-from core.types import TrainControl  # noqa: E402
+from core import detector as det
+from core import metrics
+from core.dataset import GOOD, load_category
+from core.imageio import load_image, load_mask
+from core.store import ModelStore
+from core.types import TrainControl
 
 
 def run_binned(store: Path, category: str) -> dict:

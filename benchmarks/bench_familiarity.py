@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core import detector as det  # noqa: E402
-from core import familiarity as fam  # noqa: E402
-from core import inspection  # noqa: E402
-from core.dataset import image_files, load_category  # noqa: E402
-from core.demo import DEMO_CATEGORY, make_demo_dataset  # noqa: E402
-from core.imageio import load_image  # noqa: E402
-from core.store import ModelStore  # noqa: E402
+from core import detector as det
+from core import familiarity as fam
+from core import inspection
+from core.dataset import image_files, load_category
+from core.demo import DEMO_CATEGORY, make_demo_dataset
+from core.imageio import load_image
+from core.store import ModelStore
 
 
 def main() -> int:
@@ -53,7 +53,7 @@ def main() -> int:
         result = det.train(load_category(root, name), args.kind, {}, store)
         model = det.load(store.current(name, args.kind))
 
-        def flagged(images: list) -> str:  # noqa: ANN001
+        def flagged(images: list) -> str:
             res = inspection.inspect(model, images) if images else []
             n = sum(r.familiar is False for r in res)
             return f"{n}/{len(res)} ({n / max(len(res), 1):.1%})"

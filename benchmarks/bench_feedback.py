@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core import detector as det  # noqa: E402
-from core import feedback  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.imageio import load_many  # noqa: E402
-from core.store import ModelStore  # noqa: E402
+from core import detector as det
+from core import feedback
+from core.dataset import load_category
+from core.imageio import load_many
+from core.store import ModelStore
 
 
 def halves(items: list, seed: int) -> tuple[list, list]:
@@ -71,7 +71,8 @@ def main() -> int:
         scores_a = np.array([p.score for p in model.detector.predict(img_a)])
         order = list(np.argsort(-scores_a))
         fpr, recall = rates(model, img_gb, img_bb, threshold)
-        rows.append((0, model.version, float((scores_a >= threshold).mean()), fpr, recall, 0.0, None))
+        rows.append((0, model.version, float((scores_a >= threshold).mean()), fpr, recall, 0.0,
+                     int(model.detector.memory_bank.shape[0])))
         mark_seconds: list[float] = []
         for n in range(1, args.marks + 1):
             i = int(order[n - 1])
@@ -93,7 +94,7 @@ def main() -> int:
              "| marks | version | false alarms on good A | false alarms on good B (held apart) | recall on defective B | "
              "seconds per mark (median, incl. load) | memory bank |", "|---|---|---|---|---|---|---|"]
     for n, version, fa_a, fa_b, rec, sec, bank in rows:
-        lines.append(f"| {n} | v{version} | {fa_a:.1%} | {fa_b:.1%} | {rec:.1%} | {sec:.1f} | {bank or '–'} |")
+        lines.append(f"| {n} | v{version} | {fa_a:.1%} | {fa_b:.1%} | {rec:.1%} | {sec:.1f} | {bank} |")
     lines += ["", f"Command: `python benchmarks/bench_feedback.py --category {args.category}`."]
     write_section("feedback", "## Feedback loop: marking false alarms OK (PatchCore)\n\n" + "\n".join(lines))
     return 0

@@ -36,15 +36,15 @@ from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core.dataset import load_category  # noqa: E402
-from core.efficientad import EfficientAD, EfficientADConfig  # noqa: E402
-from core.imageio import load_image, load_many  # noqa: E402
-from core.patchcore import PatchCore, PatchCoreConfig  # noqa: E402
+from core.dataset import load_category
+from core.efficientad import EfficientAD, EfficientADConfig
+from core.imageio import load_image, load_many
+from core.patchcore import PatchCore, PatchCoreConfig
 
 
-def stock_inferencer(lightning: torch.nn.Module, folder: Path):  # noqa: ANN201 (anomalib type)
+def stock_inferencer(lightning: torch.nn.Module, folder: Path):
     from anomalib.deploy import TorchInferencer
 
     path = lightning.to_torch(folder)
@@ -59,7 +59,7 @@ def stock_inferencer(lightning: torch.nn.Module, folder: Path):  # noqa: ANN201 
             os.environ["TRUST_REMOTE_CODE"] = before
 
 
-def stock_patchcore(ours: PatchCore):  # noqa: ANN201
+def stock_patchcore(ours: PatchCore):
     from anomalib.models import Patchcore
     from anomalib.post_processing import PostProcessor
 
@@ -74,7 +74,7 @@ def stock_patchcore(ours: PatchCore):  # noqa: ANN201
     return lit.eval()
 
 
-def stock_efficientad(ours: EfficientAD):  # noqa: ANN201
+def stock_efficientad(ours: EfficientAD):
     from anomalib.models import EfficientAd
     from anomalib.post_processing import PostProcessor
 
@@ -102,7 +102,7 @@ def per_image_ms(run: Callable[[np.ndarray], object], images: list[np.ndarray], 
     return statistics.median(medians)
 
 
-def compare(ours_run: Callable[[np.ndarray], tuple[float, np.ndarray]], stock, images: list[np.ndarray]) -> dict:  # noqa: ANN001
+def compare(ours_run: Callable[[np.ndarray], tuple[float, np.ndarray]], stock, images: list[np.ndarray]) -> dict:
     score_err, map_err = 0.0, 0.0
     for image in images:
         square = np.asarray(Image.fromarray(image).resize((256, 256), Image.BILINEAR))
@@ -115,7 +115,7 @@ def compare(ours_run: Callable[[np.ndarray], tuple[float, np.ndarray]], stock, i
     return {"score_rel_err": score_err, "map_rel_err": map_err}
 
 
-def folder_throughput(ours, stock, paths: list[Path]) -> tuple[float, float]:  # noqa: ANN001
+def folder_throughput(ours, stock, paths: list[Path]) -> tuple[float, float]:
     t0 = time.perf_counter()
     _, images, _ = load_many(paths)
     ours.predict(images)
@@ -126,7 +126,7 @@ def folder_throughput(ours, stock, paths: list[Path]) -> tuple[float, float]:  #
     return ours_ips, len(paths) / (time.perf_counter() - t1)
 
 
-def measure(name: str, ours, lightning, images: list[np.ndarray], paths: list[Path], folder: Path) -> dict:  # noqa: ANN001
+def measure(name: str, ours, lightning, images: list[np.ndarray], paths: list[Path], folder: Path) -> dict:
     stock = stock_inferencer(lightning, folder / name)
 
     def ours_one(image: np.ndarray) -> tuple[float, np.ndarray]:

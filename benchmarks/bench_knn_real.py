@@ -22,15 +22,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, machine, write_section  # noqa: E402
+from common import DATA, machine, write_section
 
-from core import metrics  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.imageio import load_image, load_mask  # noqa: E402
-from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index  # noqa: E402
-from core.mapsmooth import MapSmoother  # noqa: E402
-from core.patchcore import PatchCore, PatchCoreConfig  # noqa: E402
-from core.preprocess import batches  # noqa: E402
+from core import metrics
+from core.dataset import load_category
+from core.imageio import load_image, load_mask
+from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
+from core.mapsmooth import MapSmoother
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.preprocess import batches
 
 
 def embed_all(model: PatchCore, images: list[np.ndarray]) -> torch.Tensor:
@@ -42,7 +42,7 @@ def embed_all(model: PatchCore, images: list[np.ndarray]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def score(model: PatchCore, index, test: torch.Tensor, grid: int,  # noqa: ANN001
+def score(model: PatchCore, index, test: torch.Tensor, grid: int,
           refine: bool) -> tuple[np.ndarray, list[np.ndarray], float]:
     """Image scores ``[T]``, maps (256x256 each) and the median search time per image (ms)."""
     scores, maps, times = [], [], []

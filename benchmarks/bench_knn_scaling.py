@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, write_section  # noqa: E402
+from common import machine, write_section
 
-from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index  # noqa: E402
+from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
 
 DIM = 152
 QUERIES = 1024

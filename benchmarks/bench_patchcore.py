@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section  # noqa: E402
+from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section
 
-from core import metrics  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.imageio import load_image, load_mask  # noqa: E402
-from core.knn import resolve  # noqa: E402
-from core.patchcore import PatchCore, PatchCoreConfig  # noqa: E402
-from core.preprocess import batches, predict_in_batches, to_tensor  # noqa: E402
+from core import metrics
+from core.dataset import load_category
+from core.imageio import load_image, load_mask
+from core.knn import resolve
+from core.patchcore import PatchCore, PatchCoreConfig
+from core.preprocess import batches, predict_in_batches, to_tensor
 
 
 def evaluate_predictions(samples, images, preds) -> dict[str, float]:

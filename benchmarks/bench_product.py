@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, fmt, machine, write_section  # noqa: E402
+from common import DATA, fmt, machine, write_section
 
-from core import detector as det  # noqa: E402
-from core.dataset import load_category  # noqa: E402
-from core.efficientad import EfficientADConfig, expected_training_seconds  # noqa: E402
-from core.store import ModelStore  # noqa: E402
+from core import detector as det
+from core.dataset import load_category
+from core.efficientad import EfficientADConfig, expected_training_seconds
+from core.store import ModelStore
 
 ROWS = Path(__file__).resolve().parent / "results"
 

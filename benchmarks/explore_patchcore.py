@@ -5,14 +5,20 @@
 
 Each argument after THREADS is one PatchCoreConfig; its recorded output is in benchmarks/explore_patchcore.log.
 """
-import sys, time, numpy as np, torch
+import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(int(sys.argv[1]))
+from core import metrics
 from core.dataset import load_category
 from core.imageio import load_image, load_mask
 from core.patchcore import PatchCore, PatchCoreConfig
-from core import metrics
+
 cat = load_category(Path(__file__).resolve().parents[2] / 'shared' / 'data', 'magnetic_tile')
 train = [load_image(s.path) for s in cat.train]
 test = [load_image(s.path) for s in cat.test]

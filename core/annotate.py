@@ -20,7 +20,7 @@ def mask_from_canvas(rgba: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         raise ValueError(f"expected an RGBA canvas [h, w, 4], found shape {rgba.shape}")
     painted = (rgba[:, :, 3] > 0).astype(np.uint8) * 255
     if painted.shape != shape:
-        painted = np.asarray(Image.fromarray(painted).resize((shape[1], shape[0]), Image.NEAREST))
+        painted = np.asarray(Image.fromarray(painted).resize((shape[1], shape[0]), Image.Resampling.NEAREST))
     return painted > 127
 
 

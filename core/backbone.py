@@ -109,7 +109,7 @@ def load_pretrained_state(backbone: str) -> dict[str, torch.Tensor]:
     path = weights_path(backbone)
     state = torch.load(path, map_location="cpu", weights_only=True)
     reference = timm.create_model(backbone, pretrained=False)
-    stage_sizes = [len(stage) for stage in reference.blocks]
+    stage_sizes = [len(stage) for stage in reference.blocks]  # type: ignore[union-attr]  # timm EfficientNet
     return convert_lukemelas_state_dict(state, stage_sizes)
 
 

@@ -17,8 +17,8 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -153,8 +153,9 @@ def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     teacher = LiteTeacher(config.teacher_backbone, config.context_cells)
     channels = teacher.out_channels
     model = LiteEfficientAdModel(channels, config.border_cells)
-    model.teacher = teacher
-    model.student = LiteStudent(2 * channels, config.student_width, config.context_cells)
+    model.teacher = teacher  # type: ignore[assignment]  # anomalib types it as its PDN; any nn.Module works
+    model.student = LiteStudent(  # type: ignore[assignment]
+        2 * channels, config.student_width, config.context_cells)
     model.ae = LiteAutoEncoder(channels)  # type: ignore[assignment]
     return model
 
@@ -208,16 +209,16 @@ class EfficientAD:
     # ----------------------------------------------------------------- training
     def _teacher_mean_std(self, images: Sequence[np.ndarray]) -> None:
         spec = self.config.input_spec
-        total = None
-        sq_total = None
+        total = torch.zeros(())
+        sq_total = torch.zeros(())
         count = 0
         with torch.no_grad():
             for start in range(0, len(images), self.config.batch_size):
                 out = self.model.teacher(to_tensor(images[start:start + self.config.batch_size], spec).to(self._device))
                 s = out.sum(dim=(0, 2, 3))
                 sq = (out ** 2).sum(dim=(0, 2, 3))
-                total = s if total is None else total + s
-                sq_total = sq if sq_total is None else sq_total + sq
+                total = s if count == 0 else total + s
+                sq_total = sq if count == 0 else sq_total + sq
                 count += out.shape[0] * out.shape[2] * out.shape[3]
         mean = total / count
         std = torch.sqrt((sq_total / count - mean ** 2).clamp_min(1e-12))
@@ -295,7 +296,7 @@ class EfficientAD:
                 control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
                                0.95 * done / self.config.steps)
             at_checkpoint = on_checkpoint is not None and done in checkpoints and done < self.config.steps
-            if at_checkpoint:
+            if at_checkpoint and on_checkpoint is not None:
                 self.model.eval()
                 self._set_quantiles(validation if len(validation) else images)
                 self._graph = None
@@ -339,7 +340,7 @@ class EfficientAD:
         """Load a state written by :meth:`_save_training`; returns the step to continue from."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        except Exception as exc:
             raise ValueError(f"expected a training state written by EfficientAD.fit in {path}, found an "
                              f"unreadable file ({type(exc).__name__}: {exc})") from exc
         if state.get("config") != self.config.to_dict() or state.get("num_images") != num_images:
@@ -350,7 +351,7 @@ class EfficientAD:
         self.model.ae.load_state_dict(state["ae"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        rng.setstate(_as_tuple(state["rng"]))
+        rng.setstate(_as_tuple(state["rng"]))  # type: ignore[arg-type]  # a tuple again after _as_tuple
         torch.set_rng_state(state["torch_rng"])
         losses[:] = state["losses"]
         self.step_seconds = list(state["step_seconds"])

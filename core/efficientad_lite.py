@@ -92,7 +92,7 @@ class LiteTeacher(nn.Module):
         self.trunk = timm.create_model(backbone, pretrained=False, features_only=True, out_indices=TEACHER_FEATURES)
         if pretrained:
             load_into_feature_extractor(self.trunk, backbone)
-        self.out_channels = int(sum(self.trunk.feature_info.channels()))
+        self.out_channels = int(sum(self.trunk.feature_info.channels()))  # type: ignore[union-attr,operator]
         self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -100,7 +100,9 @@ class LiteTeacher(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fine, coarse = self.trunk((reflect_context(x, self.context) - self.mean) / self.std)
+        mean: torch.Tensor = self.mean  # type: ignore[assignment]  # buffers
+        std: torch.Tensor = self.std  # type: ignore[assignment]
+        fine, coarse = self.trunk((reflect_context(x, self.context) - mean) / std)
         coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
         pooled = F.avg_pool2d(torch.cat([fine, coarse], dim=1), 3, stride=1, padding=1, count_include_pad=False)
         return crop_cells(pooled, self.context)

@@ -136,7 +136,7 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
     scores = np.array([p.score for p in preds])
     latencies = np.array([p.latency_ms for p in preds])
     rows = tuple(ImageResult(str(s.path), s.defect, s.label, p.score, p.latency_ms) for s, p in zip(samples, preds, strict=True))
-    maps = [p.anomaly_map for p in preds]
+    maps: list[np.ndarray | None] = [p.anomaly_map for p in preds]
     del preds  # the maps are dropped one by one below
     groups = _bin_by_defect(samples, masks, maps, control)
     threshold = calibration.image_threshold if calibration else None

@@ -119,7 +119,7 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
     rgb = load_image(path)
     mask = rgb.max(axis=2) > 127
     if mask.shape != shape:
-        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.NEAREST)
+        resized = Image.fromarray(mask.astype(np.uint8) * 255).resize((shape[1], shape[0]), Image.Resampling.NEAREST)
         mask = np.asarray(resized) > 127
     return mask
 

@@ -326,5 +326,5 @@ def bin_image(mask: np.ndarray, amap: np.ndarray, edges: np.ndarray) -> BinnedPi
         sizes = np.bincount(lab.ravel(), minlength=regions + 1).astype(np.float64)
         weight = np.zeros(regions + 1)
         weight[1:] = 1.0 / sizes[1:]
-        pro = np.bincount(idx, weights=weight[lab.ravel()], minlength=bins)
+        pro = np.bincount(idx, weights=weight[lab.ravel()], minlength=bins).astype(np.float64)
     return BinnedPixels(edges, good, defect, pro, int(regions))

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
 from core.backbone import load_into_feature_extractor
-from core.device import compute_device
 from core.coreset import coreset_size, kcenter_greedy
+from core.device import compute_device
 from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
 from core.mapsmooth import MapSmoother
 from core.preprocess import InputSpec, batches, predict_in_batches
@@ -196,8 +196,8 @@ class PatchCore:
             with torch.no_grad():
                 bank = KCenterGreedy(embedding=features, sampling_ratio=k / features.shape[0]).sample_coreset()
         elif self.config.coreset == "fast":
-            idx = kcenter_greedy(features, k, self.config.projection_dim, self.config.seed, on_progress)
-            bank = features[idx]
+            chosen = kcenter_greedy(features, k, self.config.projection_dim, self.config.seed, on_progress)
+            bank = features[chosen]
         else:
             raise ValueError(f"expected coreset 'fast' or 'stock', found {self.config.coreset!r}")
         self.set_memory_bank(bank)

@@ -71,7 +71,7 @@ def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
         if image.shape[:2] == (height, width):
             batch[i] = image
         else:
-            batch[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+            batch[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
     if spec.normalize:
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

@@ -45,7 +45,8 @@ def export_onnx(module: nn.Module, height: int, width: int, num_outputs: int) ->
     buffer = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape arithmetic: shapes are fixed per graph by design
-        torch.onnx.export(frozen, (example,), buffer, dynamo=False, opset_version=OPSET, input_names=["input"],
+        torch.onnx.export(frozen, (example,), buffer, dynamo=False,  # type: ignore[arg-type]  # a file object works
+                          opset_version=OPSET, input_names=["input"],
                           output_names=outputs, dynamic_axes={name: {0: "batch"} for name in ["input", *outputs]})
     return buffer.getvalue()
 

@@ -96,5 +96,8 @@ class SimilarityIndex:
             raise LookupError(f"expected a similarity index for {category!r}, found none: build it first")
         result = self.client.query_points(name, query=np.asarray(vector, dtype=np.float32).tolist(), limit=k,
                                           with_payload=True)
-        return [Hit(p.payload["path"], float(p.score), p.payload["split"], p.payload["defect"], int(p.payload["label"]))
-                for p in result.points]
+        hits = []
+        for p in result.points:
+            payload = p.payload or {}
+            hits.append(Hit(payload["path"], float(p.score), payload["split"], payload["defect"], int(payload["label"])))
+        return hits

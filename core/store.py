@@ -112,7 +112,7 @@ def versions() -> dict[str, str]:
 
 
 def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -391,11 +391,10 @@ class ModelStore:
     # -- feedback log ------------------------------------------------------------------------------
     def append_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
         """Append one action to the model's feedback log (one JSON line; under the store lock)."""
-        with self._locked(category, kind):
-            with open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
-                handle.write(json.dumps(entry, default=float) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
+        with self._locked(category, kind), open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
+            handle.write(json.dumps(entry, default=float) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
 
     def read_feedback(self, category: str, kind: str) -> list[dict[str, Any]]:
         """Every logged feedback action, oldest first.

@@ -10,8 +10,8 @@ from streamlit_drawable_canvas import st_canvas
 from core.annotate import mask_from_canvas, save_annotation
 from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
-from ui.inspect_view import ImageLoadError, decode_upload
 from ui.frame import selection
+from ui.inspect_view import ImageLoadError, decode_upload
 
 CANVAS_MAX = 640
 

@@ -12,6 +12,7 @@ from core.overlay import COLORMAPS, png_bytes
 from core.registry import label, spec
 from core.store import ModelStoreError
 from ui import cache
+from ui.frame import selection
 from ui.inspect_view import (
     ImageLoadError,
     decode_upload,
@@ -19,7 +20,6 @@ from ui.inspect_view import (
     render_overlay,
     score_image,
 )
-from ui.frame import selection
 from ui.sidebar import require_model
 
 sel = selection()

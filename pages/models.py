@@ -9,8 +9,8 @@ from core.knn import AUTO_EXACT_LIMIT
 from core.registry import KINDS, label, spec
 from core.store import ModelStoreError
 from ui import cache
-from ui.jobs import show_job, start_job
 from ui.frame import selection
+from ui.jobs import show_job, start_job
 
 sel = selection()
 st.title("Models")

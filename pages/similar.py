@@ -7,9 +7,9 @@ import streamlit as st
 
 from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
+from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload
 from ui.jobs import show_job, start_job
-from ui.frame import selection
 
 sel = selection()
 st.title("Similar images")

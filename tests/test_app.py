@@ -296,7 +296,7 @@ def _calibration(env: Path, kind: str = "patchcore") -> dict:
     return store.read_calibration(store.current("demo_metal", kind))  # the version in use
 
 
-def _button(at: AppTest, label: str):  # noqa: ANN202 - streamlit's element type
+def _button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 

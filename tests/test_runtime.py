@@ -161,7 +161,7 @@ def test_inference_path_settings(kind: str, inference: str, expected: dict) -> N
     assert out["steps"] == 3
 
 
-def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -> None:  # noqa: ANN001
+def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -> None:
     from core.dataset import load_category
     from core.imageio import load_image
     from core.store import ModelStore

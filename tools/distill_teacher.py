@@ -32,13 +32,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anomalib.models.image.efficient_ad.torch_model import SmallPatchDescriptionNetwork  # noqa: E402
+from anomalib.models.image.efficient_ad.torch_model import SmallPatchDescriptionNetwork
 
-from core.backbone import load_into_feature_extractor  # noqa: E402
-from core.dataset import image_files  # noqa: E402
-from core.imageio import ImageLoadError, load_image  # noqa: E402
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from core.store import atomic_write_bytes, atomic_write_json  # noqa: E402
+from core.backbone import load_into_feature_extractor
+from core.dataset import image_files
+from core.imageio import ImageLoadError, load_image
+from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from core.store import atomic_write_bytes, atomic_write_json
 
 TARGET_BACKBONE = "tf_efficientnet_lite0"
 TARGET_LAYERS = ("blocks.2", "blocks.4")

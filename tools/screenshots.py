@@ -72,17 +72,17 @@ def main() -> int:
     return 0
 
 
-def _settle(page, seconds: float = 3.0) -> None:  # noqa: ANN001 - playwright page
+def _settle(page, seconds: float = 3.0) -> None:
     time.sleep(seconds)
     page.wait_for_load_state("networkidle")
 
 
-def _save_thresholds(page) -> None:  # noqa: ANN001 - playwright page
+def _save_thresholds(page) -> None:
     page.get_by_role("button", name="Save thresholds with the model").click()
     page.get_by_text("The thresholds shown are the saved ones").first.wait_for(timeout=60_000)
 
 
-def thresholds_cycle(page, url: str, out: Path) -> None:  # noqa: ANN001 - playwright page
+def thresholds_cycle(page, url: str, out: Path) -> None:
     page.set_viewport_size({"width": 1500, "height": 2700})  # the whole page, Save section included
     page.goto(f"{url}/thresholds")
     page.get_by_text("Image ROC").first.wait_for(timeout=120_000)
