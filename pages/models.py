@@ -4,8 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
-from core.efficientad import MIN_SIZE
-from core.knn import AUTO_EXACT_LIMIT
+from core.backbone import BackboneError, default_layers, feature_layers
 from core.registry import KINDS, label, spec
 from core.store import ModelStoreError
 from ui import cache
@@ -81,30 +80,54 @@ job = st.session_state.get("train_job")
 kind = st.selectbox("Model", KINDS, index=KINDS.index(sel.kind), format_func=label, key="train_kind",
                     help=" · ".join(f"{label(k)}: {spec(k).summary}" for k in KINDS))
 kind_spec = spec(kind)
-with st.form("train"):
-    col1, col2 = st.columns(2)
-    sizes = [128, 160, 192, 224, 256, 320, 384] if kind_spec.min_side < MIN_SIZE else [256, 512]
-    size = col1.select_slider("Input size (px)", options=sizes, value=256, key=f"train_size_{kind}")
-    if kind == "patchcore":
-        ratio = col2.select_slider("Coreset ratio", options=[0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0],
-                                   value=0.01, help="Share of training patches kept in the memory bank (1.0: all of "
-                                                    f"them). Banks above {AUTO_EXACT_LIMIT:,} patches are searched "
-                                                    "with HNSW, with each image's top patch re-checked exactly.")
-        settings = {"height": size, "width": size, "coreset_ratio": ratio}
-    else:
-        steps = col2.number_input("Training steps", min_value=10, max_value=70000,
-                                  value=int(kind_spec.default_settings()["steps"]), step=100)
-        side = kind_spec.input_size(size)
-        settings = {"height": side, "width": side, "steps": int(steps)}
+OTHER = "another timm backbone (local weights file)"
+
+
+def backbone_settings() -> None:
+    """Backbone, its layers and (for a backbone without offline weights) the weights file on this server."""
+    b1, b2 = st.columns(2)
+    choice = b1.selectbox("Backbone", (*kind_spec.backbones, OTHER), key=f"train_{kind}_backbone",
+                          help="EfficientNet-Lite weights ship with the product. Another timm backbone needs its "
+                               "weights as a local .safetensors/.pth file (or in this server's HF/torch cache); "
+                               "nothing is downloaded. The saved model keeps its own copy.")
+    name, weights = choice, ""
+    if choice == OTHER:
+        name = b2.text_input("timm name", value="resnet18", key=f"train_{kind}_timm_name").strip()
+        weights = st.text_input("Weights file on the server (.safetensors / .pth)", key=f"train_{kind}_weights",
+                                placeholder="/path/to/resnet18.safetensors (empty: look in the local cache)").strip()
+    try:
+        offered = feature_layers(name)
+        default = default_layers(name)
+    except BackboneError as exc:
+        st.error(str(exc))
+        return
+    layers = st.multiselect("Feature layers", offered, default=list(default), key=f"train_{kind}_layers_{name}")
+    settings.update({"backbone": name, "layers": layers, **({"weights": weights} if weights else {})})
+
+
+with st.container(border=True):  # not a form: the estimate follows every change
+    columns = st.columns(1 + len(kind_spec.tunables))
+    side = kind_spec.input_size(columns[0].select_slider("Input size (px)", options=kind_spec.sizes, value=256,
+                                                         key=f"train_size_{kind}"))
+    settings: dict = {"height": side, "width": side}
+    for col, tunable in zip(columns[1:], kind_spec.tunables, strict=True):
+        if tunable.options:
+            settings[tunable.key] = col.select_slider(tunable.label, options=tunable.options, value=tunable.default,
+                                                      help=tunable.help, key=f"train_{kind}_{tunable.key}")
+        else:
+            settings[tunable.key] = int(col.number_input(tunable.label, min_value=tunable.low, max_value=tunable.high,
+                                                         value=int(tunable.default), step=tunable.step,
+                                                         help=tunable.help, key=f"train_{kind}_{tunable.key}"))
+    if kind_spec.backbones:
+        backbone_settings()
     estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train))
     if estimate is not None:
-        st.caption(f"{kind_spec.label} at {settings['height']}px for {settings.get('steps', '')} steps on "
-                   f"{len(data.train)} good images: about {estimate / 60:.0f} min on a 2-core CPU (measured step "
-                   "time; benchmarks/RESULTS.md). The form's values are used when you press Train.")
+        st.caption(f"{kind_spec.label} at {side}px with these settings on {len(data.train)} good images: about "
+                   f"{estimate / 60:.0f} min on a 2-core CPU (measured step time; benchmarks/RESULTS.md).")
     else:
         st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "
                    "the demo data).")
-    submitted = st.form_submit_button("Train", type="primary", disabled=bool(job and job.running))
+    submitted = st.button("Train", type="primary", disabled=bool(job and job.running))
 
 if submitted:
     store, category = sel.store, sel.category

@@ -100,8 +100,10 @@ def test_training_form_shows_only_the_chosen_kinds_settings(env: Path) -> None:
     at.selectbox(key="train_kind").set_value("efficientad")
     at.run()
     assert not at.exception, at.exception
-    assert any("EfficientAD at 256px" in c.value for c in at.caption)
+    assert any("EfficientAD at 256px" in c.value and "about 15 min" in c.value for c in at.caption)
     assert at.number_input[0].label == "Training steps"
+    at.number_input(key="train_efficientad_steps").set_value(1000).run()  # the estimate follows the setting
+    assert any("EfficientAD at 256px" in c.value and "about 5 min" in c.value for c in at.caption)
 
 
 def test_versions_listed_switched_and_switched_back(env: Path) -> None:
@@ -421,3 +423,26 @@ def test_annotate_page_renders_canvas(env: Path) -> None:
     assert not at.exception, at.exception
     save = next(b for b in at.button if b.label == "Save as ground truth")
     assert save.disabled  # nothing drawn yet
+
+
+def test_models_page_trains_with_a_backbone_the_user_brings(env: Path, tmp_path: Path) -> None:
+    import timm
+    import torch
+
+    weights = tmp_path / "resnet18_random.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    at = page("models")
+    at.selectbox(key="train_patchcore_backbone").set_value("another timm backbone (local weights file)").run()
+    assert at.multiselect(key="train_patchcore_layers_resnet18").value == ["layer2", "layer3"]
+    at.text_input(key="train_patchcore_weights").set_value(str(tmp_path / "missing.pth")).run()
+    next(b for b in at.button if b.label == "Train").click().run()
+    job = at.session_state["train_job"]
+    job.thread.join(timeout=300)
+    assert "expected a weights file at" in (job.error or "")
+    at.text_input(key="train_patchcore_weights").set_value(str(weights)).run()
+    next(b for b in at.button if b.label == "Train").click().run()
+    job = at.session_state["train_job"]
+    job.thread.join(timeout=300)
+    assert job.error is None, job.error
+    ref = ModelStore(env).current("demo_metal", "patchcore")
+    assert ref.version == 2 and ModelStore(env).read_manifest(ref)["backbone"] == "resnet18"

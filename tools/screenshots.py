@@ -2,10 +2,13 @@
 
     python tools/screenshots.py --data demo_data --store models
 
-Starts the app on a free port, opens Inspect (one uploaded test image), Thresholds and Compare, then walks
-the Thresholds visit cycle in ONE browser session (navigating with the sidebar links, as a user does):
-first visit -> F1-optimal + Save -> Inspect -> back to Thresholds (second visit: the saved values) ->
-Restore defaults (unsaved, with the Save preview). Saved thresholds are put back to the defaults at the end.
+Starts the app on a free port (a cold start: the first page is a deep link), opens Inspect (one uploaded test
+image), Thresholds and Compare, then walks the Thresholds visit cycle in ONE browser session (navigating with
+the sidebar links, as a user does): first visit -> F1-optimal + Save -> Inspect -> back to Thresholds (second
+visit: the saved values) -> Restore defaults (unsaved, with the Save preview). Then the feedback loop on
+Inspect (Mark as OK, the verdict and version change; Undo) and the Models page's version list. Every save is a
+new model version, so the store keeps the whole history. The server's log is written to ``<out>/server.log``
+and its 404 and watcher-overflow lines are counted at the end.
 """
 
 from __future__ import annotations
@@ -38,8 +41,9 @@ def main() -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "INSPECT_DATA_ROOT": str(args.data.resolve()), "INSPECT_MODEL_STORE": str(args.store.resolve())}
+    log = open(args.out / "server.log", "w")  # noqa: SIM115 - closed in finally
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-                             "--server.headless", "true"], cwd=ROOT, env=env)
+                             "--server.headless", "true"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):
@@ -65,11 +69,38 @@ def main() -> int:
                 time.sleep(4)
                 page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
             thresholds_cycle(page, url, args.out)
+            feedback_cycle(page, args.image, args.out)
             browser.close()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        log.close()
+    text = (args.out / "server.log").read_text()
+    print(f"server log: {text.count(' 404')} lines with 404, {text.count('Inotify')} watcher overflows, "
+          f"{text.count('Traceback')} tracebacks", file=sys.stderr)
     return 0
+
+
+def feedback_cycle(page, image: Path, out: Path) -> None:
+    """Inspect: an uploaded image marked OK (verdict and version change), the Undo button; then Models."""
+    image_name = image.name
+    page.set_viewport_size({"width": 1500, "height": 1500})
+    page.get_by_role("link", name="Inspect").first.click()
+    page.get_by_text("Drop images here").first.wait_for(timeout=60_000)
+    page.locator("input[type=file]").first.set_input_files(str(image))
+    page.get_by_text(f"{image_name} — ").first.wait_for(timeout=120_000)
+    _settle(page)
+    page.get_by_role("button", name="Mark as OK (false alarm)").first.click()
+    page.get_by_role("button", name=f"Undo: {image_name} marked OK").first.wait_for(timeout=120_000)
+    _settle(page)
+    page.screenshot(path=str(out / "inspect_after_mark_ok.png"), full_page=True)
+    page.get_by_role("link", name="Models").first.click()
+    page.get_by_text("Versions of").first.wait_for(timeout=60_000)
+    _settle(page)
+    page.screenshot(path=str(out / "models.png"), full_page=True)
+    page.get_by_role("link", name="Inspect").first.click()
+    page.get_by_role("button", name=f"Undo: {image_name} marked OK").first.click()
+    page.get_by_text("no longer marked OK").first.wait_for(timeout=60_000)
 
 
 def _settle(page, seconds: float = 3.0) -> None:

@@ -9,8 +9,9 @@ import plotly.graph_objects as go
 from core.metrics import Curve
 
 PALETTE = ["#2e7d32", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#00838f", "#ad1457", "#4e342e"]
-LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=40), height=320, template="plotly_white",
-              legend=dict(orientation="h", y=-0.2))
+# Legend below the x-axis title (not on it): anchored by its top edge, with the bottom margin to hold both.
+LAYOUT = dict(margin=dict(l=40, r=10, t=40, b=100), height=360, template="plotly_white",
+              legend=dict(orientation="h", yanchor="top", y=-0.3, x=0))
 
 
 def _thin(x: np.ndarray, y: np.ndarray, limit: int = 2000) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +61,7 @@ def confusion_figure(counts: dict[str, int]) -> go.Figure:
     fig = go.Figure(go.Heatmap(z=z, x=["predicted OK", "predicted DEFECT"], y=["truly good", "truly defective"],
                                text=[[str(v) for v in row] for row in z], texttemplate="%{text}",
                                colorscale="Blues", showscale=False))
-    fig.update_layout(title="Confusion matrix", **{**LAYOUT, "height": 260})
+    fig.update_layout(title="Confusion matrix", **{**LAYOUT, "height": 260, "margin": dict(l=40, r=10, t=40, b=40)})
     return fig
 
 
@@ -72,5 +73,5 @@ def compare_scatter(frame: pd.DataFrame, x_label: str, y_label: str) -> go.Figur
         part = frame[frame["defect"] == group]
         fig.add_trace(go.Scatter(x=part["score_a"], y=part["score_b"], mode="markers", name=group,
                                  text=part["name"], marker=dict(size=7, color=PALETTE[i % len(PALETTE)], opacity=0.75)))
-    fig.update_layout(title="Scores per image", xaxis_title=x_label, yaxis_title=y_label, **{**LAYOUT, "height": 380})
+    fig.update_layout(title="Scores per image", xaxis_title=x_label, yaxis_title=y_label, **{**LAYOUT, "height": 420})
     return fig

@@ -1,0 +1,94 @@
+"""The table of model kinds and the one device policy."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import device
+from core.registry import KINDS, label, spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize(("kind", "label_", "side_in", "side_out", "learns"), [
+    ("patchcore", "PatchCore", 200, 200, True),
+    ("efficientad", "EfficientAD", 300, 256, False),
+    ("efficientad", "EfficientAD", 400, 512, False),
+])
+def test_each_kind_is_one_table_entry(kind: str, label_: str, side_in: int, side_out: int, learns: bool) -> None:
+    entry = spec(kind)
+    assert entry.name == kind and label(kind) == label_ and entry.learns_from_feedback is learns
+    assert entry.input_size(side_in) == side_out
+    assert set(entry.default_settings()) >= {"height", "width"}
+    assert all(t.key in entry.default_settings() for t in entry.tunables)
+    assert entry.inference_settings(entry.default_settings(), "stock")["runtime"] == "torch"
+    assert entry.inference_settings(entry.default_settings(), "fast")["runtime"] == "onnx"
+
+
+def test_estimates_follow_the_settings() -> None:
+    ead = spec("efficientad")
+    base = ead.estimate_seconds({"steps": 1000}, 100)
+    assert ead.estimate_seconds({"steps": 2000}, 100) == pytest.approx(2 * base - 100 * 0.08, rel=1e-6)
+    assert ead.estimate_seconds({"steps": 1000, "height": 512, "width": 512}, 100) == pytest.approx(4 * base)
+    assert spec("patchcore").estimate_seconds({}, 100) is None
+
+
+def test_unknown_kind_names_the_known_ones() -> None:
+    with pytest.raises(ValueError, match=r"expected model kind in \('patchcore', 'efficientad'\), found 'vae'"):
+        spec("vae")
+    assert label("vae") == "vae" and KINDS == ("patchcore", "efficientad")
+
+
+def test_no_kind_switches_outside_the_table() -> None:
+    proc = subprocess.run(["grep", "-rn", "if kind ==", "core", "ui", "pages"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("value", "expected"), [("cpu", "cpu"), ("", "cuda" if torch.cuda.is_available() else "cpu"),
+                                                 ("auto", "cuda" if torch.cuda.is_available() else "cpu")])
+def test_device_policy(monkeypatch: pytest.MonkeyPatch, value: str, expected: str) -> None:
+    monkeypatch.setenv(device.ENV, value)
+    assert device.compute_device().type == expected
+    assert device.describe(device.compute_device()).startswith(expected)
+
+
+def test_device_policy_refuses_what_it_cannot_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(device.ENV, "tpu")
+    with pytest.raises(ValueError, match=r"expected INSPECT_DEVICE in \('auto', 'cpu', 'cuda'\), found 'tpu'"):
+        device.compute_device()
+    if not torch.cuda.is_available():
+        monkeypatch.setenv(device.ENV, "cuda")
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            device.compute_device()
+
+
+def test_manifest_records_the_training_device(trained_store: Path) -> None:
+    from core.store import ModelStore
+
+    store = ModelStore(trained_store)
+    for kind in KINDS:
+        assert store.read_manifest(store.current("demo_metal", kind))["train"]["device"] in ("cpu",) or \
+            torch.cuda.is_available()
+
+
+def test_store_module_names_every_store_file_alone() -> None:
+    names = ["manifest.json", "weights.pt", "calibration.json", "evaluation.json", "eval_images.csv",
+             "eval_pixels.npz", "current.json", "feedback.jsonl"]
+    for name in names:
+        proc = subprocess.run(["grep", "-rln", "--include=*.py", f'"{name}"', "core", "ui", "pages"], cwd=ROOT,
+                              capture_output=True, text=True)
+        found = set(proc.stdout.split()) - {"core/store.py"}
+        if name == "manifest.json":
+            found -= {"core/efficientad.py"}  # the teacher asset's manifest (assets/teacher/), not the store's
+        assert not found, (name, found)
+
+
+def test_cli_help_lists_kinds_from_the_table() -> None:
+    proc = subprocess.run([sys.executable, "-m", "core", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert "{patchcore,efficientad}" in proc.stdout
