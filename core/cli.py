@@ -43,7 +43,7 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.image_size:
         settings["height"], settings["width"] = args.image_size
-    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime"):
+    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime", "tile"):
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--category", help="category under --data (omit when --data is a plain folder of good images)")
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--input-mode", choices=("squash", "native"))
+    p.add_argument("--input-mode", choices=("squash", "native", "tiles"),
+                   help="squash to --image-size (default), native aspect ratio, or overlapping native-resolution tiles")
+    p.add_argument("--tile", type=int, help="tiles mode: tile side in pixels (default 256)")
     p.add_argument("--scale", type=float, help="native mode: resize factor keeping aspect ratio")
     p.add_argument("--backbone", help="PatchCore backbone: tf_efficientnet_lite0/1/2 (offline, default lite0) or any "
                                       "timm name with --weights FILE (or weights already in the local HF/torch cache)")

