@@ -218,6 +218,41 @@ def cmd_feedback(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from core.service import ServiceConfig, serve
+
+    if not Path(args.store).is_dir():
+        raise FileNotFoundError(f"expected a model store folder at {args.store}, found nothing there")
+    key = args.api_key or os.environ.get("INSPECT_API_KEY") or None
+    print(f"serving {args.store} on http://{args.host}:{args.port} (docs: /docs; API key "
+          f"{'required' if key else 'not required'}; {args.processes} process(es) x {args.workers} workers)",
+          file=sys.stderr, flush=True)
+    serve(ServiceConfig(Path(args.store), key, args.workers), args.host, args.port, args.processes)
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    from core import line_log
+    from core.model_cache import ModelCache
+    from core.watch import Watcher, WatchConfig
+
+    category = validate_name(args.category, "category name")
+    if not args.in_dir.is_dir():
+        raise FileNotFoundError(f"expected the folder to watch at {args.in_dir}, found nothing there")
+    cache = ModelCache(ModelStore(args.store))
+    model = cache.current(category, args.model)  # fails now, not at the first image, if there is no model
+    config = WatchConfig(args.in_dir, args.ok, args.defect, args.rejected or args.in_dir.parent / "rejected",
+                         args.log or args.in_dir.parent / "results.csv", copy=args.copy, settle=args.settle,
+                         line_log=line_log.default_path(args.store))
+    print(f"watching {args.in_dir} with {model.ref.label} (the store's current version is used for each image); "
+          f"log: {config.log}", file=sys.stderr, flush=True)
+    judged = Watcher(config, lambda: cache.current(category, args.model)).run(once=args.once)
+    print(f"{judged} image(s) judged", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.demo import make_demo_dataset
 
@@ -302,25 +337,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, default=DEFAULT_STORE)
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("serve", help="run the inspection service (HTTP API) over a model store")
+    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8600)
+    p.add_argument("--api-key", help="require this X-API-Key header (default: INSPECT_API_KEY, else none)")
+    p.add_argument("--workers", type=int, default=2, help="images scored at once per process (default 2)")
+    p.add_argument("--processes", type=int, default=1, help="server processes behind the one port (default 1)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("watch", help="judge images that appear in a folder and move them by verdict")
+    common(p, need_data=False)
+    p.add_argument("--category", required=True)
+    p.add_argument("--in", dest="in_dir", type=Path, required=True, help="folder the camera writes to")
+    p.add_argument("--ok", type=Path, required=True, help="where OK images go")
+    p.add_argument("--defect", type=Path, required=True, help="where DEFECT images go")
+    p.add_argument("--rejected", type=Path, help="unreadable / NO VERDICT images (default: <in>/../rejected)")
+    p.add_argument("--log", type=Path, help="results CSV (default: <in>/../results.csv)")
+    p.add_argument("--copy", action="store_true", help="copy instead of move (the input folder keeps the files)")
+    p.add_argument("--settle", type=float, default=1.0, help="seconds a file must stay unchanged before it is read")
+    p.add_argument("--once", action="store_true", help="stop when the folder holds no unjudged image")
+    p.set_defaults(func=cmd_watch)
+
     p = sub.add_parser("demo", help="generate the built-in demo dataset")
     p.add_argument("--out", type=Path, default=Path("demo_data"))
     p.set_defaults(func=cmd_demo)
     return parser
 
 
+def _backbone_error() -> type[Exception]:
+    """core.backbone imports timm and torch: only looked up when an exception is being handled."""
+    from core.backbone import BackboneError
+
+    return BackboneError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.backbone import BackboneError
     from core.dataset import DatasetError
     from core.types import TrainingCancelled
 
-    if getattr(args, "defect", None) and not getattr(args, "data", None):
+    if args.command == "feedback" and args.defect and not args.data:
         print("error: --defect files the image under <data>/<category>/test/<defect>/: expected --data, found none",
               file=sys.stderr)
         return 2
     try:
         return int(args.func(args))
-    except (DatasetError, ModelStoreError, BackboneError, ValueError, FileNotFoundError) as exc:
+    except (DatasetError, ModelStoreError, _backbone_error(), ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingCancelled as exc:
