@@ -30,6 +30,10 @@ VARIANTS: dict[str, dict] = {
     "lite1": {"backbone": "tf_efficientnet_lite1"},
     "320px": {"height": 320, "width": 320},
     "tiles256": {"input_mode": "tiles", "tile": 256},  # native resolution, 256 px tiles overlapping by 25%
+    # the winner so far (the backbone's own statistics) combined with the other changes
+    "lite_stats+lite1": {"normalization": "backbone", "backbone": "tf_efficientnet_lite1"},
+    "lite_stats+320px": {"normalization": "backbone", "height": 320, "width": 320},
+    "lite_stats+tiles256": {"normalization": "backbone", "input_mode": "tiles", "tile": 256},
 }
 
 

@@ -236,7 +236,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_watch(args: argparse.Namespace) -> int:
     from core import line_log
     from core.model_cache import ModelCache
-    from core.watch import Watcher, WatchConfig
+    from core.watch import WatchConfig, Watcher
 
     category = validate_name(args.category, "category name")
     if not args.in_dir.is_dir():
@@ -250,6 +250,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
           f"log: {config.log}", file=sys.stderr, flush=True)
     judged = Watcher(config, lambda: cache.current(category, args.model)).run(once=args.once)
     print(f"{judged} image(s) judged", file=sys.stderr)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from core.export import export_bundle
+
+    ref = ModelStore(args.store).ref(validate_name(args.category, "category name"), args.model, args.version)
+    path = export_bundle(ref, args.out)
+    print(f"{ref.label} exported to {path} ({path.stat().st_size / 1e6:.1f} MB); run it with: "
+          f"unzip {path.name} -d bundle && python bundle/runner.py IMAGE...", file=sys.stderr)
     return 0
 
 
@@ -358,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle", type=float, default=1.0, help="seconds a file must stay unchanged before it is read")
     p.add_argument("--once", action="store_true", help="stop when the folder holds no unjudged image")
     p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("export", help="write a bundle (ONNX, bank, calibration, runner) a line PC can run")
+    common(p, need_data=False)
+    p.add_argument("--category", required=True)
+    p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
+    p.add_argument("--out", type=Path, required=True, help="the .zip to write")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="generate the built-in demo dataset")
     p.add_argument("--out", type=Path, default=Path("demo_data"))

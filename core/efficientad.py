@@ -38,7 +38,7 @@ from core.efficientad_lite import (
 )
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
-from core.runtime import OnnxGraph, check_runtime
+from core.runtime import OnnxGraph, check_runtime, export_onnx
 from core.store import atomic_write_bytes
 from core.types import NO_CONTROL, Prediction, TrainControl
 
@@ -361,6 +361,12 @@ class EfficientAD:
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:
         """:class:`core.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles."""
         return self.fit(images, holdout, control)
+
+    def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """Files and parameters of an export bundle: the whole eval network (scores and maps) as ONNX."""
+        h, w = self.config.height, self.config.width
+        return ({"model.onnx": export_onnx(_ScoresAndMaps(self.model), h, w, 2)},
+                {"kind": KIND, "height": h, "width": w, "mean": None, "std": None})
 
     # ---------------------------------------------------------------- inference
     def prepare(self) -> None:

@@ -45,7 +45,7 @@ from core.preprocess import (
     resize_map,
     to_tensor,
 )
-from core.runtime import OnnxGraph, check_runtime
+from core.runtime import OnnxGraph, check_runtime, export_onnx
 from core.tiling import crop_tiles, predict_tiled
 from core.types import NO_CONTROL, Prediction, TrainControl
 
@@ -284,6 +284,21 @@ class PatchCore:
         self.set_memory_bank(torch.cat([self.model.memory_bank, new]))
         return int(new.shape[0])
 
+    def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """Files and parameters of an export bundle (core/export.py; run by core/bundle_runner.py): the
+        embedder as ONNX, the memory bank and the map operators (the map is linear in the patch scores)."""
+        if self.config.input_mode != "squash":
+            raise ValueError(f"expected a model with squashed input to export, found input_mode {self.config.input_mode!r}")
+        h, w = self.config.height, self.config.width
+        with torch.inference_mode():
+            grid = self._embedder(torch.zeros(1, 3, h, w)).shape[-2:]
+        a_h, a_w_t = self._smoother.operators(int(grid[0]), int(grid[1]), h, w)
+        spec = self.config.input_spec
+        files = {"model.onnx": export_onnx(self._embedder, h, w, 1), "bank.npy": _npy(self.model.memory_bank),
+                 "map_h.npy": _npy(a_h), "map_w_t.npy": _npy(a_w_t)}
+        return files, {"kind": KIND, "height": h, "width": w, "mean": list(spec.mean), "std": list(spec.std),
+                       "num_neighbors": self.config.num_neighbors}
+
     # ---------------------------------------------------------------- inference
     def prepare(self) -> None:
         """Build the search index now (HNSW over a very large bank takes a while)."""
@@ -355,3 +370,11 @@ class PatchCore:
             raise ValueError(f"expected memory-bank features of {self.embedding_dim} dims (layers {list(self.config.layers)} "
                              f"of {self.config.backbone}), found {bank.shape[1]}")
         self.set_memory_bank(bank)
+
+
+def _npy(tensor: torch.Tensor) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, tensor.detach().float().cpu().numpy())
+    return buffer.getvalue()

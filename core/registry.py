@@ -42,6 +42,10 @@ class Detector(Protocol):
         """Make ready to score (e.g. build a search index) so the first prediction is not the slow one."""
         ...
 
+    def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
+        """Files (name -> bytes, ``model.onnx`` among them) and parameters of an export bundle."""
+        ...
+
 
 @dataclass(frozen=True)
 class Tunable:

@@ -128,7 +128,7 @@ class Watcher:
             return None
         model = self.model_for()
         entry: dict[str, Any] = {"state": "scored", "time": time.time(), "file": path.name, "sha1": sha1,
-                                 "model": model.kind, "version": model.version,
+                                 "category": model.category, "model": model.kind, "version": model.version,
                                  "threshold": model.calibration.image_threshold}
         try:
             image = load_image(path)
@@ -171,7 +171,8 @@ class Watcher:
             writer.writerow({**entry, "moved_to": entry["moved_to"]})
         if self.config.line_log is not None:
             line_log.append(self.config.line_log, {"time": entry["time"], "source": "watch", "name": entry["file"],
-                                                   **{k: entry.get(k) for k in ("score", "threshold", "verdict",
+                                                   **{k: entry.get(k) for k in ("category", "score", "threshold",
+                                                                               "verdict",
                                                                                "model", "version", "latency_ms")},
                                                    "path": entry["moved_to"]})
         _append_json(self.journal, {"state": "done", "file": entry["file"], "sha1": entry["sha1"]})

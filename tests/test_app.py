@@ -446,3 +446,27 @@ def test_models_page_trains_with_a_backbone_the_user_brings(env: Path, tmp_path:
     assert job.error is None, job.error
     ref = ModelStore(env).current("demo_metal", "patchcore")
     assert ref.version == 2 and ModelStore(env).read_manifest(ref)["backbone"] == "resnet18"
+
+
+def test_line_page_shows_what_the_line_sees(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as clock
+
+    from core import line_log
+
+    log = tmp_path / "line.jsonl"
+    monkeypatch.setenv("INSPECT_LINE_LOG", str(log))
+    at = page("line")
+    assert any("Nothing judged yet" in i.value for i in at.info)
+    now = clock.time()
+    for i in range(20):
+        line_log.append(log, {"time": now - 60 * i, "source": "service", "category": "demo_metal", "name": f"{i}.png",
+                              "score": float(i), "threshold": 10.0, "verdict": "DEFECT" if i >= 15 else "OK",
+                              "model": "patchcore", "version": 1, "latency_ms": float(10 + i)})
+    with log.open("a") as handle:
+        handle.write('{"cut by a crash')  # a damaged last line is skipped
+    at.run()
+    assert not at.exception, at.exception
+    values = {m.label: m.value for m in at.metric}
+    assert values["Images (last 500)"] == "20" and values["DEFECT rate"] == "25.0%"
+    assert values["Latency p50"] == "20 ms"
+    assert len(at.dataframe[0].value) == 20

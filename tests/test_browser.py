@@ -70,7 +70,7 @@ def test_upload_shows_score(server: str, demo_root: Path, tmp_path: Path) -> Non
         page.get_by_text("Drop images here").first.wait_for(timeout=90_000)
         nav = page.locator('[data-testid="stSidebarNav"] a')
         assert [t.strip().splitlines()[-1] for t in nav.all_inner_texts()] == ["Models", "Inspect", "Thresholds", "Compare",
-                                                               "Similar", "Annotate"]
+                                                               "Similar", "Annotate", "Line"]
         assert page.get_by_text("Model in use: demo_metal/patchcore v1").count() == 1
         assert page.get_by_role("button", name="Deploy").count() == 0
         page.locator("input[type=file]").first.set_input_files(str(image))

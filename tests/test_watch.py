@@ -17,7 +17,7 @@ import pytest
 
 from core.model_cache import ModelCache
 from core.store import ModelStore
-from core.watch import JOURNAL, Watcher, WatchConfig
+from core.watch import JOURNAL, WatchConfig, Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -75,3 +75,14 @@ def compare_scatter(frame: pd.DataFrame, x_label: str, y_label: str) -> go.Figur
                                  text=part["name"], marker=dict(size=7, color=PALETTE[i % len(PALETTE)], opacity=0.75)))
     fig.update_layout(title="Scores per image", xaxis_title=x_label, yaxis_title=y_label, **{**LAYOUT, "height": 420})
     return fig
+
+
+def counts_per_hour(frame: pd.DataFrame) -> go.Figure:
+    """Stacked bars: images per hour and verdict (``frame``: hour, verdict, images)."""
+    colors = {"OK": "#2e7d32", "DEFECT": "#c62828", "NO VERDICT": "#9e9e9e", "REJECTED": "#6d4c41"}
+    fig = go.Figure()
+    for verdict, part in frame.groupby("verdict"):
+        fig.add_trace(go.Bar(x=part["hour"], y=part["images"], name=str(verdict),
+                             marker_color=colors.get(str(verdict), "#1565c0")))
+    fig.update_layout(barmode="stack", title="Images per hour", xaxis_title="hour", yaxis_title="images", **LAYOUT)
+    return fig

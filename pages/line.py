@@ -1,0 +1,51 @@
+"""Line: what the line sees — the live results of the inspection service and the watch folder."""
+
+import time
+
+import pandas as pd
+import streamlit as st
+
+from core import line_log
+from ui import charts
+from ui.frame import selection
+
+sel = selection()
+st.title("Line")
+path = line_log.default_path(sel.settings.model_store)
+st.caption(f"Results of `python -m core serve` and `python -m core watch` as they arrive (log: `{path}`). "
+           "The page refreshes every few seconds.")
+
+
+@st.fragment(run_every=3.0)
+def live() -> None:
+    records = line_log.tail(path, 5000)
+    if not records:
+        st.info("Nothing judged yet. Start the service (`python -m core serve --store models`) or a watch folder "
+                "(`python -m core watch --category C --in DIR --ok DIR --defect DIR`) and send images.")
+        return
+    frame = pd.DataFrame(records)
+    frame["time"] = pd.to_datetime(frame["time"], unit="s")
+    categories = sorted(frame["category"].dropna().unique()) if "category" in frame else []
+    shown = frame[frame["category"] == sel.category] if sel.category in categories else frame
+    recent = shown.tail(500)
+    judged = recent[recent["verdict"].isin(["OK", "DEFECT"])]
+    lat = judged["latency_ms"].dropna()
+    c1, c2, c3, c4, c5 = st.columns(5)
+    c1.metric("Images (last 500)", len(recent))
+    c2.metric("DEFECT rate", f"{(judged['verdict'] == 'DEFECT').mean():.1%}" if len(judged) else "–")
+    c3.metric("Latency p50", f"{lat.quantile(0.5):.0f} ms" if len(lat) else "–")
+    c4.metric("Latency p95", f"{lat.quantile(0.95):.0f} ms" if len(lat) else "–")
+    age = time.time() - frame["time"].iloc[-1].timestamp()
+    c5.metric("Last image", f"{age:.0f} s ago")
+    per_hour = (shown.assign(hour=shown["time"].dt.floor("h")).groupby(["hour", "verdict"]).size()
+                .rename("images").reset_index())
+    st.plotly_chart(charts.counts_per_hour(per_hour), width="stretch")
+    st.subheader("Last images")
+    columns = [c for c in ("time", "source", "category", "name", "verdict", "score", "threshold", "model", "version",
+                           "latency_ms", "path") if c in shown]
+    st.dataframe(shown[columns].iloc[::-1].head(50), hide_index=True, width="stretch",
+                 column_config={"score": st.column_config.NumberColumn(format="%.4f"),
+                                "latency_ms": st.column_config.NumberColumn("latency ms", format="%.0f")})
+
+
+live()
