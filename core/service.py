@@ -116,7 +116,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.post("/v1/inspect/{category}", dependencies=[Depends(check_key)])
     async def inspect_images(category: str, request: Request, model: str = "patchcore", version: int | None = None,
-                             want: str | None = Query(None, alias="return")) -> dict[str, Any]:
+                             want: str | None = Query(None, alias="return")) -> JSONResponse:
         if model not in KINDS:
             raise HTTPException(404, f"expected model in {list(KINDS)}, found {model!r}")
         if want is not None and want not in RETURNS:
@@ -154,9 +154,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                        **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
                                                                "version", "latency_ms", "familiar")}})
         if all("error" in r for r in results):
-            raise HTTPException(415, {"detail": "expected images, found none that could be read",
-                                      "results": results})
-        return {"category": category, "results": results}
+            return JSONResponse({"detail": "expected images, found none that could be read", "results": results},
+                                status_code=415)
+        return JSONResponse({"category": category, "results": results})
 
     return app
 
