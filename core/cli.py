@@ -221,15 +221,27 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from core.service import ServiceConfig, serve
+    from core.service import ServiceConfig, WatchSpec, serve
 
     if not Path(args.store).is_dir():
         raise FileNotFoundError(f"expected a model store folder at {args.store}, found nothing there")
     key = args.api_key or os.environ.get("INSPECT_API_KEY") or None
+    watches = []
+    for text in args.watch or []:
+        parts = text.split(",")
+        if len(parts) != 5:
+            raise ValueError(f"expected --watch CATEGORY,MODEL,IN,OK,DEFECT, found {text!r}")
+        category, model, *dirs = parts
+        ModelStore(args.store).current(validate_name(category, "category name"), model)  # exists, now
+        watches.append(WatchSpec(category, model, *(Path(d) for d in dirs)))
     print(f"serving {args.store} on http://{args.host}:{args.port} (docs: /docs; API key "
           f"{'required' if key else 'not required'}; {args.processes} process(es) x {args.workers} workers)",
           file=sys.stderr, flush=True)
-    serve(ServiceConfig(Path(args.store), key, args.workers), args.host, args.port, args.processes)
+    if watches and args.processes > 1:
+        raise ValueError("expected --processes 1 with --watch (one process owns a watch folder), found "
+                         f"{args.processes}")
+    serve(ServiceConfig(Path(args.store), key, args.workers, watches=tuple(watches)), args.host, args.port,
+          args.processes)
     return 0
 
 
@@ -354,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", help="require this X-API-Key header (default: INSPECT_API_KEY, else none)")
     p.add_argument("--workers", type=int, default=2, help="images scored at once per process (default 2)")
     p.add_argument("--processes", type=int, default=1, help="server processes behind the one port (default 1)")
+    p.add_argument("--watch", action="append", metavar="CATEGORY,MODEL,IN,OK,DEFECT",
+                   help="also run a watch folder in the service (repeatable)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("watch", help="judge images that appear in a folder and move them by verdict")

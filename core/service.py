@@ -36,8 +36,20 @@ from core.model_cache import ModelCache
 from core.overlay import defect_mask, overlay_png, png_bytes
 from core.registry import KINDS
 from core.store import ModelStore, ModelStoreError, validate_name
+from core.watch import WatchConfig, Watcher
 
 RETURNS = ("overlay", "mask")
+
+
+@dataclass(frozen=True)
+class WatchSpec:
+    """A watch folder the service runs beside its API: ``category`` judged with ``model``."""
+
+    category: str
+    model: str
+    in_dir: Path
+    ok_dir: Path
+    defect_dir: Path
 
 
 @dataclass(frozen=True)
@@ -48,6 +60,7 @@ class ServiceConfig:
     max_request_bytes: int = 50 * 2**20
     max_images: int = 32
     line_log: Path | None = None
+    watches: tuple[WatchSpec, ...] = ()
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -70,10 +83,20 @@ def create_app(config: ServiceConfig) -> FastAPI:
                     state["errors"].append(str(exc))
         state["ready"] = True
 
+    stop_watching = threading.Event()
+
+    def watch(spec: WatchSpec) -> None:
+        config_ = WatchConfig(spec.in_dir, spec.ok_dir, spec.defect_dir, spec.in_dir.parent / "rejected",
+                              spec.in_dir.parent / "results.csv", line_log=log_path)
+        Watcher(config_, lambda: models.current(spec.category, spec.model)).run(stop=stop_watching.is_set)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         threading.Thread(target=preload, daemon=True).start()
+        for spec in config.watches:
+            threading.Thread(target=watch, args=(spec,), daemon=True, name=f"watch-{spec.category}").start()
         yield
+        stop_watching.set()
 
     app = FastAPI(title="Inspector service", version="1", lifespan=lifespan,
                   description="Verdicts (OK / DEFECT / NO VERDICT) for images of a product category.")

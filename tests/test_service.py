@@ -101,3 +101,19 @@ def test_new_current_version_is_used_without_restart(client: TestClient, store: 
     text = client.get("/metrics").text
     assert 'inspect_verdicts_total{category="demo_metal",model="patchcore",verdict="DEFECT"}' in text
     assert "inspect_latency_seconds_bucket" in text
+
+
+def test_the_service_runs_a_watch_folder_too(store: Path, demo_root: Path, tmp_path: Path) -> None:
+    from core.service import WatchSpec
+
+    incoming = tmp_path / "line" / "in"
+    incoming.mkdir(parents=True)
+    spec = WatchSpec("demo_metal", "patchcore", incoming, tmp_path / "line" / "ok", tmp_path / "line" / "defect")
+    app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl", watches=(spec,)))
+    with TestClient(app):
+        shutil.copy(demo_root / "demo_metal" / "test" / "scratch" / "000.png", incoming / "cam1.png")
+        deadline = time.time() + 120
+        while time.time() < deadline and not (tmp_path / "line" / "defect" / "cam1.png").exists():
+            time.sleep(0.1)
+    assert (tmp_path / "line" / "defect" / "cam1.png").is_file()
+    assert '"source": "watch"' in (tmp_path / "line.jsonl").read_text()

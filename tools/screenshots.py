@@ -70,6 +70,7 @@ def main() -> int:
                 page.screenshot(path=str(args.out / f"{name}.png"), full_page=True)
             thresholds_cycle(page, url, args.out)
             feedback_cycle(page, args.image, args.out)
+            line_page(page, url, args.data, args.store, args.out)
             browser.close()
     finally:
         proc.terminate()
@@ -79,6 +80,26 @@ def main() -> int:
     print(f"server log: {text.count(' 404')} lines with 404, {text.count('Inotify')} watcher overflows, "
           f"{text.count('Traceback')} tracebacks", file=sys.stderr)
     return 0
+
+
+def line_page(page, url: str, data: Path, store: Path, out: Path) -> None:
+    """A watch folder judges a dozen test images (real records in the line log), then the Line page."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        incoming = Path(tmp) / "in"
+        incoming.mkdir()
+        for i, src in enumerate(sorted((data / "demo_metal" / "test").rglob("*.png"))[::2][:12]):
+            shutil.copy(src, incoming / f"cam_{i:03d}.png")
+        subprocess.run([sys.executable, "-m", "core", "watch", "--store", str(store), "--category", "demo_metal",
+                        "--in", str(incoming), "--ok", str(Path(tmp) / "ok"), "--defect", str(Path(tmp) / "defect"),
+                        "--settle", "0", "--once"], cwd=ROOT, check=True, capture_output=True)
+    page.set_viewport_size({"width": 1500, "height": 1300})
+    page.goto(f"{url}/line")
+    page.get_by_text("Last images").first.wait_for(timeout=60_000)
+    _settle(page)
+    page.screenshot(path=str(out / "line.png"), full_page=True)
 
 
 def feedback_cycle(page, image: Path, out: Path) -> None:
