@@ -43,7 +43,8 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     if args.image_size:
         settings["height"], settings["width"] = args.image_size
-    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime", "tile"):
+    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime", "tile",
+                 "normalization"):
         value = getattr(args, name, None)
         if value is not None:
             settings[name] = value
@@ -311,6 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-mode", choices=("squash", "native", "tiles"),
                    help="squash to --image-size (default), native aspect ratio, or overlapping native-resolution tiles")
     p.add_argument("--tile", type=int, help="tiles mode: tile side in pixels (default 256)")
+    p.add_argument("--normalization", choices=("imagenet", "backbone"),
+                   help="PatchCore input statistics: imagenet (default, anomalib's) or the backbone's own "
+                        "(EfficientNet-Lite: [-1, 1]; +0.04 image AUROC on magnetic_tile, -0.03 on juice_bottle_loco)")
     p.add_argument("--scale", type=float, help="native mode: resize factor keeping aspect ratio")
     p.add_argument("--backbone", help="PatchCore backbone: tf_efficientnet_lite0/1/2 (offline, default lite0) or any "
                                       "timm name with --weights FILE (or weights already in the local HF/torch cache)")
