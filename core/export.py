@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from core import detector as det
-from core.store import ModelRef, ModelStore, atomic_write_bytes
+from core.store import CALIBRATION, MANIFEST, ModelRef, ModelStore, atomic_write_bytes
 
 RUNNER = Path(__file__).resolve().parent / "bundle_runner.py"
 README = """Inspector export bundle: {label}
@@ -44,8 +44,9 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
         for name, data in files.items():
             bundle.writestr(name, data)
         bundle.writestr("params.json", json.dumps(params, indent=2))
-        bundle.writestr("calibration.json", json.dumps(store.read_calibration(ref), indent=2))
-        bundle.writestr("manifest.json", json.dumps(store.read_manifest(ref), indent=2, default=float))
+        # the version's own files, under the names they have in the store
+        bundle.writestr(CALIBRATION, json.dumps(store.read_calibration(ref), indent=2))
+        bundle.writestr(MANIFEST, json.dumps(store.read_manifest(ref), indent=2, default=float))
         bundle.writestr("runner.py", RUNNER.read_text())
         bundle.writestr("README.txt", README.format(label=ref.label))
     return atomic_write_bytes(Path(out), buffer.getvalue())
