@@ -32,6 +32,9 @@ def check_runtime(runtime: str) -> str:
     return runtime
 
 
+_EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one export at a time per process
+
+
 def export_onnx(module: nn.Module, height: int, width: int, num_outputs: int) -> bytes:
     """ONNX bytes of ``module`` (eval mode, a copy: the original keeps its gradients) for ``[B, 3, height, width]``.
 
@@ -43,7 +46,7 @@ def export_onnx(module: nn.Module, height: int, width: int, num_outputs: int) ->
     example = torch.zeros(1, 3, height, width)
     outputs = [f"out{i}" for i in range(num_outputs)]
     buffer = io.BytesIO()
-    with torch.no_grad(), warnings.catch_warnings():
+    with _EXPORT_LOCK, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape arithmetic: shapes are fixed per graph by design
         torch.onnx.export(frozen, (example,), buffer, dynamo=False,  # type: ignore[arg-type]  # a file object works
                           opset_version=OPSET, input_names=["input"],

@@ -82,7 +82,8 @@ def test_store_module_names_every_store_file_alone() -> None:
     for name in names:
         proc = subprocess.run(["grep", "-rln", "--include=*.py", f'"{name}"', "core", "ui", "pages"], cwd=ROOT,
                               capture_output=True, text=True)
-        found = set(proc.stdout.split()) - {"core/store.py"}
+        # the bundle runner reads the bundle's copies and must not import this package (tests/test_export.py)
+        found = set(proc.stdout.split()) - {"core/store.py", "core/bundle_runner.py"}
         if name == "manifest.json":
             found -= {"core/efficientad.py"}  # the teacher asset's manifest (assets/teacher/), not the store's
         assert not found, (name, found)

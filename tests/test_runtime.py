@@ -198,3 +198,27 @@ def test_hnsw_exact_maximum_makes_each_image_maximum_exact() -> None:
     exact_index = build_index(bank, "exact")
     same = exact_index.exact_maximum(queries, exact_d, torch.zeros_like(approx_i), 2)
     assert torch.equal(same[0], exact_d)
+
+
+def test_exports_from_several_threads_do_not_collide() -> None:
+    """torch.onnx.export keeps global state; the service loads models in threads (found by a warning in CI)."""
+    import threading
+
+    from core.runtime import export_onnx
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(3):
+                assert export_onnx(net, 32, 32, 1)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
