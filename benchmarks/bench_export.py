@@ -77,7 +77,7 @@ def main() -> int:
             options.intra_op_num_threads = torch.get_num_threads()
             sess = ort.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
             ms, ref_out = timed(lambda a: sess.run(None, {"input": a})[-1], x, args.repeats)
-            rows.append((kind, "ONNX Runtime fp32 (the bundle's runner)", ms, 0.0))
+            rows.append((kind, "ONNX Runtime fp32", ms, 0.0))
             model = det.load(ref, "stock").detector
             torch_fn = ((lambda a: model._embedder(torch.from_numpy(a)).numpy()) if kind == "patchcore"
                         else (lambda a: model.model(torch.from_numpy(a)).anomaly_map.numpy()))

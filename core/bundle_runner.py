@@ -3,8 +3,10 @@
     python runner.py IMAGE [IMAGE ...]          # CSV: path, score, threshold, verdict
     python -c "import runner; print(runner.Bundle('.').score(pil_image))"
 
-The bundle folder holds: model.onnx, params.json, calibration.json, manifest.json, and for PatchCore the
-memory bank (bank.npy) and the map operators (map_h.npy, map_w_t.npy). Scores equal the app's up to float
+The bundle folder holds: model.onnx (and model.xml/.bin, OpenVINO IR, when OpenVINO was installed at export:
+used when params.json says it was faster on the exporting CPU and OpenVINO is installed here), params.json,
+calibration.json, manifest.json, and for PatchCore the memory bank (bank.npy) and the map operators (map_h.npy,
+map_w_t.npy). Scores equal the app's up to float
 rounding (tests/test_export.py states the tolerance).
 """
 
@@ -50,14 +52,31 @@ class Bundle:
         self.folder = Path(folder)
         self.params = json.loads((self.folder / "params.json").read_text())
         self.calibration = json.loads((self.folder / "calibration.json").read_text())
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.run = self._runtime()
         if self.params["kind"] == "patchcore":
             self.bank = np.load(self.folder / "bank.npy").astype(np.float32)
             self.bank_sq = (self.bank * self.bank).sum(1)
             self.map_h = np.load(self.folder / "map_h.npy")
             self.map_w_t = np.load(self.folder / "map_w_t.npy")
+
+    def _runtime(self):
+        """The runtime measured fastest on the exporting machine (params.json), when installed here; else
+        ONNX Runtime."""
+        if self.params.get("runtime") == "openvino" and (self.folder / "model.xml").is_file():
+            try:
+                import openvino as ov
+
+                compiled = ov.Core().compile_model(str(self.folder / "model.xml"), "CPU",
+                                                   {"INFERENCE_PRECISION_HINT": "f32"})
+                self.runtime = "openvino"
+                return lambda x: [compiled(x)[out] for out in compiled.outputs]
+            except ImportError:
+                pass
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(self.folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        self.runtime = "onnxruntime"
+        return lambda x: session.run(None, {"input": x})
 
     def score(self, image: Image.Image) -> tuple[float, np.ndarray]:
         """(raw image score, anomaly map at the image's size)."""
@@ -68,7 +87,7 @@ class Bundle:
 
 
 def _patchcore(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
-    emb = bundle.session.run(None, {"input": _preprocess(image, bundle.params)})[0][0]  # [D, h, w]
+    emb = bundle.run(_preprocess(image, bundle.params))[0][0]  # [D, h, w]
     d, h, w = emb.shape
     flat = np.ascontiguousarray(emb.reshape(d, h * w).T)  # [h*w, D]
     dist = _distances(flat, bundle.bank, bundle.bank_sq)
@@ -88,7 +107,7 @@ def _patchcore(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
 
 
 def _efficientad(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
-    scores, maps = bundle.session.run(None, {"input": _preprocess(image, bundle.params)})
+    scores, maps = bundle.run(_preprocess(image, bundle.params))
     return float(scores.reshape(-1)[0]), _resize_map(maps[0, 0], (image.height, image.width))
 
 

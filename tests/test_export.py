@@ -38,6 +38,11 @@ def test_bundle_scores_equal_the_apps(trained_store: Path, demo_root: Path, tmp_
         names = set(bundle.namelist())
         bundle.extractall(folder)
     assert {"model.onnx", "params.json", "calibration.json", "manifest.json", "runner.py", "README.txt"} <= names
+    import json
+
+    params = json.loads((folder / "params.json").read_text())
+    assert params["runtime"] in params["runtime_ms_at_export"]  # chosen by measuring on this machine
+    assert params["runtime"] == min(params["runtime_ms_at_export"], key=params["runtime_ms_at_export"].get)
     images = sorted((demo_root / "demo_metal" / "test").rglob("*.png"))[:6]
     app = [p.score for p in det.load(ref).detector.predict([load_image(p) for p in images])]
     script = BLOCK_HEAVY + "import runner\nrunner.main(sys.argv[1:])\n"
