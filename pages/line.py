@@ -1,12 +1,17 @@
 """Line: what the line sees — the live results of the inspection service and the watch folder."""
 
 import time
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from core import line_log
-from ui import charts
+from core.imageio import ImageLoadError
+from core.overlay import overlay
+from core.store import ModelStoreError
+from ui import cache, charts
+from ui.display import display_image
 from ui.frame import selection
 
 sel = selection()
@@ -14,6 +19,27 @@ st.title("Line")
 path = line_log.default_path(sel.settings.model_store)
 st.caption(f"Results of `python -m core serve` and `python -m core watch` as they arrive (log: `{path}`). "
            "The page refreshes every few seconds.")
+
+
+def thumbnails(frame: pd.DataFrame, count: int = 6) -> None:
+    """The last images the watch folder kept on disk, with the heatmap of the model version that judged them
+    (the service does not keep uploads: its images are in the table only)."""
+    kept = frame[frame.get("path", pd.Series(dtype=object)).notna()] if "path" in frame else frame.iloc[0:0]
+    kept = kept[kept["path"].map(lambda p: Path(str(p)).is_file())].tail(count).iloc[::-1]
+    if kept.empty:
+        return
+    columns = st.columns(len(kept))
+    for col, (_, row) in zip(columns, kept.iterrows(), strict=True):
+        badge = {"OK": ":green[OK]", "DEFECT": ":red[DEFECT]"}.get(row["verdict"], str(row["verdict"]))
+        try:
+            ref = sel.store.ref(row["category"], row["model"], int(row["version"]))
+            model = cache.load_model(ref)
+            image = cache.image_from_path(str(row["path"]))
+            _, amap, _ = cache.predict_one(ref, "fast", image)
+            col.image(overlay(display_image(image), amap, model.calibration), width="stretch")
+        except (ModelStoreError, ImageLoadError, ValueError) as exc:
+            col.caption(f"(no preview: {exc})")
+        col.markdown(f"**{badge}** · {row['name']}  \n{row['score']:.4g} / {row['threshold']:.4g}")
 
 
 @st.fragment(run_every=3.0)
@@ -40,6 +66,7 @@ def live() -> None:
     per_hour = (shown.assign(hour=shown["time"].dt.floor("h")).groupby(["hour", "verdict"]).size()
                 .rename("images").reset_index())
     st.plotly_chart(charts.counts_per_hour(per_hour), width="stretch")
+    thumbnails(shown)
     st.subheader("Last images")
     columns = [c for c in ("time", "source", "category", "name", "verdict", "score", "threshold", "model", "version",
                            "latency_ms", "path") if c in shown]

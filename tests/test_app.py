@@ -462,11 +462,18 @@ def test_line_page_shows_what_the_line_sees(env: Path, tmp_path: Path, monkeypat
         line_log.append(log, {"time": now - 60 * i, "source": "service", "category": "demo_metal", "name": f"{i}.png",
                               "score": float(i), "threshold": 10.0, "verdict": "DEFECT" if i >= 15 else "OK",
                               "model": "patchcore", "version": 1, "latency_ms": float(10 + i)})
+    kept = tmp_path / "defect" / "cam.png"
+    kept.parent.mkdir()
+    shutil.copy(Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test" / "scratch" / "000.png", kept)
+    line_log.append(log, {"time": now, "source": "watch", "category": "demo_metal", "name": "cam.png", "score": 99.0,
+                          "threshold": 10.0, "verdict": "DEFECT", "model": "patchcore", "version": 1,
+                          "latency_ms": 20.0, "path": str(kept)})
     with log.open("a") as handle:
         handle.write('{"cut by a crash')  # a damaged last line is skipped
     at.run()
     assert not at.exception, at.exception
+    assert len(at.get("image")) == 1  # the kept image, with its heatmap
     values = {m.label: m.value for m in at.metric}
-    assert values["Images (last 500)"] == "20" and values["DEFECT rate"] == "25.0%"
+    assert values["Images (last 500)"] == "21" and values["DEFECT rate"] == "28.6%"
     assert values["Latency p50"] == "20 ms"
-    assert len(at.dataframe[0].value) == 20
+    assert len(at.dataframe[0].value) == 21
