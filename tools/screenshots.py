@@ -87,19 +87,20 @@ def line_page(page, url: str, data: Path, store: Path, out: Path) -> None:
     import shutil
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        incoming = Path(tmp) / "in"
-        incoming.mkdir()
-        for i, src in enumerate(sorted((data / "demo_metal" / "test").rglob("*.png"))[::2][:12]):
-            shutil.copy(src, incoming / f"cam_{i:03d}.png")
-        subprocess.run([sys.executable, "-m", "core", "watch", "--store", str(store), "--category", "demo_metal",
-                        "--in", str(incoming), "--ok", str(Path(tmp) / "ok"), "--defect", str(Path(tmp) / "defect"),
-                        "--settle", "0", "--once"], cwd=ROOT, check=True, capture_output=True)
-    page.set_viewport_size({"width": 1500, "height": 1300})
+    tmp = tempfile.mkdtemp()  # kept until the screenshot is taken: the page shows the judged images
+    incoming = Path(tmp) / "in"
+    incoming.mkdir()
+    for i, src in enumerate(sorted((data / "demo_metal" / "test").rglob("*.png"))[::2][:12]):
+        shutil.copy(src, incoming / f"cam_{i:03d}.png")
+    subprocess.run([sys.executable, "-m", "core", "watch", "--store", str(store), "--category", "demo_metal",
+                    "--in", str(incoming), "--ok", str(Path(tmp) / "ok"), "--defect", str(Path(tmp) / "defect"),
+                    "--settle", "0", "--once"], cwd=ROOT, check=True, capture_output=True)
+    page.set_viewport_size({"width": 1500, "height": 1500})
     page.goto(f"{url}/line")
     page.get_by_text("Last images").first.wait_for(timeout=60_000)
-    _settle(page)
+    _settle(page, 5.0)
     page.screenshot(path=str(out / "line.png"), full_page=True)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def feedback_cycle(page, image: Path, out: Path) -> None:
