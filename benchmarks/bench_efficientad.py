@@ -36,6 +36,7 @@ from core.imageio import load_image
 
 VARIANTS: dict[str, dict[str, object]] = {
     "lite": {},  # the product's defaults
+    "lite_6000": {},  # the defaults trained for 6,000 steps: what the 30-minute budget buys (separate rows file)
     "lite_lr1e-4": {"lr": 1e-4},
     "lite_border2": {"context_cells": 0, "border_cells": 2},
     "lite_lr1e-4_border2": {"lr": 1e-4, "context_cells": 0, "border_cells": 2},
