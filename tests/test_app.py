@@ -100,7 +100,7 @@ def test_training_form_shows_only_the_chosen_kinds_settings(env: Path) -> None:
     at.selectbox(key="train_kind").set_value("efficientad")
     at.run()
     assert not at.exception, at.exception
-    assert any("EfficientAD at 256px" in c.value and "about 15 min" in c.value for c in at.caption)
+    assert any("EfficientAD at 256px" in c.value and "about 29 min" in c.value for c in at.caption)
     assert at.number_input[0].label == "Training steps"
     at.number_input(key="train_efficientad_steps").set_value(1000).run()  # the estimate follows the setting
     assert any("EfficientAD at 256px" in c.value and "about 5 min" in c.value for c in at.caption)
