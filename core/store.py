@@ -347,11 +347,7 @@ class ModelStore:
 
     def weights_stamp(self, ref: ModelRef) -> str:
         """The weights file's identity (inode, size, mtime): equal for versions that share their weights."""
-        try:
-            st = (self.path(ref) / WEIGHTS).stat()
-        except FileNotFoundError:
-            return ""
-        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        return _file_identity(self.path(ref) / WEIGHTS)
 
     # -- evaluation results ------------------------------------------------------------------------
     def write_evaluation(self, ref: ModelRef, summary: dict[str, Any], images_csv: bytes, pixels_npz: bytes,
@@ -382,11 +378,8 @@ class ModelStore:
         return path.read_bytes() if path.is_file() else None
 
     def evaluation_stamp(self, ref: ModelRef) -> str:
-        try:
-            st = (self.path(ref) / EVAL_IMAGES).stat()
-        except FileNotFoundError:
-            return ""
-        return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
+        """Changes whenever the version's evaluation is rewritten ("" when not evaluated)."""
+        return _file_identity(self.path(ref) / EVAL_IMAGES)
 
     # -- feedback log ------------------------------------------------------------------------------
     def append_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
@@ -459,6 +452,15 @@ class ModelStore:
                 except ModelStoreError as exc:
                     records.append(ModelRecord(kind_dir, cat, kind, None, str(exc)))
         return records
+
+
+def _file_identity(path: Path) -> str:
+    """Inode, size and mtime of ``path`` ("" when absent): hard links share it, a rewrite changes it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return ""
+    return f"{st.st_ino}-{st.st_size}-{st.st_mtime_ns}"
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

@@ -24,8 +24,9 @@ st.caption(f"Results of `python -m core serve` and `python -m core watch` as the
 def thumbnails(frame: pd.DataFrame, count: int = 6) -> None:
     """The last images the watch folder kept on disk, with the heatmap of the model version that judged them
     (the service does not keep uploads: its images are in the table only)."""
-    kept = frame[frame.get("path", pd.Series(dtype=object)).notna()] if "path" in frame else frame.iloc[0:0]
-    kept = kept[kept["path"].map(lambda p: Path(str(p)).is_file())].tail(count).iloc[::-1]
+    if "path" not in frame:
+        return
+    kept = frame[frame["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())].tail(count).iloc[::-1]
     if kept.empty:
         return
     columns = st.columns(len(kept))
