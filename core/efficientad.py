@@ -30,6 +30,7 @@ from anomalib.models.image.efficient_ad.torch_model import (
 from core.dataset import image_files
 from core.device import compute_device
 from core.efficientad_lite import (
+    ANOMALIB_HARD_QUANTILE,
     STRIDE,
     LiteAutoEncoder,
     LiteEfficientAdModel,
@@ -73,6 +74,7 @@ class EfficientADConfig:
     student_width: int = 128
     context_cells: int = 2  # lite: mirrored image around the input, in stride-8 cells (16 px)
     border_cells: int = 0  # lite: map border left at zero, in stride-8 cells
+    hard_quantile: float = ANOMALIB_HARD_QUANTILE  # lite: the student learns from distances above this quantile
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
@@ -83,6 +85,11 @@ class EfficientADConfig:
             raise ValueError(f"expected at least 1 training step, found {self.steps}")
         if self.structure not in STRUCTURES:
             raise ValueError(f"expected EfficientAD structure in {STRUCTURES}, found {self.structure!r}")
+        if not 0.0 <= self.hard_quantile < 1.0:
+            raise ValueError(f"expected a hard-feature quantile in [0, 1), found {self.hard_quantile}")
+        if self.structure == "pdn_s" and self.hard_quantile != ANOMALIB_HARD_QUANTILE:
+            raise ValueError(f"expected the pdn_s structure with anomalib's hard-feature quantile "
+                             f"{ANOMALIB_HARD_QUANTILE}, found {self.hard_quantile} (only lite takes another)")
         if self.structure == "lite" and (self.height % 256 or self.width % 256):
             raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
                              f"code is 256 px wide), found {self.height}x{self.width}")
@@ -152,7 +159,7 @@ def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     """anomalib's model with a pretrained Lite trunk as teacher and CPU-sized student and autoencoder."""
     teacher = LiteTeacher(config.teacher_backbone, config.context_cells)
     channels = teacher.out_channels
-    model = LiteEfficientAdModel(channels, config.border_cells)
+    model = LiteEfficientAdModel(channels, config.border_cells, config.hard_quantile)
     model.teacher = teacher  # type: ignore[assignment]  # anomalib types it as its PDN; any nn.Module works
     model.student = LiteStudent(  # type: ignore[assignment]
         2 * channels, config.student_width, config.context_cells)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from anomalib.models.image.efficient_ad.torch_model import (
     EfficientAdModel,
     imagenet_norm_batch,
+    reduce_tensor_elems,
 )
 from torch import nn
 
@@ -33,6 +34,7 @@ from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
 # timm feature indices of efficientnet: 2 -> blocks.2 (stride 8), 3 -> blocks.4 (stride 16)
 TEACHER_FEATURES: tuple[int, int] = (2, 3)
 STRIDE = 8
+ANOMALIB_HARD_QUANTILE = 0.999  # EfficientAdModel.compute_losses: the student learns from distances above it
 
 
 def reflect_context(x: torch.Tensor, cells: int) -> torch.Tensor:
@@ -56,9 +58,24 @@ class LiteEfficientAdModel(EfficientAdModel):
     steps, but pixel AUROC fell (its breaks and frays touch the image edge); mirrored context
     (:func:`reflect_context`) is the default instead, see benchmarks/RESULTS.md."""
 
-    def __init__(self, teacher_out_channels: int, border_cells: int) -> None:
+    def __init__(self, teacher_out_channels: int, border_cells: int, hard_quantile: float = ANOMALIB_HARD_QUANTILE
+                 ) -> None:
         super().__init__(teacher_out_channels=teacher_out_channels, padding=True, pad_maps=False)
         self.border_cells = border_cells
+        self.hard_quantile = hard_quantile
+
+    def compute_losses(self, batch: torch.Tensor, batch_imagenet: torch.Tensor, distance_st: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """anomalib's three losses; with a ``hard_quantile`` other than anomalib's 0.999 the student-teacher loss
+        averages the distances above that quantile instead (``distance_st: [B, C, h, w]``), the rest unchanged."""
+        loss_st, loss_ae, loss_stae = super().compute_losses(batch, batch_imagenet, distance_st)
+        if self.hard_quantile == ANOMALIB_HARD_QUANTILE:
+            return loss_st, loss_ae, loss_stae
+        flat = reduce_tensor_elems(distance_st)
+        stock_hard = torch.mean(flat[flat >= torch.quantile(flat, ANOMALIB_HARD_QUANTILE)])
+        ours_hard = torch.mean(flat[flat >= torch.quantile(flat, self.hard_quantile)])
+        # anomalib's hard term is taken out again: its gradient cancels exactly, the penalty term stays
+        return loss_st - stock_hard + ours_hard, loss_ae, loss_stae
 
     def compute_maps(self, batch: torch.Tensor, student_output: torch.Tensor, distance_st: torch.Tensor,
                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

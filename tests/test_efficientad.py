@@ -75,7 +75,9 @@ def test_training_reports_progress_and_cancels() -> None:
 
 @pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1"),
                                                   ({"height": 320}, "multiples of 256"),
-                                                  ({"structure": "pdn_m"}, "structure in")])
+                                                  ({"structure": "pdn_m"}, "structure in"),
+                                                  ({"hard_quantile": 1.0}, "in \\[0, 1\\)"),
+                                                  ({"structure": "pdn_s", "hard_quantile": 0.9}, "only lite")])
 def test_bad_config(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EfficientADConfig(**settings)
@@ -180,3 +182,22 @@ def test_border_variant_zeroes_the_map_border_and_default_keeps_it() -> None:
     plain = EfficientAD(EfficientADConfig(steps=1)).model.eval()
     st, _ = plain.get_maps(x, normalize=False)
     assert float(st[..., :16, :].abs().max()) > 0.0
+
+
+@pytest.mark.parametrize("quantile", [0.999, 0.99, 0.5])
+def test_hard_quantile_changes_only_the_hard_student_term(quantile: float) -> None:
+    """Student loss = mean of the distances at or above the quantile + penalty (hand-computed on a known
+    distance tensor); anomalib's quantile gives anomalib's own loss."""
+    model = EfficientAD(EfficientADConfig(steps=1, hard_quantile=quantile)).model.train()
+    model.teacher.eval()
+    image, penalty = torch.rand(1, 3, 256, 256), torch.rand(1, 3, 256, 256)
+    distance = torch.arange(1000, dtype=torch.float32).reshape(1, 10, 10, 10) / 1000  # 0.000 .. 0.999
+    torch.manual_seed(0)
+    loss_st, _, _ = model.compute_losses(image, penalty, distance)
+    with torch.no_grad():
+        penalty_term = torch.mean(model.student(penalty)[:, :model.teacher_out_channels] ** 2)
+    threshold = float(torch.quantile(distance.flatten(), quantile))
+    hard = distance.flatten()[distance.flatten() >= threshold].mean()
+    assert torch.allclose(loss_st, hard + penalty_term, atol=1e-6)
+    expected_hard = {0.999: 0.999, 0.99: (0.990 + 0.999) / 2, 0.5: (0.500 + 0.999) / 2}[quantile]
+    assert float(hard) == pytest.approx(expected_hard, abs=1e-3)
