@@ -24,13 +24,13 @@ import torchvision.transforms.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_efficientad import ROWS
-from bench_patchcore import evaluate_predictions
 from common import DATA, OUT, fmt, machine, write_section
 
-from core.dataset import load_category
+from core import metrics
+from core.dataset import Sample, load_category
 from core.detector import HOLDOUT_FRACTION, split_holdout
 from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image
+from core.imageio import load_image, load_mask
 from core.preprocess import resize_map, to_tensor
 from core.types import Prediction
 
@@ -64,19 +64,53 @@ def mean(maps: Maps) -> torch.Tensor:
     return 0.5 * maps[0] + 0.5 * maps[1]
 
 
-# rule name -> (maps -> (map [N, H, W], score [N]))
-RULES: dict[str, Callable[[Maps], tuple[torch.Tensor, torch.Tensor]]] = {
-    "anomalib (mean of branches, max)": lambda m: (mean(m), amax(mean(m))),
-    "student-teacher only, max": lambda m: (m[0], amax(m[0])),
-    "autoencoder only, max": lambda m: (m[1], amax(m[1])),
-    "blur sigma 2, max": lambda m: (blur(mean(m), 2), amax(blur(mean(m), 2))),
-    "blur sigma 4, max": lambda m: (blur(mean(m), 4), amax(blur(mean(m), 4))),
-    "blur sigma 8, max": lambda m: (blur(mean(m), 8), amax(blur(mean(m), 8))),
-    "max without 8 px border": lambda m: (mean(m), inner_max(mean(m), 8)),
-    "max without 16 px border": lambda m: (mean(m), inner_max(mean(m), 16)),
-    "mean of top 1%": lambda m: (mean(m), top_mean(mean(m), 0.01)),
-    "blur sigma 4, mean of top 1%": lambda m: (blur(mean(m), 4), top_mean(blur(mean(m), 4), 0.01)),
+# map name -> maps -> map [N, H, W]
+MAPS: dict[str, Callable[[Maps], torch.Tensor]] = {
+    "mean of branches": mean,
+    "student-teacher": lambda m: m[0],
+    "autoencoder": lambda m: m[1],
+    "mean, blur sigma 2": lambda m: blur(mean(m), 2),
+    "mean, blur sigma 4": lambda m: blur(mean(m), 4),
+    "mean, blur sigma 8": lambda m: blur(mean(m), 8),
 }
+# rule name -> (map name, map [N, H, W] -> image score [N])
+RULES: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
+    "anomalib (mean of branches, max)": ("mean of branches", amax),
+    "student-teacher only, max": ("student-teacher", amax),
+    "autoencoder only, max": ("autoencoder", amax),
+    "blur sigma 2, max": ("mean, blur sigma 2", amax),
+    "blur sigma 4, max": ("mean, blur sigma 4", amax),
+    "blur sigma 8, max": ("mean, blur sigma 8", amax),
+    "max without 8 px border": ("mean of branches", lambda m: inner_max(m, 8)),
+    "max without 16 px border (the product's)": ("mean of branches", lambda m: inner_max(m, 16)),
+    "max without 24 px border": ("mean of branches", lambda m: inner_max(m, 24)),
+    "student-teacher only, max without 16 px border": ("student-teacher", lambda m: inner_max(m, 16)),
+    "blur sigma 4, max without 16 px border": ("mean, blur sigma 4", lambda m: inner_max(m, 16)),
+    "mean of top 1%": ("mean of branches", lambda m: top_mean(m, 0.01)),
+    "blur sigma 4, mean of top 1%": ("mean, blur sigma 4", lambda m: top_mean(m, 0.01)),
+}
+
+
+def image_metrics(samples: list[Sample], preds: list[Prediction]) -> dict[str, object]:
+    """Image AUROC, F1-max and image AUROC per defect type (each defect against all good images)."""
+    labels = np.array([s.label for s in samples])
+    scores = np.array([p.score for p in preds])
+    defects = np.array([s.defect for s in samples])
+    per_defect = {d: metrics.roc_auc(labels[(defects == d) | (defects == "good")],
+                                     scores[(defects == d) | (defects == "good")])
+                  for d in sorted(set(defects[labels == 1]))}
+    return {"image_auroc": metrics.roc_auc(labels, scores), "f1_max": metrics.f1_max(labels, scores)[0],
+            "per_defect_image_auroc": per_defect}
+
+
+def pixel_metrics(samples: list[Sample], images: list[np.ndarray], preds: list[Prediction]) -> dict[str, float]:
+    """Pixel AUROC and AUPRO of the maps (at each image's original size)."""
+    masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
+             for s, im in zip(samples, images, strict=True)]
+    maps = [p.anomaly_map for p in preds]
+    truth = np.concatenate([m.ravel() for m in masks])
+    values = np.concatenate([m.ravel() for m in maps])
+    return {"pixel_auroc": metrics.roc_auc(truth, values), "aupro": metrics.aupro(masks, maps)}
 
 
 def raw_maps(model: EfficientAD, images: list[np.ndarray], batch: int = 8) -> Maps:
@@ -137,15 +171,18 @@ def main() -> int:
     samples = list(data.test)
     images = [load_image(s.path) for s in samples]
     maps = normalise(raw_maps(model, images), model)
+    pixel: dict[str, dict[str, float]] = {}  # map name -> pixel AUROC and AUPRO (one computation per map)
     rows = []
-    for name, rule in RULES.items():
-        amap, score = rule(maps)
+    for name, (map_name, score_of) in RULES.items():
+        amap = MAPS[map_name](maps)
         preds = [Prediction(float(s), resize_map(m, im.shape[:2]), 0.0)
-                 for s, m, im in zip(score, amap, images, strict=True)]
-        row = {"rule": name, **evaluate_predictions(samples, images, preds)}
+                 for s, m, im in zip(score_of(amap), amap, images, strict=True)]
+        if map_name not in pixel:
+            pixel[map_name] = pixel_metrics(samples, images, preds)
+        row = {"rule": name, **image_metrics(samples, preds), **pixel[map_name]}
         rows.append(row)
         print(json.dumps(row, default=float), file=sys.stderr, flush=True)
-    fit_idx, hold_idx = split_holdout(len(data.train), HOLDOUT_FRACTION, 0)
+    _, hold_idx = split_holdout(len(data.train), HOLDOUT_FRACTION, 0)
     out = ROWS / f"efficientad_scores_{args.category}_{args.variant}.json"
     out.write_text(json.dumps({"category": args.category, "variant": args.variant, "steps": settings["steps"],
                                "machine": machine(), "num_holdout": len(hold_idx), "rows": rows},

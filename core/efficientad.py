@@ -22,10 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from anomalib.models.image.efficient_ad.torch_model import (
-    EfficientAdModel,
-    EfficientAdModelSize,
-)
+from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
 from core.dataset import image_files
 from core.device import compute_device
@@ -36,6 +33,7 @@ from core.efficientad_lite import (
     LiteEfficientAdModel,
     LiteStudent,
     LiteTeacher,
+    TunedEfficientAdModel,
 )
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
@@ -48,9 +46,10 @@ ASSETS = Path(__file__).resolve().parents[1] / "assets"
 DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
 DEFAULT_PENALTY_DIR = ASSETS / "penalty"
 MIN_SIZE = 256
-# Mean training-step wall time at 256x256 on the 2-core CPU, per structure (benchmarks/RESULTS.md, EfficientAD:
-# lite 3,000 steps took 890 s of steps on magnetic_tile; pdn_s measured by its median).
-SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.29}
+# Training-step wall time at 256x256 on the 2-core CPU, per structure (benchmarks/RESULTS.md, EfficientAD: lite's
+# median step was 0.239-0.245 s in the four runs measured on an otherwise idle machine, both categories, 0.25 kept;
+# pdn_s measured by its median).
+SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.25}
 SECONDS_PER_IMAGE_256 = 0.08  # per good training image: teacher statistics, quantiles, calibration, guard
 STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
 
@@ -74,7 +73,8 @@ class EfficientADConfig:
     student_width: int = 128
     context_cells: int = 2  # lite: mirrored image around the input, in stride-8 cells (16 px)
     border_cells: int = 0  # lite: map border left at zero, in stride-8 cells
-    hard_quantile: float = ANOMALIB_HARD_QUANTILE  # lite: the student learns from distances above this quantile
+    hard_quantile: float = 0.99  # lite: the student learns from distances above this quantile (anomalib: 0.999)
+    score_border_cells: int = 2  # lite: image score = map maximum without this border, in stride-8 cells (16 px)
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
@@ -87,9 +87,9 @@ class EfficientADConfig:
             raise ValueError(f"expected EfficientAD structure in {STRUCTURES}, found {self.structure!r}")
         if not 0.0 <= self.hard_quantile < 1.0:
             raise ValueError(f"expected a hard-feature quantile in [0, 1), found {self.hard_quantile}")
-        if self.structure == "pdn_s" and self.hard_quantile != ANOMALIB_HARD_QUANTILE:
-            raise ValueError(f"expected the pdn_s structure with anomalib's hard-feature quantile "
-                             f"{ANOMALIB_HARD_QUANTILE}, found {self.hard_quantile} (only lite takes another)")
+        if self.score_border_cells < 0 or 2 * self.score_border_cells * STRIDE >= min(self.height, self.width):
+            raise ValueError(f"expected a score border of 0 to {min(self.height, self.width) // (2 * STRIDE) - 1} "
+                             f"cells, found {self.score_border_cells}")
         if self.structure == "lite" and (self.height % 256 or self.width % 256):
             raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
                              f"code is 256 px wide), found {self.height}x{self.width}")
@@ -109,10 +109,13 @@ class EfficientADConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> EfficientADConfig:
-        """Settings from a manifest; one saved before structures existed is the PDN-S structure."""
+        """Settings from a manifest; one saved before structures existed is the PDN-S structure, and settings added
+        later take the value that reproduces what was saved (anomalib's hard quantile, the map maximum as score)."""
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in data.items() if k in known}
         values.setdefault("structure", "pdn_s")
+        values.setdefault("hard_quantile", ANOMALIB_HARD_QUANTILE)
+        values.setdefault("score_border_cells", 0)
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -149,8 +152,8 @@ def _build_pdn_s(config: EfficientADConfig) -> EfficientAdModel:
     if not teacher_path.is_file():
         raise FileNotFoundError(f"expected distilled teacher weights at {teacher_path}, found none "
                                 "(make them with tools/distill_teacher.py)")
-    model = EfficientAdModel(teacher_out_channels=teacher_channels(teacher_path), model_size=EfficientAdModelSize.S,
-                             padding=False, pad_maps=True)
+    model = TunedEfficientAdModel(teacher_channels(teacher_path), False, True, config.hard_quantile,
+                                  config.score_border_cells)  # anomalib's PDN-S networks (its default size)
     model.teacher.load_state_dict(torch.load(teacher_path, map_location="cpu", weights_only=True), strict=True)
     return model
 
@@ -159,7 +162,7 @@ def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     """anomalib's model with a pretrained Lite trunk as teacher and CPU-sized student and autoencoder."""
     teacher = LiteTeacher(config.teacher_backbone, config.context_cells)
     channels = teacher.out_channels
-    model = LiteEfficientAdModel(channels, config.border_cells, config.hard_quantile)
+    model = LiteEfficientAdModel(channels, config.border_cells, config.hard_quantile, config.score_border_cells)
     model.teacher = teacher  # type: ignore[assignment]  # anomalib types it as its PDN; any nn.Module works
     model.student = LiteStudent(  # type: ignore[assignment]
         2 * channels, config.student_width, config.context_cells)

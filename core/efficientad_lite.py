@@ -22,6 +22,7 @@ from __future__ import annotations
 import timm
 import torch
 import torch.nn.functional as F
+from anomalib.data import InferenceBatch
 from anomalib.models.image.efficient_ad.torch_model import (
     EfficientAdModel,
     imagenet_norm_batch,
@@ -51,18 +52,35 @@ def crop_cells(y: torch.Tensor, cells: int) -> torch.Tensor:
     return y[..., cells:y.shape[-2] - cells, cells:y.shape[-1] - cells] if cells else y
 
 
-class LiteEfficientAdModel(EfficientAdModel):
-    """anomalib's EfficientAdModel whose maps may leave a border of ``border_cells`` feature cells at zero,
-    as the stock structure's valid convolutions do (padded convolutions disagree most at the border).
-    Measured on magnetic_tile, 2 cells (16 px): the student-teacher branch's image AUROC 0.69 -> 0.84 at 1,500
-    steps, but pixel AUROC fell (its breaks and frays touch the image edge); mirrored context
-    (:func:`reflect_context`) is the default instead, see benchmarks/RESULTS.md."""
+class TunedEfficientAdModel(EfficientAdModel):
+    """anomalib's EfficientAdModel with two settings of its recipe exposed (both structures use it):
 
-    def __init__(self, teacher_out_channels: int, border_cells: int, hard_quantile: float = ANOMALIB_HARD_QUANTILE
-                 ) -> None:
-        super().__init__(teacher_out_channels=teacher_out_channels, padding=True, pad_maps=False)
-        self.border_cells = border_cells
+    - ``hard_quantile``: the student-teacher loss averages the squared distances at or above this quantile
+      (anomalib: 0.999). Measured on magnetic_tile: 0.99 gives the student more to learn from in a CPU budget of
+      a few thousand steps (bench_efficientad.py, ``lite_hard99``).
+    - ``score_border_cells``: in eval mode the image score is the map's maximum without a border of that many
+      stride-8 cells (the map itself is kept whole), which keeps the border's localisation and drops most of its
+      false alarms (bench_efficientad_scores.py). 0 is anomalib's score, the maximum of the whole map.
+    """
+
+    def __init__(self, teacher_out_channels: int, padding: bool, pad_maps: bool, hard_quantile: float,
+                 score_border_cells: int) -> None:
+        super().__init__(teacher_out_channels=teacher_out_channels, padding=padding, pad_maps=pad_maps)
         self.hard_quantile = hard_quantile
+        self.score_border_cells = score_border_cells
+
+    def forward(self, batch: torch.Tensor, batch_imagenet: torch.Tensor | None = None, normalize: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | InferenceBatch:
+        """anomalib's forward; in eval mode the image score ``[B, 1]`` is the maximum of the map ``[B, 1, H, W]``
+        inside ``score_border_cells * STRIDE`` px of border."""
+        out = super().forward(batch, batch_imagenet, normalize)
+        if self.training or not self.score_border_cells or not isinstance(out, InferenceBatch):
+            return out
+        amap = out.anomaly_map
+        assert amap is not None  # anomalib's eval forward always returns the map
+        b = self.score_border_cells * STRIDE
+        score = torch.amax(amap[..., b:amap.shape[-2] - b, b:amap.shape[-1] - b], dim=(-2, -1))
+        return InferenceBatch(pred_score=score, anomaly_map=amap)
 
     def compute_losses(self, batch: torch.Tensor, batch_imagenet: torch.Tensor, distance_st: torch.Tensor
                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,6 +94,19 @@ class LiteEfficientAdModel(EfficientAdModel):
         ours_hard = torch.mean(flat[flat >= torch.quantile(flat, self.hard_quantile)])
         # anomalib's hard term is taken out again: its gradient cancels exactly, the penalty term stays
         return loss_st - stock_hard + ours_hard, loss_ae, loss_stae
+
+
+class LiteEfficientAdModel(TunedEfficientAdModel):
+    """The tuned model whose maps may leave a border of ``border_cells`` feature cells at zero,
+    as the stock structure's valid convolutions do (padded convolutions disagree most at the border).
+    Measured on magnetic_tile, 2 cells (16 px): the student-teacher branch's image AUROC 0.69 -> 0.84 at 1,500
+    steps, but pixel AUROC fell (its breaks and frays touch the image edge); mirrored context
+    (:func:`reflect_context`) is the default instead, see benchmarks/RESULTS.md."""
+
+    def __init__(self, teacher_out_channels: int, border_cells: int, hard_quantile: float,
+                 score_border_cells: int) -> None:
+        super().__init__(teacher_out_channels, True, False, hard_quantile, score_border_cells)
+        self.border_cells = border_cells
 
     def compute_maps(self, batch: torch.Tensor, student_output: torch.Tensor, distance_st: torch.Tensor,
                      normalize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:

@@ -77,7 +77,7 @@ def test_training_reports_progress_and_cancels() -> None:
                                                   ({"height": 320}, "multiples of 256"),
                                                   ({"structure": "pdn_m"}, "structure in"),
                                                   ({"hard_quantile": 1.0}, "in \\[0, 1\\)"),
-                                                  ({"structure": "pdn_s", "hard_quantile": 0.9}, "only lite")])
+                                                  ({"score_border_cells": 16}, "score border of 0 to 15")])
 def test_bad_config(settings: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         EfficientADConfig(**settings)
@@ -170,6 +170,33 @@ def test_lite_builds_and_trains_without_network(monkeypatch: pytest.MonkeyPatch)
 def test_old_manifest_without_structure_loads_as_pdn_s() -> None:
     cfg = EfficientADConfig.from_dict({"height": 256, "width": 256, "steps": 3, "lr": 1e-4})
     assert cfg.structure == "pdn_s"
+
+
+def test_settings_saved_before_the_tuned_loss_and_score_keep_anomalibs() -> None:
+    """A manifest written before ``hard_quantile``/``score_border_cells`` existed scores as it did when saved."""
+    cfg = EfficientADConfig.from_dict({"structure": "lite", "steps": 3})
+    assert (cfg.hard_quantile, cfg.score_border_cells) == (0.999, 0)
+    assert (EfficientADConfig().hard_quantile, EfficientADConfig().score_border_cells) == (0.99, 2)
+
+
+@pytest.mark.parametrize(("structure", "extra"), [("lite", {}), ("pdn_s", {"lr": 1e-4})])
+@pytest.mark.parametrize(("cells", "hot", "expected"), [
+    (0, (2, 2), 5.0),       # anomalib: the whole map's maximum, a hot pixel in the border counts
+    (2, (2, 2), 1.0),       # 16 px border: the border's hot pixel is left out, the inside maximum (1.0) is the score
+    (2, (16, 16), 5.0),     # the first pixel inside the border counts
+    (2, (239, 100), 5.0),   # the last row inside
+    (2, (240, 100), 1.0),   # the first row of the bottom border does not
+])
+def test_image_score_leaves_out_the_border(structure: str, extra: dict, cells: int, hot: tuple[int, int],
+                                          expected: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = EfficientAD(EfficientADConfig(steps=1, structure=structure, score_border_cells=cells, **extra)).model.eval()
+    amap = torch.zeros(1, 1, 256, 256)
+    amap[..., 128, 128] = 1.0
+    amap[..., hot[0], hot[1]] = 5.0
+    monkeypatch.setattr(model, "compute_maps", lambda *a, **k: (amap, amap))
+    out = model(torch.rand(1, 3, 256, 256))
+    assert float(out.pred_score.reshape(-1)[0]) == pytest.approx(expected)
+    assert torch.equal(out.anomaly_map, amap)  # the map is kept whole
 
 
 def test_border_variant_zeroes_the_map_border_and_default_keeps_it() -> None:
