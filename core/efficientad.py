@@ -73,8 +73,8 @@ class EfficientADConfig:
     student_width: int = 128
     context_cells: int = 2  # lite: mirrored image around the input, in stride-8 cells (16 px)
     border_cells: int = 0  # lite: map border left at zero, in stride-8 cells
-    hard_quantile: float = 0.99  # lite: the student learns from distances above this quantile (anomalib: 0.999)
-    score_border_cells: int = 2  # lite: image score = map maximum without this border, in stride-8 cells (16 px)
+    hard_quantile: float = 0.99  # the student learns from distances above this quantile (anomalib: 0.999)
+    score_border_cells: int = 2  # image score = map maximum without this border, in stride-8 cells (anomalib: 0)
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
