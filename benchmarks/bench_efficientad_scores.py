@@ -24,15 +24,14 @@ import torchvision.transforms.functional as TF
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_efficientad import ROWS
+from bench_patchcore import image_metrics, pixel_metrics
 from common import DATA, OUT, fmt, machine, write_section
 
-from core import metrics
-from core.dataset import Sample, load_category
+from core.dataset import load_category
 from core.detector import HOLDOUT_FRACTION, split_holdout
 from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image, load_mask
+from core.imageio import load_image
 from core.preprocess import resize_map, to_tensor
-from core.types import Prediction
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # normalised (st, ae), each [N, H, W]
 
@@ -91,45 +90,16 @@ RULES: dict[str, tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = {
 }
 
 
-def image_metrics(samples: list[Sample], preds: list[Prediction]) -> dict[str, object]:
-    """Image AUROC, F1-max and image AUROC per defect type (each defect against all good images)."""
-    labels = np.array([s.label for s in samples])
-    scores = np.array([p.score for p in preds])
-    defects = np.array([s.defect for s in samples])
-    per_defect = {d: metrics.roc_auc(labels[(defects == d) | (defects == "good")],
-                                     scores[(defects == d) | (defects == "good")])
-                  for d in sorted(set(defects[labels == 1]))}
-    return {"image_auroc": metrics.roc_auc(labels, scores), "f1_max": metrics.f1_max(labels, scores)[0],
-            "per_defect_image_auroc": per_defect}
-
-
-def pixel_metrics(samples: list[Sample], images: list[np.ndarray], preds: list[Prediction]) -> dict[str, float]:
-    """Pixel AUROC and AUPRO of the maps (at each image's original size)."""
-    masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
-             for s, im in zip(samples, images, strict=True)]
-    maps = [p.anomaly_map for p in preds]
-    truth = np.concatenate([m.ravel() for m in masks])
-    values = np.concatenate([m.ravel() for m in maps])
-    return {"pixel_auroc": metrics.roc_auc(truth, values), "aupro": metrics.aupro(masks, maps)}
-
-
-def raw_maps(model: EfficientAD, images: list[np.ndarray], batch: int = 8) -> Maps:
-    """Unnormalised branch maps ``([N, H, W], [N, H, W])`` at model input size."""
+def normalised_maps(model: EfficientAD, images: list[np.ndarray], batch: int = 8) -> Maps:
+    """The two branch maps ``([N, H, W], [N, H, W])`` at model input size, quantile-normalised by anomalib."""
     st_all, ae_all = [], []
     with torch.inference_mode():
         for start in range(0, len(images), batch):
             st, ae = model.model.get_maps(to_tensor(images[start:start + batch], model.config.input_spec),
-                                          normalize=False)
+                                          normalize=True)
             st_all.append(st[:, 0])
             ae_all.append(ae[:, 0])
     return torch.cat(st_all), torch.cat(ae_all)
-
-
-def normalise(maps: Maps, model: EfficientAD) -> Maps:
-    """anomalib's quantile normalisation with the model's saved quantiles."""
-    q = {k: float(v.detach()) for k, v in model.model.quantiles.items()}
-    return (0.1 * (maps[0] - q["qa_st"]) / (q["qb_st"] - q["qa_st"]),
-            0.1 * (maps[1] - q["qa_ae"]) / (q["qb_ae"] - q["qa_ae"]))
 
 
 def write_table() -> None:
@@ -172,18 +142,18 @@ def main() -> int:
     data = load_category(DATA, args.category)
     samples = list(data.test)
     images = [load_image(s.path) for s in samples]
-    maps = normalise(raw_maps(model, images), model)
-    pixel: dict[str, dict[str, float]] = {}  # map name -> pixel AUROC and AUPRO (one computation per map)
+    maps = normalised_maps(model, images)
     rows = []
-    for name, (map_name, score_of) in RULES.items():
-        amap = MAPS[map_name](maps)
-        preds = [Prediction(float(s), resize_map(m, im.shape[:2]), 0.0)
-                 for s, m, im in zip(score_of(amap), amap, images, strict=True)]
-        if map_name not in pixel:
-            pixel[map_name] = pixel_metrics(samples, images, preds)
-        row = {"rule": name, **image_metrics(samples, preds), **pixel[map_name]}
-        rows.append(row)
-        print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+    for map_name, make_map in MAPS.items():  # each map once, then every rule that scores it
+        amap = make_map(maps)
+        pixel = pixel_metrics(samples, images, [resize_map(m, im.shape[:2]) for m, im in zip(amap, images, strict=True)])
+        for name, (rule_map, score_of) in RULES.items():
+            if rule_map != map_name:
+                continue
+            row = {"rule": name, **image_metrics(samples, score_of(amap).numpy()), **pixel}
+            rows.append(row)
+            print(json.dumps(row, default=float), file=sys.stderr, flush=True)
+    rows.sort(key=lambda r: list(RULES).index(r["rule"]))  # the table lists rules in RULES order
     _, hold_idx = split_holdout(len(data.train), HOLDOUT_FRACTION, 0)
     out = ROWS / f"efficientad_scores_{args.category}_{args.variant}.json"
     out.write_text(json.dumps({"category": args.category, "variant": args.variant, "steps": settings["steps"],

@@ -36,22 +36,31 @@ from core.patchcore import PatchCore, PatchCoreConfig
 from core.preprocess import batches, predict_in_batches, to_tensor
 
 
-def evaluate_predictions(samples, images, preds) -> dict[str, float]:
+def image_metrics(samples, scores) -> dict:
+    """Image AUROC, F1-max and image AUROC per defect type (each defect against all good images)."""
     labels = np.array([s.label for s in samples])
-    scores = np.array([p.score for p in preds])
-    masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
-             for s, im in zip(samples, images, strict=True)]
-    maps = [p.anomaly_map for p in preds]
-    truth = np.concatenate([m.ravel() for m in masks])
-    values = np.concatenate([m.ravel() for m in maps])
+    scores = np.asarray(scores, dtype=np.float64)
     f1, _ = metrics.f1_max(labels, scores)
     per_defect = {}
     defects = np.array([s.defect for s in samples])
     for d in sorted(set(defects[labels == 1])):
         sel = (defects == d) | (defects == "good")
         per_defect[d] = metrics.roc_auc(labels[sel], scores[sel])
-    return {"image_auroc": metrics.roc_auc(labels, scores), "pixel_auroc": metrics.roc_auc(truth, values),
-            "aupro": metrics.aupro(masks, maps), "f1_max": f1, "per_defect_image_auroc": per_defect}
+    return {"image_auroc": metrics.roc_auc(labels, scores), "f1_max": f1, "per_defect_image_auroc": per_defect}
+
+
+def pixel_metrics(samples, images, maps) -> dict[str, float]:
+    """Pixel AUROC and AUPRO of ``maps`` (each at its image's original size)."""
+    masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
+             for s, im in zip(samples, images, strict=True)]
+    truth = np.concatenate([m.ravel() for m in masks])
+    values = np.concatenate([m.ravel() for m in maps])
+    return {"pixel_auroc": metrics.roc_auc(truth, values), "aupro": metrics.aupro(masks, maps)}
+
+
+def evaluate_predictions(samples, images, preds) -> dict[str, float]:
+    return {**image_metrics(samples, [p.score for p in preds]),
+            **pixel_metrics(samples, images, [p.anomaly_map for p in preds])}
 
 
 def run_one(args: argparse.Namespace) -> dict:

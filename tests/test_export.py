@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,8 +39,6 @@ def test_bundle_scores_equal_the_apps(trained_store: Path, demo_root: Path, tmp_
         names = set(bundle.namelist())
         bundle.extractall(folder)
     assert {"model.onnx", "params.json", "calibration.json", "manifest.json", "runner.py", "README.txt"} <= names
-    import json
-
     params = json.loads((folder / "params.json").read_text())
     assert params["runtime"] in params["runtime_ms_at_export"]  # chosen by measuring on this machine
     assert params["runtime"] == min(params["runtime_ms_at_export"], key=params["runtime_ms_at_export"].get)
