@@ -45,7 +45,10 @@ VARIANTS: dict[str, dict[str, object]] = {
     "lite_w64": {**_STOCK_LOSS, "student_width": 64},
     "lite1": {**_STOCK_LOSS, "teacher_backbone": "tf_efficientnet_lite1"},
     "lite_hard99": {"hard_quantile": 0.99, "score_border_cells": 0},
-    "lite_hard99_6000": {"hard_quantile": 0.99, "score_border_cells": 2},  # the product's default (this session)
+    "lite_hard99_6000": {"hard_quantile": 0.99, "score_border_cells": 2},  # the product's default (session 6)
+    "lite_w64_hard99_6000": {"student_width": 64, "hard_quantile": 0.99, "score_border_cells": 2},
+    # the default with ../shared/data/natural (320 photos) as penalty images instead of the 20 shipped ones
+    "lite_hard99_6000_natural": {"hard_quantile": 0.99, "score_border_cells": 2, "penalty_dir": str(DATA / "natural")},
     "pdn_s": {**_STOCK_LOSS, "structure": "pdn_s", "lr": 1e-4},
 }
 
