@@ -107,14 +107,15 @@ def write_table() -> None:
              "once and turned into a map and image score by each rule. The product's rule (since the hard-quantile "
              "change) is the mean of the branches with the image score taken without a 16 px border; before it, "
              "anomalib's rule (the maximum of the whole map).", "",
-             "| category | variant | steps | rule | image AUROC | pixel AUROC | AUPRO | F1-max |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| category | variant | steps | rule | image AUROC | pixel AUROC | AUPRO | F1-max | pixel AUROC per defect |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for path in sorted(ROWS.glob("efficientad_scores_*.json")):
         saved = json.loads(path.read_text())
         for r in saved["rows"]:
+            per_defect = ", ".join(f"{d} {fmt(v)}" for d, v in r.get("per_defect_pixel_auroc", {}).items()) or "–"
             lines.append(f"| {saved['category']} | {saved['variant']} | {saved['steps']} | {r['rule']} | "
                          f"{fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
-                         f"{fmt(r['f1_max'])} |")
+                         f"{fmt(r['f1_max'])} | {per_defect} |")
     lines += ["", "Command: `python benchmarks/bench_efficientad_scores.py --category C --variant V`."]
     write_section("efficientad_scores", "## EfficientAD: from branch maps to a score (one model, several rules)\n\n"
                   + "\n".join(lines))

@@ -49,16 +49,24 @@ def image_metrics(samples, scores) -> dict:
     return {"image_auroc": metrics.roc_auc(labels, scores), "f1_max": f1, "per_defect_image_auroc": per_defect}
 
 
-def pixel_metrics(samples, images, maps) -> dict[str, float]:
-    """Pixel AUROC and AUPRO of ``maps`` (each at its image's original size)."""
+def pixel_metrics(samples, images, maps) -> dict:
+    """Pixel AUROC and AUPRO of ``maps`` (each at its image's original size), and pixel AUROC per defect type
+    (that type's images and all good images, as core.evaluate counts it)."""
     masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
              for s, im in zip(samples, images, strict=True)]
-    truth = np.concatenate([m.ravel() for m in masks])
-    values = np.concatenate([m.ravel() for m in maps])
-    return {"pixel_auroc": metrics.roc_auc(truth, values), "aupro": metrics.aupro(masks, maps)}
+
+    def auroc(keep: list[int]) -> float:
+        return metrics.roc_auc(np.concatenate([masks[i].ravel() for i in keep]),
+                               np.concatenate([np.asarray(maps[i]).ravel() for i in keep]))
+
+    defects = [s.defect for s in samples]
+    per_defect = {d: auroc([i for i, x in enumerate(defects) if x in (d, "good")])
+                  for d in sorted(set(defects) - {"good"})}
+    return {"pixel_auroc": auroc(list(range(len(samples)))), "aupro": metrics.aupro(masks, maps),
+            "per_defect_pixel_auroc": per_defect}
 
 
-def evaluate_predictions(samples, images, preds) -> dict[str, float]:
+def evaluate_predictions(samples, images, preds) -> dict:
     return {**image_metrics(samples, [p.score for p in preds]),
             **pixel_metrics(samples, images, [p.anomaly_map for p in preds])}
 
