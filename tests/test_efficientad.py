@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from core import detector as det
+from core.dataset import load_category
 from core.efficientad import (
     DEFAULT_PENALTY_DIR,
     DEFAULT_TEACHER,
@@ -53,6 +54,27 @@ def test_round_trip_and_sizes(trained_store: Path, demo_root: Path) -> None:
     q = a.detector.model.quantiles
     assert float(q["qb_st"].detach()) > float(q["qa_st"].detach())  # normalisation quantiles were fitted
     assert a.manifest["train"]["seconds_per_step"] > 0
+
+
+def test_trained_model_scores_identically_after_save_and_load(demo_root: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The product path: the detector ``det.train`` fitted in memory and the one ``det.load`` reads back from the
+    store give the same scores and maps, bit for bit (the two loads above only compare the store with itself)."""
+    built: list[det.Detector] = []
+    real_build = det.build
+
+    def keep(kind: str, settings: dict) -> det.Detector:
+        built.append(real_build(kind, settings))
+        return built[-1]
+
+    monkeypatch.setattr(det, "build", keep)
+    data = load_category(demo_root, "demo_metal")
+    result = det.train(data, "efficientad", {"steps": 3}, ModelStore(tmp_path))
+    loaded = det.load(result.ref)
+    assert loaded.detector is not built[0]
+    images = [load_image(s.path) for s in data.test[:3]] + [rgb(300, 180)]
+    for trained, again in zip(built[0].predict(images), loaded.detector.predict(images), strict=True):
+        assert trained.score == again.score and np.array_equal(trained.anomaly_map, again.anomaly_map)
 
 
 def test_training_reports_progress_and_cancels() -> None:
