@@ -33,6 +33,7 @@ from common import DATA, machine, write_section
 from core.dataset import load_category
 from core.efficientad import EfficientAD, EfficientADConfig
 from core.imageio import load_image
+from core.store import atomic_write_json
 
 ROWS = Path(__file__).resolve().parent / "results"
 STOCK = "anomalib TorchInferencer, stock PDN-S EfficientAd"
@@ -94,10 +95,7 @@ def main() -> int:
         if not (DATA / category).is_dir():
             print(f"skipped: no {category} under {DATA}", file=sys.stderr)
             continue
-        saved = measure_category(category)
-        tmp = rows_path(category).with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved, indent=1))
-        tmp.replace(rows_path(category))
+        atomic_write_json(rows_path(category), measure_category(category))
     write_table()
     return 0
 

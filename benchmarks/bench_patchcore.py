@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section
 
 from core import metrics
-from core.dataset import load_category
+from core.dataset import GOOD, load_category
 from core.imageio import load_image, load_mask
 from core.knn import resolve
 from core.patchcore import PatchCore, PatchCoreConfig
@@ -60,8 +60,8 @@ def pixel_metrics(samples, images, maps) -> dict:
                                np.concatenate([np.asarray(maps[i]).ravel() for i in keep]))
 
     defects = [s.defect for s in samples]
-    per_defect = {d: auroc([i for i, x in enumerate(defects) if x in (d, "good")])
-                  for d in sorted(set(defects) - {"good"})}
+    per_defect = {d: auroc([i for i, x in enumerate(defects) if x in (d, GOOD)])
+                  for d in sorted(set(defects) - {GOOD})}
     return {"pixel_auroc": auroc(list(range(len(samples)))), "aupro": metrics.aupro(masks, maps),
             "per_defect_pixel_auroc": per_defect}
 
