@@ -21,7 +21,10 @@ SCORING_SHARE = 0.85  # progress fraction for scoring; the rest is the pixel-met
 
 @dataclass(frozen=True)
 class ImageResult:
+    """One scored test image. ``key``: its identity (:attr:`core.dataset.Sample.key`); ``path``: absolute."""
+
     path: str
+    key: str
     defect: str
     label: int
     score: float
@@ -55,9 +58,9 @@ class EvaluationResult:
     def images_csv(self) -> bytes:
         out = io.StringIO()
         writer = csv.writer(out)
-        writer.writerow(["path", "defect", "label", "score", "latency_ms"])
+        writer.writerow(["path", "key", "defect", "label", "score", "latency_ms"])
         for r in self.images:
-            writer.writerow([r.path, r.defect, r.label, f"{r.score:.6g}", f"{r.latency_ms:.3f}"])
+            writer.writerow([r.path, r.key, r.defect, r.label, f"{r.score:.6g}", f"{r.latency_ms:.3f}"])
         return out.getvalue().encode()
 
     def pixels_npz(self) -> bytes:
@@ -135,7 +138,8 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
     labels = np.array([s.label for s in samples])
     scores = np.array([p.score for p in preds])
     latencies = np.array([p.latency_ms for p in preds])
-    rows = tuple(ImageResult(str(s.path), s.defect, s.label, p.score, p.latency_ms) for s, p in zip(samples, preds, strict=True))
+    rows = tuple(ImageResult(str(s.path.resolve()), s.key, s.defect, s.label, p.score, p.latency_ms)
+                 for s, p in zip(samples, preds, strict=True))
     maps: list[np.ndarray | None] = [p.anomaly_map for p in preds]
     del preds  # the maps are dropped one by one below
     groups = _bin_by_defect(samples, masks, maps, control)

@@ -14,7 +14,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from core.dataset import CategoryData, Sample
+from core.dataset import CategoryData, Sample, legacy_key
 from core.imageio import load_many
 from core.types import NO_CONTROL, TrainControl
 
@@ -23,11 +23,14 @@ BATCH = 16
 
 @dataclass(frozen=True)
 class Hit:
+    """One neighbour: ``key`` is the image's identity in its category (:attr:`core.dataset.Sample.key`)."""
+
     path: str
     similarity: float
     split: str
     defect: str
     label: int
+    key: str
 
 
 def open_client(local_path: str | Path | None = None, url: str | None = None) -> QdrantClient:
@@ -83,7 +86,8 @@ class SimilarityIndex:
                                                                                    distance=qm.Distance.COSINE))
                 created = True
             points = [qm.PointStruct(id=point_id + i, vector=v.tolist(),
-                                     payload={"path": str(s.path), "split": s.split, "defect": s.defect, "label": s.label})
+                                     payload={"path": str(s.path.resolve()), "key": s.key, "split": s.split,
+                                              "defect": s.defect, "label": s.label})
                       for i, (s, v) in enumerate(zip(chunk, vectors, strict=True))]
             point_id += len(points)
             self.client.upsert(name, points=points, wait=True)
@@ -99,5 +103,6 @@ class SimilarityIndex:
         hits = []
         for p in result.points:
             payload = p.payload or {}
-            hits.append(Hit(payload["path"], float(p.score), payload["split"], payload["defect"], int(payload["label"])))
+            hits.append(Hit(payload["path"], float(p.score), payload["split"], payload["defect"], int(payload["label"]),
+                            payload.get("key") or legacy_key(payload["path"])))  # indexed before keys existed
         return hits

@@ -11,7 +11,7 @@ Layout::
             weights.pt          model state (memory bank, or EfficientAD networks) -- never calibration
             calibration.json    raw good-score statistics and thresholds (user-editable, kept as data)
             evaluation.json     metrics overall and per defect type (when evaluated)
-            eval_images.csv     per evaluation image: path, defect, label, raw score, latency
+            eval_images.csv     per evaluation image: path, key (category-relative), defect, label, raw score, latency
             eval_pixels.npz     pixel-score histograms of good and defect pixels (for pixel-level curves)
 
 A model saved before versions existed (the files directly in ``<kind>/``) is read as version 1 and never
@@ -55,6 +55,18 @@ LEGACY_REASON = "trained (saved before model versions existed)"
 
 class ModelStoreError(RuntimeError):
     """A model folder is missing, incomplete or corrupt. The message names the folder and the problem."""
+
+
+class StaleParentError(ModelStoreError):
+    """A version was to be built on ``parent``, which is no longer current: another writer made ``current``
+    in the meantime (two tabs, or the CLI beside the app). Nothing was written."""
+
+    def __init__(self, parent: ModelRef, current: ModelRef) -> None:
+        super().__init__(f"expected v{parent.version} of {parent.category}/{parent.kind} to be current, found it "
+                         f"no longer current: v{current.version} is current now (made meanwhile by another "
+                         "writer); nothing was written")
+        self.parent = parent
+        self.current = current
 
 
 def validate_name(name: str, what: str = "name") -> str:
@@ -208,7 +220,9 @@ class ModelStore:
         numbers = self.version_numbers(category, kind)
         base = self.kind_folder(category, kind)
         if not numbers:
-            raise ModelStoreError(f"expected a trained model in {base}, found nothing there")
+            known = self.trained_names()
+            raise ModelStoreError(f"expected a trained model in {base}, found nothing there; "
+                                  + (f"trained here: {', '.join(known)}" if known else f"{self.root} holds no model"))
         pointer = base / CURRENT
         if not pointer.is_file():
             return ModelRef(str(self.root), category, kind, numbers[-1])
@@ -227,8 +241,26 @@ class ModelStore:
             raise ModelStoreError(f"expected one of the versions {numbers} of {category}/{kind}, found {version}")
         return ModelRef(str(self.root), category, kind, int(version))
 
+    def trained_names(self) -> list[str]:
+        """``category/kind`` of every model folder with at least one version, sorted (for error messages)."""
+        if not self.root.is_dir():
+            return []
+        return [f"{c.name}/{k.name}" for c in sorted(self.root.iterdir()) if c.is_dir() and not c.name.startswith(".")
+                for k in sorted(c.iterdir()) if k.is_dir() and self.version_numbers(c.name, k.name)]
+
     def has_model(self, category: str, kind: str) -> bool:
         return bool(self.version_numbers(category, kind))
+
+    def training_state_dir(self, category: str, kind: str) -> Path:
+        """``<store>/.training/<category>/<kind>/``: where an interrupted training run keeps its state until it
+        is resumed or replaced (the detector names the files in it; see ``core.types.ResumePoint``). Outside
+        the kind folder, so a first run stopped before any version does not list as a broken model."""
+        self.kind_folder(category, kind)  # checks both names
+        return self.root / ".training" / category / kind
+
+    def discard_training_state(self, category: str, kind: str) -> None:
+        """Forget an interrupted run of (category, kind), if any."""
+        shutil.rmtree(self.training_state_dir(category, kind), ignore_errors=True)
 
     # -- writing versions --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -244,13 +276,20 @@ class ModelStore:
 
     def create_version(self, category: str, kind: str, manifest: dict[str, Any], calibration: dict[str, Any],
                        reason: str, weights: dict[str, Any] | None = None, parent: ModelRef | None = None,
-                       keep_evaluation: bool = False) -> ModelRef:
+                       keep_evaluation: bool = False, require_parent_current: bool = False,
+                       feedback: dict[str, Any] | None = None) -> ModelRef:
         """Write a new numbered version and make it current; returns its handle.
 
         ``weights`` None shares the parent's weights (a hard link); ``keep_evaluation`` shares its evaluation
         files (right when the scores cannot have changed, e.g. only thresholds were saved). The files are
         written to a temp folder first; the number is chosen and the folder renamed under a lock, so two
         writers never reuse a number or leave a half-written version.
+
+        ``require_parent_current``: compare-and-swap on the current pointer. Under the same lock, ``parent``
+        must still be the current version, else :class:`StaleParentError` (naming the version that is current
+        now) and nothing is written: a change built on ``parent`` would otherwise drop whatever the newer
+        version added. ``feedback``: a feedback-log entry appended under that lock once the version is current
+        (``version_after`` is filled in), so the log's order is the versions' order.
         """
         if weights is None and parent is None:
             raise ValueError("expected weights or a parent version to share them from, found neither")
@@ -272,6 +311,12 @@ class ModelStore:
                     _link_or_copy(source, tmp / name)
             (tmp / CALIBRATION).write_text(json.dumps(calibration, indent=2, default=float))
             with self._locked(category, kind):
+                if require_parent_current:
+                    if parent is None:
+                        raise ValueError("expected a parent version to compare with the current one, found none")
+                    now = self.current(category, kind)
+                    if now.version != parent.version:
+                        raise StaleParentError(parent, now)
                 number = max(self.version_numbers(category, kind), default=0) + 1
                 body = {"schema": SCHEMA_VERSION, **manifest, "category": category, "kind": kind,
                         "version": number, "parent": parent.version if parent else None, "reason": reason,
@@ -279,6 +324,8 @@ class ModelStore:
                 (tmp / MANIFEST).write_text(json.dumps(body, indent=2, default=float))
                 os.rename(tmp, base / f"v{number}")
                 atomic_write_json(base / CURRENT, {"version": number})
+                if feedback is not None:
+                    self._write_feedback(category, kind, {**feedback, "version_after": number})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -384,7 +431,12 @@ class ModelStore:
     # -- feedback log ------------------------------------------------------------------------------
     def append_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
         """Append one action to the model's feedback log (one JSON line; under the store lock)."""
-        with self._locked(category, kind), open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
+        with self._locked(category, kind):
+            self._write_feedback(category, kind, entry)
+
+    def _write_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
+        """Append one line to the feedback log; the caller holds the store lock."""
+        with open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
             handle.write(json.dumps(entry, default=float) + "\n")
             handle.flush()
             os.fsync(handle.fileno())

@@ -1,17 +1,15 @@
 """Compare: PatchCore and EfficientAD side by side on the same images."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.overlay import overlay
 from core.registry import label
 from core.store import ModelStoreError
 from ui import cache, charts
 from ui.display import display_image
 from ui.frame import selection
+from ui.inspect_view import render_overlay, score_image
 
 sel = selection()
 st.title("Compare PatchCore and EfficientAD")
@@ -35,21 +33,32 @@ for k, m in models.items():
                  "model size MB": round(size_mb, 2), "train s": round(m.manifest.get("train", {}).get("seconds", 0), 1)})
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
+data = cache.category(sel.data_root, sel.category)
+files = {s.key: str(s.path) for s in data.test}  # the image behind each key, on this server
 frames = {k: cache.eval_images(models[k].ref) for k in kinds}
 if all(f is not None for f in frames.values()):
     a, b = frames["patchcore"], frames["efficientad"]
-    joined = a.merge(b[["path", "score"]], on="path", suffixes=("_a", "_b"))
-    joined["name"] = joined["path"].map(lambda p: f"{Path(p).parent.name}/{Path(p).name}")
+    joined = a.merge(b[["key", "score"]], on="key", suffixes=("_a", "_b"))
+    joined = joined[joined["key"].isin(files)]  # images still in the category
+    joined["name"] = joined["key"].map(lambda k: "/".join(k.split("/")[-2:]))
     # rank disagreement: where one model ranks an image as far more anomalous than the other
     joined["rank_a"] = joined["score_a"].rank(pct=True)
     joined["rank_b"] = joined["score_b"].rank(pct=True)
     joined["disagreement"] = (joined["rank_a"] - joined["rank_b"]).abs()
+    only = {k: len(set(f["key"]) - set(joined["key"])) for k, f in frames.items()}
+    if len(joined) < 2:
+        st.warning(f"The two evaluations share {len(joined)} images of this category's {len(files)} test images: "
+                   "evaluate both models on the same data (Thresholds page, or `python -m core evaluate`).")
+        st.stop()
     st.plotly_chart(charts.compare_scatter(joined, "PatchCore raw score", "EfficientAD raw score"), width="stretch")
     thr_a, thr_b = models["patchcore"].calibration.image_threshold, models["efficientad"].calibration.image_threshold
     verdict_a, verdict_b = joined["score_a"] >= thr_a, joined["score_b"] >= thr_b
+    unmatched = "" if not any(only.values()) else (
+        " Left out (evaluated by one model only, or no longer in the category): "
+        + ", ".join(f"{n} of {label(k)}'s" for k, n in only.items() if n) + ".")
     st.caption(f"Verdicts differ on {int((verdict_a != verdict_b).sum())} of {len(joined)} evaluation images at the "
                f"saved thresholds. Spearman rank correlation "
-               f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.")
+               f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.{unmatched}")
     st.subheader("Where they disagree most")
     st.caption("Rank: where an image falls among all evaluation images by that model's score (100% = the most "
                "anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable "
@@ -63,10 +72,9 @@ if all(f is not None for f in frames.values()):
                  column_config={c: st.column_config.NumberColumn(format="percent")
                                 for c in ("PatchCore rank", "EfficientAD rank", "rank gap")})
     default_pick = list(top["name"].head(3))
-    paths = dict(zip(joined["name"], joined["path"], strict=True))
+    paths = {name: files[key] for name, key in zip(joined["name"], joined["key"], strict=True)}
 else:
     st.info("Evaluate both models (Thresholds page) to see the score scatter and disagreements.")
-    data = cache.category(sel.data_root, sel.category)
     paths = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test}
     default_pick = list(paths)[:2]
 
@@ -80,7 +88,10 @@ for name in picked:
     cols[0].image(small, caption=name, width="stretch")
     for col, k in zip(cols[1:], kinds, strict=True):
         m = models[k]
-        score, amap, _ = cache.predict_one(m.ref, sel.inference, image)
-        verdict = "DEFECT" if score >= m.calibration.image_threshold else "OK"
-        col.image(overlay(small, amap, m.calibration, opacity), width="stretch",
-                  caption=f"{label(k)}: {score:.4f} → {verdict}")
+        scored = score_image(sel, m, name, image)  # the one verdict pipeline (size rule, guard) Inspect uses
+        if scored.inspection.score is None:
+            col.warning(f"{label(k)}: {scored.verdict} ({scored.inspection.note})")
+            continue
+        col.image(render_overlay(scored, m.calibration, opacity, "jet", True), width="stretch",
+                  caption=f"{label(k)}: {scored.inspection.score:.4f} → {scored.verdict}"
+                          + ("" if scored.inspection.familiar is not False else " (unfamiliar image)"))

@@ -52,6 +52,7 @@ if not indexed:
 
 c1, c2 = st.columns([2, 1])
 upload = c1.file_uploader("Query image", type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
+files = {s.key: str(s.path) for s in [*data.test, *data.train]}  # the image behind each key, on this server
 samples = {f"{s.split}/{s.defect}/{s.path.name}": str(s.path) for s in [*data.test, *data.train]}
 picked = c1.selectbox("…or an image of the category", ["—"] + list(samples), key="similar_pick")
 k = c2.slider("How many", 1, 24, 8)
@@ -73,15 +74,15 @@ scores = {}
 if sel.ref is not None:
     frame = cache.eval_images(sel.ref)
     if frame is not None:
-        scores = dict(zip(frame["path"], frame["score"], strict=True))
+        scores = dict(zip(frame["key"], frame["score"], strict=True))
 st.image(image, caption=f"query: {name}", width=260)
 st.dataframe(pd.DataFrame([{"image": f"{h.split}/{h.defect}/{Path(h.path).name}", "similarity": round(h.similarity, 4),
                             "label": "defect" if h.label else "good", "defect type": h.defect,
-                            "anomaly score": scores.get(h.path)} for h in hits]), hide_index=True, width="stretch")
+                            "anomaly score": scores.get(h.key)} for h in hits]), hide_index=True, width="stretch")
 cols = st.columns(4)
 for i, h in enumerate(hits):
     try:
-        cols[i % 4].image(cache.image_from_path(h.path), width="stretch",
-                          caption=f"{h.defect} · {h.similarity:.3f}" + (f" · score {scores[h.path]:.3f}" if h.path in scores else ""))
+        cols[i % 4].image(cache.image_from_path(files.get(h.key, h.path)), width="stretch",
+                          caption=f"{h.defect} · {h.similarity:.3f}" + (f" · score {scores[h.key]:.3f}" if h.key in scores else ""))
     except ImageLoadError as exc:
         cols[i % 4].warning(f"{exc.source}: {exc.reason}")

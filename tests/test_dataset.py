@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from core.dataset import DatasetError, list_categories, load_category, load_folder
+from core.dataset import DatasetError, legacy_key, list_categories, load_category, load_folder
 from core.imageio import save_png_atomic
 
 
@@ -57,3 +58,51 @@ def test_empty_train_folder(tmp_path: Path) -> None:
     (tmp_path / "c" / "train" / "good").mkdir(parents=True)
     with pytest.raises(DatasetError, match="expected training images"):
         load_category(tmp_path, "c")
+
+
+@pytest.mark.parametrize("make, expect", [
+    # an MVTec root (category folders): refused, naming --category and the categories found
+    (lambda p: [save_png_atomic(np.zeros((8, 8, 3), np.uint8), p / "root" / c / "train" / "good" / "0.png")
+                for c in ("bolt", "cable")], ["--category", "bolt", "cable"]),
+    # one category folder itself (train/, test/): refused, naming the parent and the category
+    (lambda p: [save_png_atomic(np.zeros((8, 8, 3), np.uint8), p / "root" / s / "0.png")
+                for s in ("train/good", "test/crack")], ["--category", "root"]),
+    # images with a ground_truth/ folder beside them: refused
+    (lambda p: [save_png_atomic(np.zeros((8, 8, 3), np.uint8), p / "root" / s / "0.png")
+                for s in ("", "ground_truth/crack")], ["ground_truth"]),
+])
+def test_plain_folder_refuses_an_mvtec_layout(tmp_path: Path, make, expect: list[str]) -> None:
+    make(tmp_path)
+    with pytest.raises(DatasetError) as info:
+        load_folder(tmp_path / "root")
+    for word in expect:
+        assert word in str(info.value)
+
+
+def test_plain_folder_trains_on_its_own_images_and_sub_folders(tmp_path: Path) -> None:
+    img = np.zeros((8, 8, 3), np.uint8)
+    save_png_atomic(img, tmp_path / "parts" / "0.png")
+    save_png_atomic(img, tmp_path / "parts" / "2026-11-30" / "1.png")
+    data = load_folder(tmp_path / "parts")
+    assert [s.key for s in data.train] == ["0.png", "2026-11-30/1.png"]
+
+
+def test_every_image_has_a_category_relative_key(demo_root: Path) -> None:
+    data = load_category(demo_root, "demo_metal")
+    keys = [s.key for s in [*data.train, *data.test]]
+    assert len(set(keys)) == len(keys)
+    assert "train/good/000.png" in keys and "test/scratch/000.png" in keys
+    # the same image reached through a relative and an absolute root has the same key
+    relative = load_category(Path(os.path.relpath(demo_root)), "demo_metal")
+    assert [s.key for s in relative.test] == [s.key for s in data.test]
+
+
+@pytest.mark.parametrize("path, key", [
+    ("/data/root/bolt/test/crack/007.png", "test/crack/007.png"),
+    ("demo_data/demo_metal/test/good/000.png", "test/good/000.png"),
+    ("demo_metal/train/good/1.png", "train/good/1.png"),
+    ("/x/test/y/test/crack/1.png", "test/crack/1.png"),  # the category's own test/, the last one
+    ("just_a_name.png", "just_a_name.png"),
+])
+def test_key_of_a_legacy_path(path: str, key: str) -> None:
+    assert legacy_key(path) == key

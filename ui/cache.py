@@ -18,7 +18,7 @@ import streamlit as st
 
 from core import detector as det
 from core.calibration import Calibration
-from core.dataset import CategoryData, load_category
+from core.dataset import CategoryData, legacy_key, load_category
 from core.imageio import load_image
 from core.metrics import PixelHistogram
 from core.patchcore import PatchCore, PatchCoreConfig
@@ -118,7 +118,12 @@ def digest(data: bytes | np.ndarray) -> str:
 @st.cache_data(show_spinner=False)
 def _eval_images(ref: ModelRef, stamp: str) -> pd.DataFrame | None:
     raw = ModelStore(ref.store).read_eval_images(ref)
-    return None if raw is None else pd.read_csv(io.BytesIO(raw))
+    if raw is None:
+        return None
+    frame = pd.read_csv(io.BytesIO(raw))
+    if "key" not in frame:  # evaluated before images had keys
+        frame["key"] = frame["path"].map(legacy_key)
+    return frame
 
 
 @st.cache_data(show_spinner=False)
@@ -133,7 +138,8 @@ def _eval_pixels(ref: ModelRef, stamp: str) -> PixelHistogram | None:
 
 
 def eval_images(ref: ModelRef) -> pd.DataFrame | None:
-    """The version's per-image evaluation (raw scores), or None when it was not evaluated."""
+    """The version's per-image evaluation (raw scores; one row per image, identified by ``key``), or None when
+    it was not evaluated."""
     return _eval_images(ref, ModelStore(ref.store).evaluation_stamp(ref))
 
 
