@@ -210,7 +210,11 @@ def cmd_feedback(args: argparse.Namespace) -> int:
             if args.defect:
                 result = feedback.mark_defect(model, image, path.name, args.data, args.defect)
             else:
-                result = feedback.mark_ok(model, image, path.name)
+                result = feedback.mark_ok(model, image, path.name, confirm_far_above=args.force)
+        except feedback.NeedsConfirmation as exc:
+            print(f"error: {exc}; pass --force to mark it OK anyway", file=sys.stderr)
+            failures += 1
+            continue
         except (feedback.FeedbackError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             failures += 1
@@ -356,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--defect", help="file the images as this defect type instead of marking them OK")
     p.add_argument("--undo", action="store_true", help="undo the newest feedback action")
     p.add_argument("--log", action="store_true", help="print the feedback log (JSON lines)")
+    p.add_argument("--force", action="store_true",
+                   help="mark OK even images scored far above the threshold (>= 1.5x it, or above the evaluation's "
+                        "median defect score): they look like clear defects, so this needs saying")
     p.add_argument("images", type=Path, nargs="*")
     p.set_defaults(func=cmd_feedback)
 

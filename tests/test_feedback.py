@@ -4,6 +4,8 @@ and refusals that change nothing."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 from core import detector as det
 from core import feedback
 from core.imageio import load_image
-from core.store import ModelStore, ModelStoreError
+from core.store import ModelStore, ModelStoreError, StaleParentError
 from tests.conftest import rgb
 
 
@@ -103,3 +105,155 @@ def test_the_same_image_marked_twice_stays_until_both_marks_are_undone(setup: tu
     assert first.filed_as.is_file()
     feedback.undo(store, "demo_metal", "patchcore")
     assert not first.filed_as.exists()
+
+
+# -- Mark as OK far above the threshold needs a deliberate confirmation ------------------------------------------
+
+@pytest.mark.parametrize(
+    ("score", "threshold", "median_defect", "needed"),
+    [
+        (63.5, 28.8, None, True),     # the reported case: 2.2x the threshold
+        (43.2, 28.8, None, True),     # exactly 1.5x
+        (40.0, 28.8, None, False),    # 1.39x, no evaluation
+        (40.0, 28.8, 35.0, True),     # above the evaluation's median defect score
+        (30.0, 28.8, 35.0, False),    # above the threshold, below the median defect score
+        (20.0, 28.8, 10.0, False),    # below the threshold: the model already calls it OK
+    ],
+)
+def test_the_far_above_rule(score: float, threshold: float, median_defect: float | None, needed: bool) -> None:
+    far = feedback.far_above(score, threshold, median_defect)
+    assert (far is not None) == needed
+    if far is not None:
+        assert far.ratio == pytest.approx(score / threshold)
+
+
+def _far_defect(store: ModelStore, data: Path) -> tuple[det.LoadedModel, np.ndarray, float]:
+    """The current PatchCore model and the familiar test defect image it scores highest (far above its
+    threshold; an unfamiliar one would be refused for that reason first)."""
+    from core.inspection import inspect
+
+    model = det.load(store.current("demo_metal", "patchcore"))
+    paths = sorted(p for p in (data / "demo_metal" / "test").rglob("*.png") if p.parent.name != "good")
+    images = [load_image(p) for p in paths]
+    judged = inspect(model, images)
+    familiar = [i for i, j in enumerate(judged) if j.familiar is not False and j.score is not None]
+    best = max(familiar, key=lambda i: float(judged[i].score))  # type: ignore[arg-type]
+    return model, images[best], float(judged[best].score)  # type: ignore[arg-type]
+
+
+def test_mark_ok_far_above_the_threshold_is_refused_without_confirmation(setup: tuple[ModelStore, Path]) -> None:
+    store, data = setup
+    model, image, score = _far_defect(store, data)
+    median = feedback.median_defect_score(model.ref)
+    assert median is not None and score > median  # the saved evaluation's median defect score is used
+    before = _files(store.root)
+    with pytest.raises(feedback.NeedsConfirmation) as caught:
+        feedback.mark_ok(model, image, "scratch.png")
+    message = str(caught.value)
+    threshold = model.calibration.image_threshold
+    assert f"{score:.4g}" in message and f"{threshold:.4g}" in message and f"{score / threshold:.2f}x" in message
+    assert caught.value.far.score == pytest.approx(score, rel=1e-5)
+    assert _files(store.root) == before  # nothing taught, nothing logged
+    result = feedback.mark_ok(model, image, "scratch.png", confirm_far_above=True)
+    assert result.after.version == 2 and result.score_after < result.score_before
+
+
+def test_cli_feedback_needs_force_far_above_the_threshold(setup: tuple[ModelStore, Path], tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from core.cli import main
+
+    store, data = setup
+    _, image, _ = _far_defect(store, data)
+    path = tmp_path / "far.png"
+    Image.fromarray(image).save(path)
+    base = ["feedback", "--store", str(store.root), "--category", "demo_metal", "--model", "patchcore"]
+    assert main([*base, str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "--force" in err and "threshold" in err
+    assert store.current("demo_metal", "patchcore").version == 1
+    assert main([*base, "--force", str(path)]) == 0
+    assert "marked OK" in capsys.readouterr().out
+    assert store.current("demo_metal", "patchcore").version == 2
+
+
+# -- two Mark as OK started from the same version: the second builds on the first --------------------------------
+
+def _good(data: Path, name: str) -> np.ndarray:
+    return load_image(data / "demo_metal" / "test" / "good" / name)
+
+
+def test_create_version_refuses_a_parent_that_is_no_longer_current(setup: tuple[ModelStore, Path]) -> None:
+    store, _ = setup
+    v1 = store.current("demo_metal", "patchcore")
+    manifest, calibration = store.read_manifest(v1), store.read_calibration(v1)
+    v2 = store.create_version("demo_metal", "patchcore", manifest, calibration, "a", parent=v1,
+                              require_parent_current=True)
+    before = _files(store.root)
+    with pytest.raises(StaleParentError, match="v1 .*no longer current.* v2") as caught:
+        store.create_version("demo_metal", "patchcore", manifest, calibration, "b", parent=v1,
+                             require_parent_current=True)
+    assert caught.value.current == v2
+    assert _files(store.root) == before and store.current("demo_metal", "patchcore") == v2
+    assert not [p for p in store.kind_folder("demo_metal", "patchcore").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_two_marks_from_the_same_version_keep_both_images(setup: tuple[ModelStore, Path]) -> None:
+    store, data = setup
+    v1 = store.current("demo_metal", "patchcore")
+    first, second = det.load(v1), det.load(v1)  # two tabs that both show v1
+    bank = first.detector.memory_bank.shape[0]
+    a = feedback.mark_ok(first, _good(data, "000.png"), "000.png")
+    b = feedback.mark_ok(second, _good(data, "001.png"), "001.png")
+    assert (a.before.version, a.after.version) == (1, 2)
+    assert (b.before.version, b.after.version) == (2, 3) and "built on v2" in b.message
+    final = det.load(store.current("demo_metal", "patchcore"))
+    assert final.version == 3 and final.detector.memory_bank.shape[0] == bank + 128
+    marked = store.read_manifest(final.ref)["feedback"]["marked_ok"]
+    assert [m["image"] for m in marked] == ["000.png", "001.png"]
+    log = store.read_feedback("demo_metal", "patchcore")
+    assert [(e["version_before"], e["version_after"]) for e in log] == [(1, 2), (2, 3)]
+    feedback.undo(store, "demo_metal", "patchcore")  # undo takes back only the second image
+    assert store.current("demo_metal", "patchcore").version == 2
+
+
+_MARK_IN_A_PROCESS = """
+import sys, time
+from pathlib import Path
+from core import detector as det, feedback
+from core.imageio import load_image
+from core.store import ModelStore
+store, image, barrier, me = ModelStore(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+model = det.load(store.ref("demo_metal", "patchcore", 1))
+(barrier / me).touch()
+deadline = time.monotonic() + 120
+while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:  # both have loaded v1
+    time.sleep(0.01)
+print(feedback.mark_ok(model, load_image(image), image.name).message)
+"""
+
+
+def test_two_processes_marking_from_the_same_version_keep_both_images(setup: tuple[ModelStore, Path],
+                                                                      tmp_path: Path) -> None:
+    store, data = setup
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    names = ("000.png", "001.png")
+    procs = [subprocess.Popen([sys.executable, "-c", _MARK_IN_A_PROCESS, str(store.root),
+                               str(data / "demo_metal" / "test" / "good" / name), str(barrier), name],
+                              cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in names]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err[-2000:]
+        assert "marked OK" in out
+    final = store.current("demo_metal", "patchcore")
+    assert final.version == 3
+    marked = store.read_manifest(final)["feedback"]["marked_ok"]
+    assert sorted(m["image"] for m in marked) == sorted(names)
+    bank = det.load(store.ref("demo_metal", "patchcore", 1)).detector.memory_bank.shape[0]
+    assert det.load(final).detector.memory_bank.shape[0] == bank + 128
+    log = store.read_feedback("demo_metal", "patchcore")
+    assert sorted((e["version_before"], e["version_after"]) for e in log) == [(1, 2), (2, 3)]
