@@ -82,3 +82,39 @@ def test_upload_shows_score(server: str, demo_root: Path, tmp_path: Path) -> Non
         page.screenshot(path=str(tmp_path / "inspect.png"), full_page=True)
         browser.close()
     assert (tmp_path / "inspect.png").stat().st_size > 10_000
+
+
+# Every text the sidebar navigation ever shows, recorded from the first DOM change of the first response (a
+# transient menu that is replaced a second later is still caught), with the time since navigation started.
+_RECORD_NAV = """
+window.__navSeen = [];
+const record = () => {
+  const links = document.querySelectorAll('[data-testid="stSidebarNav"] a');
+  if (!links.length) return;
+  const texts = Array.from(links, a => a.innerText.trim().split("\\n").pop());
+  const last = window.__navSeen[window.__navSeen.length - 1];
+  if (!last || last.texts.join("|") !== texts.join("|")) window.__navSeen.push({t: performance.now(), texts});
+};
+new MutationObserver(record).observe(document, {childList: true, subtree: true, characterData: true});
+"""
+TITLES = ["Models", "Inspect", "Thresholds", "Compare", "Similar", "Annotate", "Line"]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")
+@pytest.mark.parametrize("path", ["", "thresholds"])
+def test_cold_server_shows_only_the_real_navigation(server: str, path: str) -> None:
+    """The first page a fresh server sends shows the frame's navigation, never Streamlit's auto-discovered
+    ``pages/`` menu (lowercase file names, ``app`` first) that it used to show for 5-8 s on a cold start."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.add_init_script(_RECORD_NAV)
+        page.goto(f"{server}/{path}", wait_until="commit")  # the server's first script run
+        page.wait_for_function("window.__navSeen && window.__navSeen.length > 0", timeout=90_000)
+        page.get_by_text("Model in use: demo_metal/patchcore v1").first.wait_for(timeout=90_000)
+        page.wait_for_timeout(1000)  # a late second menu would be recorded too
+        seen = page.evaluate("window.__navSeen")
+        browser.close()
+    assert [entry["texts"] for entry in seen] == [TITLES], seen
+    print(f"\nreal navigation shown {seen[0]['t'] / 1000:.1f} s after navigation start ({path or '/'})")

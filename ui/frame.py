@@ -1,24 +1,30 @@
 """The frame every page runs in: page config, navigation (titles, icons, order, deep links), the sidebar
-selection drawn once per run, and visit tracking. ``app.py`` calls :func:`run`; pages call
-:func:`selection` and never draw the sidebar themselves.
+selection drawn once per run, and visit tracking. The server's script (``ui/main.py``, served by ``app.py``) calls
+:func:`run`; pages call :func:`selection` and never draw the sidebar themselves.
 
-One Streamlit quirk is handled here: when a ``pages/`` folder sits beside the entry script, Streamlit runs
-the very first script run of a server process (and every AppTest run of app.py in place) in its legacy
-multipage mode, which executes the page script directly, without the entry script. :func:`selection` notices
-that the frame did not run (a thread-local set only while :func:`run` runs the page), registers the navigation
-(which ends legacy mode for the process) and reruns at once, so a cold-start deep link (``/thresholds``) is
+The navigation is registered before anything heavy is imported (the sidebar pulls in torch and anomalib, 5-15 s
+on a cold process), so the first page of a fresh server shows the real menu at once and a spinner below it.
+
+One Streamlit quirk is still handled here: when the script Streamlit runs has a ``pages/`` folder beside it
+(``AppTest.from_file("app.py")``; the server's script sits in ``ui/`` so that it never does), Streamlit runs the
+first script run of the process in its legacy multipage mode, which executes the page script directly, without
+the frame. :func:`selection` notices that the frame did not run (a thread-local set only while :func:`run` runs
+the page), registers the navigation (which ends legacy mode for the process) and reruns at once, so the page is
 drawn by the frame like any other run, before any widget of the page exists.
 """
 
 from __future__ import annotations
 
+import importlib
+import sys
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import streamlit as st
 
-from ui import sidebar, visits
-from ui.sidebar import Selection
+if TYPE_CHECKING:
+    from ui.sidebar import Selection
 
 PAGES: tuple[tuple[str, str, str], ...] = (
     ("pages/models.py", "Models", ":material/model_training:"),
@@ -42,7 +48,12 @@ def _navigate() -> st.Page:
 
 def run() -> None:
     """The whole frame: config, navigation, sidebar (once), visit tracking, then the chosen page."""
-    page = _navigate()
+    page = _navigate()  # first: the menu reaches the browser before the heavy imports below
+    if "ui.sidebar" not in sys.modules:  # the first run of this process
+        with st.spinner("Starting up: loading the model code…"):
+            importlib.import_module("ui.sidebar")
+    from ui import sidebar, visits
+
     _RUN.selection = sidebar.draw()
     visits.track(page.url_path)
     try:
