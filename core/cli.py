@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import settings as app_settings
 from core.registry import INFERENCE_PATHS, KINDS, spec
 from core.store import ModelStore, ModelStoreError, validate_name
 
@@ -22,7 +23,19 @@ if TYPE_CHECKING:
     from core.types import TrainControl
 
 RUNTIME_CHOICES = ("onnx", "torch")
-DEFAULT_STORE = Path("models")
+EXAMPLES = """examples:
+  python -m core demo --out demo_data
+  python -m core train --data demo_data --category demo_metal --model patchcore
+  python -m core train --data demo_data --category demo_metal --model efficientad --steps 1000
+  python -m core evaluate --data demo_data --category demo_metal --model patchcore
+  python -m core predict --category demo_metal --overlays out/ demo_data/demo_metal/test/scratch
+  python -m core list
+  python -m core feedback --category demo_metal part_0042.png      # mark OK: PatchCore learns it
+  python -m core serve --port 8600
+
+The model store is INSPECT_MODEL_STORE when set, else models/ in the repository (the dashboard's too).
+Exit codes: 0 ok, 1 done but some inputs were unusable, 2 bad arguments / missing data / broken model,
+130 cancelled."""
 
 
 def _progress_printer() -> TrainControl:
@@ -89,7 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if estimate is not None:
         print(f"{spec(args.model).label} on {len(data.train)} good images: about {estimate / 60:.0f} min "
               f"(measured step time on a 2-core CPU; benchmarks/RESULTS.md)", file=sys.stderr, flush=True)
-    result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer())
+    result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer(),
+                       reason=args.reason or "trained")
     for p in result.problems:
         print(f"unreadable, skipped: {p}", file=sys.stderr)
     print(json.dumps({"model": result.ref.label, "folder": str(ModelStore(args.store).path(result.ref)),
@@ -113,12 +127,20 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _expand(paths: list[Path]) -> list[Path]:
+    """The image files named: files as given, folders searched recursively.
+
+    Raises:
+        FileNotFoundError: a path names nothing (checked before any model is loaded).
+    """
     from core.imageio import SUPPORTED_SUFFIXES
 
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"expected images or folders, found nothing there: {', '.join(missing)}")
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            out.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in SUPPORTED_SUFFIXES))
+            out.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in SUPPORTED_SUFFIXES))
         else:
             out.append(p)
     return out
@@ -126,14 +148,19 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from core import inspection
-    from core.imageio import ImageLoadError, load_image
+    from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 
+    paths = _expand(args.images)
+    if not paths:
+        print(f"error: no images ({', '.join(SUPPORTED_SUFFIXES)}) in {', '.join(map(str, args.images))}: "
+              "nothing scored", file=sys.stderr)
+        return 1
     model = _model(args)
     print(f"{model.ref.label} loaded; warm-up {model.warmup_ms:.0f} ms (not counted in latency_ms)", file=sys.stderr)
     failures = 0
     writer = csv.writer(sys.stdout)
     writer.writerow(["path", "score", "threshold", "verdict", "familiar", "latency_ms", "note"])
-    for path in _expand(args.images):
+    for path in paths:
         try:
             image = load_image(path)
         except ImageLoadError as exc:
@@ -158,7 +185,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    for rec in ModelStore(args.store).list_models():
+    records = ModelStore(args.store).list_models() if Path(args.store).is_dir() else []
+    if not records:
+        print(f"no models in {args.store}: train one with `python -m core train --data DIR --category C`",
+              file=sys.stderr)
+        return 0
+    for rec in records:
         if rec.ok and rec.manifest is not None and rec.ref is not None:
             m = rec.manifest.get("metrics", {})
             print(f"{rec.ref.label} (of {rec.num_versions}): {rec.manifest['backbone']} created "
@@ -261,7 +293,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     cache = ModelCache(ModelStore(args.store))
     model = cache.current(category, args.model)  # fails now, not at the first image, if there is no model
     config = WatchConfig(args.in_dir, args.ok, args.defect, args.rejected or args.in_dir.parent / "rejected",
-                         args.log or args.in_dir.parent / "results.csv", copy=args.copy, settle=args.settle,
+                         args.log or args.in_dir.parent / "results.csv", copy=args.copy, settle=args.settle, max_wait=args.max_wait,
                          line_log=line_log.default_path(args.store))
     print(f"watching {args.in_dir} with {model.ref.label} (the store's current version is used for each image); "
           f"log: {config.log}", file=sys.stderr, flush=True)
@@ -300,14 +332,21 @@ def _int_at_least_1(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Offline visual anomaly detection.")
+    parser = argparse.ArgumentParser(prog="python -m core", description="Offline visual anomaly detection.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    store_default = app_settings.model_store()
+
+    def store_option(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--store", type=Path, default=store_default,
+                       help=f"model store folder (default: INSPECT_MODEL_STORE, else {store_default})")
 
     def common(p: argparse.ArgumentParser, need_data: bool = True) -> None:
         if need_data:
             p.add_argument("--data", type=Path, required=True, help="data root (MVTec layout) or a folder of good images")
-        p.add_argument("--store", type=Path, default=DEFAULT_STORE, help="model store folder (default: models)")
-        p.add_argument("--model", choices=KINDS, default="patchcore")
+        store_option(p)
+        p.add_argument("--model", choices=KINDS, default="patchcore",
+                       help=f"model kind ({', '.join(f'{k}: {spec(k).label}' for k in KINDS)}; default patchcore)")
 
     p = sub.add_parser("train", help="fit a model on good images and save it")
     common(p)
@@ -329,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search", choices=("auto", "exact", "hnsw", "stock"))
     p.add_argument("--steps", type=int, help="EfficientAD training steps")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
+    p.add_argument("--reason", help="why this version exists, shown in the versions list (default: trained)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score the test set and save metrics beside the model")
@@ -344,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlays", type=Path, help="write heatmap overlay PNGs here")
     p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
     p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
-    p.add_argument("images", type=Path, nargs="+")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
+                   help="image files or folders to score (folders are searched recursively)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("versions", help="list a model's versions; --use N makes version N current (undo, rollback)")
@@ -367,11 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_feedback)
 
     p = sub.add_parser("list", help="list saved models")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    store_option(p)
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("serve", help="run the inspection service (HTTP API) over a model store")
-    p.add_argument("--store", type=Path, default=DEFAULT_STORE)
+    store_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--api-key", help="require this X-API-Key header (default: INSPECT_API_KEY, else none)")
@@ -391,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log", type=Path, help="results CSV (default: <in>/../results.csv)")
     p.add_argument("--copy", action="store_true", help="copy instead of move (the input folder keeps the files)")
     p.add_argument("--settle", type=float, default=1.0, help="seconds a file must stay unchanged before it is read")
+    p.add_argument("--max-wait", type=float, default=30.0,
+                   help="seconds a stable file that is not yet a complete image is retried before it is rejected "
+                        "(a camera that paused mid-file; default 30)")
     p.add_argument("--once", action="store_true", help="stop when the folder holds no unjudged image")
     p.set_defaults(func=cmd_watch)
 

@@ -87,9 +87,10 @@ def split_holdout(n: int, fraction: float, seed: int, limit: int = MAX_HOLDOUT) 
 
 
 def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelStore,
-          control: TrainControl = NO_CONTROL) -> TrainResult:
+          control: TrainControl = NO_CONTROL, reason: str = "trained") -> TrainResult:
     """Fit a ``kind`` model on the good training images of ``data``, calibrate, and save it as a new version
-    (the current one, if any, is its parent and stays loadable)."""
+    (the current one, if any, is its parent and stays loadable). ``reason`` is the version's reason in the store
+    (e.g. the demo's shorter budget)."""
     validate_name(data.name, "category name")
     full = {**default_settings(kind), **settings}
     detector = build(kind, full)
@@ -127,7 +128,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
         "created": now_iso(), "versions": versions(), "metrics": {},
     }
     parent = store.current(data.name, kind) if store.has_model(data.name, kind) else None
-    ref = store.create_version(data.name, kind, manifest, calibration.to_dict(), reason="trained",
+    ref = store.create_version(data.name, kind, manifest, calibration.to_dict(), reason=reason,
                                weights=detector.state(), parent=parent)
     control.report("saved", 1.0)
     return TrainResult(ref, store.read_manifest(ref), calibration, tuple(problems))

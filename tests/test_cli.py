@@ -155,3 +155,82 @@ def test_versions_and_feedback_commands(demo_root: Path, tmp_path: Path, capsys:
     assert main(["feedback", *base, "--log"]) == 0
     actions = [json.loads(line)["action"] for line in capsys.readouterr().out.splitlines()]
     assert actions == ["mark_ok", "undo", "mark_defect"]
+
+
+def test_train_on_a_data_root_without_category_is_refused(demo_root: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    store = tmp_path / "m"
+    assert main(["train", "--data", str(demo_root), "--model", "patchcore", "--store", str(store)]) == 2
+    err = capsys.readouterr().err
+    assert "--category" in err and "demo_metal" in err
+    assert not store.exists()  # nothing trained on the defect images
+    assert main(["train", "--data", str(demo_root / "demo_metal"), "--store", str(store)]) == 2
+    assert f"--data {demo_root} --category demo_metal" in capsys.readouterr().err
+
+
+def test_predict_on_a_folder_with_no_images_says_so(demo_root: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    assert main(["predict", "--store", str(_store(demo_root, tmp_path)), "--category", "demo_metal",
+                 str(tmp_path / "empty")]) == 1
+    assert "no images" in capsys.readouterr().err
+
+
+def test_predict_checks_paths_before_loading_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # no model at all: a missing image is named first, without touching the store
+    assert main(["predict", "--store", str(tmp_path / "nothing"), "--category", "demo_metal",
+                 str(tmp_path / "missing.png")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "nothing there" in err and "trained model" not in err
+
+
+def test_unknown_category_lists_the_known_ones(demo_root: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    store = _store(demo_root, tmp_path)
+    image = demo_root / "demo_metal" / "test" / "good" / "000.png"
+    assert main(["predict", "--store", str(store), "--category", "demo_metl", str(image)]) == 2
+    err = capsys.readouterr().err
+    assert "demo_metl" in err and "demo_metal/patchcore" in err
+
+
+def test_list_on_an_empty_store_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list", "--store", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr()
+    assert "no models" in out.out + out.err
+
+
+def test_help_has_examples_and_every_argument_is_explained(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "python -m core train --data" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "IMAGE_OR_FOLDER image files or folders to score" in text
+    assert "--model {patchcore,efficientad} model kind" in text
+    assert "--store STORE model store folder" in text
+
+
+@pytest.mark.parametrize("env, expect", [
+    ({}, ROOT / "models"),  # the app's default, whatever the working directory
+    ({"INSPECT_MODEL_STORE": "/srv/inspect/models"}, Path("/srv/inspect/models")),
+])
+def test_cli_and_app_share_one_default_store(env: dict[str, str], expect: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.cli import build_parser
+    from ui.settings import load_settings
+
+    monkeypatch.delenv("INSPECT_MODEL_STORE", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    assert build_parser().parse_args(["list"]).store == expect
+    assert load_settings().model_store == expect
+
+
+def _store(demo_root: Path, tmp_path: Path) -> Path:
+    store = tmp_path / "models"
+    assert main(["train", "--data", str(demo_root), "--category", "demo_metal", "--store", str(store),
+                 "--image-size", "64", "64", "--coreset-ratio", "0.1"]) == 0
+    return store

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from core import settings
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,7 @@ class AppSettings:
 
 
 def load_settings() -> AppSettings:
-    """``INSPECT_DATA_ROOT`` (one folder; default ``demo_data``) or ``INSPECT_DATA_ROOTS`` (several, separated
-    by ``os.pathsep``), ``INSPECT_MODEL_STORE`` (default ``models``), ``QDRANT_URL`` (a Qdrant server; default:
-    embedded local mode under the model store)."""
-    many = [p for p in os.environ.get("INSPECT_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
-    roots = tuple(Path(p).expanduser() for p in many) or (
-        Path(os.environ.get("INSPECT_DATA_ROOT", ROOT / "demo_data")).expanduser(),)
-    store = Path(os.environ.get("INSPECT_MODEL_STORE", ROOT / "models"))
-    return AppSettings(roots, store, store / ".qdrant", os.environ.get("QDRANT_URL") or None)
+    """Data roots and model store by :mod:`core.settings`' rule (the CLI's too), ``QDRANT_URL`` (a Qdrant
+    server; default: embedded local mode under the model store)."""
+    store = settings.model_store()
+    return AppSettings(settings.data_roots(), store, store / ".qdrant", os.environ.get("QDRANT_URL") or None)

@@ -1,0 +1,35 @@
+"""Where the product finds its data and models: one rule for the CLI, the service and the dashboard.
+
+| variable | meaning | default |
+|---|---|---|
+| ``INSPECT_MODEL_STORE`` | the model store folder | ``models/`` in the repository (not the working directory) |
+| ``INSPECT_DATA_ROOT`` | the data root the dashboard offers | ``demo_data/`` in the repository |
+| ``INSPECT_DATA_ROOTS`` | several data roots, separated by ``os.pathsep`` (wins over ``INSPECT_DATA_ROOT``) | |
+
+Read when asked (not at import), so a test or a launcher that sets a variable is seen.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL_STORE_ENV = "INSPECT_MODEL_STORE"
+DATA_ROOT_ENV = "INSPECT_DATA_ROOT"
+DATA_ROOTS_ENV = "INSPECT_DATA_ROOTS"
+
+
+def model_store() -> Path:
+    """``INSPECT_MODEL_STORE`` (``~`` expanded), else the repository's ``models/``."""
+    value = os.environ.get(MODEL_STORE_ENV, "").strip()
+    return Path(value).expanduser() if value else REPO / "models"
+
+
+def data_roots() -> tuple[Path, ...]:
+    """``INSPECT_DATA_ROOTS`` (several), else ``INSPECT_DATA_ROOT``, else the repository's ``demo_data/``."""
+    many = [p for p in os.environ.get(DATA_ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    if many:
+        return tuple(Path(p).expanduser() for p in many)
+    one = os.environ.get(DATA_ROOT_ENV, "").strip()
+    return (Path(one).expanduser() if one else REPO / "demo_data",)
