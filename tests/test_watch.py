@@ -4,10 +4,11 @@ unreadable files rejected with the reason, and a crash between judging and movin
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -15,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from core import line_log
 from core.model_cache import ModelCache
 from core.store import ModelStore
-from core.watch import JOURNAL, WatchConfig, Watcher
+from core.watch import CRASH_ENV, CRASH_EXIT, JOURNAL, STEPS, WatchConfig, Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,7 @@ def setup(trained_store: Path, demo_root: Path, tmp_path: Path) -> tuple[WatchCo
     incoming = tmp_path / "in"
     incoming.mkdir()
     config = WatchConfig(incoming, tmp_path / "ok", tmp_path / "defect", tmp_path / "rejected", tmp_path / "log.csv",
-                         settle=0.0, poll=0.05)
+                         settle=0.0, poll=0.05, max_wait=0.0)
     return config, ModelCache(ModelStore(trained_store)), demo_root / "demo_metal" / "test"
 
 
@@ -43,13 +45,14 @@ def test_images_are_judged_once_and_moved_by_verdict(setup) -> None:
     (config.in_dir / "notes.txt").write_text("not an image: ignored")
     watcher = Watcher(config, lambda: cache.current("demo_metal", "patchcore"))
     assert watcher.run(once=True) == 3
-    assert (config.defect_dir / "s.png").is_file()
-    assert (config.ok_dir / "g.png").is_file() or (config.defect_dir / "g.png").is_file()
-    assert (config.rejected_dir / "broken.png").is_file()
-    assert (config.rejected_dir / "broken.png.reason.txt").read_text().strip()
     assert sorted(p.name for p in config.in_dir.iterdir()) == [JOURNAL, "notes.txt"]
-    rows = _rows(config.log)
-    assert sorted(r["file"] for r in rows) == ["broken.png", "g.png", "s.png"]
+    rows = {r["file"]: r for r in _rows(config.log)}
+    assert sorted(rows) == ["broken.png", "g.png", "s.png"]
+    stored = {name: Path(row["moved_to"]) for name, row in rows.items()}
+    assert stored["s.png"].parent == config.defect_dir and stored["s.png"].is_file()
+    assert stored["g.png"].parent in (config.ok_dir, config.defect_dir) and stored["g.png"].is_file()
+    assert stored["broken.png"].parent == config.rejected_dir and stored["broken.png"].is_file()
+    assert (config.rejected_dir / f"{stored['broken.png'].name}.reason.txt").read_text().strip()
     # a second watcher on the same folder judges nothing again
     assert Watcher(config, lambda: cache.current("demo_metal", "patchcore")).run(once=True) == 0
     assert len(_rows(config.log)) == 3
@@ -84,7 +87,7 @@ def test_crash_after_judging_before_moving_loses_nothing_and_scores_nothing_twic
     def crash(*_args) -> None:
         raise KeyboardInterrupt("power cut")
 
-    watcher._move = crash  # the process dies right after the result is journalled
+    watcher._place = crash  # the process dies right after the result is journalled
     with pytest.raises(KeyboardInterrupt):
         watcher.run(once=True)
     assert len(calls) == 1 and len(list(config.in_dir.glob("*.png"))) == 3
@@ -96,30 +99,136 @@ def test_crash_after_judging_before_moving_loses_nothing_and_scores_nothing_twic
     assert not list(config.in_dir.glob("*.png"))
 
 
-def test_cli_watch_killed_mid_batch_then_restarted(trained_store: Path, demo_root: Path, tmp_path: Path) -> None:
+def _sha1(path: Path) -> str:
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
+def _stored(config: WatchConfig) -> list[Path]:
+    return sorted(p for d in (config.ok_dir, config.defect_dir, config.rejected_dir) if d.is_dir()
+                  for p in d.iterdir() if p.suffix == ".png" and not p.name.startswith("."))
+
+
+def test_reused_camera_names_never_overwrite_and_the_row_names_the_stored_file(setup) -> None:
+    config, cache, test = setup
+    watcher = Watcher(config, lambda: cache.current("demo_metal", "patchcore"))
+    sources = sorted(test.rglob("*.png"))[:12]
+    assert len({_sha1(p) for p in sources}) == 12
+    for source in sources:  # the camera writes every image as cam.png, each after the previous one was taken
+        shutil.copy(source, config.in_dir / "cam.png")
+        assert watcher.run(once=True) == 1
+    stored = _stored(config)
+    assert len(stored) == 12  # was 2: moves overwrote
+    assert {_sha1(p) for p in stored} == {_sha1(p) for p in sources}
+    rows = _rows(config.log)
+    assert len(rows) == 12
+    for row in rows:  # each row names the file that holds the image it judged
+        assert row["file"] == "cam.png"
+        assert Path(row["moved_to"]).is_file() and _sha1(Path(row["moved_to"])) == row["sha1"]
+    assert len({row["moved_to"] for row in rows}) == 12
+
+
+def test_the_same_name_and_content_again_gets_a_counter_not_an_overwrite(setup) -> None:
+    config, cache, test = setup
+    watcher = Watcher(config, lambda: cache.current("demo_metal", "patchcore"))
+    for _ in range(3):  # judged once; the two copies dropped in again are kept in rejected/, side by side
+        shutil.copy(test / "scratch" / "000.png", config.in_dir / "cam.png")
+        watcher.run(once=True)
+    rejected = sorted(p.name for p in config.rejected_dir.glob("*.png"))
+    assert len(rejected) == 2 and rejected[0] != rejected[1]
+    assert all((config.rejected_dir / f"{name}.reason.txt").is_file() for name in rejected)
+    assert len(_stored(config)) == 3 and len(_rows(config.log)) == 1
+
+
+def test_crafted_journal_entries_are_refused_and_logged(setup, caplog: pytest.LogCaptureFixture) -> None:
+    config, cache, test = setup
+    victim = config.in_dir.parent / "victim.txt"
+    victim.write_text("not yours")
+    outside = config.in_dir.parent / "elsewhere.png"
+    shutil.copy(test / "good" / "000.png", outside)
+    real = config.in_dir / "real.png"
+    shutil.copy(test / "good" / "001.png", real)
+    base = {"state": "scored", "time": 0.0, "category": "demo_metal", "model": "patchcore", "version": 1,
+            "threshold": 1.0, "verdict": "OK", "score": 0.0, "latency_ms": 1.0, "note": ""}
+    crafted = [
+        {**base, "id": "a", "file": "../victim.txt", "sha1": _sha1(victim), "moved_to": str(config.ok_dir / "v.txt")},
+        {**base, "id": "b", "file": str(outside), "sha1": _sha1(outside), "moved_to": str(config.ok_dir / "e.png")},
+        {**base, "id": "c", "file": "real.png", "sha1": _sha1(real),
+         "moved_to": str(config.in_dir.parent / "stolen.png")},  # a target outside the verdict folders
+        {**base, "id": "d", "file": "real.png", "sha1": "0" * 40, "moved_to": str(config.ok_dir / "real.png")},
+    ]
+    (config.in_dir / JOURNAL).write_text("".join(json.dumps(e) + "\n" for e in crafted))
+    with caplog.at_level(logging.WARNING, logger="core.watch"):
+        Watcher(config, lambda: cache.current("demo_metal", "patchcore")).run(once=True)
+    assert victim.read_text() == "not yours" and outside.is_file()
+    assert not (config.in_dir.parent / "stolen.png").exists()
+    rows = _rows(config.log)
+    assert [r["file"] for r in rows] == ["real.png"]  # judged on its own; no forged row
+    assert rows[0]["id"] not in {"a", "b", "c", "d"} and Path(rows[0]["moved_to"]).name != "real.png"
+    refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refused) == 4, refused
+
+
+def test_a_camera_pausing_longer_than_the_settle_time_is_waited_for(setup) -> None:
+    config, cache, test = setup
+    config = WatchConfig(**{**config.__dict__, "max_wait": 0.8})
+    watcher = Watcher(config, lambda: cache.current("demo_metal", "patchcore"))
+    data = (test / "scratch" / "000.png").read_bytes()
+    slow = config.in_dir / "slow.png"
+    slow.write_bytes(data[: len(data) // 2])  # the camera pauses mid-file, longer than the settle time
+    for _ in range(3):
+        assert watcher.poll() == 0
+    assert slow.is_file() and not _rows(config.log)  # not rejected on the first look
+    with slow.open("ab") as handle:
+        handle.write(data[len(data) // 2:])
+    assert watcher.poll() == 0  # changed since the last poll
+    assert watcher.poll() == 1
+    assert [r["verdict"] for r in _rows(config.log)] == ["DEFECT"]
+    (config.in_dir / "dead.png").write_bytes(data[:200])  # the camera never finishes this one
+    watcher.poll()
+    watcher.poll()
+    assert (config.in_dir / "dead.png").is_file()
+    time.sleep(0.9)
+    assert watcher.poll() == 1
+    row = _rows(config.log)[-1]
+    assert row["verdict"] == "REJECTED" and "0.8 s" in row["note"] and "truncated" in row["note"]
+    assert Path(row["moved_to"]).parent == config.rejected_dir
+
+
+def test_killed_at_every_step_boundary_then_restarted(trained_store: Path, demo_root: Path, tmp_path: Path) -> None:
+    """The watcher process os._exit()s at each step boundary in turn (the restart after each crash crashes at the
+    next step, so crashes land in recovery too); the last run finishes. Every image is stored once, judged once,
+    and has one CSV row and one line-log row."""
     incoming = tmp_path / "in"
     incoming.mkdir()
-    sources = sorted((demo_root / "demo_metal" / "test").rglob("*.png"))
-    count = 60  # enough that the kill lands mid-batch even on a fast, idle machine
-    for i in range(count):
-        shutil.copy(sources[i % len(sources)], incoming / f"img{i:02d}.png")
+    test = demo_root / "demo_metal" / "test"
+    sources = sorted(test.rglob("*.png"))[: len(STEPS) + 2]
+    for i, source in enumerate(sources):
+        shutil.copy(source, incoming / f"img{i:02d}.png")
+    (incoming / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut")  # a rejected one, with its reason file
+    expected = {_sha1(p) for p in incoming.glob("*.png")}
+    line = tmp_path / "line.jsonl"
     argv = [sys.executable, "-m", "core", "watch", "--store", str(trained_store), "--category", "demo_metal",
             "--in", str(incoming), "--ok", str(tmp_path / "ok"), "--defect", str(tmp_path / "defect"),
-            "--settle", "0", "--once"]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INSPECT_LINE_LOG": str(tmp_path / "line.jsonl")}
-    proc = subprocess.Popen(argv, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-    journal = incoming / JOURNAL
-    deadline = time.time() + 120
-    while time.time() < deadline and (not journal.exists() or journal.read_text().count('"done"') < 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # mid-batch
-    proc.wait(timeout=30)
-    done_before = journal.read_text().count('"done"')
-    assert 3 <= done_before < count
+            "--settle", "0", "--max-wait", "0", "--once"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "INSPECT_LINE_LOG": str(line)}
+    for step in STEPS:
+        run = subprocess.run(argv, cwd=ROOT, env={**env, CRASH_ENV: step}, capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == CRASH_EXIT, (step, run.returncode, run.stderr[-2000:])  # it did crash there
     subprocess.run(argv, cwd=ROOT, env=env, check=True, timeout=300, capture_output=True)
-    moved = sorted(p.name for folder in ("ok", "defect") for p in (tmp_path / folder).glob("*.png"))
-    assert moved == [f"img{i:02d}.png" for i in range(count)]  # nothing lost
-    rows = _rows(tmp_path / "results.csv")
-    assert sorted(r["file"] for r in rows) == moved  # each logged exactly once
-    scored = [json.loads(line)["file"] for line in journal.read_text().splitlines() if '"scored"' in line]
-    assert sorted(scored) == moved  # each judged exactly once
+    config = WatchConfig(incoming, tmp_path / "ok", tmp_path / "defect", tmp_path / "rejected",
+                         tmp_path / "results.csv")
+    stored = _stored(config)
+    assert sorted(_sha1(p) for p in stored) == sorted(expected)  # nothing lost, nothing stored twice
+    assert not list(incoming.glob("*.png"))
+    rows = _rows(config.log)
+    assert sorted(r["sha1"] for r in rows) == sorted(expected)  # one CSV row each
+    assert all(_sha1(Path(r["moved_to"])) == r["sha1"] for r in rows)
+    logged = [r for r in line_log.tail(line) if r.get("source") == "watch"]
+    assert sorted(r["sha1"] for r in logged) == sorted(expected)  # one line-log row each
+    journal = [json.loads(x) for x in (incoming / JOURNAL).read_text().splitlines() if x.startswith("{")
+               and x.endswith("}")]
+    scored = [e["sha1"] for e in journal if e.get("state") == "scored"]
+    assert sorted(scored) == sorted(expected)  # each judged exactly once
+    assert (config.rejected_dir / (Path(next(r["moved_to"] for r in rows if r["file"] == "zz_broken.png")).name
+                                   + ".reason.txt")).is_file()
