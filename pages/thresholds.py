@@ -1,8 +1,9 @@
 """Thresholds: ROC/PR curves at image and pixel level, live confusion matrix, save operating points.
 
-Every visit starts from the calibration saved beside the model (Streamlit forgets widget values when a page is
-left, so the page re-reads the file instead of trusting leftovers); changes are marked unsaved until Save, and
-what Save would change is shown before it writes.
+The sliders start from the calibration saved beside the model, or from this model's unsaved draft when the user
+moved them earlier in the session (``ui.drafts``: kept per model version across page visits until saved or
+discarded; Streamlit itself forgets widget values when a page is left). The unsaved state, what Save would
+change, and Save / Discard sit at the top, right above the sliders.
 """
 
 import math
@@ -15,13 +16,15 @@ from core import detector as det
 from core import metrics
 from core import thresholds as th
 from core.types import TrainControl
-from ui import cache, charts, visits
+from ui import cache, charts, drafts, visits
+from ui.drafts import ThresholdDraft
 from ui.frame import selection
 from ui.sidebar import require_model
 
 sel = selection()
 st.title("Thresholds")
 model = require_model(sel)
+ref = model.ref
 
 
 def evaluate_and_rerun() -> None:
@@ -62,13 +65,19 @@ img_range = (lo - pad, hi + pad)
 if hist is not None:
     pix_range = (min(float(hist.edges[0]), saved_pix, default_pix), max(float(hist.edges[-1]), saved_pix, default_pix))
 
-# Start from the saved calibration on every visit, after a change of model, or when the file changed anywhere.
-stamp = (model.ref, cache.calibration_key(model.ref))
-if (visits.is_new_visit() or st.session_state.get("thr_stamp") != stamp or "image_thr" not in st.session_state
+# On every visit, after a change of model, or when the file changed anywhere: start from this model's unsaved
+# draft if there is one, else from the saved calibration.
+stamp = (ref, cache.calibration_key(ref))
+previous = st.session_state.get("thr_stamp")
+if (visits.is_new_visit() or previous != stamp or "image_thr" not in st.session_state
         or (hist is not None and "pixel_thr" not in st.session_state)):
+    draft = drafts.get(ref)
     st.session_state["thr_stamp"] = stamp
-    st.session_state["image_thr"] = saved_img
-    st.session_state["pixel_thr"] = saved_pix
+    st.session_state["thr_restored"] = draft is not None and (visits.is_new_visit() or previous is None
+                                                              or previous[0] != ref)
+    st.session_state["image_thr"] = float(np.clip(draft.image_threshold, *img_range)) if draft else saved_img
+    st.session_state["pixel_thr"] = (float(np.clip(draft.pixel_threshold, *pix_range)) if draft and hist is not None
+                                     else saved_pix)
 
 
 def set_image_threshold(value: float) -> None:
@@ -85,6 +94,15 @@ def restore_defaults() -> None:
         set_pixel_threshold(default_pix)
 
 
+def discard_changes() -> None:
+    """Back to the saved thresholds; the draft is forgotten."""
+    drafts.discard(ref)
+    st.session_state["image_thr"] = saved_img
+    if hist is not None:
+        st.session_state["pixel_thr"] = saved_pix
+
+
+status = st.container(border=True)  # the unsaved state and Save / Discard, filled once the sliders are read
 st.subheader("Image level")
 c1, c2, c3, c4 = st.columns([3, 1, 1, 1])
 with c1:
@@ -149,12 +167,52 @@ if hist is not None:
 else:
     st.caption("No ground-truth masks in the evaluation set, so no pixel-level curves.")
 
-st.divider()
-st.subheader("Save")
-before = th.operating_point(labels, scores, hist, saved_img, saved_pix)
-after = th.operating_point(labels, scores, hist, thr, pixel_thr)
 changed = not math.isclose(thr, saved_img, rel_tol=1e-9, abs_tol=1e-12) or (
     hist is not None and not math.isclose(pixel_thr, saved_pix, rel_tol=1e-9, abs_tol=1e-12))
+if changed:
+    drafts.put(ref, ThresholdDraft(float(thr), float(pixel_thr)))
+else:
+    drafts.discard(ref)
+
+with status:
+    if changed:
+        flips = th.verdict_flips(scores, saved_img, thr)
+        kept = " (kept from your last visit)" if st.session_state.get("thr_restored") else ""
+        st.warning(f"**Unsaved changes**{kept}. Inspect still uses the saved thresholds (image {saved_img:.4f}, "
+                   f"pixel {saved_pix:.4f}). Saving flips the verdict of **{flips} of {len(scores)}** evaluation "
+                   "images.", icon=":material/edit_note:")
+    else:
+        st.success("The thresholds shown are the saved ones.", icon=":material/check_circle:")
+    s1, s2, s3, _ = st.columns([1.3, 1, 1, 2])
+    if s1.button("Save thresholds with the model", type="primary", disabled=not changed):
+        is_default = (math.isclose(thr, default_img, rel_tol=1e-9)
+                      and math.isclose(pixel_thr, default_pix, rel_tol=1e-9))
+        saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
+        drafts.discard(ref)
+        st.toast(f"Thresholds saved as {saved.label}; Inspect uses them now (the Models page can switch back).")
+        st.rerun()
+    s2.button("Discard changes", on_click=discard_changes, disabled=not changed,
+              help="Back to the saved thresholds.")
+    s3.button("Restore defaults", on_click=restore_defaults, help="Back to the thresholds calibrated on held-out "
+              "good images when the model was trained (press Save to keep them).")
+    if changed:
+        before = th.operating_point(labels, scores, hist, saved_img, saved_pix)
+        after = th.operating_point(labels, scores, hist, thr, pixel_thr)
+        rows = [("image threshold", before.image_threshold, after.image_threshold),
+                ("image FPR (good parts flagged)", before.image_fpr, after.image_fpr),
+                ("image recall (defects caught)", before.image_recall, after.image_recall),
+                ("image F1", before.image_f1, after.image_f1)]
+        if hist is not None:
+            rows += [("pixel threshold", before.pixel_threshold, after.pixel_threshold),
+                     ("pixel FPR", before.pixel_fpr, after.pixel_fpr),
+                     ("pixel recall", before.pixel_recall, after.pixel_recall)]
+        with st.expander("What Save changes"):
+            st.dataframe(pd.DataFrame(rows, columns=["", "saved", "after Save"]), hide_index=True,
+                         column_config={"saved": st.column_config.NumberColumn(format="%.4f"),
+                                        "after Save": st.column_config.NumberColumn(format="%.4f")})
+
+st.divider()
+st.subheader("Saved thresholds")
 who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
 st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}** · calibrated defaults: image "
            f"{default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
@@ -164,29 +222,5 @@ if cal.false_alarm_target is not None:
                f"tail fit of {cal.num_images} held-out good images, no defects needed); on these evaluation images "
                f"it flags **{observed['fpr']:.1%}** of the good ones and catches {observed['recall']:.1%} of the "
                f"defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
-if changed:
-    flips = th.verdict_flips(scores, saved_img, thr)
-    st.warning(f"**Unsaved changes.** Inspect still uses the saved thresholds. Saving flips the verdict of "
-               f"**{flips} of {len(scores)}** evaluation images.", icon=":material/edit_note:")
-    rows = [("image threshold", before.image_threshold, after.image_threshold),
-            ("image FPR (good parts flagged)", before.image_fpr, after.image_fpr),
-            ("image recall (defects caught)", before.image_recall, after.image_recall),
-            ("image F1", before.image_f1, after.image_f1)]
-    if hist is not None:
-        rows += [("pixel threshold", before.pixel_threshold, after.pixel_threshold),
-                 ("pixel FPR", before.pixel_fpr, after.pixel_fpr), ("pixel recall", before.pixel_recall, after.pixel_recall)]
-    st.dataframe(pd.DataFrame(rows, columns=["", "saved", "after Save"]), hide_index=True,
-                 column_config={"saved": st.column_config.NumberColumn(format="%.4f"),
-                                "after Save": st.column_config.NumberColumn(format="%.4f")})
-else:
-    st.success("The thresholds shown are the saved ones.", icon=":material/check_circle:")
-s1, s2, s3 = st.columns([1, 1, 2])
-if s1.button("Save thresholds with the model", type="primary", disabled=not changed):
-    is_default = math.isclose(thr, default_img, rel_tol=1e-9) and math.isclose(pixel_thr, default_pix, rel_tol=1e-9)
-    saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
-    st.toast(f"Thresholds saved as {saved.label}; Inspect uses them now (the Models page can switch back).")
-    st.rerun()
-s2.button("Restore defaults", on_click=restore_defaults, help="Back to the thresholds calibrated on held-out good "
-          "images when the model was trained (press Save to keep them).")
-if s3.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
+if st.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
     evaluate_and_rerun()

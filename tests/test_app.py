@@ -302,31 +302,84 @@ def _button(at: AppTest, label: str):
     return next(b for b in at.button if b.label == label)
 
 
-def test_thresholds_second_visit_starts_from_the_saved_calibration(env: Path) -> None:
-    """The reported bug: leave Thresholds and come back in the same session; the sliders must show the saved
-    values (not their minimum), and a Save after the return must leave the file as it was."""
+def _in_page_order(at: AppTest) -> list:
+    """Every element of the main area in the order the page shows them (containers filled late included)."""
+    def walk(node) -> list:
+        children = getattr(node, "children", None)
+        if children is None:
+            return [node]
+        return [el for k in sorted(children) for el in walk(children[k])]
+    return walk(at.main)
+
+
+def _unsaved(at: AppTest) -> bool:
+    return any("Unsaved changes" in w.value for w in at.warning)
+
+
+def test_thresholds_draft_is_kept_per_model_across_pages_until_discarded(env: Path) -> None:
+    """An unsaved change survives a visit to another page (it used to be dropped without a word): on return the
+    slider shows the draft, marked unsaved; it belongs to its model (another model shows its own saved values);
+    Discard restores the saved values, and a Save after that leaves the untouched pixel threshold as it was."""
     saved = _calibration(env)
     at = page("thresholds")
-    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
-    at.slider(key="image_thr").set_value(at.slider(key="image_thr").min)  # an unsaved change...
+    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])  # a first visit: the file
+    draft = at.slider(key="image_thr").min
+    at.slider(key="image_thr").set_value(draft).run()
+    assert _unsaved(at)
+    at.switch_page(str(ROOT / "pages") + "/inspect.py")  # leave with the change unsaved...
     at.run()
-    assert any("Unsaved changes" in w.value for w in at.warning)
-    at.switch_page(str(ROOT / "pages") + "/inspect.py")  # ...abandoned by leaving the page
-    at.run()
-    at.switch_page(str(ROOT / "pages") + "/thresholds.py")
+    at.switch_page(str(ROOT / "pages") + "/thresholds.py")  # ...and come back
     at.run()
     assert not at.exception, at.exception
-    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
+    assert at.slider(key="image_thr").value == pytest.approx(draft)
     assert at.slider(key="pixel_thr").value == pytest.approx(saved["pixel_threshold"])
-    assert not any("Unsaved changes" in w.value for w in at.warning)
-    assert _button(at, "Save thresholds with the model").disabled  # nothing to save: a browser cannot press it
-    _button(at, "Use F1-optimal").click()  # a real change after the return is saved as chosen
+    assert any("Unsaved changes" in w.value and "kept from your last visit" in w.value for w in at.warning)
+    assert not _button(at, "Save thresholds with the model").disabled
+    assert _calibration(env) == saved  # nothing written by leaving or returning
+
+    at.sidebar.radio(key="kind").set_value("efficientad").run()  # another model: its own saved thresholds
+    assert not at.exception, at.exception
+    assert at.slider(key="image_thr").value == pytest.approx(_calibration(env, "efficientad")["image_threshold"])
+    assert not _unsaved(at)
+    at.sidebar.radio(key="kind").set_value("patchcore").run()  # back: the PatchCore draft is still there
+    assert at.slider(key="image_thr").value == pytest.approx(draft) and _unsaved(at)
+
+    _button(at, "Discard changes").click().run()
+    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])
+    assert not _unsaved(at) and _button(at, "Save thresholds with the model").disabled
+    at.switch_page(str(ROOT / "pages") + "/inspect.py").run()
+    at.switch_page(str(ROOT / "pages") + "/thresholds.py").run()
+    assert at.slider(key="image_thr").value == pytest.approx(saved["image_threshold"])  # discarded for good
+    assert not _unsaved(at)
+    _button(at, "Use F1-optimal").click()  # a real change is saved as chosen
     at.run()
     _button(at, "Save thresholds with the model").click()
     at.run()
     after = _calibration(env)
     assert after["image_threshold"] == pytest.approx(at.slider(key="image_thr").value)
     assert after["pixel_threshold"] == pytest.approx(saved["pixel_threshold"])  # untouched, not the slider minimum
+    assert not _unsaved(at)
+    at.switch_page(str(ROOT / "pages") + "/inspect.py").run()
+    at.switch_page(str(ROOT / "pages") + "/thresholds.py").run()
+    assert not _unsaved(at)  # a saved change leaves no draft behind
+
+
+def test_thresholds_unsaved_state_and_save_sit_next_to_the_sliders(env: Path) -> None:
+    """The unsaved mark and Save / Discard come right after the title, above the image slider and every chart
+    (they sat below all the charts, ~2,800 px under the slider)."""
+    at = page("thresholds")
+    at.slider(key="image_thr").set_value(at.slider(key="image_thr").max).run()
+    order = _in_page_order(at)
+
+    def first(pred) -> int:
+        return next(i for i, el in enumerate(order) if pred(el))
+
+    slider = first(lambda el: el.type == "slider" and el.key == "image_thr")
+    chart = first(lambda el: el.type == "plotly_chart")
+    warning = first(lambda el: el.type == "warning" and "Unsaved changes" in str(el.value))
+    save = first(lambda el: el.type == "button" and el.label == "Save thresholds with the model")
+    discard = first(lambda el: el.type == "button" and el.label == "Discard changes")
+    assert max(warning, save, discard) < slider < chart, (warning, save, discard, slider, chart)
 
 
 def test_thresholds_save_shows_changes_then_restore_defaults(env: Path) -> None:
