@@ -17,7 +17,7 @@ from core.familiarity import aspect_range, fit_limit, min_side_for
 from core.imageio import load_many
 from core.registry import INFERENCE_PATHS, KINDS, Detector, spec
 from core.store import ModelRef, ModelStore, ModelStoreError, now_iso, validate_name, versions
-from core.types import NO_CONTROL, TrainControl
+from core.types import NO_CONTROL, ResumePoint, TrainControl
 
 __all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "LoadedModel", "TrainResult", "build", "default_settings",
            "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
@@ -87,11 +87,20 @@ def split_holdout(n: int, fraction: float, seed: int, limit: int = MAX_HOLDOUT) 
 
 
 def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelStore,
-          control: TrainControl = NO_CONTROL, reason: str = "trained") -> TrainResult:
+          control: TrainControl = NO_CONTROL, resume: bool = False, reason: str = "trained") -> TrainResult:
     """Fit a ``kind`` model on the good training images of ``data``, calibrate, and save it as a new version
-    (the current one, if any, is its parent and stays loadable). ``reason`` is the version's reason in the store
-    (e.g. the demo's shorter budget)."""
+    (the current one, if any, is its parent and stays loadable).
+
+    A run cancelled through ``control`` keeps its state in the store when its kind can resume (EfficientAD);
+    ``resume`` continues that run with its own settings (``settings`` may only repeat them), otherwise a new
+    run replaces it. ``reason`` is the version's reason in the store (e.g. the demo's shorter budget).
+    """
     validate_name(data.name, "category name")
+    state_dir = store.training_state_dir(data.name, kind)
+    if resume:
+        settings = _resume_settings(ResumePoint.read(state_dir), data.name, kind, settings)
+    else:
+        store.discard_training_state(data.name, kind)
     full = {**default_settings(kind), **settings}
     detector = build(kind, full)
     control.report("reading training images", 0.0)
@@ -105,7 +114,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     device = describe(compute_device())
     t0 = time.perf_counter()
     sub = TrainControl(progress=(lambda m, f: control.report(m, 0.9 * f)) if control.progress else None,
-                       cancel=control.cancel)
+                       cancel=control.cancel, state_dir=state_dir)
     train_info = detector.fit_good(fit_images, hold_images, sub)
     train_seconds = time.perf_counter() - t0
     control.report("calibrating on held-out good images", 0.92)
@@ -130,8 +139,22 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     parent = store.current(data.name, kind) if store.has_model(data.name, kind) else None
     ref = store.create_version(data.name, kind, manifest, calibration.to_dict(), reason=reason,
                                weights=detector.state(), parent=parent)
+    store.discard_training_state(data.name, kind)
     control.report("saved", 1.0)
     return TrainResult(ref, store.read_manifest(ref), calibration, tuple(problems))
+
+
+def _resume_settings(point: ResumePoint | None, category: str, kind: str,
+                     settings: dict[str, Any]) -> dict[str, Any]:
+    """The settings of the interrupted run ``point``; ``settings`` given beside it must agree with them."""
+    if point is None or point.kind != kind:
+        raise ValueError(f"expected an interrupted {kind} run of {category} to resume, found none "
+                         "(train without resuming to start one)")
+    differ = {k: (v, point.settings.get(k)) for k, v in settings.items() if point.settings.get(k) != v}
+    if differ:
+        raise ValueError("expected the interrupted run's settings when resuming, found different "
+                         + ", ".join(f"{k}={v!r} (the run has {was!r})" for k, (v, was) in differ.items()))
+    return dict(point.settings)
 
 
 def load(ref: ModelRef, inference: str = "fast") -> LoadedModel:

@@ -11,6 +11,7 @@ torch (``runtime="torch"``); both give the same scores up to float rounding (tes
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import random
@@ -38,8 +39,8 @@ from core.efficientad_lite import (
 from core.imageio import ImageLoadError, load_image
 from core.preprocess import InputSpec, predict_in_batches, to_tensor
 from core.runtime import OnnxGraph, check_runtime, export_onnx
-from core.store import atomic_write_bytes
-from core.types import NO_CONTROL, Prediction, TrainControl
+from core.store import atomic_write_bytes, now_iso
+from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl, TrainingCancelled
 
 KIND = "efficientad"
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
@@ -52,6 +53,8 @@ MIN_SIZE = 256
 SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.25}
 SECONDS_PER_IMAGE_256 = 0.08  # per good training image: teacher statistics, quantiles, calibration, guard
 STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
+STATE_FILE = "state.pt"  # the resumable training state, in TrainControl.state_dir
+SAVE_EVERY = 250  # steps between saves of that state in the product path (about a minute of CPU training)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,9 @@ class EfficientAD:
 
     def __init__(self, config: EfficientADConfig) -> None:
         self.config = config
-        self.model = BUILDERS[config.structure](config)
+        with torch.random.fork_rng(devices=[]):  # the initial weights follow config.seed, not the process's RNG
+            torch.manual_seed(config.seed)
+            self.model = BUILDERS[config.structure](config)
         self.channels = self.model.teacher_out_channels
         self.model.teacher.eval()
         for p in self.model.teacher.parameters():
@@ -261,6 +266,10 @@ class EfficientAD:
         times) is written there atomically every ``save_every`` steps and at each checkpoint, and a run that
         finds the file picks up at its step, so a long run can be stopped and continued (same images and
         settings expected). ``self.step_seconds`` holds the wall time of every step so far.
+
+        Cancelled through ``control`` (checked after every step), the run writes its state to ``resume_file``
+        at the step reached (with a :class:`core.types.ResumePoint` beside it) and raises
+        :class:`core.types.TrainingCancelled` naming that step; resuming ends where the run never stopped would.
         """
         self._graph = None
         if not images:
@@ -282,8 +291,19 @@ class EfficientAD:
         losses: list[float] = []
         self.step_seconds = []
         first = 0
+        digest = _images_digest(images) if resume_file is not None else ""
         if resume_file is not None and resume_file.is_file():
-            first = self._restore_training(resume_file, optimizer, scheduler, rng, losses, len(images))
+            first = self._restore_training(resume_file, optimizer, scheduler, rng, losses, len(images), digest)
+            control.report(f"resuming at step {first} of {self.config.steps}", 0.95 * first / self.config.steps)
+
+        def stopped(done: int) -> TrainingCancelled:
+            """Keep the state at ``done`` steps (when there is a file for it) and say so."""
+            if resume_file is None:
+                return TrainingCancelled(f"cancelled at step {done} of {self.config.steps}; nothing was kept")
+            self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images), digest)
+            return TrainingCancelled(f"cancelled at step {done} of {self.config.steps}; the training state is "
+                                     f"kept in {resume_file.parent} to resume")
+
         self.model.train()
         self.model.teacher.eval()
         for step in range(first, self.config.steps):
@@ -302,9 +322,13 @@ class EfficientAD:
             del losses[:-50]
             self.step_seconds.append(time.perf_counter() - t0)
             done = step + 1
-            if step % 10 == 0 or done == self.config.steps:
-                control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
-                               0.95 * done / self.config.steps)
+            try:
+                control.check(f"step {done}/{self.config.steps}")
+                if step % 10 == 0 or done == self.config.steps:
+                    control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
+                                   0.95 * done / self.config.steps)
+            except TrainingCancelled:
+                raise stopped(done) from None
             at_checkpoint = on_checkpoint is not None and done in checkpoints and done < self.config.steps
             if at_checkpoint and on_checkpoint is not None:
                 self.model.eval()
@@ -319,10 +343,13 @@ class EfficientAD:
             # saved after the checkpoint's callback: a run stopped during it resumes before the checkpoint
             if resume_file is not None and done < self.config.steps and (
                     at_checkpoint or (save_every > 0 and done % save_every == 0)):
-                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images))
+                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images), digest)
         train_seconds = sum(self.step_seconds)
+        try:
+            control.report("map normalisation on held-out good images", 0.97)
+        except TrainingCancelled:
+            raise stopped(self.config.steps) from None
         self.model.eval()
-        control.report("map normalisation on held-out good images", 0.97)
         self._set_quantiles(validation if len(validation) else images)
         self.model.to("cpu")
         self._device = torch.device("cpu")
@@ -332,22 +359,28 @@ class EfficientAD:
 
     def _save_training(self, path: Path, step: int, optimizer: torch.optim.Optimizer,
                        scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
-                       losses: list[float], num_images: int) -> None:
-        """Everything needed to continue training at ``step``, written atomically."""
-        state = {"config": self.config.to_dict(), "num_images": num_images, "step": step,
+                       losses: list[float], num_images: int, digest: str) -> None:
+        """Everything needed to continue training at ``step``, written atomically; then the
+        :class:`core.types.ResumePoint` that describes it, beside it."""
+        state = {"config": self.config.to_dict(), "num_images": num_images, "images_sha1": digest, "step": step,
                  "student": self.model.student.state_dict(), "ae": self.model.ae.state_dict(),
                  "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
                  "losses": list(losses), "step_seconds": list(self.step_seconds)}
+        if self._device.type == "cuda":
+            state["cuda_rng"] = torch.cuda.get_rng_state(self._device)
         buffer = io.BytesIO()
         torch.save(state, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buffer.getvalue())
+        ResumePoint(kind=KIND, step=step, steps=self.config.steps, settings=self.config.to_dict(),
+                    num_images=num_images, train_seconds=sum(self.step_seconds), saved=now_iso()).write(path.parent)
 
     def _restore_training(self, path: Path, optimizer: torch.optim.Optimizer,
                           scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
-                          losses: list[float], num_images: int) -> int:
-        """Load a state written by :meth:`_save_training`; returns the step to continue from."""
+                          losses: list[float], num_images: int, digest: str) -> int:
+        """Load a state written by :meth:`_save_training`; returns the step to continue from. A state that
+        records its images' digest must have been written for these very images."""
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
@@ -357,20 +390,28 @@ class EfficientAD:
             raise ValueError(f"expected a training state for {num_images} images and settings "
                              f"{self.config.to_dict()}, found one for {state.get('num_images')} images and "
                              f"{state.get('config')} in {path}")
+        if state.get("images_sha1") and digest and state["images_sha1"] != digest:
+            raise ValueError(f"expected a training state for these {num_images} images, found one written for "
+                             f"other images (digest {state['images_sha1'][:12]}, these {digest[:12]}) in {path}")
         self.model.student.load_state_dict(state["student"])
         self.model.ae.load_state_dict(state["ae"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         rng.setstate(_as_tuple(state["rng"]))  # type: ignore[arg-type]  # a tuple again after _as_tuple
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self._device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self._device)
         losses[:] = state["losses"]
         self.step_seconds = list(state["step_seconds"])
         return int(state["step"])
 
     def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:
-        """:class:`core.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles."""
-        return self.fit(images, holdout, control)
+        """:class:`core.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles.
+        With ``control.state_dir``, the run's state is kept there (every :data:`SAVE_EVERY` steps and when
+        cancelled) and a state found there is continued."""
+        resume_file = control.state_dir / STATE_FILE if control.state_dir is not None else None
+        return self.fit(images, holdout, control, resume_file=resume_file, save_every=SAVE_EVERY)
 
     def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
         """Files and parameters of an export bundle: the whole eval network (scores and maps) as ONNX."""
@@ -426,6 +467,15 @@ def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:
         return values
     idx = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:limit]
     return values[idx]
+
+
+def _images_digest(images: Sequence[np.ndarray]) -> str:
+    """SHA-1 over the training images' shapes and pixels, in order: a resumed run must see the same images."""
+    h = hashlib.sha1()
+    for image in images:
+        h.update(repr(image.shape).encode())
+        h.update(np.ascontiguousarray(image).tobytes())
+    return h.hexdigest()
 
 
 def _as_tuple(value: object) -> object:

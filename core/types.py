@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -13,7 +16,8 @@ ProgressFn = Callable[[str, float], None]
 
 
 class TrainingCancelled(RuntimeError):
-    """Training was cancelled by the user; nothing was written."""
+    """Training was cancelled by the user; no model version was written (the message says whether the run's
+    state was kept to resume, see :class:`ResumePoint`)."""
 
 
 @dataclass(frozen=True)
@@ -27,16 +31,55 @@ class Prediction:
 
 @dataclass(frozen=True)
 class TrainControl:
-    """Progress reporting and cancellation for a training run (both optional)."""
+    """Progress reporting and cancellation for a training run (all optional). ``state_dir``: a folder where a
+    detector that can resume (EfficientAD) keeps its training state when stopped, to continue from there."""
 
     progress: ProgressFn | None = None
     cancel: threading.Event | None = None
+    state_dir: Path | None = None
 
-    def report(self, message: str, fraction: float) -> None:
+    def check(self, message: str) -> None:
+        """Raise :class:`TrainingCancelled` (naming ``message``, the stage reached) if cancellation was asked."""
         if self.cancel is not None and self.cancel.is_set():
             raise TrainingCancelled(f"cancelled during: {message}")
+
+    def report(self, message: str, fraction: float) -> None:
+        self.check(message)
         if self.progress is not None:
             self.progress(message, min(max(fraction, 0.0), 1.0))
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where an interrupted training run stopped, written beside its state (``state_dir/progress.json``) so
+    the Models page and the CLI can offer to resume it without loading the state itself."""
+
+    kind: str
+    step: int
+    steps: int
+    settings: dict[str, Any]
+    num_images: int
+    train_seconds: float
+    saved: str  # ISO time
+
+    FILE = "progress.json"
+
+    def write(self, folder: Path) -> Path:
+        """Write atomically to ``folder``/progress.json."""
+        from core.store import atomic_write_json
+
+        return atomic_write_json(Path(folder) / self.FILE, asdict(self))
+
+    @classmethod
+    def read(cls, folder: Path) -> ResumePoint | None:
+        """The point saved in ``folder``, or None when there is none or it is unreadable (nothing to resume)."""
+        try:
+            data = json.loads((Path(folder) / cls.FILE).read_text())
+            return cls(kind=str(data["kind"]), step=int(data["step"]), steps=int(data["steps"]),
+                       settings=dict(data["settings"]), num_images=int(data["num_images"]),
+                       train_seconds=float(data["train_seconds"]), saved=str(data["saved"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
 
 NO_CONTROL = TrainControl()

@@ -5,8 +5,10 @@ import streamlit as st
 
 from core import detector as det
 from core.backbone import BackboneError, default_layers, feature_layers
+from core.progress import duration_text
 from core.registry import KINDS, label, spec
 from core.store import ModelStoreError
+from core.types import ResumePoint, TrainingCancelled
 from ui import cache
 from ui.frame import selection
 from ui.jobs import show_job, start_job
@@ -39,16 +41,22 @@ rows = []
 for rec in records:
     if rec.ok and rec.manifest and rec.ref:
         m = rec.manifest.get("metrics", {})
-        rows.append({"category": rec.category, "model": label(rec.kind), "version": f"v{rec.ref.version}",
-                     "versions": rec.num_versions, "backbone": rec.manifest.get("backbone"),
-                     "created": rec.manifest.get("created"),
-                     "train s": round(rec.manifest.get("train", {}).get("seconds", float("nan")), 1),
+        rows.append({"category": rec.category, "model": label(rec.kind),
+                     "version": f"v{rec.ref.version} of {rec.num_versions}",
+                     "backbone": str(rec.manifest.get("backbone")).split(" (")[0],  # the details: Versions table
+                     "created": str(rec.manifest.get("created", ""))[:16].replace("T", " "),
+                     "train s": rec.manifest.get("train", {}).get("seconds"),
                      "image AUROC": m.get("image_auroc"), "pixel AUROC": m.get("pixel_auroc"),
                      "AUPRO": m.get("aupro"), "F1-max": m.get("f1_max"), "ms/image": m.get("latency_ms_mean")})
     else:
         st.error(f"Broken model folder {rec.path}: {rec.error}")
-if rows:
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+if rows:  # compact columns: the whole table fits the page at 1440 px (tests/test_models_browser.py)
+    metric = st.column_config.NumberColumn(format="%.3f")
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+                 column_config={"created": st.column_config.TextColumn("created (UTC)"),
+                                "train s": st.column_config.NumberColumn(format="%.0f"),
+                                "image AUROC": metric, "pixel AUROC": metric, "AUPRO": metric, "F1-max": metric,
+                                "ms/image": st.column_config.NumberColumn(format="%.1f")})
 else:
     st.info("No models trained yet. Train one below — PatchCore takes well under a minute on the demo data.")
 
@@ -57,7 +65,8 @@ if sel.ref is not None:
     infos = sel.store.list_versions(sel.category, sel.kind)
     st.dataframe(pd.DataFrame([{"version": f"v{i.ref.version}", "in use": "●" if i.current else "",
                                 "made from": f"v{i.parent}" if i.parent else "–", "why": i.reason,
-                                "created": (i.manifest or {}).get("created"),
+                                "backbone": (i.manifest or {}).get("backbone"),
+                                "created (UTC)": str((i.manifest or {}).get("created", ""))[:16].replace("T", " "),
                                 "image AUROC": (i.manifest or {}).get("metrics", {}).get("image_auroc"),
                                 "problem": i.error or ""} for i in reversed(infos)]),
                  hide_index=True, width="stretch")
@@ -122,20 +131,39 @@ with st.container(border=True):  # not a form: the estimate follows every change
         backbone_settings()
     estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train))
     if estimate is not None:
-        st.caption(f"{kind_spec.label} at {side}px with these settings on {len(data.train)} good images: about "
-                   f"{estimate / 60:.0f} min on a 2-core CPU (measured step time; benchmarks/RESULTS.md).")
+        st.caption(f"{kind_spec.label} at {side}px with these settings on {len(data.train)} good images: "
+                   f"{duration_text(estimate)} on a 2-core CPU (measured step time; benchmarks/RESULTS.md).")
     else:
         st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "
                    "the demo data).")
-    submitted = st.button("Train", type="primary", disabled=bool(job and job.running))
+    busy = bool(job and job.running)
+    point = ResumePoint.read(sel.store.training_state_dir(sel.category, kind))
+    resumed = False
+    if point is not None:
+        left = kind_spec.estimate_seconds({**kind_spec.default_settings(), **point.settings}, len(data.train))
+        st.info(f"An interrupted {kind_spec.label} run is kept: step {point.step:,} of {point.steps:,} "
+                f"({duration_text(point.train_seconds)} of training, stopped {point.saved[:16].replace('T', ' ')} "
+                "UTC). **Resume** continues it with its own settings"
+                + (f" ({duration_text(left * (1 - point.step / point.steps))} to go)" if left is not None else "")
+                + "; **Train** starts over and discards it.")
+    t1, t2 = st.columns([1, 4])
+    submitted = t1.button("Train", type="primary", disabled=busy)
+    if point is not None:
+        resumed = t2.button(f"Resume from step {point.step:,}", disabled=busy, key="train_resume")
 
-if submitted:
-    store, category = sel.store, sel.category
+if submitted or resumed:
+    store, category, how = sel.store, sel.category, settings if submitted else {}
 
     def work(control):
-        result = det.train(data, kind, settings, store, control)
+        try:
+            result = det.train(data, kind, how, store, control, resume=not submitted)
+        except TrainingCancelled as exc:
+            raise TrainingCancelled(f"{exc}; no model version was saved") from None
         if data.test:
-            det.run_evaluation(det.load(result.ref), data, control)
+            try:
+                det.run_evaluation(det.load(result.ref), data, control)
+            except TrainingCancelled:
+                raise TrainingCancelled(f"saved as {result.ref.label}; its evaluation was cancelled") from None
         return result
 
     st.session_state["train_job"] = start_job(f"{kind_spec.label} on {category}", work)
@@ -150,7 +178,7 @@ def progress_panel() -> None:
     just_finished = show_job(job, "Training failed", cancel_label="Cancel training")
     if job.succeeded:
         st.success(f"{job.name}: saved as {job.result.ref.label} (now in use)")
-    if just_finished:
+    if just_finished:  # however it ended: the Train button, the resume offer and the tables follow
         cache.clear_model_caches()
         st.rerun(scope="app")
 

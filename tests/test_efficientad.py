@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +26,8 @@ from core.efficientad import (
 from core.imageio import load_image
 from core.preprocess import InputSpec
 from core.store import ModelStore
-from tests.conftest import rgb
+from core.types import ResumePoint, TrainControl, TrainingCancelled
+from tests.conftest import EFFICIENTAD_TEST_SETTINGS, rgb
 
 
 def test_teacher_ships_with_a_manifest() -> None:
@@ -250,3 +252,72 @@ def test_hard_quantile_changes_only_the_hard_student_term(quantile: float) -> No
     assert torch.allclose(loss_st, hard + penalty_term, atol=1e-6)
     expected_hard = {0.999: 0.999, 0.99: (0.990 + 0.999) / 2, 0.5: (0.500 + 0.999) / 2}[quantile]
     assert float(hard) == pytest.approx(expected_hard, abs=1e-3)
+
+
+def _cancel_after(first_message: str) -> TrainControl:
+    """A control that asks to stop as soon as a report starting with ``first_message`` got through."""
+    cancel = threading.Event()
+
+    def progress(message: str, fraction: float) -> None:
+        if message.startswith(first_message):
+            cancel.set()
+
+    return TrainControl(progress=progress, cancel=cancel)
+
+
+def test_cancel_keeps_the_state_and_resume_ends_where_an_uninterrupted_run_does(demo_root: Path,
+                                                                               tmp_path: Path) -> None:
+    """Cancelled after step 2 of 3, the run keeps its state (no model version, no broken folder); Resume
+    continues it to the weights and scores of the same run never stopped (same seed)."""
+    data = load_category(demo_root, "demo_metal")
+    straight = det.train(data, "efficientad", EFFICIENTAD_TEST_SETTINGS, ModelStore(tmp_path / "straight"))
+    store = ModelStore(tmp_path / "stopped")
+    with pytest.raises(TrainingCancelled, match="step 2 of 3"):
+        det.train(data, "efficientad", EFFICIENTAD_TEST_SETTINGS, store, _cancel_after("step 1/3"))
+    assert not store.has_model("demo_metal", "efficientad") and store.list_models() == []
+    point = ResumePoint.read(store.training_state_dir("demo_metal", "efficientad"))
+    assert point is not None and (point.kind, point.step, point.steps) == ("efficientad", 2, 3)
+    assert point.settings == straight.manifest["settings"] and point.train_seconds > 0
+
+    seen: list[str] = []
+    resumed = det.train(data, "efficientad", {}, store,
+                        TrainControl(progress=lambda m, f: seen.append(m)), resume=True)
+    assert not any(m.startswith("step 1/") for m in seen) and any(m.startswith("step 3/3") for m in seen)
+    assert ResumePoint.read(store.training_state_dir("demo_metal", "efficientad")) is None  # used up
+    assert resumed.manifest["settings"] == straight.manifest["settings"]
+    a, b = ModelStore(tmp_path / "straight").read_weights(straight.ref), store.read_weights(resumed.ref)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-6, rtol=1e-5), key
+    images = [load_image(s.path) for s in data.test[:4]]
+    for p, q in zip(det.load(straight.ref).detector.predict(images), det.load(resumed.ref).detector.predict(images),
+                    strict=True):
+        assert p.score == pytest.approx(q.score, rel=1e-5, abs=1e-6)
+        assert np.allclose(p.anomaly_map, q.anomaly_map, rtol=1e-4, atol=1e-5)
+
+
+def test_a_fresh_run_replaces_an_interrupted_one_and_resume_needs_one(demo_root: Path, tmp_path: Path) -> None:
+    data = load_category(demo_root, "demo_metal")
+    store = ModelStore(tmp_path)
+    with pytest.raises(ValueError, match="expected an interrupted efficientad run of demo_metal"):
+        det.train(data, "efficientad", {}, store, resume=True)
+    with pytest.raises(TrainingCancelled):
+        det.train(data, "efficientad", EFFICIENTAD_TEST_SETTINGS, store, _cancel_after("step 1/3"))
+    with pytest.raises(ValueError, match="steps"):  # resume keeps its own settings: a different one is refused
+        det.train(data, "efficientad", {"steps": 5}, store, resume=True)
+    with pytest.raises(TrainingCancelled):  # a fresh run starts from step 0 and keeps its own state
+        det.train(data, "efficientad", {**EFFICIENTAD_TEST_SETTINGS, "steps": 4}, store, _cancel_after("step 1/4"))
+    point = ResumePoint.read(store.training_state_dir("demo_metal", "efficientad"))
+    assert point is not None and (point.step, point.steps) == (2, 4)
+    det.train(data, "efficientad", {**EFFICIENTAD_TEST_SETTINGS, "steps": 4}, store)  # fresh again: discards it
+    assert ResumePoint.read(store.training_state_dir("demo_metal", "efficientad")) is None
+
+
+def test_stopped_on_the_last_step_resumes_without_training_again(tmp_path: Path) -> None:
+    images = [rgb(256, 256, seed=i) for i in range(3)]
+    with pytest.raises(TrainingCancelled, match="step 2 of 2"):
+        EfficientAD(EfficientADConfig(steps=2)).fit(images, images[:1], _cancel_after("step 1/2"),
+                                                    resume_file=tmp_path / "state.pt")
+    resumed = EfficientAD(EfficientADConfig(steps=2))
+    info = resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt")
+    assert len(resumed.step_seconds) == 2 and info["train_seconds"] > 0

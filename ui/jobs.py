@@ -5,15 +5,19 @@ A job runs in a thread; the page polls its :class:`JobState` from a fragment tha
 
 from __future__ import annotations
 
+import logging
 import threading
-import traceback
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import streamlit as st
 
+from core.progress import clock, duration_text, remaining_seconds
 from core.types import TrainControl, TrainingCancelled
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,10 +28,14 @@ class JobState:
     done: bool = False
     error: str | None = None
     cancelled: bool = False
+    cancel_note: str = ""  # what the cancelled work said about what it kept
     result: Any = None
     handled: bool = False  # set by the page once it has reacted to the job's end (e.g. refreshed caches)
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+    pace_start: tuple[float, float] | None = None  # (elapsed, fraction) at the first report: the pace's origin
 
     @property
     def running(self) -> bool:
@@ -37,23 +45,38 @@ class JobState:
     def succeeded(self) -> bool:
         return self.done and self.error is None and not self.cancelled
 
+    @property
+    def elapsed(self) -> float:
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
+
+    def progress(self, message: str, fraction: float) -> None:
+        """What the work reports (its ``TrainControl.progress``)."""
+        if self.pace_start is None:
+            self.pace_start = (self.elapsed, fraction)
+        self.message, self.fraction = message, fraction
+
+    @property
+    def progress_text(self) -> str:
+        """The progress bar's text: name, stage, elapsed time and the time left at the pace so far."""
+        left = remaining_seconds(self.elapsed, self.fraction, self.pace_start)
+        eta = "estimating the time left" if left is None else f"{duration_text(left)} left"
+        return f"{self.name}: {self.message} · {clock(self.elapsed)} elapsed · {eta}"
+
 
 def start_job(name: str, work: Callable[[TrainControl], Any]) -> JobState:
     """Run ``work(control)`` in a daemon thread and return its live state."""
     state = JobState(name)
 
-    def progress(message: str, fraction: float) -> None:
-        state.message, state.fraction = message, fraction
-
     def run() -> None:
         try:
-            state.result = work(TrainControl(progress=progress, cancel=state.cancel))
-        except TrainingCancelled:
-            state.cancelled = True
+            state.result = work(TrainControl(progress=state.progress, cancel=state.cancel))
+        except TrainingCancelled as exc:
+            state.cancelled, state.cancel_note = True, str(exc)
         except Exception as exc:  # shown to the user; the app stays usable
             state.error = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
+            log.exception("job %s failed", name)
         finally:
+            state.ended = time.monotonic()
             state.done = True
 
     state.thread = threading.Thread(target=run, name=f"job-{name}", daemon=True)
@@ -64,17 +87,18 @@ def start_job(name: str, work: Callable[[TrainControl], Any]) -> JobState:
 def show_job(job: JobState, failed: str, cancel_label: str | None = None) -> bool:
     """Draw a running job's progress (with a cancel button if ``cancel_label``), or how it failed or was cancelled.
 
-    Returns True exactly once: on the first call after the job succeeded, so the page can refresh itself.
+    Returns True exactly once: on the first call after the job ended, however it ended (succeeded, failed or
+    cancelled), so the page can redraw what depends on it (a Train button disabled while it ran, caches).
     """
     if job.running:
-        st.progress(job.fraction, text=f"{job.name}: {job.message}")
+        st.progress(job.fraction, text=job.progress_text)
         if cancel_label and st.button(cancel_label, type="secondary"):
             job.cancel.set()
     elif job.error:
         st.error(f"{failed} — {job.error}")
     elif job.cancelled:
-        st.warning(f"{job.name}: cancelled; nothing was saved.")
-    elif not job.handled:
+        st.warning(f"{job.name}: {job.cancel_note or 'cancelled'}.")
+    if job.done and not job.handled:
         job.handled = True
         return True
     return False
