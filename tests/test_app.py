@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from streamlit.testing.v1 import AppTest
 
 from core import detector as det
 from core.store import ModelStore
+from core.types import ResumePoint
 from tests.conftest import rgb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,6 +127,82 @@ def test_versions_listed_switched_and_switched_back(env: Path) -> None:
     next(b for b in at.button if b.label == "Use this version").click()
     at.run()
     assert store.current("demo_metal", "patchcore") == v2
+
+
+def _wait_for(condition, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "expected the training job to get there in time"
+        time.sleep(0.05)
+
+
+def test_models_page_cancel_enables_train_offers_resume_and_resume_saves(env: Path) -> None:
+    """Cancel an EfficientAD run mid-way: the job's end reruns the page (Train enabled again, no other field
+    touched), the kept state is offered as *Resume from step N*, and Resume saves the model."""
+    shutil.rmtree(env / "demo_metal" / "efficientad")
+    at = page("models")
+    at.selectbox(key="train_kind").set_value("efficientad").run()
+    at.number_input(key="train_efficientad_steps").set_value(30).run()
+    next(b for b in at.button if b.label == "Train").click()
+    at.run()
+    job = at.session_state["train_job"]
+    assert next(b for b in at.button if b.label == "Train").disabled  # while it runs
+    _wait_for(lambda: job.message.startswith("step") or job.done)
+    assert " elapsed · " in job.progress_text
+    job.cancel.set()
+    job.thread.join(timeout=300)
+    assert job.cancelled and "the training state is kept" in job.cancel_note, (job.error, job.cancel_note)
+    at.run()
+    assert not at.exception, at.exception
+    assert job.handled  # the job's end was handled: the fragment reran the whole page
+    assert not next(b for b in at.button if b.label == "Train").disabled
+    assert any("no model version was saved" in w.value for w in at.warning)
+    point = ResumePoint.read(ModelStore(env).training_state_dir("demo_metal", "efficientad"))
+    assert point is not None and 0 < point.step < 30
+    resume = at.button(key="train_resume")
+    assert resume.label == f"Resume from step {point.step:,}" and not resume.disabled
+    assert any(f"step {point.step:,} of 30" in i.value for i in at.info)
+    resume.click()
+    at.run()
+    job = at.session_state["train_job"]
+    job.thread.join(timeout=300)
+    assert job.succeeded, (job.error, job.cancel_note)
+    at.run()
+    assert not at.exception, at.exception
+    assert ModelStore(env).current("demo_metal", "efficientad").version == 1
+    assert ResumePoint.read(ModelStore(env).training_state_dir("demo_metal", "efficientad")) is None
+    assert not any(b.key == "train_resume" for b in at.button)
+
+
+def _show_ended_job() -> None:
+    import streamlit as st
+
+    from ui.jobs import show_job
+
+    st.session_state.setdefault("returns", []).append(show_job(st.session_state["job"], "failed"))
+
+
+@pytest.mark.parametrize("outcome", ["cancelled", "error", "succeeded"])
+def test_show_job_reports_the_end_of_a_job_once_however_it_ended(outcome: str) -> None:
+    """The Models page reruns the whole app when ``show_job`` says the job ended; a cancelled or failed job
+    must say so too, or the Train button drawn while it ran stays disabled in the browser."""
+    from ui.jobs import JobState
+
+    job = JobState("training", done=True, cancelled=outcome == "cancelled",
+                   error="ValueError: boom" if outcome == "error" else None)
+    at = AppTest.from_function(_show_ended_job)
+    at.session_state["job"] = job
+    at.run()
+    at.run()
+    assert at.session_state["returns"] == [True, False]
+
+
+def test_models_page_estimates_short_runs_in_seconds(env: Path) -> None:
+    at = page("models")
+    at.selectbox(key="train_kind").set_value("efficientad").run()
+    at.number_input(key="train_efficientad_steps").set_value(100).run()  # 100 x 0.25 s + 16 x 0.08 s = 26 s
+    captions = [c.value for c in at.caption if "EfficientAD at 256px" in c.value]
+    assert captions and "about 25 s on a 2-core CPU" in captions[0] and "0 min" not in captions[0]
 
 
 def test_data_root_is_limited_to_the_configured_roots(env: Path, tmp_path: Path,
