@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from core.portable import check_calibration
+from core.portable import verdict as _verdict
 from core.types import Prediction
 
 SIGMAS = 3.0  # the policy before false-alarm targets: mean + 3 std (kept to read old calibration files)
@@ -47,16 +49,26 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def check(self, positive: bool = False) -> Calibration:
+        """This calibration, when a verdict can be made from it (see :func:`core.portable.check_calibration`;
+        ``positive``: the model's scores are 0 or more, so thresholds must be above 0).
+
+        Raises:
+            ValueError: names the field and the value found.
+        """
+        check_calibration(self.to_dict(), positive)
+        return self
+
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """A calibration read back from ``calibration.json``. Files written before the defaults were stored
-        get them back from their good-score statistics (the policy that made them)."""
-        missing = [k for k in ("image_threshold", "pixel_threshold") if k not in data]
-        if missing:
-            raise ValueError(f"expected calibration keys {missing}, found {sorted(data)}")
-        for key in ("image_threshold", "pixel_threshold"):
-            if not isinstance(data[key], (int, float)) or not np.isfinite(data[key]):
-                raise ValueError(f"expected a finite number for {key}, found {data[key]!r}")
+    def from_dict(cls, data: dict[str, Any], positive: bool = False) -> Calibration:
+        """A calibration read back from ``calibration.json``, checked (:meth:`check`; ``positive`` when the
+        model's scores are 0 or more). Files written before the defaults were stored get them back from their
+        good-score statistics (the policy that made them).
+
+        Raises:
+            ValueError: a missing key, or a value no verdict can be made from (the message names the field).
+        """
+        check_calibration(data, positive)
         known = set(cls.__dataclass_fields__)
         cal = cls(**{k: v for k, v in data.items() if k in known})
         if cal.default_image_threshold is None or cal.default_pixel_threshold is None:
@@ -66,6 +78,7 @@ class Calibration:
                 img = cal.good_score_mean + SIGMAS * cal.good_score_std
                 pix = cal.good_map_max_mean + SIGMAS * cal.good_map_max_std
             cal = replace(cal, default_image_threshold=float(img), default_pixel_threshold=float(pix))
+            check_calibration(cal.to_dict(), positive)  # the defaults derived from the statistics, too
         return cal
 
     @property
@@ -122,4 +135,5 @@ def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_
 
 
 def verdict(score: float, calibration: Calibration) -> str:
-    return "DEFECT" if score >= calibration.image_threshold else "OK"
+    """DEFECT at or above the image threshold, else OK (the rule in core.portable)."""
+    return _verdict(score, calibration.image_threshold)

@@ -195,13 +195,19 @@ def read_calibration(ref: ModelRef) -> Calibration:
     """
     store = ModelStore(ref.store)
     try:
-        return Calibration.from_dict(store.read_calibration(ref))
+        return Calibration.from_dict(store.read_calibration(ref), positive=spec(ref.kind).positive_scores)
     except (ValueError, TypeError) as exc:
         raise ModelStoreError(f"{store.calibration_file(ref)}: {exc}") from None
 
 
 def save_calibration(model: LoadedModel, calibration: Calibration) -> ModelRef:
-    """Save thresholds as a new version of ``model`` (weights and evaluation shared with it, now current)."""
+    """Save thresholds as a new version of ``model`` (weights and evaluation shared with it, now current).
+
+    Raises:
+        ValueError: a threshold no verdict can be made from (not finite; 0 or less for a kind whose scores are
+            0 or more); nothing is saved.
+    """
+    calibration.check(spec(model.kind).positive_scores)
     store = ModelStore(model.ref.store)
     manifest = store.read_manifest(model.ref)
     return store.create_version(model.category, model.kind, manifest, calibration.to_dict(),

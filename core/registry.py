@@ -80,6 +80,7 @@ class KindSpec:
     sizes: tuple[int, ...]
     tunables: tuple[Tunable, ...]
     backbones: tuple[str, ...] = ()  # offline backbones offered; non-empty: the user may also bring a timm backbone
+    positive_scores: bool = False  # scores and maps are 0 or more (distances): thresholds must be above 0
 
 
 def _patchcore() -> KindSpec:
@@ -97,6 +98,7 @@ def _patchcore() -> KindSpec:
         learns_from_feedback=True,
         sizes=(128, 160, 192, 224, 256, 320, 384),
         backbones=("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"),
+        positive_scores=True,
         tunables=(Tunable("coreset_ratio", "Coreset ratio", "Share of training patches kept in the memory bank (1.0: "
                           "all of them). Large banks are searched with HNSW, each image's top patch re-checked exactly.",
                           options=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0), default=0.01),),

@@ -66,3 +66,74 @@ def test_old_file_without_defaults_gets_them_from_its_statistics() -> None:
 def test_non_numeric_threshold_is_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="finite number for image_threshold"):
         Calibration.from_dict({"image_threshold": bad, "pixel_threshold": 1.0})
+
+
+GOOD = {"image_threshold": 9.0, "pixel_threshold": 4.0, "good_score_mean": 2.0, "good_score_std": 1.0,
+        "good_score_max": 4.0, "good_map_max_mean": 1.0, "good_map_max_std": 0.5, "num_images": 20,
+        "source": "test", "default_image_threshold": 9.0, "default_pixel_threshold": 4.0,
+        "familiarity_limit": 1.5, "aspect_min": 0.5, "aspect_max": 1.0, "min_side": 16}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "positive", "message"),
+    [
+        ("image_threshold", 0.0, True, "above 0 for image_threshold"),          # was: passed, then every request 500
+        ("image_threshold", -1.0, True, "above 0 for image_threshold"),
+        ("pixel_threshold", 0, True, "above 0 for pixel_threshold"),
+        ("default_image_threshold", 0.0, True, "above 0 for default_image_threshold"),
+        ("image_threshold", float("inf"), False, "finite number for image_threshold"),
+        ("pixel_threshold", float("-inf"), False, "finite number for pixel_threshold"),
+        ("pixel_threshold", float("nan"), False, "finite number for pixel_threshold"),
+        ("image_threshold", True, False, "finite number for image_threshold"),
+        ("familiarity_limit", float("nan"), False, "finite number for familiarity_limit"),
+        ("good_score_std", float("inf"), False, "finite number for good_score_std"),
+        ("aspect_min", 0.0, False, "positive finite number for aspect_min"),
+        ("aspect_max", float("inf"), False, "positive finite number for aspect_max"),
+        ("aspect_min", 2.0, False, "aspect_min <= aspect_max"),
+        ("min_side", 0, False, "at least 1 for min_side"),
+        ("min_side", 2.5, False, "at least 1 for min_side"),
+    ],
+)
+def test_calibration_values_no_verdict_can_use_are_refused(field: str, value: object, positive: bool,
+                                                           message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Calibration.from_dict({**GOOD, field: value}, positive=positive)
+
+
+@pytest.mark.parametrize(("field", "value"), [("image_threshold", 0.0), ("image_threshold", -0.3),
+                                              ("pixel_threshold", -1.0), ("familiarity_limit", None),
+                                              ("aspect_min", None), ("min_side", None)])
+def test_signed_scores_and_absent_guards_are_accepted(field: str, value: object) -> None:
+    """A kind whose scores may be negative (EfficientAD's normalised maps) may have a threshold at or below 0;
+    guards a model predates are simply absent."""
+    cal = Calibration.from_dict({**GOOD, field: value}, positive=False)
+    assert getattr(cal, field) == value
+
+
+def test_patchcore_calibration_of_zero_is_refused_at_load_naming_the_file(tmp_path) -> None:
+    import json
+
+    from core import detector as det
+    from core.store import ModelRef, ModelStoreError
+
+    for kind in ("patchcore", "efficientad"):
+        folder = tmp_path / "demo" / kind / "v1"
+        folder.mkdir(parents=True)
+        (folder / "calibration.json").write_text(json.dumps({**GOOD, "image_threshold": 0.0}))
+    with pytest.raises(ModelStoreError, match="calibration.json: expected a number above 0 for image_threshold") as info:
+        det.read_calibration(ModelRef(str(tmp_path), "demo", "patchcore", 1))
+    assert str(tmp_path / "demo" / "patchcore" / "v1") in str(info.value)
+    assert det.read_calibration(ModelRef(str(tmp_path), "demo", "efficientad", 1)).image_threshold == 0.0
+
+
+def test_saving_a_threshold_of_zero_is_refused(tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from core import detector as det
+    from core.store import ModelRef
+
+    model = SimpleNamespace(ref=ModelRef(str(tmp_path), "demo", "patchcore", 1), kind="patchcore")
+    cal = Calibration.from_dict(GOOD).with_thresholds(0.0, 4.0, "user")
+    with pytest.raises(ValueError, match="above 0 for image_threshold"):
+        det.save_calibration(model, cal)  # type: ignore[arg-type]
+    assert not any(tmp_path.iterdir())  # nothing written

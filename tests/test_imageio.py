@@ -99,3 +99,47 @@ def test_load_many_keeps_going(tmp_path) -> None:
     kept, images, problems = load_many([bad, good, tmp_path / "missing.png"])
     assert kept == [1] and images[0].shape == (3, 4, 3)
     assert len(problems) == 2 and "bad.png" in problems[0] and "missing.png" in problems[1]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "found"),
+    [("GIF", "GIF"), ("WEBP", "WEBP"), ("ICO", "ICO"), ("PPM", "PPM"), ("TGA", "found"),
+     ("PCX", "PCX")],
+)
+def test_refuses_undocumented_formats_by_content(tmp_path, fmt: str, found: str) -> None:
+    """Only PNG/JPEG/BMP/TIFF decode, judged by the data (a GIF named .png is still a GIF); the message names
+    the accepted formats and what was found."""
+    data = _encode(Image.new("RGB", (16, 16), (10, 20, 30)), fmt)
+    with pytest.raises(ImageLoadError, match="expected a PNG, JPEG, BMP or TIFF image, found") as info:
+        load_image(data, name="disguised.png")
+    assert found in info.value.reason
+    path = tmp_path / "disguised.png"
+    path.write_bytes(data)
+    with pytest.raises(ImageLoadError, match=found):
+        load_image(path)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF"])
+def test_documented_formats_decode_whatever_the_name(tmp_path, fmt: str) -> None:
+    path = tmp_path / "named.gif"
+    path.write_bytes(_encode(Image.new("RGB", (16, 16), (10, 20, 30)), fmt))
+    assert load_image(path).shape == (16, 16, 3)
+
+
+def test_exif_orientation_applied() -> None:
+    src = Image.new("RGB", (6, 4), (0, 0, 0))
+    src.putpixel((0, 0), (255, 255, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    buffer = io.BytesIO()
+    src.save(buffer, format="JPEG", exif=exif, quality=100)
+    array = load_image(buffer.getvalue())
+    assert array.shape == (6, 4, 3)  # width and height swapped
+    assert array[0, -1].min() > 200  # the top-left pixel is now top-right
+
+
+def test_pixel_budget_checked_from_the_header() -> None:
+    data = _encode(Image.new("L", (300, 200), 0))
+    with pytest.raises(ImageLoadError, match="expected at most 50,000 pixels, found 300x200"):
+        load_image(data, max_pixels=50_000)
+    assert load_image(data, max_pixels=60_000).shape == (200, 300, 3)
