@@ -4,28 +4,38 @@
                                   query: model (kind), version, return=overlay|mask
     GET  /v1/models               every model in the store: current version, thresholds
     GET  /health                  the process answers
-    GET  /ready                   the current models are loaded (503 until then)
+    GET  /ready                   the current models are loaded and every watch folder runs (503 with the problems)
     GET  /metrics                 Prometheus: latency histogram, verdicts per category
     GET  /docs                    OpenAPI
 
 State lives in the model store only (plus the line log), so several instances can share one store; a version
 made current in the store (Models page, CLI) is used by the next request, without a restart. Scoring runs in a
 pool of ``workers`` threads: a burst waits for a free worker instead of loading everything into memory at once.
-Bad input (not an image, truncated, too large, unknown category or model) gets a 4xx with the reason.
+Bad input (not an image, truncated, too large, unknown category or model) gets a 4xx with the reason; each
+rejected request or image is also a line-log row (verdict REJECTED, ``reason``, ``status``) the Line page shows.
+A raw-body upload is named by its ``X-Filename`` header, else ``Content-Disposition``'s filename, else the
+``name`` query parameter, else ``sha1-<first 12 hex digits of its content>``.
+A watch folder whose loop fails is logged and restarted with back-off (0.5 s doubling to 30 s); while it is
+down, ``/ready`` answers 503 naming it and the error.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import logging
 import threading
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
 import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
@@ -38,7 +48,11 @@ from core.registry import KINDS
 from core.store import ModelStore, ModelStoreError, validate_name
 from core.watch import WatchConfig, Watcher
 
+logger = logging.getLogger(__name__)
+
 RETURNS = ("overlay", "mask")
+INSPECT_PREFIX = "/v1/inspect/"
+WATCH_BACKOFF = (0.5, 30.0)  # first and longest wait before a failed watch folder is started again
 
 
 @dataclass(frozen=True)
@@ -84,11 +98,33 @@ def create_app(config: ServiceConfig) -> FastAPI:
         state["ready"] = True
 
     stop_watching = threading.Event()
+    watch_down: dict[str, str] = {f"watch folder {s.in_dir}": "starting" for s in config.watches}
 
     def watch(spec: WatchSpec) -> None:
+        """Run one watch folder until the service stops: a failure is logged, reported by /ready, and the
+        folder is started again after a back-off (0.5 s, doubling, at most 30 s; reset once a poll succeeds)."""
+        label = f"watch folder {spec.in_dir}"
         config_ = WatchConfig(spec.in_dir, spec.ok_dir, spec.defect_dir, spec.in_dir.parent / "rejected",
                               spec.in_dir.parent / "results.csv", line_log=log_path)
-        Watcher(config_, lambda: models.current(spec.category, spec.model)).run(stop=stop_watching.is_set)
+        delay = WATCH_BACKOFF[0]
+
+        def polled() -> None:
+            nonlocal delay
+            if watch_down.pop(label, None) is not None:
+                logger.info("%s runs", label)
+            delay = WATCH_BACKOFF[0]
+
+        while not stop_watching.is_set():
+            try:
+                Watcher(config_, lambda: models.current(spec.category, spec.model)).run(
+                    stop=stop_watching.is_set, on_poll=polled)
+            except Exception as exc:  # any failure: report, wait, start again
+                logger.exception("%s (%s/%s) failed; starting it again in %.1f s", label, spec.category,
+                                 spec.model, delay)
+                watch_down[label] = (f"{type(exc).__name__}: {exc} (since {time.strftime('%H:%M:%S')}; retrying "
+                                     f"every {delay:g} s at most)")
+                stop_watching.wait(delay)
+                delay = min(delay * 2, WATCH_BACKOFF[1])
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,9 +141,31 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if config.api_key and request.headers.get("x-api-key") != config.api_key:
             raise HTTPException(401, "expected a valid X-API-Key header, found none or a wrong one")
 
+    def log_rejected(request: Request, status: int, reason: str) -> None:
+        """A line-log row for a request the service refused (no image is kept)."""
+        if not request.url.path.startswith(INSPECT_PREFIX):
+            return
+        category = request.path_params.get("category") or request.url.path[len(INSPECT_PREFIX):]
+        line_log.append(log_path, {"time": time.time(), "source": "service", "category": category,
+                                   "name": _header_name(request) or "", "verdict": "REJECTED", "status": status,
+                                   "reason": reason, "model": request.query_params.get("model", "patchcore")})
+
     @app.exception_handler(ModelStoreError)
-    async def store_error(_: Request, exc: ModelStoreError) -> JSONResponse:
+    async def store_error(request: Request, exc: ModelStoreError) -> JSONResponse:
+        log_rejected(request, 404, str(exc))
         return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Any:
+        if 400 <= exc.status_code < 500:
+            log_rejected(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> Any:
+        log_rejected(request, 422, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+                                             for e in exc.errors()))
+        return await request_validation_exception_handler(request, exc)
 
     @app.get("/health")
     def health() -> dict[str, str]:
@@ -115,8 +173,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/ready")
     def ready() -> JSONResponse:
-        body = {"ready": state["ready"], "problems": state["errors"]}
-        return JSONResponse(body, status_code=200 if state["ready"] else 503)
+        down = [f"{label} is down: {reason}" for label, reason in list(watch_down.items())]
+        body = {"ready": state["ready"] and not down, "problems": state["errors"] + down}
+        return JSONResponse(body, status_code=200 if body["ready"] else 503)
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:
@@ -152,11 +211,15 @@ def create_app(config: ServiceConfig) -> FastAPI:
         uploads = await _read_uploads(request, config)
         loaded = await anyio.to_thread.run_sync(models.get, ref, limiter=limiter)
         results = []
+        unreadable = []
         for name, data in uploads:
             try:
                 image = load_image(data, name=name)
             except ImageLoadError as exc:
                 results.append({"name": name, "error": f"{exc.reason}", "verdict": None})
+                unreadable.append({"time": time.time(), "source": "service", "category": category, "name": name,
+                                   "sha1": hashlib.sha1(data).hexdigest(), "verdict": "REJECTED",
+                                   "reason": exc.reason, "model": model})
                 continue
             t0 = time.perf_counter()
             found = (await anyio.to_thread.run_sync(inspect, loaded, [image], limiter=limiter))[0]
@@ -175,8 +238,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
             results.append(item)
             line_log.append(log_path, {"time": time.time(), "source": "service", "category": category,
                                        **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
-                                                               "version", "latency_ms", "familiar")}})
-        if all("error" in r for r in results):
+                                                               "version", "latency_ms", "familiar")},
+                                       "reason": found.note})
+        status = 415 if all("error" in r for r in results) else 200
+        for row in unreadable:
+            line_log.append(log_path, {**row, "status": status})
+        if status == 415:
             return JSONResponse({"detail": "expected images, found none that could be read", "results": results},
                                 status_code=415)
         return JSONResponse({"category": category, "results": results})
@@ -206,7 +273,20 @@ async def _read_uploads(request: Request, config: ServiceConfig) -> list[tuple[s
             raise HTTPException(413, f"expected at most {config.max_request_bytes:,} bytes per request")
     if not body:
         raise HTTPException(422, "expected an image as the request body or multipart files, found an empty body")
-    return [(request.query_params.get("name", "body"), body)]
+    return [(_header_name(request) or request.query_params.get("name") or f"sha1-{hashlib.sha1(body).hexdigest()[:12]}",
+             body)]
+
+
+def _header_name(request: Request) -> str | None:
+    """The file name a raw-body upload declares (``X-Filename``, else ``Content-Disposition``'s filename),
+    without any folder part; None when it declares none."""
+    name = request.headers.get("x-filename")
+    if not name and request.headers.get("content-disposition"):
+        message = Message()
+        message["content-disposition"] = request.headers["content-disposition"]
+        name = message.get_filename()
+    name = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    return name[:255] or None
 
 
 def serve(config: ServiceConfig, host: str, port: int, processes: int = 1) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import logging
 import shutil
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from core import detector as det
+from core import line_log
 from core.service import ServiceConfig, create_app
 from core.store import ModelStore
 
@@ -113,7 +116,69 @@ def test_the_service_runs_a_watch_folder_too(store: Path, demo_root: Path, tmp_p
     with TestClient(app):
         shutil.copy(demo_root / "demo_metal" / "test" / "scratch" / "000.png", incoming / "cam1.png")
         deadline = time.time() + 120
-        while time.time() < deadline and not (tmp_path / "line" / "defect" / "cam1.png").exists():
+        while time.time() < deadline and not list((tmp_path / "line" / "defect").glob("cam1-*.png")):
             time.sleep(0.1)
-    assert (tmp_path / "line" / "defect" / "cam1.png").is_file()
+    assert len(list((tmp_path / "line" / "defect").glob("cam1-*.png"))) == 1
     assert '"source": "watch"' in (tmp_path / "line.jsonl").read_text()
+
+
+def test_a_watch_folder_that_fails_is_retried_and_reported_by_ready(store: Path, demo_root: Path,
+                                                                    tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    from core.service import WatchSpec
+
+    incoming = tmp_path / "line" / "in"  # missing: every poll fails until it exists
+    spec = WatchSpec("demo_metal", "patchcore", incoming, tmp_path / "line" / "ok", tmp_path / "line" / "defect")
+    app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl", watches=(spec,)))
+    with caplog.at_level(logging.ERROR, logger="core.service"), TestClient(app) as c:
+        deadline = time.time() + 60
+        while time.time() < deadline and "watch folder" not in c.get("/ready").text:
+            time.sleep(0.1)
+        r = c.get("/ready")
+        assert r.status_code == 503, r.text
+        assert any("watch folder" in p and "FileNotFoundError" in p for p in r.json()["problems"]), r.text
+        incoming.mkdir(parents=True)  # the fault clears: the same thread picks the folder up again
+        shutil.copy(demo_root / "demo_metal" / "test" / "scratch" / "000.png", incoming / "cam1.png")
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((tmp_path / "line" / "defect").glob("cam1*.png")):
+            time.sleep(0.1)
+        assert list((tmp_path / "line" / "defect").glob("cam1*.png"))
+        deadline = time.time() + 30
+        while time.time() < deadline and c.get("/ready").status_code != 200:
+            time.sleep(0.1)
+        assert c.get("/ready").status_code == 200, c.get("/ready").text
+    assert any("watch folder" in r.getMessage() for r in caplog.records)
+
+
+def test_raw_uploads_are_named_by_header_or_content_hash(client: TestClient, demo_root: Path, tmp_path: Path) -> None:
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    r = client.post("/v1/inspect/demo_metal", content=good, headers={"X-Filename": "cam3/part_0042.png"})
+    assert r.json()["results"][0]["name"] == "part_0042.png"
+    r = client.post("/v1/inspect/demo_metal", content=good,
+                    headers={"Content-Disposition": 'attachment; filename="line2.png"'})
+    assert r.json()["results"][0]["name"] == "line2.png"
+    r = client.post("/v1/inspect/demo_metal", content=good)
+    digest = hashlib.sha1(good).hexdigest()
+    assert r.json()["results"][0]["name"] == f"sha1-{digest[:12]}"
+    names = [x["name"] for x in line_log.tail(tmp_path / "line.jsonl")]
+    assert names == ["part_0042.png", "line2.png", f"sha1-{digest[:12]}"] and "body" not in names
+
+
+def test_rejected_requests_are_logged_with_the_reason(client: TestClient, demo_root: Path, tmp_path: Path) -> None:
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    client.post("/v1/inspect/demo_metal", content=b"not an image", headers={"X-Filename": "junk.png"})
+    client.post("/v1/inspect/demo_metal", content=b"x" * 2_000_001)
+    client.post("/v1/inspect/nope", content=good)
+    client.post("/v1/inspect/demo_metal?model=vae", content=good)
+    client.post("/v1/inspect/demo_metal", files=[("files", ("ok.png", good, "image/png")),
+                                                 ("files", ("cut.png", good[:60], "image/png"))])
+    rows = line_log.tail(tmp_path / "line.jsonl")
+    rejected = [r for r in rows if r["verdict"] == "REJECTED"]
+    assert [(r["name"], r.get("status")) for r in rejected] == [("junk.png", 415), ("", 413), ("", 404), ("", 404),
+                                                                ("cut.png", 200)]
+    assert [r["category"] for r in rejected] == ["demo_metal", "demo_metal", "nope", "demo_metal", "demo_metal"]
+    assert "no image decoder" in rejected[0]["reason"] and "expected at most" in rejected[1]["reason"]
+    assert "expected a trained model" in rejected[2]["reason"] and "expected model in" in rejected[3]["reason"]
+    assert "truncated" in rejected[4]["reason"]
+    assert all("path" not in r and r["source"] == "service" for r in rejected)  # no image is kept
+    assert [r["name"] for r in rows if r["verdict"] != "REJECTED"] == ["ok.png"]
