@@ -1,5 +1,11 @@
-"""Annotate: draw a defect by hand; the mask is saved as MVTec ground truth for pixel-level metrics."""
+"""Annotate: draw a defect by hand; the mask is saved as MVTec ground truth for pixel-level metrics.
 
+The canvas shows the image with its long side between 512 and 640 px (small parts scaled up in crisp blocks) and
+the mask is saved at the image's own size (``core.annotate``). The canvas is keyed on the image's content, never
+on the name it is saved as, so renaming keeps the drawing.
+"""
+
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -7,13 +13,11 @@ import streamlit as st
 from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
-from core.annotate import mask_from_canvas, save_annotation
+from core.annotate import canvas_background, canvas_size, mask_from_canvas, save_annotation
 from core.imageio import SUPPORTED_SUFFIXES
 from ui import cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload
-
-CANVAS_MAX = 640
 
 sel = selection()
 st.title("Annotate defects")
@@ -40,8 +44,8 @@ if image is None:
     st.stop()
 
 h, w = image.shape[:2]
-scale = min(1.0, CANVAS_MAX / max(h, w))
-cw, ch = max(1, int(w * scale)), max(1, int(h * scale))
+ch, cw = canvas_size(h, w)
+image_id = hashlib.sha1(f"{image.shape}".encode() + image.tobytes()).hexdigest()[:16]  # a new image: a new canvas
 c1, c2 = st.columns([3, 1])
 with c2:
     tool = st.radio("Tool", ["freedraw", "rect", "circle", "polygon"], horizontal=False)
@@ -49,10 +53,11 @@ with c2:
     defect = st.text_input("Defect type", value=next(iter(data.defect_types), "defect"))
     name = st.text_input("Save as", value="".join(ch_ if ch_.isalnum() or ch_ in "_-" else "_" for ch_ in stem) or "annotated")
 with c1:
-    background = Image.fromarray(image).resize((cw, ch), Image.BILINEAR)
+    background = Image.fromarray(canvas_background(image, (ch, cw)))
     result = st_canvas(fill_color="rgba(255, 0, 0, 0.45)", stroke_width=stroke, stroke_color="rgba(255, 0, 0, 0.9)",
                        background_image=background, height=ch, width=cw, drawing_mode=tool, return_image_data=True,
-                       key=f"canvas-{name}")
+                       key=f"canvas-{image_id}")
+    st.caption(f"{w} x {h} px image shown at {cw / w:.2g}x; the mask is saved at {w} x {h} px.")
 
 drawing = result.image_data if result is not None else None
 painted = drawing is not None and (np.asarray(drawing)[:, :, 3] > 0).any()

@@ -556,6 +556,53 @@ def test_annotate_page_renders_canvas(env: Path) -> None:
     assert save.disabled  # nothing drawn yet
 
 
+def _data_url(rgba: np.ndarray) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(png(rgba, "RGBA")).decode()
+
+
+def test_annotate_keeps_the_drawing_across_a_rename_and_saves_the_mask_at_the_image_size(env: Path) -> None:
+    """A 160 px image is drawn on a 512 px canvas; renaming the mask keeps the drawing (the canvas key used to
+    contain the name, so a rename wiped it and disabled Save); the mask is saved at the image's own size."""
+    image = rgb(100, 160, seed=4)
+    at = page("annotate")
+    at.file_uploader[0].set_value(("small part.png", png(image), "image/png")).run()
+    assert not at.exception, at.exception
+    canvas = next(el for el in at.main if el.type == "bidi_component")
+    spec = json.loads(canvas.proto.json)
+    assert (spec["canvasHeight"], spec["canvasWidth"]) == (320, 512)  # scaled up 3.2x, aspect ratio kept
+    truth = np.zeros((100, 160), bool)
+    truth[20:40, 50:90] = True
+    drawing = np.zeros((320, 512, 4), np.uint8)
+    drawing[64:128, 160:288] = (255, 0, 0, 115)  # exactly the blocks that show those image pixels
+    at.session_state[canvas.key] = {"drawing": {"raw": {"objects": [{"type": "rect"}]}, "data": _data_url(drawing)},
+                                    "backgroundFit": None}  # what the browser sends after the user drew
+    at.run()
+    assert not _button(at, "Save as ground truth").disabled
+    name = next(t for t in at.text_input if t.label == "Save as")
+    assert name.value == "small_part"
+    name.set_value("renamed_part").run()
+    assert not at.exception, at.exception
+    assert any("Mask covers" in c.value for c in at.caption)  # the drawing survived the rename...
+    assert not _button(at, "Save as ground truth").disabled  # ...and Save is still possible
+    _button(at, "Save as ground truth").click().run()
+    assert not at.exception, at.exception
+    masks = list((Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "ground_truth").glob("*/renamed_part_mask.png"))
+    assert len(masks) == 1
+    mask = np.asarray(Image.open(masks[0]))
+    assert mask.shape == (100, 160) and np.array_equal(mask > 127, truth)
+    saved = np.asarray(Image.open(masks[0].parents[2] / "test" / masks[0].parent.name / "renamed_part.png"))
+    assert np.array_equal(saved, image)
+
+
+def test_annotate_canvas_of_a_large_image_is_scaled_down(env: Path) -> None:
+    at = page("annotate")
+    at.file_uploader[0].set_value(("big.png", png(np.full((1000, 700, 3), 90, np.uint8)), "image/png")).run()
+    spec = json.loads(next(el for el in at.main if el.type == "bidi_component").proto.json)
+    assert (spec["canvasHeight"], spec["canvasWidth"]) == (640, 448)
+
+
 def test_models_page_trains_with_a_backbone_the_user_brings(env: Path, tmp_path: Path) -> None:
     import timm
     import torch
