@@ -17,8 +17,11 @@ from ui.inspect_view import (
     ImageLoadError,
     decode_upload,
     display_image,
+    item_keys,
     render_overlay,
     score_image,
+    taught_region,
+    unique_names,
 )
 from ui.sidebar import require_model
 
@@ -51,6 +54,9 @@ with right:
     st.caption(f"Model warm-up at load: {model.warmup_ms:.0f} ms (not counted in the latencies below) · "
                f"unfamiliar-image guard {guard}")
 
+CONFIRM = "_inspect_confirm_ok"  # the Mark as OK waiting for a confirmation: item key, model version, reason
+
+
 def feedback_panel() -> None:
     """Undo and the outcome of the last feedback action (the log lives beside the model)."""
     message = st.session_state.pop("_feedback_message", None)
@@ -69,14 +75,36 @@ def feedback_panel() -> None:
             run_feedback(lambda: feedback.undo(sel.store, sel.category, sel.kind))
 
 
-def run_feedback(action) -> None:
+def run_feedback(action, item: str | None = None) -> None:
+    """Run one feedback action and rerun with its outcome. A Mark as OK that core refuses for want of a
+    confirmation (the image scores far above the threshold) opens the confirmation panel of ``item``."""
+    st.session_state.pop(CONFIRM, None)
     try:
         result = action()
         st.session_state["_feedback_message"] = ("ok", result if isinstance(result, str) else result.message)
+    except feedback.NeedsConfirmation as exc:
+        st.session_state[CONFIRM] = {"item": item, "ref": model.ref, "message": str(exc)}
     except (feedback.FeedbackError, ModelStoreError, OSError) as exc:
         st.session_state["_feedback_message"] = ("error", str(exc))
     cache.category_data.clear()
     st.rerun()
+
+
+def confirm_panel(r, item: str, message: str) -> None:
+    """Mark as OK of an image far above the threshold: what would be taught, and a deliberate yes."""
+    with st.container(border=True):
+        st.warning(f"**Confirm Mark as OK.** {message}.", icon=":material/warning:")
+        shown, share = taught_region(r, cal, cmap)
+        region = "" if share is None else f" ({share:.1%} of the image above the pixel threshold)"
+        st.image(shown, width=360, caption=f"The outlined region{region} and everything else in this image "
+                                           "would be learnt as a normal part.")
+        yes, no = st.columns(2)
+        if yes.button("Yes, mark it OK anyway", key=f"confirm-ok-{item}", type="primary",
+                      icon=":material/thumb_up:"):
+            run_feedback(lambda: feedback.mark_ok(model, r.image, r.name, confirm_far_above=True), item)
+        if no.button("Cancel", key=f"cancel-ok-{item}"):
+            st.session_state.pop(CONFIRM, None)
+            st.rerun()
 
 
 feedback_panel()
@@ -96,6 +124,12 @@ for pick in picked:
 if not items:
     st.info("Upload or pick images to see heatmaps, scores and verdicts.")
     st.stop()
+items = list(zip(unique_names([name for name, _ in items]), [image for _, image in items], strict=True))
+keys = item_keys([image for _, image in items])
+pending = st.session_state.get(CONFIRM)
+if pending and (pending["ref"] != model.ref or pending["item"] not in keys):
+    st.session_state.pop(CONFIRM)  # the model or the images changed since: Mark as OK asks again if needed
+    pending = None
 
 results = []
 progress = st.progress(0.0, text="Scoring…") if len(items) > 3 else None
@@ -133,7 +167,9 @@ st.download_button("Download results (CSV)", table.to_csv(index=False).encode(),
                    file_name=f"{sel.category}_{sel.kind}_results.csv", mime="text/csv")
 
 BADGES = {"DEFECT": ":red[**DEFECT**]", "OK": ":green[**OK**]", NO_VERDICT: ":gray[**NO VERDICT**]"}
-for r in results:
+# the category's own defect types first (the first is the default); a new name can still be typed
+defect_types = list(data.defect_types)
+for r, item in zip(results, keys, strict=True):
     st.divider()
     score = "" if r.inspection.score is None else f" · score {r.inspection.score:.4f} (threshold {cal.image_threshold:.4f})"
     st.markdown(f"#### {r.name} — {BADGES[r.verdict]}{score}")
@@ -149,18 +185,22 @@ for r in results:
     c2.image(shown, caption="heatmap overlay", width="stretch")
     b1, b2, b3, b4 = st.columns([2, 2, 2, 2], vertical_alignment="bottom")
     b1.download_button("Download overlay PNG", png_bytes(shown), file_name=f"{Path(r.name).stem}_overlay.png",
-                       mime="image/png", key=f"dl-{r.name}")
+                       mime="image/png", key=f"dl-{item}")
     if r.verdict == NO_VERDICT:
         continue
     learns = spec(sel.kind).learns_from_feedback
-    if b2.button("Mark as OK (false alarm)", key=f"ok-{r.name}", disabled=not learns, icon=":material/thumb_up:",
+    if b2.button("Mark as OK (false alarm)", key=f"ok-{item}", disabled=not learns, icon=":material/thumb_up:",
                  help="Adds this image's patches to the memory bank as a new model version (seconds, no retraining; "
-                      "undo below)." if learns else f"{label(sel.kind)} cannot learn from one image yet: add it to "
+                      "undo below). An image scored far above the threshold asks for a confirmation first."
+                      if learns else f"{label(sel.kind)} cannot learn from one image yet: add it to "
                       "train/good and retrain on the Models page."):
-        run_feedback(lambda r=r: feedback.mark_ok(model, r.image, r.name))
-    defect = b3.selectbox("Defect type", sorted(set(data.defect_types) | {"new_defect"}), key=f"defect-{r.name}",
-                          accept_new_options=True, help="Pick one or type a new name.")
-    if b4.button("Mark as defect", key=f"bad-{r.name}", icon=":material/report:",
+        run_feedback(lambda r=r: feedback.mark_ok(model, r.image, r.name), item)
+    defect = b3.selectbox("Defect type", defect_types, index=0 if defect_types else None, key=f"defect-{item}",
+                          accept_new_options=True, placeholder="Type a defect name",
+                          help="One of this category's defect types, or type a new name.")
+    if b4.button("Mark as defect", key=f"bad-{item}", icon=":material/report:", disabled=not defect,
                  help=f"Files the image under {sel.category}/test/<defect type>/ so the next evaluation counts it "
                       "(draw its mask on the Annotate page)."):
         run_feedback(lambda r=r, d=defect: feedback.mark_defect(model, r.image, r.name, sel.data_root, d))
+    if pending and pending["item"] == item:
+        confirm_panel(r, item, pending["message"])

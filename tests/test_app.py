@@ -231,6 +231,22 @@ def _pick_all_test_images(at: AppTest) -> AppTest:
     return at
 
 
+MARK_OK = "Mark as OK (false alarm)"
+
+
+def _buttons(at: AppTest, label: str) -> list:
+    """The buttons with this label, in page order (one per image for the per-image actions)."""
+    return [b for b in at.button if b.label == label]
+
+
+def _confirm_if_asked(at: AppTest) -> None:
+    """Confirm a Mark as OK that asked for a confirmation (an image far above the threshold)."""
+    confirm = _buttons(at, "Yes, mark it OK anyway")
+    if confirm:
+        confirm[0].click()
+        at.run()
+
+
 def test_mark_ok_flips_the_verdict_makes_a_version_and_undo_restores(env: Path) -> None:
     at = page("inspect")
     defect = next(o for o in at.multiselect[0].options if not o.startswith("good/"))
@@ -239,8 +255,9 @@ def test_mark_ok_flips_the_verdict_makes_a_version_and_undo_restores(env: Path) 
     table = at.dataframe[0].value
     assert table["verdict"].iloc[0] == "DEFECT"
     score_before = table["score"].iloc[0]
-    at.button(key=f"ok-{defect}").click()
+    _buttons(at, MARK_OK)[0].click()
     at.run()
+    _confirm_if_asked(at)
     assert not at.exception, at.exception
     table = at.dataframe[0].value
     assert table["verdict"].iloc[0] == "OK" and table["score"].iloc[0] < 0.5 * score_before
@@ -255,22 +272,101 @@ def test_mark_ok_flips_the_verdict_makes_a_version_and_undo_restores(env: Path) 
     assert "Model in use: **demo_metal/patchcore v1**" in texts(at)
 
 
+def _far_above_pick(at: AppTest) -> AppTest:
+    """Inspect with the familiar test defect image PatchCore scores highest (far above its threshold)."""
+    options = [o for o in at.multiselect[0].options if not o.startswith("good/")]
+    at.multiselect[0].set_value(options)
+    at.run()
+    table = at.dataframe[0].value
+    table = table[table["familiar"] != "NO"]
+    at.multiselect[0].set_value([table.sort_values("score")["image"].iloc[-1]])
+    at.run()
+    assert at.dataframe[0].value["score / threshold"].iloc[0] > 1.0
+    return at
+
+
+def test_mark_ok_far_above_the_threshold_asks_for_a_confirmation_showing_the_region(env: Path) -> None:
+    at = _far_above_pick(page("inspect"))
+    store = ModelStore(env)
+    _buttons(at, MARK_OK)[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert store.current("demo_metal", "patchcore").version == 1  # nothing taught yet
+    assert store.read_feedback("demo_metal", "patchcore") == []
+    warning = next(w.value for w in at.warning if "not marked OK without a confirmation" in w.value)
+    assert "x the image threshold" in warning
+    captions = [c for element in at.get("image") for c in element.captions]
+    assert any("outlined region" in c and "above the pixel threshold" in c for c in captions)  # what is taught
+    images_before = len(at.get("image"))
+    _buttons(at, "Cancel")[0].click()  # cancel: the panel goes, nothing changes
+    at.run()
+    assert not _buttons(at, "Yes, mark it OK anyway") and len(at.get("image")) < images_before
+    assert store.current("demo_metal", "patchcore").version == 1
+    _buttons(at, MARK_OK)[0].click()
+    at.run()
+    _buttons(at, "Yes, mark it OK anyway")[0].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert store.current("demo_metal", "patchcore").version == 2
+    log = store.read_feedback("demo_metal", "patchcore")
+    assert log[0]["action"] == "mark_ok" and log[0]["confirmed_far_above"]["ratio"] > 1.0
+    assert "Model in use: **demo_metal/patchcore v2**" in texts(at)
+
+
 def test_mark_defect_files_the_upload_and_undo_removes_it(env: Path) -> None:
     at = page("inspect")
     at.file_uploader[0].set_value([("odd.png", png(rgb(64, 64, seed=9)), "image/png")])
     at.run()
     name = at.dataframe[0].value["image"].iloc[0]
     assert name == "odd.png"
-    at.selectbox(key=f"defect-{name}").set_value("new_defect")
-    at.button(key=f"bad-{name}").click()
+    defect_type = next(s for s in at.selectbox if s.label == "Defect type")
+    assert defect_type.value == "scratch" and list(defect_type.options) == ["scratch", "spot"]
+    assert defect_type.proto.accept_new_options  # a new name can still be typed (AppTest cannot type one)
+    defect_type.set_value("spot")
+    at.run()
+    _buttons(at, "Mark as defect")[0].click()
     at.run()
     assert not at.exception, at.exception
-    filed = list((Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test" / "new_defect").glob("feedback_*.png"))
+    filed = list((Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test" / "spot").glob("feedback_*.png"))
     assert len(filed) == 1
-    assert any("filed as a 'new_defect' defect" in s.value for s in at.success)
+    assert any("filed as a 'spot' defect" in s.value for s in at.success)
     at.button(key="feedback_undo").click()
     at.run()
     assert not filed[0].exists()
+
+
+def test_defect_type_offers_the_categorys_types_first(env: Path) -> None:
+    at = page("inspect")
+    at.file_uploader[0].set_value([("odd.png", png(rgb(64, 64, seed=9)), "image/png")])
+    at.run()
+    defect_type = next(s for s in at.selectbox if s.label == "Defect type")
+    assert list(defect_type.options) == ["scratch", "spot"] and defect_type.value == "scratch"
+    _buttons(at, "Mark as defect")[0].click()  # the default files it under an existing type
+    at.run()
+    assert not at.exception, at.exception
+    data = Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test"
+    assert len(list((data / "scratch").glob("feedback_*.png"))) == 1 and not (data / "new_defect").exists()
+
+
+def test_two_uploads_with_the_same_file_name_do_not_clash(env: Path) -> None:
+    at = page("inspect")
+    at.file_uploader[0].set_value([("cam.png", png(rgb(64, 64, seed=1)), "image/png"),
+                                   ("cam.png", png(rgb(64, 64, seed=2)), "image/png"),
+                                   ("cam.png", png(rgb(64, 64, seed=1)), "image/png")])  # same name, same pixels
+    at.run()
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table["image"]) == ["cam.png", "cam.png (2)", "cam.png (3)"]
+    assert table["score"].iloc[0] != table["score"].iloc[1] and table["score"].iloc[0] == table["score"].iloc[2]
+    assert len(_buttons(at, "Mark as defect")) == 3 and len(at.get("download_button")) == 4
+    defect_types = [s for s in at.selectbox if s.label == "Defect type"]
+    defect_types[1].set_value("spot")  # each image keeps its own widgets
+    at.run()
+    assert [s.value for s in at.selectbox if s.label == "Defect type"] == ["scratch", "spot", "scratch"]
+    _buttons(at, "Mark as defect")[1].click()
+    at.run()
+    assert not at.exception, at.exception
+    assert any("cam.png (2) filed as a 'spot' defect" in s.value for s in at.success)
 
 
 def test_inspect_keeps_picked_images_across_pages(env: Path) -> None:

@@ -44,6 +44,32 @@ def score_image(sel: Selection, model: LoadedModel, name: str, image: np.ndarray
     return Scored(name, image, judge(model, image, Prediction(score, amap, latency)))
 
 
+def item_keys(images: list[np.ndarray]) -> list[str]:
+    """One widget key per listed image: its position and a digest of its pixels. File names do not do: two
+    uploads (or cameras) may share one, and the same image may be listed twice."""
+    return [f"{index}-{cache.digest(image)[:12]}" for index, image in enumerate(images)]
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``names`` with repeats told apart as the table and the feedback log show them: ``cam.png``,
+    ``cam.png (2)``, ``cam.png (3)``."""
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return out
+
+
+def taught_region(scored: Scored, calibration: Calibration, cmap: str) -> tuple[np.ndarray, float | None]:
+    """The overlay a Mark as OK confirmation shows (the predicted defect outlined at the pixel threshold) and
+    the share of the image above that threshold (None for an unscored image): what would be learnt as normal."""
+    shown = render_overlay(scored, calibration, 0.5, cmap, True)
+    amap = scored.inspection.anomaly_map
+    share = None if amap is None else float((np.asarray(amap) >= calibration.pixel_threshold).mean())
+    return shown, share
+
+
 def render_overlay(scored: Scored, calibration: Calibration, opacity: float, cmap: str, show_contour: bool) -> np.ndarray:
     shown = display_image(scored.image)
     if scored.inspection.anomaly_map is None:
@@ -51,4 +77,5 @@ def render_overlay(scored: Scored, calibration: Calibration, opacity: float, cma
     return overlay(shown, scored.inspection.anomaly_map, calibration, opacity, cmap, show_contour)
 
 
-__all__ = ["ImageLoadError", "Scored", "decode_upload", "display_image", "render_overlay", "score_image"]
+__all__ = ["ImageLoadError", "Scored", "decode_upload", "display_image", "item_keys", "render_overlay", "score_image",
+           "taught_region", "unique_names"]
