@@ -113,7 +113,12 @@ def feedback_cycle(page, image: Path, out: Path) -> None:
     page.get_by_text(f"{image_name} — ").first.wait_for(timeout=120_000)
     _settle(page)
     page.get_by_role("button", name="Mark as OK (false alarm)").first.click()
-    page.get_by_role("button", name=f"Undo: {image_name} marked OK").first.wait_for(timeout=120_000)
+    undo = page.get_by_role("button", name=f"Undo: {image_name} marked OK")
+    confirm = page.get_by_role("button", name="Yes, mark it OK anyway")  # asked when far above the threshold
+    undo.or_(confirm).first.wait_for(timeout=120_000)
+    if confirm.count():
+        confirm.first.click()
+    undo.first.wait_for(timeout=120_000)
     _settle(page)
     page.screenshot(path=str(out / "inspect_after_mark_ok.png"), full_page=True)
     page.get_by_role("link", name="Models").first.click()
