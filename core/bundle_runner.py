@@ -1,12 +1,17 @@
 """Standalone runner of an export bundle: needs only numpy, pillow and onnxruntime (no torch, no anomalib).
 
-    python runner.py IMAGE [IMAGE ...]          # CSV: path, score, threshold, verdict
-    python -c "import runner; print(runner.Bundle('.').score(pil_image))"
+    python runner.py IMAGE [IMAGE ...]          # CSV: path, score, threshold, verdict, familiar, note
+    python -c "import runner; print(runner.Bundle('.').inspect(pil_image))"
 
 The bundle folder holds: model.onnx (and model.xml/.bin, OpenVINO IR, when OpenVINO was installed at export:
 used when params.json says it was faster on the exporting CPU and OpenVINO is installed here), params.json,
-calibration.json, manifest.json, and for PatchCore the memory bank (bank.npy) and the map operators (map_h.npy,
-map_w_t.npy). Scores equal the app's up to float
+calibration.json, manifest.json, portable.py, and for PatchCore the memory bank (bank.npy) and the map
+operators (map_h.npy, map_w_t.npy).
+
+portable.py is the app's own module (core/portable.py) for decoding images and for the verdict rules, so the
+bundle decodes as the app does (PNG/JPEG/BMP/TIFF only; 16-bit rescaled, alpha dropped, EXIF orientation
+applied) and judges as it does: NO VERDICT below the minimum side, DEFECT at or above the image threshold, the
+unfamiliar-image guard and aspect range of calibration.json. Scores and verdicts equal the app's up to float
 rounding (tests/test_export.py states the tolerance).
 """
 
@@ -15,16 +20,23 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
+try:
+    import portable  # in the bundle: core/export.py copies core/portable.py beside this file
+except ImportError:  # run from the repository
+    from core import portable  # type: ignore[no-redef]
 
-def _preprocess(image: Image.Image, params: dict) -> np.ndarray:
-    """uint8 RGB -> float32 [1, 3, H, W], resized (bilinear) and normalised as the model was trained."""
-    rgb = np.asarray(image.convert("RGB"))
+
+def _preprocess(rgb: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """uint8 RGB ``[H, W, 3]`` -> float32 [1, 3, h, w], resized (bilinear) and normalised as the model was trained
+    (core/preprocess.py's to_tensor, in numpy)."""
     if rgb.shape[:2] != (params["height"], params["width"]):
         rgb = np.asarray(Image.fromarray(rgb).resize((params["width"], params["height"]), Image.Resampling.BILINEAR))
     x = rgb.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255.0)
@@ -33,10 +45,27 @@ def _preprocess(image: Image.Image, params: dict) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if amap.shape == size:
-        return amap
-    return np.asarray(Image.fromarray(amap.astype(np.float32), mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image (converted as the app converts decoded images) or a uint8 RGB array ``[H, W, 3]``."""
+    if isinstance(image, Image.Image):
+        return portable.pil_to_rgb(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 RGB [H, W, 3], found {image.dtype} {image.shape}")
+    return image
+
+
+@dataclass(frozen=True)
+class Result:
+    """What the bundle says about one image, field for field what the app says (core.inspection.Inspection):
+    raw score and map (None with NO VERDICT), verdict, whether it looks like the training images (None: no
+    guard or no verdict), the guard's statistic and a note."""
+
+    score: float | None
+    anomaly_map: np.ndarray | None
+    verdict: str
+    familiar: bool | None
+    typical_anomaly: float | None
+    note: str
 
 
 def _distances(x: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarray:
@@ -46,12 +75,23 @@ def _distances(x: np.ndarray, bank: np.ndarray, bank_sq: np.ndarray) -> np.ndarr
 
 
 class Bundle:
-    """An extracted bundle folder, ready to score PIL images."""
+    """An extracted bundle folder, ready to judge images.
+
+    Raises:
+        ValueError: calibration.json holds values no verdict can be made from (the message names the file
+            and the field).
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)
         self.params = json.loads((self.folder / "params.json").read_text())
         self.calibration = json.loads((self.folder / "calibration.json").read_text())
+        positive = bool(self.params.get("positive_scores", self.params["kind"] == "patchcore"))
+        try:
+            portable.check_calibration(self.calibration, positive)
+        except ValueError as exc:
+            raise ValueError(f"{self.folder / 'calibration.json'}: {exc}") from None
+        self.rules = portable.Rules.from_calibration(self.calibration)
         self.run = self._runtime()
         if self.params["kind"] == "patchcore":
             self.bank = np.load(self.folder / "bank.npy").astype(np.float32)
@@ -78,15 +118,28 @@ class Bundle:
         self.runtime = "onnxruntime"
         return lambda x: session.run(None, {"input": x})
 
-    def score(self, image: Image.Image) -> tuple[float, np.ndarray]:
-        """(raw image score, anomaly map at the image's size)."""
-        return KINDS[self.params["kind"]](self, image)
+    def score(self, image: Image.Image | np.ndarray) -> tuple[float, np.ndarray]:
+        """(raw image score, anomaly map at the image's size), whatever its size (see :meth:`inspect`)."""
+        return KINDS[self.params["kind"]](self, as_rgb(image))
+
+    def inspect(self, image: Image.Image | np.ndarray) -> Result:
+        """Score and judge one image by the app's rules (an image below the minimum side is not scored)."""
+        rgb = as_rgb(image)
+        if self.rules.size_problem(rgb.shape) is not None:
+            found = self.rules.judge(rgb.shape, None, None)
+            return Result(None, None, found.verdict, None, None, found.note)
+        score, amap = self.score(rgb)
+        found = self.rules.judge(rgb.shape, score, amap)
+        guard = found.familiarity
+        return Result(score, amap, found.verdict, None if guard is None else guard.familiar,
+                      None if guard is None else guard.value, found.note)
 
     def verdict(self, score: float) -> str:
-        return "DEFECT" if score >= self.calibration["image_threshold"] else "OK"
+        """OK / DEFECT for a raw score (the size rule and the guard are :meth:`inspect`'s)."""
+        return portable.verdict(score, self.rules.image_threshold)
 
 
-def _patchcore(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
+def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
     emb = bundle.run(_preprocess(image, bundle.params))[0][0]  # [D, h, w]
     d, h, w = emb.shape
     flat = np.ascontiguousarray(emb.reshape(d, h * w).T)  # [h*w, D]
@@ -103,32 +156,35 @@ def _patchcore(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
         soft = np.exp(dists - dists.max())
         score *= float(1.0 - (soft / soft.sum())[0])
     amap = bundle.map_h @ patch.reshape(h, w) @ bundle.map_w_t
-    return score, _resize_map(amap, (image.height, image.width))
+    return score, portable.resize_map(amap, image.shape[:2])
 
 
-def _efficientad(bundle: Bundle, image: Image.Image) -> tuple[float, np.ndarray]:
+def _efficientad(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
     scores, maps = bundle.run(_preprocess(image, bundle.params))
-    return float(scores.reshape(-1)[0]), _resize_map(maps[0, 0], (image.height, image.width))
+    return float(scores.reshape(-1)[0]), portable.resize_map(maps[0, 0], image.shape[:2])
 
 
 KINDS = {"patchcore": _patchcore, "efficientad": _efficientad}
 
 
 def main(argv: list[str]) -> int:
+    """Judge the images named in ``argv``; CSV on stdout (score empty with NO VERDICT; familiar yes/no, empty
+    without a guard), one line on stderr per unreadable file. Exit 1 when any file could not be read."""
     bundle = Bundle(Path(__file__).resolve().parent)
     writer = csv.writer(sys.stdout)
-    writer.writerow(["path", "score", "threshold", "verdict"])
+    writer.writerow(["path", "score", "threshold", "verdict", "familiar", "note"])
     failures = 0
     for path in argv:
         try:
-            image = Image.open(path)
-            image.load()
-        except Exception as exc:  # any unreadable file: named, the rest still scored
-            print(f"error: {path}: {exc}", file=sys.stderr)
+            rgb = portable.decode(path)
+        except portable.ImageLoadError as exc:  # named, the rest still judged
+            print(f"error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        score, _ = bundle.score(image)
-        writer.writerow([path, f"{score:.6g}", f"{bundle.calibration['image_threshold']:.6g}", bundle.verdict(score)])
+        found = bundle.inspect(rgb)
+        writer.writerow([path, "" if found.score is None else f"{found.score:.6g}",
+                         f"{bundle.rules.image_threshold:.6g}", found.verdict,
+                         {True: "yes", False: "no", None: ""}[found.familiar], found.note])
     return 1 if failures else 0
 
 

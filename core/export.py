@@ -3,8 +3,10 @@
     python -m core export --category C --model K [--version N] --out FILE.zip
 
 Contents: ``model.onnx`` (+ PatchCore's ``bank.npy``, ``map_h.npy``, ``map_w_t.npy``), ``params.json`` (input
-size, normalisation, kind), ``calibration.json`` and ``manifest.json`` of the version, ``runner.py``
-(core/bundle_runner.py) and a README. Written to a temp file and renamed.
+size, normalisation, kind, whether its scores are 0 or more), ``calibration.json`` and ``manifest.json`` of the
+version, ``runner.py`` (core/bundle_runner.py), ``portable.py`` (core/portable.py: the app's decoding and verdict
+rules, so the bundle decodes and judges exactly as the app does) and a README. Written to a temp file and
+renamed.
 """
 
 from __future__ import annotations
@@ -19,16 +21,23 @@ from pathlib import Path
 import numpy as np
 
 from core import detector as det
+from core.registry import spec
 from core.store import CALIBRATION, MANIFEST, ModelRef, ModelStore, atomic_write_bytes
 
 RUNNER = Path(__file__).resolve().parent / "bundle_runner.py"
+PORTABLE = Path(__file__).resolve().parent / "portable.py"  # imported by the runner as ``portable``
 README = """Inspector export bundle: {label}
 
     pip install numpy pillow onnxruntime
-    python runner.py IMAGE [IMAGE ...]      # CSV on stdout: path, score, threshold, verdict
+    python runner.py IMAGE [IMAGE ...]      # CSV on stdout: path, score, threshold, verdict, familiar, note
 
-Thresholds are in calibration.json (image_threshold: DEFECT at or above). The model's manifest is in
-manifest.json (category, kind, backbone, settings, metrics, versions).
+Images are decoded and judged exactly as the app does (portable.py is the app's own module): PNG, JPEG, BMP and
+TIFF only; an image below the model's minimum side gets NO VERDICT (no score); DEFECT at or above the image
+threshold, else OK; an image unlike the training images (map median above the guard's limit, or an aspect ratio
+outside the training range) keeps its verdict with familiar = no and the reason in the note.
+
+Thresholds, the guard's limit, the aspect range and the minimum side are in calibration.json. The model's
+manifest is in manifest.json (category, kind, backbone, settings, metrics, versions).
 """
 
 
@@ -48,6 +57,7 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
         files = {**files, "model.xml": ir[0], "model.bin": ir[1]}
     runtime = min(timing, key=timing.__getitem__)
     params = {**params, "category": ref.category, "version": ref.version, "runtime": runtime,
+              "positive_scores": spec(ref.kind).positive_scores,
               "runtime_ms_at_export": timing, "machine": _cpu()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
@@ -58,6 +68,7 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
         bundle.writestr(CALIBRATION, json.dumps(store.read_calibration(ref), indent=2))
         bundle.writestr(MANIFEST, json.dumps(store.read_manifest(ref), indent=2, default=float))
         bundle.writestr("runner.py", RUNNER.read_text())
+        bundle.writestr("portable.py", PORTABLE.read_text())
         bundle.writestr("README.txt", README.format(label=ref.label))
     return atomic_write_bytes(Path(out), buffer.getvalue())
 

@@ -7,6 +7,7 @@ anomaly map: its median ("typical patch anomaly") must stay within a limit fitte
 (see :func:`fit_limit`). It costs nothing beyond the prediction itself. An image is also unfamiliar when its
 aspect ratio lies well outside the training images' range; an image below the model's minimum side gets no
 verdict at all (core.inspection). The limit, aspect range and minimum side are saved in calibration.json.
+The rules that read them live in core/portable.py, which the export bundle carries too.
 
 Measured (benchmarks/RESULTS.md, "Unfamiliar-image guard"): an earlier version compared global ImageNet
 descriptors instead; it flagged 6-100% of the defective test images as unfamiliar (all of the demo's) and
@@ -16,24 +17,20 @@ cost 20-50 ms per image. The map median flags none of them and still flags every
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
+from core.portable import ASPECT_MARGIN, MIN_SIDE_FLOOR, Familiarity, assess_map, typical_anomaly
 from core.types import Prediction
+
+__all__ = ["ASPECT_MARGIN", "LIMIT_RELATIVE", "LIMIT_SPREAD", "MIN_SIDE_FLOOR", "Familiarity", "aspect_range",
+           "assess", "fit_limit", "min_side_for", "typical_anomaly"]
 
 # limit = largest held-out median + max(LIMIT_SPREAD x (largest - median of the held-out medians),
 #                                      LIMIT_RELATIVE x |largest|): the relative term covers few held-out images
 # (a spread from 3-10 values is unreliable), the spread term maps of any sign (EfficientAD's sit near zero).
 LIMIT_SPREAD = 3.0
 LIMIT_RELATIVE = 0.2
-ASPECT_MARGIN = 1.25  # aspect ratios up to this factor outside the training range are still familiar
-MIN_SIDE_FLOOR = 16  # px: below this no image carries enough to judge
-
-
-def typical_anomaly(anomaly_map: np.ndarray) -> float:
-    """The statistic the guard watches: the median of an anomaly map ``[H, W]``."""
-    return float(np.median(anomaly_map))
 
 
 def fit_limit(holdout: Sequence[Prediction]) -> float | None:
@@ -58,25 +55,8 @@ def aspect_range(shapes: Sequence[tuple[int, ...]]) -> tuple[float, float]:
     return float(min(aspects)), float(max(aspects))
 
 
-@dataclass(frozen=True)
-class Familiarity:
-    """Whether one image looks like the training images: ``value`` (map median) vs ``limit``."""
-
-    familiar: bool
-    value: float
-    limit: float
-    reason: str
-
-
 def assess(prediction: Prediction, shape: tuple[int, ...], limit: float,
            aspects: tuple[float, float] | None) -> Familiarity:
-    """The guard's view of one image of ``shape`` (H, W, ...) given its ``prediction``."""
-    value = typical_anomaly(prediction.anomaly_map)
-    reasons = []
-    if value > limit:
-        reasons.append(f"most of it is unlike the training images (typical anomaly {value:.3g} > limit {limit:.3g})")
-    if aspects is not None:
-        aspect = shape[0] / shape[1]
-        if not aspects[0] / ASPECT_MARGIN <= aspect <= aspects[1] * ASPECT_MARGIN:
-            reasons.append(f"aspect ratio {aspect:.2f} (h/w) outside the training range {aspects[0]:.2f}-{aspects[1]:.2f}")
-    return Familiarity(not reasons, value, float(limit), "; ".join(reasons))
+    """The guard's view of one image of ``shape`` (H, W, ...) given its ``prediction`` (the rule in
+    core.portable, which the export bundle shares)."""
+    return assess_map(prediction.anomaly_map, shape, limit, aspects)

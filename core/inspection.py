@@ -3,6 +3,7 @@
 One call for the CLI (and later the service): :func:`inspect`. The app scores through its cache and then
 calls :func:`judge` with the same rules. Images below the model's minimum size get NO VERDICT with the reason;
 images unlike the training images keep their verdict and carry the unfamiliar-image flag (core.familiarity).
+The rules themselves are core.portable's :class:`~core.portable.Rules`, which the export bundle applies too.
 """
 
 from __future__ import annotations
@@ -12,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.calibration import verdict
 from core.detector import LoadedModel
-from core.familiarity import MIN_SIDE_FLOOR, Familiarity, assess
+from core.portable import NO_VERDICT, Familiarity, Rules
 from core.types import Prediction
 
-NO_VERDICT = "NO VERDICT"
+__all__ = ["NO_VERDICT", "Inspection", "assess_familiarity", "inspect", "judge", "min_side", "rules", "size_problem"]
 
 
 @dataclass(frozen=True)
@@ -34,41 +34,37 @@ class Inspection:
     note: str
 
 
+def rules(model: LoadedModel) -> Rules:
+    """The verdict rules of ``model``'s calibration now (core.portable: the export bundle applies the same)."""
+    return Rules.from_calibration(model.calibration.to_dict())
+
+
 def min_side(model: LoadedModel) -> int:
     """Smallest image side (px) the model gives a verdict for."""
-    return model.calibration.min_side or MIN_SIDE_FLOOR
+    return rules(model).min_side
 
 
 def size_problem(model: LoadedModel, image: np.ndarray) -> str | None:
     """Why ``image`` ``[H, W, 3]`` is too small for a verdict, or None."""
-    need = min_side(model)
-    if min(image.shape[:2]) < need:
-        return (f"too small for a verdict: {image.shape[0]}x{image.shape[1]} px, this model needs at least "
-                f"{need} px on the short side")
-    return None
+    return rules(model).size_problem(image.shape)
 
 
 def judge(model: LoadedModel, image: np.ndarray, prediction: Prediction | None) -> Inspection:
     """Combine a raw prediction and the guard's view into what users see (the calibration is the model's now)."""
-    problem = size_problem(model, image)
-    if problem is not None or prediction is None:
-        return Inspection(None, None, 0.0, NO_VERDICT, None, None, problem or "not scored")
-    familiarity = assess_familiarity(model, image.shape, prediction)
-    note = "" if familiarity is None or familiarity.familiar else f"unfamiliar image: {familiarity.reason}"
-    return Inspection(prediction.score, prediction.anomaly_map, prediction.latency_ms,
-                      verdict(prediction.score, model.calibration),
+    found = rules(model).judge(image.shape, None if prediction is None else prediction.score,
+                               None if prediction is None else prediction.anomaly_map)
+    if found.verdict == NO_VERDICT or prediction is None:
+        return Inspection(None, None, 0.0, NO_VERDICT, None, None, found.note)
+    familiarity = found.familiarity
+    return Inspection(prediction.score, prediction.anomaly_map, prediction.latency_ms, found.verdict,
                       None if familiarity is None else familiarity.familiar,
-                      None if familiarity is None else familiarity.value, note)
+                      None if familiarity is None else familiarity.value, found.note)
 
 
 def assess_familiarity(model: LoadedModel, shape: tuple[int, ...], prediction: Prediction) -> Familiarity | None:
     """The guard's view of one image (None when the model's calibration has no guard: trained before it existed,
     or fewer than 3 held-out images)."""
-    cal = model.calibration
-    if cal.familiarity_limit is None:
-        return None
-    aspects = (cal.aspect_min, cal.aspect_max) if cal.aspect_min is not None and cal.aspect_max is not None else None
-    return assess(prediction, shape, cal.familiarity_limit, aspects)
+    return rules(model).familiarity(prediction.anomaly_map, shape)
 
 
 def inspect(model: LoadedModel, images: Sequence[np.ndarray]) -> list[Inspection]:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -71,7 +74,8 @@ def test_bundle_maps_match(trained_store: Path, demo_root: Path, tmp_path: Path)
         _score, amap = runner.Bundle(tmp_path / "b").score(Image.open(path))
     finally:
         sys.path.remove(str(tmp_path / "b"))
-        sys.modules.pop("runner", None)
+        for name in ("runner", "portable"):
+            sys.modules.pop(name, None)
     pred = det.load(ref).detector.predict([load_image(path)])[0]
     assert amap.shape == pred.anomaly_map.shape
     assert np.allclose(amap, pred.anomaly_map, rtol=1e-3, atol=1e-3 * float(np.abs(pred.anomaly_map).max()))
@@ -85,3 +89,149 @@ def test_unexportable_model_says_why(demo_root: Path, tmp_path: Path, capsys: py
     assert main(["export", "--store", str(store), "--category", "demo_metal", "--out", str(tmp_path / "x.zip")]) == 2
     assert "expected a model with squashed input to export, found input_mode 'tiles'" in capsys.readouterr().err
     assert not (tmp_path / "x.zip").exists()
+
+
+def _hostile_images(demo_root: Path, folder: Path) -> dict[str, Path]:
+    """One file per rule the bundle must apply as the app does (all from the demo's own images)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    scratch = np.asarray(Image.open(next((demo_root / "demo_metal" / "test" / "scratch").glob("*.png"))).convert("RGB"))
+    good = np.asarray(Image.open(next((demo_root / "demo_metal" / "test" / "good").glob("*.png"))).convert("RGB"))
+    out = {}
+    out["plain"] = folder / "plain.png"
+    Image.fromarray(scratch).save(out["plain"])
+    out["too_small"] = folder / "too_small.png"  # below the minimum side (16 px for 64 px training images)
+    Image.fromarray(scratch[:12, :12]).save(out["too_small"])
+    out["unfamiliar"] = folder / "unfamiliar.png"  # another "product": a coarse checkerboard
+    board = (((np.arange(64)[:, None] // 8) + (np.arange(64)[None, :] // 8)) % 2 * 255).astype(np.uint8)
+    Image.fromarray(np.dstack([board, 255 - board, board])).save(out["unfamiliar"])
+    out["aspect"] = folder / "aspect.png"  # 64 x 160: far outside the square training images' aspect range
+    Image.fromarray(np.tile(good, (1, 3, 1))[:, :160]).save(out["aspect"])
+    out["gray16"] = folder / "gray16.tif"  # 16-bit: the app scales it to 8 bits (was 99.6% white in the bundle)
+    Image.fromarray(good[:, :, 1].astype(np.uint16) * 257).save(out["gray16"])
+    out["rgba"] = folder / "rgba.png"  # alpha dropped, colours kept
+    alpha = np.linspace(0, 255, 64 * 64).reshape(64, 64).astype(np.uint8)
+    Image.fromarray(np.dstack([scratch, alpha])).save(out["rgba"])
+    out["exif"] = folder / "exif.jpg"  # stored 64 x 56, shown rotated 90 degrees (56 x 64)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(scratch[4:60]).save(out["exif"], exif=exif, quality=95)
+    return out
+
+
+def _shape_of_note(note: str) -> str:
+    """A note with its numbers blanked (3 significant figures may round apart at float-rounding distance)."""
+    return re.sub(r"-?\d[\d.e+-]*", "#", note)
+
+
+@pytest.mark.parametrize("kind", ["patchcore", "efficientad"])
+def test_bundle_judges_like_the_app(trained_store: Path, demo_root: Path, tmp_path: Path, kind: str) -> None:
+    """Bundle parity: decoding (16-bit, RGBA, EXIF orientation) and the verdict rules (minimum size, the
+    unfamiliar-image guard, the aspect range) give the app's verdicts and scores, in a process where torch and
+    this package cannot be imported; an undocumented format is refused by both."""
+    from core.export import export_bundle
+    from core.inspection import NO_VERDICT, inspect
+
+    ref = ModelStore(trained_store).current("demo_metal", kind)
+    with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
+        assert "portable.py" in bundle.namelist()
+        bundle.extractall(tmp_path / "b")
+    images = _hostile_images(demo_root, tmp_path / "images")
+    gif = tmp_path / "images" / "gif.png"
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(gif, format="GIF")
+
+    model = det.load(ref)
+    app = dict(zip(images, inspect(model, [load_image(p) for p in images.values()]), strict=True))
+    assert app["too_small"].verdict == NO_VERDICT
+    assert app["aspect"].familiar is False and "aspect ratio" in app["aspect"].note
+    if kind == "patchcore":  # the 3-step EfficientAD of the tests has no meaningful maps to judge by
+        assert app["unfamiliar"].familiar is False and "unlike the training images" in app["unfamiliar"].note
+    assert 100 < float(load_image(images["gray16"]).mean()) < 160  # scaled, not white
+
+    script = BLOCK_HEAVY + "import runner\nsys.exit(runner.main(sys.argv[1:]))\n"
+    proc = subprocess.run([sys.executable, "-c", script, *map(str, images.values()), str(gif)], cwd=tmp_path / "b",
+                          capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path / "b")})
+    assert proc.returncode == 1, proc.stderr[-2000:]  # the GIF: named on stderr, the rest judged
+    assert "gif.png: expected a PNG, JPEG, BMP or TIFF image, found GIF data" in proc.stderr
+    rows = {Path(r["path"]).stem: r for r in csv.DictReader(io.StringIO(proc.stdout))}
+    assert set(rows) == set(images)
+    for name, expected in app.items():
+        row = rows[name]
+        assert row["verdict"] == expected.verdict, (name, row, expected.note)
+        assert row["familiar"] == {True: "yes", False: "no", None: ""}[expected.familiar], (name, row, expected.note)
+        assert _shape_of_note(row["note"]) == _shape_of_note(expected.note), (name, row["note"], expected.note)
+        if expected.score is None:
+            assert row["score"] == "", name
+        else:
+            assert np.isclose(float(row["score"]), expected.score, rtol=1e-4, atol=1e-5), (name, row, expected.score)
+
+
+def test_bundle_maps_and_guard_statistic_match_at_any_size(trained_store: Path, demo_root: Path,
+                                                           tmp_path: Path) -> None:
+    """The bundle resizes maps as the app does (torch's bilinear, no antialiasing), so the guard's statistic
+    (the map median) is the app's also for images smaller or larger than the model's input."""
+    from core.export import export_bundle
+    from core.inspection import inspect
+
+    ref = ModelStore(trained_store).current("demo_metal", "efficientad")  # input 256: 64 px images are upsized
+    with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
+        bundle.extractall(tmp_path / "b")
+    path = next((demo_root / "demo_metal" / "test" / "scratch").glob("*.png"))
+    small, large = load_image(path), np.repeat(np.repeat(load_image(path), 5, axis=0), 5, axis=1)  # 64, 320 px
+    model = det.load(ref)
+    app = inspect(model, [small, large])
+    sys.path.insert(0, str(tmp_path / "b"))
+    try:
+        import runner
+
+        bundle = runner.Bundle(tmp_path / "b")
+        found = [bundle.inspect(small), bundle.inspect(large)]
+    finally:
+        sys.path.remove(str(tmp_path / "b"))
+        for name in ("runner", "portable"):
+            sys.modules.pop(name, None)
+    for a, b in zip(app, found, strict=True):
+        assert a.anomaly_map is not None and b.anomaly_map is not None
+        assert b.anomaly_map.shape == a.anomaly_map.shape
+        scale = float(np.abs(a.anomaly_map).max())
+        assert np.allclose(b.anomaly_map, a.anomaly_map, rtol=1e-4, atol=1e-4 * scale)
+        assert a.typical_anomaly is not None and b.typical_anomaly is not None
+        assert b.typical_anomaly == pytest.approx(a.typical_anomaly, rel=1e-4, abs=1e-4 * scale)
+
+
+@pytest.mark.parametrize(("size_in", "size_out"), [((8, 8), (64, 64)), ((256, 256), (64, 64)), ((30, 17), (11, 40)),
+                                                   ((5, 7), (5, 7)), ((1, 4), (3, 2))])
+def test_portable_resize_is_torchs_bilinear(size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+    from core.portable import resize_map
+    from core.preprocess import resize_map as torch_resize
+
+    amap = np.random.default_rng(0).normal(size=size_in).astype(np.float32)
+    assert np.allclose(resize_map(amap, size_out), torch_resize(amap, size_out), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kind", "field", "value"), [("patchcore", "image_threshold", 0.0),
+                                                      ("patchcore", "pixel_threshold", -1.0),
+                                                      ("efficientad", "image_threshold", float("nan"))])
+def test_bundle_refuses_a_calibration_no_verdict_can_use(trained_store: Path, tmp_path: Path, kind: str,
+                                                         field: str, value: float) -> None:
+    from core.export import export_bundle
+
+    ref = ModelStore(trained_store).current("demo_metal", kind)
+    with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
+        bundle.extractall(tmp_path / "b")
+    cal_file = tmp_path / "b" / "calibration.json"
+    cal_file.write_text(json.dumps({**json.loads(cal_file.read_text()), field: value}))
+    sys.path.insert(0, str(tmp_path / "b"))
+    try:
+        import runner
+
+        with pytest.raises(ValueError, match=rf"calibration.json: expected a .*for {field}"):
+            runner.Bundle(tmp_path / "b")
+    finally:
+        sys.path.remove(str(tmp_path / "b"))
+        for name in ("runner", "portable"):
+            sys.modules.pop(name, None)
