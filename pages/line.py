@@ -26,7 +26,8 @@ def thumbnails(frame: pd.DataFrame, count: int = 6) -> None:
     (the service does not keep uploads: its images are in the table only)."""
     if "path" not in frame:
         return
-    kept = frame[frame["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())].tail(count).iloc[::-1]
+    judged = frame[frame["verdict"].isin(["OK", "DEFECT"])]
+    kept = judged[judged["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())].tail(count).iloc[::-1]
     if kept.empty:
         return
     columns = st.columns(len(kept))
@@ -50,30 +51,52 @@ def live() -> None:
         st.info("Nothing judged yet. Start the service (`python -m core serve --store models`) or a watch folder "
                 "(`python -m core watch --category C --in DIR --ok DIR --defect DIR`) and send images.")
         return
-    frame = pd.DataFrame(records)
-    frame["time"] = pd.to_datetime(frame["time"], unit="s")
+    everything = pd.DataFrame(records)
+    everything["time"] = pd.to_datetime(everything["time"], unit="s")
+    refused = everything["verdict"] == "REJECTED" if "verdict" in everything else everything["time"].isna()
+    frame = everything[~refused]
     categories = sorted(frame["category"].dropna().unique()) if "category" in frame else []
     shown = frame[frame["category"] == sel.category] if sel.category in categories else frame
     recent = shown.tail(500)
     judged = recent[recent["verdict"].isin(["OK", "DEFECT"])]
-    lat = judged["latency_ms"].dropna()
-    c1, c2, c3, c4, c5 = st.columns(5)
+    lat = judged["latency_ms"].dropna() if "latency_ms" in judged else pd.Series(dtype=float)
+    c1, c2, c3, c4, c5, c6 = st.columns(6)
     c1.metric("Images (last 500)", len(recent))
     c2.metric("DEFECT rate", f"{(judged['verdict'] == 'DEFECT').mean():.1%}" if len(judged) else "–")
     c3.metric("Latency p50", f"{lat.quantile(0.5):.0f} ms" if len(lat) else "–")
     c4.metric("Latency p95", f"{lat.quantile(0.95):.0f} ms" if len(lat) else "–")
-    age = time.time() - frame["time"].iloc[-1].timestamp()
+    age = time.time() - everything["time"].iloc[-1].timestamp()
     c5.metric("Last image", f"{age:.0f} s ago")
+    c6.metric("Rejected (last 500)", int(refused.tail(500).sum()))
     per_hour = (shown.assign(hour=shown["time"].dt.floor("h")).groupby(["hour", "verdict"]).size()
                 .rename("images").reset_index())
-    st.plotly_chart(charts.counts_per_hour(per_hour), width="stretch")
-    thumbnails(shown)
-    st.subheader("Last images")
-    columns = [c for c in ("time", "source", "category", "name", "verdict", "score", "threshold", "model", "version",
-                           "latency_ms", "path") if c in shown]
-    st.dataframe(shown[columns].iloc[::-1].head(50), hide_index=True, width="stretch",
-                 column_config={"score": st.column_config.NumberColumn(format="%.4f"),
-                                "latency_ms": st.column_config.NumberColumn("latency ms", format="%.0f")})
+    if len(shown):
+        st.plotly_chart(charts.counts_per_hour(per_hour), width="stretch")
+        thumbnails(shown)
+        st.subheader("Last images")
+        columns = [c for c in ("time", "source", "category", "name", "verdict", "score", "threshold", "model",
+                               "version", "latency_ms", "reason", "path") if c in shown]
+        st.dataframe(shown[columns].iloc[::-1].head(50), hide_index=True, width="stretch",
+                     column_config={"score": st.column_config.NumberColumn(format="%.4f"),
+                                    "latency_ms": st.column_config.NumberColumn("latency ms", format="%.0f")})
+    rejected(everything[refused])
+
+
+def rejected(frame: pd.DataFrame) -> None:
+    """What the service refused (requests: not an image, too large, unknown category or model...) and the files
+    the watch folder rejected, with the reason; every category, since a request can name one that does not
+    exist."""
+    st.subheader("Rejected")
+    if frame.empty:
+        st.caption("Nothing rejected.")
+        return
+    st.caption("Requests and images the service or a watch folder refused, newest first, all categories. "
+               "The service keeps no image; the watch folder keeps the file in its rejected folder (path).")
+    out = frame.reindex(columns=["time", "source", "category", "name", "status", "reason", "path"])
+    out["status"] = out["status"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    st.dataframe(out.iloc[::-1].head(50), hide_index=True, width="stretch",
+                 column_config={"status": st.column_config.TextColumn("HTTP status"),
+                                "reason": st.column_config.TextColumn(width="large")})
 
 
 live()
