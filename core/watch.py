@@ -353,9 +353,10 @@ class Watcher:
         """Judge one stable file exactly once; returns its result (None when already handled or not a complete
         image yet)."""
         try:
-            sha1 = _sha1(path)
+            data = path.read_bytes()  # hashed and decoded from the same bytes
         except FileNotFoundError:
             return None
+        sha1 = hashlib.sha1(data).hexdigest()
         key = (path.name, sha1)
         if key in self.done:
             if not self.config.copy:  # a file moved back in by hand: handled before, not judged twice
@@ -369,7 +370,7 @@ class Watcher:
         image: Any = None
         problem = ""
         try:
-            image = load_image(path)
+            image = load_image(data, name=path.name)
         except ImageLoadError as exc:
             waited = time.time() - self._first_seen.get(path.name, time.time())
             if waited < self.config.max_wait:
@@ -399,7 +400,7 @@ class Watcher:
                   line_ids: set[str] | None = None) -> None:
         """Steps 2-6 for a journalled entry; ``csv_ids``/``line_ids`` (recovery) skip rows already written."""
         target = Path(entry["moved_to"])
-        self._place(self.config.in_dir / entry["file"], target)
+        self._place(self.config.in_dir / entry["file"], target, entry["sha1"] if csv_ids is not None else None)
         self._step("placed")
         if entry["verdict"] in (REJECTED, NO_VERDICT):
             self._reason(target, entry["note"] or entry["verdict"])
@@ -419,11 +420,15 @@ class Watcher:
         self.done.add(key)
         self._step("done")
 
-    def _place(self, source: Path, target: Path) -> None:
+    def _place(self, source: Path, target: Path, sha1: str | None = None) -> None:
         """Put ``source``'s file at ``target`` without ever replacing a file there; idempotent (a target that
-        exists is the result of an earlier attempt: the source left behind is removed, unless copying)."""
+        exists is the result of an earlier attempt: the source left behind is removed, unless copying, and, with
+        ``sha1`` (recovery), only if it still holds that content: a new image under the same name is kept)."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        if not target.exists():
+        if target.exists():
+            if sha1 is not None and source.is_file() and _sha1(source) != sha1:
+                return
+        else:
             if self.config.copy:
                 self._copy_in(source, target)
             else:
