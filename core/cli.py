@@ -100,10 +100,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     settings = _settings_from_args(args)
     estimate = spec(args.model).estimate_seconds({**spec(args.model).default_settings(), **settings}, len(data.train))
     if estimate is not None:
-        print(f"{spec(args.model).label} on {len(data.train)} good images: about {estimate / 60:.0f} min "
+        from core.progress import duration_text
+
+        print(f"{spec(args.model).label} on {len(data.train)} good images: {duration_text(estimate)} "
               f"(measured step time on a 2-core CPU; benchmarks/RESULTS.md)", file=sys.stderr, flush=True)
     result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer(),
-                       reason=args.reason or "trained")
+                       resume=args.resume, reason=args.reason or "trained")
     for p in result.problems:
         print(f"unreadable, skipped: {p}", file=sys.stderr)
     print(json.dumps({"model": result.ref.label, "folder": str(ModelStore(args.store).path(result.ref)),
@@ -369,6 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="EfficientAD training steps")
     p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
     p.add_argument("--reason", help="why this version exists, shown in the versions list (default: trained)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted EfficientAD run kept in the "
+                   "store (stopped by Cancel or Ctrl-C; its state is saved every 250 steps) with its own settings")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="score the test set and save metrics beside the model")

@@ -321,3 +321,17 @@ def test_stopped_on_the_last_step_resumes_without_training_again(tmp_path: Path)
     resumed = EfficientAD(EfficientADConfig(steps=2))
     info = resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt")
     assert len(resumed.step_seconds) == 2 and info["train_seconds"] > 0
+
+
+def test_cli_train_resume_continues_the_kept_run(demo_root: Path, tmp_path: Path) -> None:
+    from core.cli import main
+
+    data = load_category(demo_root, "demo_metal")
+    store = ModelStore(tmp_path)
+    with pytest.raises(TrainingCancelled):
+        det.train(data, "efficientad", EFFICIENTAD_TEST_SETTINGS, store, _cancel_after("step 1/3"))
+    args = ["train", "--data", str(demo_root), "--category", "demo_metal", "--model", "efficientad",
+            "--store", str(tmp_path), "--resume"]
+    assert main(args) == 0
+    assert store.read_manifest(store.current("demo_metal", "efficientad"))["settings"]["steps"] == 3
+    assert ResumePoint.read(store.training_state_dir("demo_metal", "efficientad")) is None
