@@ -97,6 +97,7 @@ def restore_defaults() -> None:
 def discard_changes() -> None:
     """Back to the saved thresholds; the draft is forgotten."""
     drafts.discard(ref)
+    st.session_state["thr_restored"] = False
     st.session_state["image_thr"] = saved_img
     if hist is not None:
         st.session_state["pixel_thr"] = saved_pix
