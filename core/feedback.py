@@ -280,10 +280,15 @@ def undo(store: ModelStore, category: str, kind: str) -> str:
     entry = entries[index]
     current = store.current(category, kind)
     if entry["action"] == MARK_OK:
-        if current.version != entry["version_after"]:
+        if current.version == entry["version_before"]:
+            # the pointer is back already (an undo stopped between moving it and logging): only log it
+            logger.info("%s/%s: v%s is current already; logging the undo of %s", category, kind,
+                        entry["version_before"], entry["image"])
+        elif current.version != entry["version_after"]:
             raise FeedbackError(f"not undone: the current version is v{current.version}, not v{entry['version_after']} "
                                 f"that marking {entry['image']} made; switch versions on the Models page instead")
-        store.use(store.ref(category, kind, int(entry["version_before"])))
+        else:
+            store.use(store.ref(category, kind, int(entry["version_before"])))
         message = f"undone: {entry['image']} no longer marked OK; v{entry['version_before']} is current again"
     else:
         undone = {e.get("undoes") for e in entries if e.get("action") == UNDO} | {index}

@@ -5,6 +5,7 @@
 | ``INSPECT_MODEL_STORE`` | the model store folder | ``models/`` in the repository (not the working directory) |
 | ``INSPECT_DATA_ROOT`` | the data root the dashboard offers | ``demo_data/`` in the repository |
 | ``INSPECT_DATA_ROOTS`` | several data roots, separated by ``os.pathsep`` (wins over ``INSPECT_DATA_ROOT``) | |
+| ``INSPECT_MODEL_CACHE_SIZE`` | loaded model networks kept per process (least recently used dropped first) | ``4`` |
 
 Read when asked (not at import), so a test or a launcher that sets a variable is seen.
 """
@@ -18,6 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_STORE_ENV = "INSPECT_MODEL_STORE"
 DATA_ROOT_ENV = "INSPECT_DATA_ROOT"
 DATA_ROOTS_ENV = "INSPECT_DATA_ROOTS"
+MODEL_CACHE_SIZE_ENV = "INSPECT_MODEL_CACHE_SIZE"
+DEFAULT_MODEL_CACHE_SIZE = 4
 
 
 def model_store() -> Path:
@@ -33,3 +36,17 @@ def data_roots() -> tuple[Path, ...]:
         return tuple(Path(p).expanduser() for p in many)
     one = os.environ.get(DATA_ROOT_ENV, "").strip()
     return (Path(one).expanduser() if one else REPO / "demo_data",)
+
+
+def model_cache_size() -> int:
+    """``INSPECT_MODEL_CACHE_SIZE`` (a whole number of at least 1), else 4: loaded networks one process keeps."""
+    value = os.environ.get(MODEL_CACHE_SIZE_ENV, "").strip()
+    if not value:
+        return DEFAULT_MODEL_CACHE_SIZE
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1:
+        raise ValueError(f"{MODEL_CACHE_SIZE_ENV}: expected a whole number of at least 1, found {value!r}")
+    return size

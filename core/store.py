@@ -18,6 +18,15 @@ A model saved before versions existed (the files directly in ``<kind>/``) is rea
 moved. A version is written to a hidden temp folder and renamed into place; files a new version shares with
 its parent (weights when only thresholds change) are hard links, never rewritten in place. No module outside
 this one names a file of the store: everything goes through :class:`ModelStore` and :class:`ModelRef`.
+
+Durability: every file is fsynced before it is renamed into place, and so is the folder holding it after the
+rename (a version's temp folder before its rename, the kind folder after it and after ``current.json`` is
+replaced), so a power loss leaves either the old state or the new one. A version made with a feedback-log entry
+(Mark as OK) carries that entry in its manifest (``feedback_log_entry``) before it is renamed into place; if the
+process dies before the log line is written, the next reader of the log (or the next writer, or the first
+:class:`ModelStore` of a process) finds the version, makes it current if the pointer still names its parent, and
+appends the entry, so Undo can undo it. Temp folders and files (``.tmp-*``, ``.*.tmp``) older than
+:data:`STALE_TEMP_S` are removed the first time a process opens the store.
 """
 
 from __future__ import annotations
@@ -28,11 +37,14 @@ import fcntl
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +63,37 @@ REQUIRED_MANIFEST_KEYS = ("schema", "category", "kind", "backbone", "settings", 
 _VERSION_DIR = re.compile(r"^v(\d+)$")
 _NAME = re.compile(r"^[^/\\\x00-\x1f.][^/\\\x00-\x1f]{0,127}$")
 LEGACY_REASON = "trained (saved before model versions existed)"
+LOG_ENTRY = "feedback_log_entry"  # manifest key: the feedback-log entry the version was made with (recovery)
+STALE_TEMP_S = 15 * 60  # temp folders/files older than this are a dead writer's (a live one takes seconds)
+
+logger = logging.getLogger(__name__)
+
+# Crash tests only: called with the name of each step of a write as it is reached (None in production).
+STEP_HOOK: Callable[[str], None] | None = None
+_STARTED: set[str] = set()
+_STARTED_GUARD = threading.Lock()
+
+
+def _step(name: str) -> None:
+    if STEP_HOOK is not None:
+        STEP_HOOK(name)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make the entries of folder ``path`` (files created, renamed or removed in it) durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` and fsync it (its folder is the caller's to fsync)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 class ModelStoreError(RuntimeError):
@@ -78,7 +121,8 @@ def validate_name(name: str, what: str = "name") -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via an fsynced temp file in the same folder and ``os.replace``, then fsync the
+    folder: after a crash or power loss ``path`` holds the old content or the new one, never a mix."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -88,10 +132,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
+        _step(f"temp file of {path.name} written")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _step(f"{path.name} replaced")
+    fsync_dir(path.parent)
     return path
 
 
@@ -185,6 +232,36 @@ class ModelStore:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+        self._start()
+
+    def _start(self) -> None:
+        """Once per process and store: remove dead writers' temp folders and recover feedback-log entries."""
+        key = os.path.abspath(self.root)
+        with _STARTED_GUARD:
+            if key in _STARTED:
+                return
+            _STARTED.add(key)
+        if self.root.is_dir():
+            try:
+                self.recover()
+            except OSError as exc:  # a read-only or vanished store: reading it still works
+                logger.warning("%s: could not tidy the store at start (%s)", self.root, exc)
+
+    def recover(self, max_age_s: float = STALE_TEMP_S) -> list[str]:
+        """Tidy every model folder after a crash: remove temp folders and files older than ``max_age_s`` (a
+        live writer's are younger) and append feedback entries that versions hold but the log lacks. Returns
+        what was done, one line each (also logged). A damaged log is left as it is (reading it says so)."""
+        done: list[str] = []
+        if not self.root.is_dir():
+            return done
+        for cat in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for kind in sorted(p for p in cat.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                done += _remove_stale_temps(kind, max_age_s)
+                try:
+                    done += self._recover_if_pending(cat.name, kind.name)
+                except ModelStoreError as exc:
+                    logger.warning("%s/%s: feedback not recovered: %s", cat.name, kind.name, exc)
+        return done
 
     # -- places ------------------------------------------------------------------------------------
     def kind_folder(self, category: str, kind: str) -> Path:
@@ -294,23 +371,30 @@ class ModelStore:
         if weights is None and parent is None:
             raise ValueError("expected weights or a parent version to share them from, found neither")
         base = self.kind_folder(category, kind)
-        base.mkdir(parents=True, exist_ok=True)
+        if not base.is_dir():
+            base.mkdir(parents=True, exist_ok=True)
+            fsync_dir(base.parent)
+            fsync_dir(base.parent.parent)
         tmp = Path(tempfile.mkdtemp(dir=base, prefix=".tmp-"))
         try:
+            _step("temp folder made")
             if weights is not None:
                 import torch
 
                 buffer = io.BytesIO()
                 torch.save(weights, buffer)
-                (tmp / WEIGHTS).write_bytes(buffer.getvalue())
+                write_durable(tmp / WEIGHTS, buffer.getvalue())
             shared = ([] if weights is not None else [WEIGHTS]) + (
                 [EVALUATION, EVAL_IMAGES, EVAL_PIXELS] if keep_evaluation else [])
             for name in shared:
                 source = self.path(parent) / name  # type: ignore[arg-type]
                 if source.is_file():
                     _link_or_copy(source, tmp / name)
-            (tmp / CALIBRATION).write_text(json.dumps(calibration, indent=2, default=float))
+            write_durable(tmp / CALIBRATION, json.dumps(calibration, indent=2, default=float).encode())
+            _step("weights and calibration written")
             with self._locked(category, kind):
+                _step("lock taken")
+                self._recover_locked(category, kind)  # an earlier writer's crash is settled before we number
                 if require_parent_current:
                     if parent is None:
                         raise ValueError("expected a parent version to compare with the current one, found none")
@@ -318,14 +402,24 @@ class ModelStore:
                     if now.version != parent.version:
                         raise StaleParentError(parent, now)
                 number = max(self.version_numbers(category, kind), default=0) + 1
-                body = {"schema": SCHEMA_VERSION, **manifest, "category": category, "kind": kind,
-                        "version": number, "parent": parent.version if parent else None, "reason": reason,
-                        "created": now_iso()}
-                (tmp / MANIFEST).write_text(json.dumps(body, indent=2, default=float))
+                body = {"schema": SCHEMA_VERSION, **{k: v for k, v in manifest.items() if k != LOG_ENTRY},
+                        "category": category, "kind": kind, "version": number,
+                        "parent": parent.version if parent else None, "reason": reason, "created": now_iso()}
+                entry = None if feedback is None else {**feedback, "version_after": number}
+                if entry is not None:
+                    body[LOG_ENTRY] = entry
+                write_durable(tmp / MANIFEST, json.dumps(body, indent=2, default=float).encode())
+                _step("manifest written")
+                fsync_dir(tmp)
+                _step("temp folder synced")
                 os.rename(tmp, base / f"v{number}")
+                _step("renamed into place")
+                fsync_dir(base)
+                _step("kind folder synced")
                 atomic_write_json(base / CURRENT, {"version": number})
-                if feedback is not None:
-                    self._write_feedback(category, kind, {**feedback, "version_after": number})
+                if entry is not None:
+                    self._write_feedback(category, kind, entry)
+                    _step("feedback logged")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -335,6 +429,7 @@ class ModelStore:
         """Make ``ref`` the current version (undo and "make current" are this pointer move)."""
         checked = self.ref(ref.category, ref.kind, ref.version)
         with self._locked(ref.category, ref.kind):
+            self._recover_locked(ref.category, ref.kind)
             atomic_write_json(self.kind_folder(ref.category, ref.kind) / CURRENT, {"version": checked.version})
         return checked
 
@@ -392,6 +487,10 @@ class ModelStore:
         except FileNotFoundError:
             return ""
 
+    def manifest_stamp(self, ref: ModelRef) -> str:
+        """The manifest file's identity: changes whenever it is rewritten (e.g. an evaluation saved)."""
+        return _file_identity(self.path(ref) / MANIFEST)
+
     def weights_stamp(self, ref: ModelRef) -> str:
         """The weights file's identity (inode, size, mtime): equal for versions that share their weights."""
         return _file_identity(self.path(ref) / WEIGHTS)
@@ -430,23 +529,81 @@ class ModelStore:
 
     # -- feedback log ------------------------------------------------------------------------------
     def append_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
-        """Append one action to the model's feedback log (one JSON line; under the store lock)."""
+        """Append one action to the model's feedback log (one JSON line; under the store lock, after any entry
+        a crashed writer left in a version's manifest)."""
         with self._locked(category, kind):
+            self._recover_locked(category, kind)
             self._write_feedback(category, kind, entry)
 
     def _write_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
-        """Append one line to the feedback log; the caller holds the store lock."""
-        with open(self.kind_folder(category, kind) / FEEDBACK, "a") as handle:
+        """Append one line to the feedback log, durably; the caller holds the store lock."""
+        path = self.kind_folder(category, kind) / FEEDBACK
+        created = not path.exists()
+        with open(path, "a") as handle:
             handle.write(json.dumps(entry, default=float) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+        if created:
+            fsync_dir(path.parent)
 
     def read_feedback(self, category: str, kind: str) -> list[dict[str, Any]]:
-        """Every logged feedback action, oldest first.
+        """Every logged feedback action, oldest first, including any a version holds but the log lacks (a
+        writer that died between making the version and logging it): that entry is appended first.
 
         Raises:
             ModelStoreError: a line is not a JSON object (the file is left as it is; the message names the line).
         """
+        entries = self._read_log(category, kind)
+        if self._pending(category, kind, entries):
+            self._recover_if_pending(category, kind)
+            entries = self._read_log(category, kind)
+        return entries
+
+    def _recover_if_pending(self, category: str, kind: str) -> list[str]:
+        """:meth:`_recover_locked` under the lock, taken only when something is pending."""
+        if not self._pending(category, kind, self._read_log(category, kind)):
+            return []
+        with self._locked(category, kind):
+            return self._recover_locked(category, kind)
+
+    def _pending(self, category: str, kind: str, entries: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+        """(version, entry) of the versions newer than every logged one whose manifest holds a log entry: each
+        was made, and its line never written. Only versions above the log's newest ``version_after`` are read
+        (every writer settles these under the lock before it writes, so an older one cannot be pending)."""
+        logged = max((v for e in entries if isinstance(v := e.get("version_after"), int)), default=0)
+        base = self.kind_folder(category, kind)
+        pending = []
+        for number in self.version_numbers(category, kind):
+            if number <= logged:
+                continue
+            try:
+                entry = json.loads((base / f"v{number}" / MANIFEST).read_text()).get(LOG_ENTRY)
+            except (OSError, ValueError, AttributeError):
+                continue  # a damaged manifest is reported by whoever reads the version
+            if isinstance(entry, dict) and entry.get("version_after") == number:
+                pending.append((number, entry))
+        return pending
+
+    def _recover_locked(self, category: str, kind: str) -> list[str]:
+        """Append the pending entries (oldest first); when the newest one's version was never made current and
+        the pointer still names the version it was built on, make it current first (the write was complete at
+        its rename: finish it). The caller holds the lock. Returns what was done."""
+        pending = self._pending(category, kind, self._read_log(category, kind))
+        done = []
+        base = self.kind_folder(category, kind)
+        for number, entry in pending:
+            if number == self.version_numbers(category, kind)[-1]:
+                current = self.current(category, kind).version
+                if current != number and current == entry.get("version_before"):
+                    atomic_write_json(base / CURRENT, {"version": number})
+                    done.append(f"{category}/{kind}: v{number} made current (its writer stopped before)")
+            self._write_feedback(category, kind, entry)
+            done.append(f"{category}/{kind}: feedback entry of v{number} ({entry.get('action')}) logged")
+        for line in done:
+            logger.warning("recovered after a crash: %s", line)
+        return done
+
+    def _read_log(self, category: str, kind: str) -> list[dict[str, Any]]:
         path = self.kind_folder(category, kind) / FEEDBACK
         if not path.is_file():
             return []
@@ -516,7 +673,37 @@ def _file_identity(path: Path) -> str:
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target`` (a copy, fsynced, where links are not possible)."""
     try:
         os.link(source, target)
     except OSError:
         shutil.copy2(source, target)
+        with open(target, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
+def _remove_stale_temps(folder: Path, max_age_s: float) -> list[str]:
+    """Remove ``folder``'s temp folders (``.tmp-*``: an unfinished version) and temp files (``.*.tmp``: an
+    unfinished atomic write) not modified for ``max_age_s`` seconds. Returns one line per removal."""
+    done = []
+    cutoff = time.time() - max_age_s
+    for path in folder.iterdir():
+        name = path.name
+        is_temp = (name.startswith(".tmp-") and path.is_dir()) or (
+            name.startswith(".") and name.endswith(".tmp") and path.is_file())
+        try:
+            if not is_temp or path.lstat().st_mtime > cutoff:
+                continue
+            what = "folder" if path.is_dir() else "file"
+            if what == "folder":
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another process tidied it meanwhile
+            continue
+        done.append(f"{path}: removed (a temp {what} left by a stopped writer)")
+    if done:
+        fsync_dir(folder)
+        for line in done:
+            logger.warning("%s", line)
+    return done

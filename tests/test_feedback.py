@@ -14,7 +14,7 @@ import pytest
 from core import detector as det
 from core import feedback
 from core.imageio import load_image
-from core.store import ModelStore, ModelStoreError, StaleParentError
+from core.store import LOG_ENTRY, ModelStore, ModelStoreError, StaleParentError
 from tests.conftest import rgb
 
 
@@ -257,3 +257,137 @@ def test_two_processes_marking_from_the_same_version_keep_both_images(setup: tup
     assert det.load(final).detector.memory_bank.shape[0] == bank + 128
     log = store.read_feedback("demo_metal", "patchcore")
     assert sorted((e["version_before"], e["version_after"]) for e in log) == [(1, 2), (2, 3)]
+
+
+# -- crash recovery (issue 22 row 9): "new version + feedback log line" survives a kill at any step -----------
+
+_CRASHER = """
+import os, sys
+from core import store as S
+target, names = int(sys.argv[2]), []
+def hook(name):
+    names.append(name)
+    if len(names) == target:
+        os._exit(70)
+S.STEP_HOOK = hook
+st = S.ModelStore(sys.argv[1])
+v1 = st.ref("cat", "patchcore", 1)
+entry = {"time": S.now_iso(), "action": "mark_ok", "image": "a.png", "sha1": "0" * 40, "version_before": 1,
+         "score_before": 3.0, "score_after": 1.0}
+st.create_version("cat", "patchcore", st.read_manifest(v1), st.read_calibration(v1), "feedback: a.png marked OK",
+                  parent=v1, require_parent_current=True, feedback=entry)
+print("\\n".join(names))
+"""
+
+
+def _base_store(root: Path) -> ModelStore:
+    store = ModelStore(root)
+    store.create_version("cat", "patchcore", {"category": "cat", "kind": "patchcore", "backbone": "b",
+                                              "settings": {}, "versions": {}}, {"a": 1}, reason="trained",
+                         weights={"x": 1})
+    return store
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+
+
+def test_a_kill_at_any_step_of_a_mark_leaves_a_store_undo_can_settle(tmp_path: Path) -> None:
+    """Kill (os._exit) the writer at every step boundary of create_version + feedback log line; after a
+    restart the store is consistent: either no new version and nothing logged, or the new version current
+    with its log line, which Undo undoes; no temp folder or file is left."""
+    import os
+    import time
+
+    from core.store import STALE_TEMP_S
+
+    _base_store(tmp_path / "base")
+    shutil.copytree(tmp_path / "base", tmp_path / "dry")
+    dry = _run("-c", _CRASHER, str(tmp_path / "dry"), "0")
+    assert dry.returncode == 0, dry.stderr
+    steps = dry.stdout.splitlines()
+    assert len(steps) >= 10 and steps.index("renamed into place") < steps.index("feedback logged")
+    made_at = steps.index("renamed into place") + 1  # crashing at this step or later: the version exists
+    for number, step in enumerate(steps, start=1):
+        root = tmp_path / f"crash{number}"
+        shutil.copytree(tmp_path / "base", root)
+        crashed = _run("-c", _CRASHER, str(root), str(number))
+        assert crashed.returncode == 70, (step, crashed.stderr)
+        base = root / "cat" / "patchcore"
+        old = time.time() - STALE_TEMP_S - 60  # the restart comes later than a live writer could take
+        for path in base.rglob(".*"):
+            os.utime(path, (old, old))
+        restarted = _run("-c", "import sys; from core.store import ModelStore; ModelStore(sys.argv[1])", str(root))
+        assert restarted.returncode == 0, (step, restarted.stderr)
+        assert not [p.name for p in base.iterdir() if p.name.startswith(".tmp-") or p.name.endswith(".tmp")], step
+        store = ModelStore(root)
+        assert all(i.ok for i in store.list_versions("cat", "patchcore")), step
+        log = feedback.history(store, "cat", "patchcore")
+        if number < made_at:
+            assert store.version_numbers("cat", "patchcore") == [1], step
+            assert store.current("cat", "patchcore").version == 1 and log == [], step
+            with pytest.raises(feedback.FeedbackError, match="nothing to undo"):
+                feedback.undo(store, "cat", "patchcore")
+        else:
+            assert store.version_numbers("cat", "patchcore") == [1, 2], step
+            assert store.current("cat", "patchcore").version == 2, step
+            assert [(e["action"], e["version_before"], e["version_after"]) for e in log] == [("mark_ok", 1, 2)], step
+            assert "v1 is current again" in feedback.undo(store, "cat", "patchcore"), step
+            assert store.current("cat", "patchcore").version == 1, step
+            assert [e["action"] for e in feedback.history(store, "cat", "patchcore")] == ["mark_ok", "undo"], step
+        again = store.create_version("cat", "patchcore", store.read_manifest(store.ref("cat", "patchcore", 1)), {},
+                                     "trained", weights={"x": 2})
+        assert again.version == max(store.version_numbers("cat", "patchcore")) and LOG_ENTRY not in \
+            store.read_manifest(again), step
+
+
+def test_reading_the_log_recovers_the_entry_of_a_writer_that_stopped_after_the_rename(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a restart (the app's process kept running): the next read of the log finds the version's
+    entry, makes the version current (its pointer still named the parent) and logs it, so Undo can undo it."""
+    from core import store as store_module
+
+    store = _base_store(tmp_path)
+
+    class Stop(Exception):
+        pass
+
+    def hook(name: str) -> None:
+        if name == "renamed into place":
+            raise Stop(name)
+
+    monkeypatch.setattr(store_module, "STEP_HOOK", hook)
+    v1 = store.ref("cat", "patchcore", 1)
+    with pytest.raises(Stop):
+        store.create_version("cat", "patchcore", store.read_manifest(v1), {}, "feedback: a.png marked OK", parent=v1,
+                             feedback={"action": feedback.MARK_OK, "image": "a.png", "version_before": 1})
+    monkeypatch.setattr(store_module, "STEP_HOOK", None)
+    assert store.version_numbers("cat", "patchcore") == [1, 2] and store.current("cat", "patchcore").version == 1
+    log = store.read_feedback("cat", "patchcore")
+    assert [(e["action"], e["version_after"]) for e in log] == [("mark_ok", 2)]
+    assert store.current("cat", "patchcore").version == 2
+    assert store.read_feedback("cat", "patchcore") == log  # logged once, not at every read
+    assert "v1 is current again" in feedback.undo(store, "cat", "patchcore")
+
+
+def test_an_undo_stopped_between_the_pointer_move_and_its_log_line_can_be_repeated(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = _base_store(tmp_path)
+    v1 = store.ref("cat", "patchcore", 1)
+    store.create_version("cat", "patchcore", store.read_manifest(v1), {}, "feedback: a.png marked OK", parent=v1,
+                         feedback={"action": feedback.MARK_OK, "image": "a.png", "version_before": 1})
+    real = ModelStore.append_feedback
+
+    def dies(self: ModelStore, category: str, kind: str, entry: dict) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(ModelStore, "append_feedback", dies)
+    with pytest.raises(OSError):
+        feedback.undo(store, "cat", "patchcore")
+    monkeypatch.setattr(ModelStore, "append_feedback", real)
+    assert store.current("cat", "patchcore").version == 1  # the pointer moved, the log does not say so yet
+    assert "v1 is current again" in feedback.undo(store, "cat", "patchcore")
+    assert [e["action"] for e in store.read_feedback("cat", "patchcore")] == ["mark_ok", "undo"]
+    with pytest.raises(feedback.FeedbackError, match="nothing to undo"):
+        feedback.undo(store, "cat", "patchcore")

@@ -172,3 +172,81 @@ def test_feedback_log_damage_is_reported_with_its_line(tmp_path: Path) -> None:
     with pytest.raises(ModelStoreError, match="line 2: expected one JSON object per line"):
         store.read_feedback("cat", "patchcore")
     assert log.read_bytes() == before  # nothing lost
+
+
+def test_version_files_and_folders_are_fsynced_around_the_rename(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22 row 9: every file of a new version and its temp folder are fsynced before the rename; the kind
+    folder after it and after current.json is replaced (else a power loss can lose a version or the pointer)."""
+    import os
+
+    store = ModelStore(tmp_path)
+    v1 = store.create_version("cat", "patchcore", _manifest("cat"), {"a": 1}, reason="trained", weights={"x": 1})
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename, real_replace = os.fsync, os.rename, os.replace
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        events.append(("replace", str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(os, "replace", replace)
+    base = tmp_path / "cat" / "patchcore"
+    v2 = store.create_version("cat", "patchcore", _manifest("cat"), {"a": 2}, reason="trained", weights={"x": 2},
+                              parent=v1, feedback={"action": "mark_ok", "version_before": 1})
+    assert v2.version == 2
+    moved = events.index(("rename", str(base / "v2")))
+    before, after = events[:moved], events[moved + 1:]
+    synced_before = {Path(p).name for kind, p in before if kind == "fsync" and Path(p).parent.name.startswith(".tmp-")}
+    assert synced_before == {"weights.pt", "calibration.json", "manifest.json"}
+    assert any(kind == "fsync" and Path(p).name.startswith(".tmp-") for kind, p in before)  # the temp folder
+    pointer = after.index(("replace", str(base / "current.json")))
+    assert ("fsync", str(base)) in after[:pointer]  # the rename is durable before the pointer names v2
+    assert ("fsync", str(base)) in after[pointer + 1:]  # and so is the pointer's replace
+    assert ("fsync", str(base / "feedback.jsonl")) in after[pointer + 1:]
+
+
+def test_atomic_writes_fsync_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    atomic_write_json(tmp_path / "x.json", {"a": 1})
+    assert synced[-1] == str(tmp_path) and json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+
+
+def test_stale_temp_folders_are_removed_at_start_and_live_ones_kept(tmp_path: Path) -> None:
+    """A dead writer's `.tmp-*` folder and `.*.tmp` file (older than STALE_TEMP_S) go when a process first
+    opens the store; a live writer's (recent) stay; nothing else is touched."""
+    import os
+    import time
+
+    from core.store import STALE_TEMP_S
+
+    made = ModelStore(tmp_path / "made")
+    made.create_version("cat", "patchcore", _manifest("cat"), {"a": 1}, reason="trained", weights={"x": 1})
+    shutil.copytree(tmp_path / "made", tmp_path / "models")  # a store this process has not opened yet
+    base = tmp_path / "models" / "cat" / "patchcore"
+    old = time.time() - STALE_TEMP_S - 60
+    for name in (".tmp-dead", ".tmp-live"):
+        (base / name).mkdir()
+        (base / name / "weights.pt").write_bytes(b"x")
+    (base / ".current.json.abc.tmp").write_text("{}")
+    for path in (base / ".tmp-dead" / "weights.pt", base / ".tmp-dead", base / ".current.json.abc.tmp"):
+        os.utime(path, (old, old))
+    store = ModelStore(tmp_path / "models")
+    left = sorted(p.name for p in base.iterdir())
+    assert left == [".lock", ".tmp-live", "current.json", "v1"]
+    assert store.current("cat", "patchcore").version == 1 and all(i.ok for i in store.list_versions("cat", "patchcore"))
+    assert store.recover(max_age_s=0)  # explicitly, e.g. from a maintenance script: the live one too
+    assert not (base / ".tmp-live").exists()

@@ -1,15 +1,17 @@
 """All Streamlit caching in one place: models with ``cache_resource``, results with ``cache_data``.
 
-Models are keyed on a :class:`ModelRef` and the identity of the files behind it (weights, calibration,
-evaluation), so a change made anywhere (another tab, the CLI, a hand edit) is seen at the next rerun, and
-versions that share their weights (thresholds saved) share one loaded network.
+Models come from one process-wide :class:`core.model_cache.ModelCache` (held by ``cache_resource``), the same
+policy the service and the watch folder use: networks in an LRU keyed on the identity of their weights
+(``INSPECT_MODEL_CACHE_SIZE``, default 4), each loaded under its own lock, the calibration and manifest re-read
+when their files change. So a change made anywhere (another tab, the CLI, a hand edit) is seen at the next
+rerun, and versions that share their weights (thresholds saved) share one loaded network. Results are keyed on
+the same weights identity and the files behind a version (evaluation).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
-from core.calibration import Calibration
+from core import model_cache
 from core.dataset import CategoryData, legacy_key, load_category
 from core.imageio import load_image
 from core.metrics import PixelHistogram
@@ -32,8 +34,9 @@ def _mtime(path: Path) -> float:
 
 
 def weights_key(ref: ModelRef) -> str:
-    """Changes whenever the weights behind ``ref`` change; equal for versions sharing their weights."""
-    return f"{ref.store}|{ref.category}|{ref.kind}|{ModelStore(ref.store).weights_stamp(ref)}"
+    """Changes whenever the weights behind ``ref`` change; equal for versions sharing their weights
+    (:func:`core.model_cache.weights_key`: the rule lives there)."""
+    return model_cache.weights_key(ref)
 
 
 def calibration_key(ref: ModelRef) -> str:
@@ -41,26 +44,24 @@ def calibration_key(ref: ModelRef) -> str:
     return ModelStore(ref.store).calibration_stamp(ref)
 
 
-@st.cache_resource(show_spinner="Loading model and warming it up… (a memory bank of more than 16k patches also "
-                                "builds its search index here: about a minute per 800k patches)", max_entries=8)
-def _load_network(key: str, inference: str, _ref: ModelRef) -> det.LoadedModel:
-    return det.load(_ref, inference)
+LOADING = ("Loading model and warming it up… (a memory bank of more than 16k patches also builds its search "
+           "index here: about a minute per 800k patches)")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def _calibration(ref: ModelRef, key: str) -> Calibration:
-    return det.read_calibration(ref)
+@st.cache_resource(show_spinner=False)
+def models() -> model_cache.ModelCache:
+    """The process's loaded models (one for every session and page; sized by ``INSPECT_MODEL_CACHE_SIZE``)."""
+    return model_cache.ModelCache()
 
 
 def load_model(ref: ModelRef, inference: str = "fast") -> det.LoadedModel:
     """The model version ``ref``: the network cached on its weights, with the manifest and calibration as
     they are on disk NOW (a change made in the CLI, another tab or by hand is used at the next rerun)."""
-    model = _load_network(weights_key(ref), inference, ref)
-    calibration = _calibration(ref, calibration_key(ref))
-    manifest = ModelStore(ref.store).read_manifest(ref) if model.ref != ref else model.manifest
-    if model.ref == ref and calibration == model.calibration:
-        return model
-    return replace(model, ref=ref, manifest=manifest, calibration=calibration)
+    held = models()
+    if held.is_loaded(ref, inference):
+        return held.get(ref, inference)
+    with st.spinner(LOADING):
+        return held.get(ref, inference)
 
 
 @st.cache_resource(show_spinner="Loading feature extractor…")
@@ -96,7 +97,7 @@ def image_from_path(path: str) -> np.ndarray:
 @st.cache_data(show_spinner=False, max_entries=512)
 def _predict_one(key: str, inference: str, digest: str, _ref: ModelRef,
                  _image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    model = _load_network(key, inference, _ref)
+    model = models().get(_ref, inference)
     pred = model.detector.predict([_image])[0]
     return pred.score, display_map(pred.anomaly_map), pred.latency_ms
 
@@ -149,8 +150,7 @@ def eval_pixels(ref: ModelRef) -> PixelHistogram | None:
 
 
 def clear_model_caches() -> None:
-    _load_network.clear()
-    _calibration.clear()
+    models().clear()
     _predict_one.clear()
     _eval_images.clear()
     _eval_pixels.clear()
