@@ -258,13 +258,14 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
-    from core.service import ServiceConfig, WatchSpec, serve
+    from core.service import ServiceConfig, WatchSpec, api_key_from, serve
 
     if not Path(args.store).is_dir():
         raise FileNotFoundError(f"expected a model store folder at {args.store}, found nothing there")
-    key = args.api_key or os.environ.get("INSPECT_API_KEY") or None
+    if args.api_key is not None:
+        raise ValueError("expected the API key in INSPECT_API_KEY or a file (--api-key-file, INSPECT_API_KEY_FILE), "
+                         "never on the command line (every user of the machine sees it in `ps`), found --api-key")
+    key = api_key_from(args.api_key_file)
     watches = []
     for text in args.watch or []:
         parts = text.split(",")
@@ -273,14 +274,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         category, model, *dirs = parts
         ModelStore(args.store).current(validate_name(category, "category name"), model)  # exists, now
         watches.append(WatchSpec(category, model, *(Path(d) for d in dirs)))
+    config = ServiceConfig(Path(args.store), key, args.workers, watches=tuple(watches), max_pending=args.queue)
     print(f"serving {args.store} on http://{args.host}:{args.port} (docs: /docs; API key "
-          f"{'required' if key else 'not required'}; {args.processes} process(es) x {args.workers} workers)",
+          f"{'required' if key else 'not required'}; {args.processes} process(es) x {args.workers} workers, "
+          f"{config.pending_limit} requests admitted per process, images up to {config.max_pixels:,} px)",
           file=sys.stderr, flush=True)
     if watches and args.processes > 1:
         raise ValueError("expected --processes 1 with --watch (one process owns a watch folder), found "
                          f"{args.processes}")
-    serve(ServiceConfig(Path(args.store), key, args.workers, watches=tuple(watches)), args.host, args.port,
-          args.processes)
+    serve(config, args.host, args.port, args.processes)
     return 0
 
 
@@ -419,8 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     store_option(p)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8600)
-    p.add_argument("--api-key", help="require this X-API-Key header (default: INSPECT_API_KEY, else none)")
+    p.add_argument("--api-key", help=argparse.SUPPRESS)  # refused: argv is visible in `ps`
+    p.add_argument("--api-key-file", type=Path,
+                   help="require the X-API-Key header holding this file's first line (default: the file "
+                        "INSPECT_API_KEY_FILE names, else the key INSPECT_API_KEY holds, else no key)")
     p.add_argument("--workers", type=int, default=2, help="images scored at once per process (default 2)")
+    p.add_argument("--queue", type=int, default=None,
+                   help="inspect requests admitted at once per process; one more gets 503 + Retry-After "
+                        "(default 4 x --workers)")
     p.add_argument("--processes", type=int, default=1, help="server processes behind the one port (default 1)")
     p.add_argument("--watch", action="append", metavar="CATEGORY,MODEL,IN,OK,DEFECT",
                    help="also run a watch folder in the service (repeatable)")

@@ -60,11 +60,39 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, calibration: Calibration
     return out.clip(0, 255).astype(np.uint8)
 
 
+def bounded(image: np.ndarray, anomaly_map: np.ndarray, max_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (uint8 RGB ``[H, W, 3]``) and its map ``[H, W]`` scaled down together so that the long side is
+    at most ``max_side`` px (bilinear; the map stays float32); returned as they are when already that small.
+
+    Raises:
+        ValueError: ``max_side`` below 1, or a map of another size than the image.
+    """
+    if max_side < 1:
+        raise ValueError(f"expected a maximum side of at least 1 px, found {max_side}")
+    if image.shape[:2] != anomaly_map.shape:
+        raise ValueError(f"expected a map of the image's size {image.shape[:2]}, found {anomaly_map.shape}")
+    height, width = anomaly_map.shape
+    if max(height, width) <= max_side:
+        return image, anomaly_map
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0))
+    small_map = np.asarray(Image.fromarray(anomaly_map.astype(np.float32, copy=False))
+                           .resize(size, Image.Resampling.BILINEAR))
+    return small, small_map
+
+
 def png_bytes(array: np.ndarray) -> bytes:
+    """``array`` (uint8 ``[H, W]`` or ``[H, W, 3]``) encoded as PNG."""
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
     return buffer.getvalue()
 
 
-def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, calibration: Calibration) -> bytes:
+def overlay_png(image: np.ndarray, anomaly_map: np.ndarray, calibration: Calibration,
+                max_side: int | None = None) -> bytes:
+    """The overlay as PNG; with ``max_side``, drawn on the image and map scaled down to that long side first
+    (so a huge image costs a bounded amount of memory and time here)."""
+    if max_side is not None:
+        image, anomaly_map = bounded(image, anomaly_map, max_side)
     return png_bytes(overlay(image, anomaly_map, calibration))

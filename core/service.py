@@ -17,17 +17,40 @@ A raw-body upload is named by its ``X-Filename`` header, else ``Content-Disposit
 ``name`` query parameter, else ``sha1-<first 12 hex digits of its content>``.
 A watch folder whose loop fails is logged and restarted with back-off (0.5 s doubling to 30 s); while it is
 down, ``/ready`` answers 503 naming it and the error.
+
+Limits (hostile input and overload):
+
+- **Body size** (``max_request_bytes``, 50 MB): a declared Content-Length over it is refused at once; every body
+  form (raw, chunked, multipart, several files) is counted while it is read and refused with 413 at the limit,
+  so memory grows by about the limit, never by what the client sends.
+- **Pixel budget** (``max_pixels``, ``INSPECT_MAX_PIXELS``, 40 Mpx): checked from the image header before any
+  pixel is decoded; an image over it gets its own error, a request whose images are all over it a 413.
+- **Off the event loop**: decoding, conversion, scoring and overlays run in the ``workers`` threads (one
+  limiter), so ``/health`` answers whatever is being scored; overlays and masks are drawn and returned at most
+  ``overlay_max_side`` px (2048) on the long side.
+- **Backpressure** (``max_pending``, default 4 x workers): inspect requests admitted at once per process
+  (reading, waiting for a worker, scoring); one more gets 503 with ``Retry-After: 1`` at once, before its body is
+  read.
+- **API key** (``X-API-Key``, compared in constant time): when one is set every endpoint but ``/health`` needs
+  it (``/docs``, ``/openapi.json``, ``/metrics``, ``/ready`` included). The CLI reads it from
+  ``INSPECT_API_KEY_FILE`` / ``--api-key-file`` or ``INSPECT_API_KEY``, never from the command line.
+- **Errors**: bodies name the category, model and version, never a server path; every 5xx is JSON with an
+  ``error_id`` that the module logger writes too (with the traceback for a 500).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import logging
+import os
 import threading
 import time
+import uuid
+from collections.abc import AsyncGenerator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -36,14 +59,17 @@ import anyio
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.formparsers import MultiPartException, MultiPartParser
 
-from core import line_log
+from core import line_log, settings
+from core.detector import LoadedModel
 from core.imageio import ImageLoadError, load_image
 from core.inspection import inspect
 from core.model_cache import ModelCache
-from core.overlay import defect_mask, overlay_png, png_bytes
+from core.overlay import bounded, defect_mask, overlay_png, png_bytes
 from core.registry import KINDS
 from core.store import ModelStore, ModelStoreError, validate_name
 from core.watch import WatchConfig, Watcher
@@ -53,6 +79,11 @@ logger = logging.getLogger(__name__)
 RETURNS = ("overlay", "mask")
 INSPECT_PREFIX = "/v1/inspect/"
 WATCH_BACKOFF = (0.5, 30.0)  # first and longest wait before a failed watch folder is started again
+API_KEY_ENV = "INSPECT_API_KEY"
+API_KEY_FILE_ENV = "INSPECT_API_KEY_FILE"
+KEY_REFUSED = "expected a valid X-API-Key header, found none or a wrong one"
+RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait before it tries again
+OPEN_PATHS = ("/health",)  # answered without the key
 
 
 @dataclass(frozen=True)
@@ -68,6 +99,11 @@ class WatchSpec:
 
 @dataclass(frozen=True)
 class ServiceConfig:
+    """How one service process runs: its store, key, workers and limits (see the module docstring).
+
+    ``max_pending`` None means 4 x ``workers``; ``max_pixels`` defaults to ``INSPECT_MAX_PIXELS`` (40 Mpx).
+    """
+
     store: Path
     api_key: str | None = None
     workers: int = 2
@@ -75,18 +111,125 @@ class ServiceConfig:
     max_images: int = 32
     line_log: Path | None = None
     watches: tuple[WatchSpec, ...] = ()
+    max_pixels: int = field(default_factory=settings.max_pixels)
+    max_pending: int | None = None
+    overlay_max_side: int = 2048
+
+    def __post_init__(self) -> None:
+        for name in ("workers", "max_request_bytes", "max_images", "max_pixels", "overlay_max_side"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"expected {name} of at least 1, found {getattr(self, name)}")
+        if self.max_pending is not None and self.max_pending < 1:
+            raise ValueError(f"expected max_pending of at least 1 (or None: 4 x workers), found {self.max_pending}")
+
+    @property
+    def pending_limit(self) -> int:
+        """Inspect requests admitted at once (reading, waiting, scoring); one more gets 503."""
+        return self.max_pending if self.max_pending is not None else 4 * self.workers
+
+
+def api_key_from(key_file: Path | None, environ: dict[str, str] | None = None) -> str | None:
+    """The API key the service requires: the first line of ``key_file`` (``--api-key-file``), else of the file
+    ``INSPECT_API_KEY_FILE`` names, else ``INSPECT_API_KEY``, else None (no key). Never from the command line:
+    argv is visible to every user of the machine (``ps``).
+
+    Raises:
+        ValueError: a key file that is missing, unreadable or empty.
+    """
+    env = os.environ if environ is None else environ
+    if key_file is None and env.get(API_KEY_FILE_ENV, "").strip():
+        key_file = Path(env[API_KEY_FILE_ENV].strip()).expanduser()
+    if key_file is not None:
+        try:
+            text = key_file.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ValueError(f"expected an API key file at {key_file}, found nothing there") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"expected a readable UTF-8 API key file at {key_file}, found {exc}") from None
+        key = text.splitlines()[0].strip() if text.strip() else ""
+        if not key:
+            raise ValueError(f"expected an API key in {key_file}, found an empty file")
+        return key
+    return env.get(API_KEY_ENV, "").strip() or None
+
+
+@dataclass(frozen=True)
+class _Judged:
+    """One upload after a worker thread decoded and scored it: the response item, the line-log row of a
+    rejected image (None when judged), whether it was over the pixel budget, and the model's time."""
+
+    item: dict[str, Any]
+    rejected: dict[str, Any] | None
+    over_budget: bool
+    seconds: float
+
+
+class _BodyTooLarge(MultiPartException):
+    """The body grew past the limit while it was read (a MultiPartException so the form parser closes its files)."""
+
+
+def _over_budget(exc: ImageLoadError) -> bool:
+    """Whether ``exc`` refused an image for its size (core.portable's header check or Pillow's bomb guard)."""
+    return (("pixels, found" in exc.reason and exc.reason.startswith("expected at most"))
+            or exc.reason.startswith("image too large"))
+
+
+def _upload_name(name: str | None, data: bytes) -> str:
+    return name or f"sha1-{hashlib.sha1(data).hexdigest()[:12]}"
+
+
+def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None, config: ServiceConfig,
+           category: str, model: str) -> _Judged:
+    """Decode, score and draw one upload (runs in a worker thread, never on the event loop)."""
+    name = _upload_name(name, data)
+    try:
+        image = load_image(data, name=name, max_pixels=config.max_pixels)
+    except ImageLoadError as exc:
+        row = {"time": time.time(), "source": "service", "category": category, "name": name,
+               "sha1": hashlib.sha1(data).hexdigest(), "verdict": "REJECTED", "reason": exc.reason, "model": model}
+        return _Judged({"name": name, "error": exc.reason, "verdict": None}, row, _over_budget(exc), 0.0)
+    t0 = time.perf_counter()
+    found = inspect(loaded, [image])[0]
+    seconds = time.perf_counter() - t0
+    cal = loaded.calibration
+    threshold = cal.image_threshold
+    item: dict[str, Any] = {
+        "name": name, "score": found.score, "threshold": threshold,
+        # score / threshold is defined only for a positive threshold (EfficientAD's may be 0 or negative)
+        "normalized_score": None if found.score is None or threshold <= 0 else found.score / threshold,
+        "verdict": found.verdict, "familiar": found.familiar, "model": model, "version": loaded.version,
+        "latency_ms": found.latency_ms, "note": found.note}
+    if want and found.anomaly_map is not None:
+        small, small_map = bounded(image, found.anomaly_map, config.overlay_max_side)
+        del image, found  # the full-size image and map are not kept past this point
+        png = (overlay_png(small, small_map, cal) if want == "overlay"
+               else png_bytes(defect_mask(small_map, cal.pixel_threshold).astype("uint8") * 255))
+        item[f"{want}_png_base64"] = base64.b64encode(png).decode()
+    return _Judged(item, None, False, seconds)
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
+    """The service's FastAPI app over ``config.store`` (see the module docstring for what it answers)."""
     store = ModelStore(config.store)
     models = ModelCache(store)
-    limiter = anyio.CapacityLimiter(max(1, config.workers))
+    limiter = anyio.CapacityLimiter(config.workers)
     log_path = config.line_log or line_log.default_path(config.store)
     registry = CollectorRegistry()
     latency = Histogram("inspect_latency_seconds", "Model time per image", ["category", "model"], registry=registry,
                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
     verdicts = Counter("inspect_verdicts", "Verdicts given", ["category", "model", "verdict"], registry=registry)
+    busy = Counter("inspect_busy", "Requests refused with 503 because the queue was full", registry=registry)
     state: dict[str, Any] = {"ready": False, "errors": []}
+    pending = [0]  # inspect requests admitted now (touched on the event loop only)
+    roots = sorted({str(config.store), str(store.root), os.path.abspath(store.root),
+                    str(Path(store.root).resolve())}, key=len, reverse=True)
+
+    def public(text: str) -> str:
+        """``text`` without the server's store path: files inside it are named relative to it
+        (``demo_metal/patchcore/v2/calibration.json``), the folder itself as "the model store"."""
+        for root in roots:
+            text = text.replace(root.rstrip(os.sep) + os.sep, "").replace(root, "the model store")
+        return text
 
     def preload() -> None:
         for record in store.list_models():
@@ -94,7 +237,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 try:
                     models.get(record.ref)
                 except ModelStoreError as exc:
-                    state["errors"].append(str(exc))
+                    state["errors"].append(public(str(exc)))
         state["ready"] = True
 
     stop_watching = threading.Event()
@@ -121,25 +264,32 @@ def create_app(config: ServiceConfig) -> FastAPI:
             except Exception as exc:  # any failure: report, wait, start again
                 logger.exception("%s (%s/%s) failed; starting it again in %.1f s", label, spec.category,
                                  spec.model, delay)
-                watch_down[label] = (f"{type(exc).__name__}: {exc} (since {time.strftime('%H:%M:%S')}; retrying "
-                                     f"every {delay:g} s at most)")
+                watch_down[label] = (f"{type(exc).__name__}: {public(str(exc))} (since {time.strftime('%H:%M:%S')}; "
+                                     f"retrying every {delay:g} s at most)")
                 stop_watching.wait(delay)
                 delay = min(delay * 2, WATCH_BACKOFF[1])
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncGenerator[None]:
         threading.Thread(target=preload, daemon=True).start()
         for spec in config.watches:
             threading.Thread(target=watch, args=(spec,), daemon=True, name=f"watch-{spec.category}").start()
         yield
         stop_watching.set()
 
-    app = FastAPI(title="Inspector service", version="1", lifespan=lifespan,
+    app = FastAPI(title="Inspector service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="Verdicts (OK / DEFECT / NO VERDICT) for images of a product category.")
+    expected_key = config.api_key.encode("utf-8") if config.api_key else None
 
     def check_key(request: Request) -> None:
-        if config.api_key and request.headers.get("x-api-key") != config.api_key:
-            raise HTTPException(401, "expected a valid X-API-Key header, found none or a wrong one")
+        """Constant-time comparison of X-API-Key with the configured key (nothing to check when none is set)."""
+        if expected_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent
+        if given is None or not hmac.compare_digest(given.encode("latin-1"), expected_key):
+            raise HTTPException(401, KEY_REFUSED)
 
     def log_rejected(request: Request, status: int, reason: str) -> None:
         """A line-log row for a request the service refused (no image is kept)."""
@@ -150,10 +300,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                    "name": _header_name(request) or "", "verdict": "REJECTED", "status": status,
                                    "reason": reason, "model": request.query_params.get("model", "patchcore")})
 
+    def server_error(status: int, detail: str, error_id: str, headers: dict[str, str] | None = None,
+                     **extra: Any) -> JSONResponse:
+        """A 5xx as JSON with an error id (the caller logs the same id)."""
+        return JSONResponse({"detail": detail, "error_id": error_id, **extra}, status_code=status, headers=headers)
+
     @app.exception_handler(ModelStoreError)
     async def store_error(request: Request, exc: ModelStoreError) -> JSONResponse:
-        log_rejected(request, 404, str(exc))
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+        detail = public(str(exc))
+        log_rejected(request, 404, detail)
+        return JSONResponse({"detail": detail}, status_code=404)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Any:
@@ -167,19 +323,41 @@ def create_app(config: ServiceConfig) -> FastAPI:
                                              for e in exc.errors()))
         return await request_validation_exception_handler(request, exc)
 
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = uuid.uuid4().hex[:12]
+        logger.error("error %s: %s %s failed", error_id, request.method, request.url.path, exc_info=exc)
+        return server_error(500, f"internal error (error id {error_id}; the service's log has the details)",
+                            error_id=error_id)
+
     @app.get("/health")
-    def health() -> dict[str, str]:
+    async def health() -> dict[str, str]:
+        """The process answers (open without the key; never waits for a worker)."""
         return {"status": "ok"}
 
-    @app.get("/ready")
-    def ready() -> JSONResponse:
+    @app.get("/ready", dependencies=[Depends(check_key)])
+    async def ready() -> JSONResponse:
         down = [f"{label} is down: {reason}" for label, reason in list(watch_down.items())]
-        body = {"ready": state["ready"] and not down, "problems": state["errors"] + down}
-        return JSONResponse(body, status_code=200 if body["ready"] else 503)
+        body: dict[str, Any] = {"ready": state["ready"] and not down, "problems": state["errors"] + down}
+        if body["ready"]:
+            return JSONResponse(body)
+        error_id = uuid.uuid4().hex[:12]
+        logger.info("error %s: not ready: %s", error_id, body["problems"] or "models still loading")
+        return server_error(503, "not ready", error_id=error_id, **body)
 
-    @app.get("/metrics")
-    def metrics() -> PlainTextResponse:
+    @app.get("/metrics", dependencies=[Depends(check_key)])
+    async def metrics() -> PlainTextResponse:
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(check_key)])
+    async def docs() -> HTMLResponse:
+        # the schema is inlined: the page's script cannot send the key to fetch /openapi.json
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs",
+                                   swagger_ui_parameters={"spec": app.openapi()})
 
     @app.get("/v1/models", dependencies=[Depends(check_key)])
     def list_models() -> dict[str, Any]:
@@ -192,13 +370,29 @@ def create_app(config: ServiceConfig) -> FastAPI:
                               "image_threshold": cal.get("image_threshold"),
                               "pixel_threshold": cal.get("pixel_threshold")})
             else:
-                entry["problem"] = record.error
+                entry["problem"] = public(str(record.error))
             out.append(entry)
         return {"models": out}
 
     @app.post("/v1/inspect/{category}", dependencies=[Depends(check_key)])
     async def inspect_images(category: str, request: Request, model: str = "patchcore", version: int | None = None,
                              want: str | None = Query(None, alias="return")) -> JSONResponse:
+        if pending[0] >= config.pending_limit:  # full: refuse at once, before the body is read
+            busy.inc()
+            error_id = uuid.uuid4().hex[:12]
+            detail = (f"busy: expected at most {config.pending_limit} request(s) at once per process, found "
+                      f"{pending[0]} in progress; retry after {RETRY_AFTER_S} s")
+            logger.warning("error %s: 503 for %s: %s", error_id, request.url.path, detail)
+            log_rejected(request, 503, detail)
+            return server_error(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)}, error_id=error_id)
+        pending[0] += 1
+        try:
+            return await inspect_admitted(category, request, model, version, want)
+        finally:
+            pending[0] -= 1
+
+    async def inspect_admitted(category: str, request: Request, model: str, version: int | None,
+                               want: str | None) -> JSONResponse:
         if model not in KINDS:
             raise HTTPException(404, f"expected model in {list(KINDS)}, found {model!r}")
         if want is not None and want not in RETURNS:
@@ -212,37 +406,30 @@ def create_app(config: ServiceConfig) -> FastAPI:
         loaded = await anyio.to_thread.run_sync(models.get, ref, limiter=limiter)
         results = []
         unreadable = []
+        over_budget = 0
         for name, data in uploads:
-            try:
-                image = load_image(data, name=name)
-            except ImageLoadError as exc:
-                results.append({"name": name, "error": f"{exc.reason}", "verdict": None})
-                unreadable.append({"time": time.time(), "source": "service", "category": category, "name": name,
-                                   "sha1": hashlib.sha1(data).hexdigest(), "verdict": "REJECTED",
-                                   "reason": exc.reason, "model": model})
+            judged = await anyio.to_thread.run_sync(_judge, loaded, name, data, want, config, category, model,
+                                                    limiter=limiter)
+            results.append(judged.item)
+            if judged.rejected is not None:
+                unreadable.append(judged.rejected)
+                over_budget += judged.over_budget
                 continue
-            t0 = time.perf_counter()
-            found = (await anyio.to_thread.run_sync(inspect, loaded, [image], limiter=limiter))[0]
-            latency.labels(category, model).observe(time.perf_counter() - t0)
-            verdicts.labels(category, model, found.verdict).inc()
-            cal = loaded.calibration
-            item: dict[str, Any] = {
-                "name": name, "score": found.score, "threshold": cal.image_threshold,
-                "normalized_score": None if found.score is None else found.score / cal.image_threshold,
-                "verdict": found.verdict, "familiar": found.familiar, "model": model, "version": loaded.version,
-                "latency_ms": found.latency_ms, "note": found.note}
-            if want and found.anomaly_map is not None:
-                png = (overlay_png(image, found.anomaly_map, cal) if want == "overlay"
-                       else png_bytes(defect_mask(found.anomaly_map, cal.pixel_threshold).astype("uint8") * 255))
-                item[f"{want}_png_base64"] = base64.b64encode(png).decode()
-            results.append(item)
+            item = judged.item
+            latency.labels(category, model).observe(judged.seconds)
+            verdicts.labels(category, model, item["verdict"]).inc()
             line_log.append(log_path, {"time": time.time(), "source": "service", "category": category,
                                        **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
                                                                "version", "latency_ms", "familiar")},
-                                       "reason": found.note})
-        status = 415 if all("error" in r for r in results) else 200
+                                       "reason": item["note"]})
+        status = 200
+        if len(unreadable) == len(results):
+            status = 413 if over_budget else 415
         for row in unreadable:
             line_log.append(log_path, {**row, "status": status})
+        if status == 413:
+            return JSONResponse({"detail": f"expected images of at most {config.max_pixels:,} pixels, found none "
+                                           "within that budget", "results": results}, status_code=413)
         if status == 415:
             return JSONResponse({"detail": "expected images, found none that could be read", "results": results},
                                 status_code=415)
@@ -251,30 +438,58 @@ def create_app(config: ServiceConfig) -> FastAPI:
     return app
 
 
-async def _read_uploads(request: Request, config: ServiceConfig) -> list[tuple[str, bytes]]:
-    """(name, bytes) of each image in a multipart form (any file field) or the raw body; size-limited."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > config.max_request_bytes:
-        raise HTTPException(413, f"expected at most {config.max_request_bytes:,} bytes per request, found {declared:,}")
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=config.max_images)
-        uploads = []
-        for key, value in form.multi_items():
-            if hasattr(value, "read"):
-                uploads.append((getattr(value, "filename", None) or key, await value.read()))
-        if not uploads:
-            raise HTTPException(422, "expected image files in the form (field 'files'), found none")
-        return uploads
-    body = b""
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes]:
+    """The request body, chunk by chunk, refused (:class:`_BodyTooLarge`) once more than ``limit`` bytes came."""
+    total = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > config.max_request_bytes:
-            raise HTTPException(413, f"expected at most {config.max_request_bytes:,} bytes per request")
+        total += len(chunk)
+        if total > limit:
+            raise _BodyTooLarge(f"expected at most {limit:,} bytes per request, found more (stopped reading at "
+                                f"{total:,})")
+        yield chunk
+
+
+async def _read_uploads(request: Request, config: ServiceConfig) -> list[tuple[str | None, bytes]]:
+    """(name, bytes) of each image in a multipart form (any file field) or the raw body (its name None when the
+    request declares none: the worker names it by its content hash). Size-limited while reading, whatever the
+    form: a declared Content-Length over the limit is refused before reading, any body the moment it passes it."""
+    limit = config.max_request_bytes
+    try:
+        declared = int(request.headers.get("content-length") or 0)
+    except ValueError:
+        raise HTTPException(400, "expected a whole number in Content-Length, found "
+                                 f"{request.headers['content-length']!r}") from None
+    if declared > limit:
+        raise HTTPException(413, f"expected at most {limit:,} bytes per request, found {declared:,}")
+    content_type = request.headers.get("content-type", "")
+    try:
+        if content_type.startswith("multipart/form-data"):
+            parser = MultiPartParser(request.headers, _limited(request, limit), max_files=config.max_images,
+                                     max_fields=config.max_images)
+            try:
+                form = await parser.parse()
+            except _BodyTooLarge:
+                raise
+            except MultiPartException as exc:
+                raise HTTPException(400, f"expected a well-formed multipart form, found: {exc.message}") from None
+            try:
+                uploads: list[tuple[str | None, bytes]] = []
+                for key, value in form.multi_items():
+                    if hasattr(value, "read"):
+                        uploads.append((getattr(value, "filename", None) or key, await value.read()))
+            finally:
+                await form.close()
+            if not uploads:
+                raise HTTPException(422, "expected image files in the form (field 'files'), found none")
+            return uploads
+        chunks = [chunk async for chunk in _limited(request, limit)]
+    except _BodyTooLarge as exc:
+        raise HTTPException(413, exc.message) from None
+    body = b"".join(chunks)
+    del chunks
     if not body:
         raise HTTPException(422, "expected an image as the request body or multipart files, found an empty body")
-    return [(_header_name(request) or request.query_params.get("name") or f"sha1-{hashlib.sha1(body).hexdigest()[:12]}",
-             body)]
+    return [(_header_name(request) or request.query_params.get("name") or None, body)]
 
 
 def _header_name(request: Request) -> str | None:
@@ -291,14 +506,15 @@ def _header_name(request: Request) -> str | None:
 
 def serve(config: ServiceConfig, host: str, port: int, processes: int = 1) -> None:
     """Run the service with uvicorn (``processes`` > 1: that many processes behind one port)."""
-    import os
-
     import uvicorn
 
     if processes > 1:  # uvicorn re-imports the app in each process: pass the config through the environment
-        os.environ.update({"INSPECT_SERVICE_STORE": str(config.store), "INSPECT_SERVICE_WORKERS": str(config.workers)})
-        if config.api_key:
-            os.environ["INSPECT_API_KEY"] = config.api_key
+        os.environ.update({"INSPECT_SERVICE_STORE": str(config.store), "INSPECT_SERVICE_WORKERS": str(config.workers),
+                           "INSPECT_SERVICE_QUEUE": str(config.pending_limit),
+                           settings.MAX_PIXELS_ENV: str(config.max_pixels)})
+        if config.api_key:  # the environment of a process is readable by its owner only, unlike argv
+            os.environ[API_KEY_ENV] = config.api_key
+            os.environ.pop(API_KEY_FILE_ENV, None)
         uvicorn.run("core.service:app_from_env", host=host, port=port, workers=processes, factory=True,
                     log_level="warning")
     else:
@@ -307,8 +523,7 @@ def serve(config: ServiceConfig, host: str, port: int, processes: int = 1) -> No
 
 def app_from_env() -> FastAPI:
     """The app for multi-process serving (``uvicorn --factory core.service:app_from_env``)."""
-    import os
-
-    return create_app(ServiceConfig(Path(os.environ.get("INSPECT_SERVICE_STORE", "models")),
-                                    os.environ.get("INSPECT_API_KEY") or None,
-                                    int(os.environ.get("INSPECT_SERVICE_WORKERS", "2"))))
+    queue = os.environ.get("INSPECT_SERVICE_QUEUE", "").strip()
+    return create_app(ServiceConfig(Path(os.environ.get("INSPECT_SERVICE_STORE", "models")), api_key_from(None),
+                                    int(os.environ.get("INSPECT_SERVICE_WORKERS", "2")),
+                                    max_pending=int(queue) if queue else None))

@@ -6,6 +6,7 @@
 | ``INSPECT_DATA_ROOT`` | the data root the dashboard offers | ``demo_data/`` in the repository |
 | ``INSPECT_DATA_ROOTS`` | several data roots, separated by ``os.pathsep`` (wins over ``INSPECT_DATA_ROOT``) | |
 | ``INSPECT_MODEL_CACHE_SIZE`` | loaded model networks kept per process (least recently used dropped first) | ``4`` |
+| ``INSPECT_MAX_PIXELS`` | the service's pixel budget per image (checked from the header, before decoding) | ``40000000`` |
 
 Read when asked (not at import), so a test or a launcher that sets a variable is seen.
 """
@@ -50,3 +51,21 @@ def model_cache_size() -> int:
     if size < 1:
         raise ValueError(f"{MODEL_CACHE_SIZE_ENV}: expected a whole number of at least 1, found {value!r}")
     return size
+
+
+MAX_PIXELS_ENV = "INSPECT_MAX_PIXELS"
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def max_pixels() -> int:
+    """``INSPECT_MAX_PIXELS`` (a whole number of at least 1), else 40 Mpx: the largest image the service decodes."""
+    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_PIXELS
+    try:
+        pixels = int(value)
+    except ValueError:
+        pixels = 0
+    if pixels < 1:
+        raise ValueError(f"{MAX_PIXELS_ENV}: expected a whole number of at least 1, found {value!r}")
+    return pixels

@@ -84,7 +84,7 @@ def test_bad_requests_get_4xx_with_the_reason(client: TestClient, path: str, kwa
 
 def test_api_key_required(store: Path) -> None:
     with TestClient(create_app(ServiceConfig(store, api_key="k3y"))) as c:
-        assert c.get("/health").status_code == 200  # health and metrics stay open for the line's monitoring
+        assert c.get("/health").status_code == 200  # health stays open for the line's monitoring
         r = c.get("/v1/models")
         assert r.status_code == 401 and "X-API-Key" in r.text
 
@@ -182,3 +182,305 @@ def test_rejected_requests_are_logged_with_the_reason(client: TestClient, demo_r
     assert "truncated" in rejected[4]["reason"]
     assert all("path" not in r and r["source"] == "service" for r in rejected)  # no image is kept
     assert [r["name"] for r in rows if r["verdict"] != "REJECTED"] == ["ok.png"]
+
+
+# --- hostile input and overload (issue 22) --------------------------------------------------------------------
+
+MB = 2**20
+
+
+async def _asgi_post(app, path: str, headers: dict[str, str], chunks) -> tuple[int, dict, int]:
+    """POST ``chunks`` (an iterator of bytes) to ``app`` as a body without Content-Length (chunked), straight
+    through ASGI: (status, JSON body, how many chunks the app asked for)."""
+    import json
+
+    pulled = 0
+    parts = iter(chunks)
+
+    async def receive() -> dict:
+        nonlocal pulled
+        chunk = next(parts, None)
+        if chunk is None:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        pulled += 1
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, json.loads(body), pulled
+
+
+def _multipart(files: list[tuple[str, int]], chunk: bytes, boundary: str = "XyZ"):
+    """A multipart body with one file part per (name, size in chunks), yielded chunk by chunk (the same bytes
+    object again and again: the sender allocates nothing)."""
+    for name, count in files:
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+               f"Content-Type: image/png\r\n\r\n").encode()
+        for _ in range(count):
+            yield chunk
+        yield b"\r\n"
+    yield f"--{boundary}--\r\n".encode()
+
+
+@pytest.mark.parametrize("form", ["raw", "multipart", "several files"])
+def test_a_chunked_body_over_the_limit_is_refused_while_reading(store: Path, tmp_path: Path, form: str) -> None:
+    """No Content-Length: the limit is enforced on the bytes read, the rest is never pulled, and memory grows
+    by about the limit, not by the 48 MB sent (was: a chunked multipart upload read whole, then 415)."""
+    import tracemalloc
+
+    import anyio
+
+    limit = 2 * MB
+    app = create_app(ServiceConfig(store, max_request_bytes=limit, line_log=tmp_path / "line.jsonl"))
+    chunk = b"\x00" * MB
+    if form == "raw":
+        headers, chunks, total = {"content-type": "image/png"}, iter([chunk] * 48), 48
+    else:
+        files = [("big.png", 48)] if form == "multipart" else [("a.png", 16), ("b.png", 16), ("c.png", 16)]
+        headers = {"content-type": "multipart/form-data; boundary=XyZ"}
+        chunks, total = _multipart(files, chunk), 48
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        status, body, pulled = anyio.run(_asgi_post, app, "/v1/inspect/demo_metal", headers, chunks)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert status == 413, body
+    assert "expected at most 2,097,152 bytes" in body["detail"]
+    assert pulled <= limit // MB + 3 < total  # stopped at the limit
+    assert peak < 4 * limit, f"{peak / MB:.1f} MB traced for a {limit / MB:.0f} MB limit"
+
+
+def test_the_pixel_budget_is_checked_from_the_header(store: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from core import settings
+    from core.service import ServiceConfig as Config
+
+    assert settings.max_pixels() == 40_000_000 and Config(store).max_pixels == 40_000_000
+    monkeypatch.setenv("INSPECT_MAX_PIXELS", "1234")
+    assert settings.max_pixels() == 1234 and Config(store).max_pixels == 1234
+    monkeypatch.setenv("INSPECT_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="INSPECT_MAX_PIXELS: expected a whole number"):
+        settings.max_pixels()
+    monkeypatch.delenv("INSPECT_MAX_PIXELS")
+    decoded: list[str] = []
+    import core.portable
+
+    real = core.portable.pil_to_rgb
+    monkeypatch.setattr(core.portable, "pil_to_rgb", lambda image: decoded.append("x") or real(image))
+    app = create_app(ServiceConfig(store, max_pixels=64 * 63, line_log=tmp_path / "line.jsonl"))
+    with TestClient(app) as c:
+        r = c.post("/v1/inspect/demo_metal", content=_png(np.zeros((64, 64, 3), np.uint8)),
+                   headers={"X-Filename": "wide.png"})
+        assert r.status_code == 413, r.text
+        assert "expected at most 4,032 pixels, found 64x64" in r.text
+        assert decoded == []  # refused from the header: no pixel was decoded
+        r = c.post("/v1/inspect/demo_metal", files=[("files", ("big.png", _png(np.zeros((64, 64, 3), np.uint8)))),
+                                                    ("files", ("small.png", _png(np.zeros((32, 32, 3), np.uint8))))])
+        assert r.status_code == 200, r.text  # one image over the budget among others: its own error
+        assert "found 64x64" in r.json()["results"][0]["error"] and r.json()["results"][1]["verdict"]
+    rejected = [x for x in line_log.tail(tmp_path / "line.jsonl") if x["verdict"] == "REJECTED"]
+    assert [(x["name"], x["status"]) for x in rejected] == [("wide.png", 413), ("big.png", 200)]
+
+
+def test_decoding_and_scoring_run_off_the_event_loop(client: TestClient, demo_root: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """While an image decodes (here: held), /health still answers (was: decoding ran on the event loop)."""
+    import threading
+
+    import core.service
+
+    entered, release = threading.Event(), threading.Event()
+    real = core.service.load_image
+
+    def slow_load(*args, **kwargs):
+        entered.set()
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.service, "load_image", slow_load)
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    answers: list[int] = []
+    poster = threading.Thread(target=lambda: answers.append(client.post("/v1/inspect/demo_metal",
+                                                                        content=good).status_code))
+    poster.start()
+    assert entered.wait(20)
+    timer = threading.Timer(10, release.set)  # if the loop is blocked, /health answers only after this
+    timer.start()
+    health = client.get("/health").status_code
+    released_before_health = release.is_set()
+    release.set()
+    timer.cancel()
+    poster.join(30)
+    assert health == 200 and not released_before_health
+    assert answers == [200]
+
+
+def test_overlays_and_masks_are_returned_at_a_bounded_size(store: Path, demo_root: Path, tmp_path: Path) -> None:
+    from core.calibration import Calibration
+    from core.overlay import bounded, overlay_png
+
+    image = np.zeros((1000, 3000, 3), np.uint8)
+    amap = np.zeros((1000, 3000), np.float32)
+    small, small_map = bounded(image, amap, 2048)
+    assert small.shape == (683, 2048, 3) and small_map.shape == (683, 2048) and small_map.dtype == np.float32
+    assert bounded(image[:64, :64], amap[:64, :64], 2048)[0].shape == (64, 64, 3)  # small ones unchanged
+    cal = det.read_calibration(ModelStore(store).current("demo_metal", "patchcore"))
+    assert isinstance(cal, Calibration)
+    assert Image.open(io.BytesIO(overlay_png(image, amap, cal, max_side=2048))).size == (2048, 683)
+    app = create_app(ServiceConfig(store, overlay_max_side=40, line_log=tmp_path / "line.jsonl"))
+    scratch = (demo_root / "demo_metal" / "test" / "scratch" / "000.png").read_bytes()
+    with TestClient(app) as c:
+        for want in ("overlay", "mask"):
+            r = c.post(f"/v1/inspect/demo_metal?return={want}", content=scratch)
+            assert r.status_code == 200, r.text
+            png = base64.b64decode(r.json()["results"][0][f"{want}_png_base64"])
+            assert Image.open(io.BytesIO(png)).size == (40, 40)
+
+
+def test_a_full_queue_gets_503_with_retry_after_at_once(store: Path, demo_root: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    import threading
+
+    import core.service
+
+    entered, release = threading.Event(), threading.Event()
+    real = core.service.inspect
+
+    def held(*args, **kwargs):
+        entered.set()
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.service, "inspect", held)
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    app = create_app(ServiceConfig(store, workers=1, max_pending=1, line_log=tmp_path / "line.jsonl"))
+    answers: list[int] = []
+    with caplog.at_level(logging.WARNING, logger="core.service"), TestClient(app) as c:
+        poster = threading.Thread(target=lambda: answers.append(c.post("/v1/inspect/demo_metal",
+                                                                       content=good).status_code))
+        poster.start()
+        try:
+            assert entered.wait(30)
+            r = c.post("/v1/inspect/demo_metal", content=good)
+            health = c.get("/health").status_code
+            held_still = not release.is_set()
+        finally:
+            release.set()
+            poster.join(60)
+        assert r.status_code == 503, r.text
+        assert r.headers["retry-after"] == "1" and held_still and health == 200
+        assert "expected at most 1 request" in r.json()["detail"] and r.json()["error_id"]
+        assert answers == [200]
+        assert c.post("/v1/inspect/demo_metal", content=good).status_code == 200  # the slot is free again
+    assert any(r.json()["error_id"] in rec.getMessage() for rec in caplog.records)
+
+
+@pytest.mark.parametrize("path", ["/docs", "/openapi.json", "/metrics", "/ready", "/v1/models"])
+def test_every_endpoint_but_health_needs_the_key(store: Path, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hmac
+
+    import core.service
+
+    compared: list[bytes] = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(core.service.hmac, "compare_digest", lambda a, b: compared.append(a) or real(a, b))
+    app = create_app(ServiceConfig(store, api_key="k3y"))
+    c = TestClient(app)
+    assert c.get("/health").status_code == 200
+    for headers in ({}, {"X-API-Key": "k3"}, {"X-API-Key": "k3y "}, {"X-API-Key": "kéy".encode()}):
+        r = c.get(path, headers=headers)
+        assert r.status_code == 401, (headers, r.text)
+        assert r.json()["detail"] == "expected a valid X-API-Key header, found none or a wrong one"
+    assert c.get(path, headers={"X-API-Key": "k3y"}).status_code in (200, 503)  # /ready: not loaded yet
+    assert compared  # constant-time comparison
+    open_app = TestClient(create_app(ServiceConfig(store)))
+    assert open_app.get(path).status_code in (200, 503)  # no key set: open, as before
+
+
+def test_error_bodies_name_the_model_never_server_paths(client: TestClient, store: Path) -> None:
+    for path, expect in (("/v1/inspect/nope", "nope/patchcore"), ("/v1/inspect/demo_metal?version=9", "[1]"),
+                         ("/v1/inspect/demo_metal?model=efficientad&version=9", "demo_metal/efficientad")):
+        r = client.post(path, content=b"x")
+        assert r.status_code == 404 and expect in r.text, r.text
+        assert str(store) not in r.text and str(store.resolve()) not in r.text and str(Path.home()) not in r.text
+
+
+def test_every_5xx_is_json_with_an_error_id_the_log_carries(store: Path, demo_root: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    import core.service
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"kaput at {tmp_path}/secret")
+
+    monkeypatch.setattr(core.service, "inspect", broken)
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
+    with caplog.at_level(logging.ERROR, logger="core.service"), \
+            TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/inspect/demo_metal", content=good)
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    body = r.json()
+    assert body["error_id"] and "internal error" in body["detail"] and str(tmp_path) not in r.text
+    logged = [rec for rec in caplog.records if body["error_id"] in rec.getMessage()]
+    assert logged and logged[0].exc_info is not None  # the traceback is in the log, under the same id
+
+
+def test_a_zero_threshold_gives_no_normalised_score_not_a_500(store: Path, demo_root: Path, tmp_path: Path) -> None:
+    """EfficientAD's scores may be 0 or negative, so may its threshold: score / threshold is not defined then."""
+    import json
+
+    s = ModelStore(store)
+    cal_file = s.calibration_file(s.current("demo_metal", "efficientad"))
+    cal = json.loads(cal_file.read_text())
+    scratch = (demo_root / "demo_metal" / "test" / "scratch" / "000.png").read_bytes()
+    for threshold in (0.0, -0.5):
+        cal_file.write_text(json.dumps({**cal, "image_threshold": threshold}))
+        app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
+        with TestClient(app, raise_server_exceptions=False) as c:
+            r = c.post("/v1/inspect/demo_metal?model=efficientad", content=scratch)
+        assert r.status_code == 200, r.text
+        item = r.json()["results"][0]
+        assert item["threshold"] == threshold and item["normalized_score"] is None and item["verdict"]
+
+
+def test_the_api_key_comes_from_the_environment_or_a_file_never_argv(tmp_path: Path, store: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    from core import cli
+    from core.service import api_key_from
+
+    monkeypatch.delenv("INSPECT_API_KEY", raising=False)
+    monkeypatch.delenv("INSPECT_API_KEY_FILE", raising=False)
+    assert api_key_from(None) is None
+    monkeypatch.setenv("INSPECT_API_KEY", "from-env")
+    assert api_key_from(None) == "from-env"
+    key_file = tmp_path / "key"
+    key_file.write_text("from-file\n")
+    monkeypatch.setenv("INSPECT_API_KEY_FILE", str(key_file))
+    assert api_key_from(None) == "from-file"
+    other = tmp_path / "other"
+    other.write_text("  from-option \n")
+    assert api_key_from(other) == "from-option"
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ValueError, match="expected an API key in .*empty, found an empty file"):
+        api_key_from(tmp_path / "empty")
+    with pytest.raises(ValueError, match="expected an API key file at .*missing, found nothing there"):
+        api_key_from(tmp_path / "missing")
+    assert cli.main(["serve", "--store", str(store), "--api-key", "s3cret"]) == 2
+    err = capsys.readouterr().err
+    assert "never on the command line" in err and "INSPECT_API_KEY" in err and "--api-key-file" in err
+    assert "s3cret" not in err
