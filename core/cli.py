@@ -1,4 +1,4 @@
-"""Command line: ``python -m core train|evaluate|predict|list|versions|feedback|demo``.
+"""Command line: ``python -m core train|evaluate|predict|list|versions|feedback|users|demo``.
 
 Exit codes: 0 success; 1 finished but some inputs could not be used (named on stderr); 2 bad arguments,
 missing data or a broken model; 130 cancelled. Heavy packages (torch, anomalib) are imported only by the
@@ -316,6 +316,43 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_password(name: str) -> str:
+    """The new password, never from argv: asked twice on a terminal, else the first line of stdin."""
+    import getpass
+
+    if sys.stdin.isatty():
+        first = getpass.getpass(f"password for {name}: ")
+        if first != getpass.getpass("again: "):
+            raise ValueError("expected the same password twice, found two different ones")
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """The dashboard's users file: add (password from stdin/getpass), remove, list."""
+    from core import access
+
+    path = args.users_file
+    try:
+        if args.action == "add":
+            password = None if args.no_password else _read_password(args.name)
+            record = access.add_user(path, args.name, args.role, password, email=args.email, replace=args.replace)
+            print(f"{record.name} ({record.role.value}) saved in {path}", file=sys.stderr)
+        elif args.action == "remove":
+            access.remove_user(path, args.name)
+            print(f"{args.name} removed from {path}", file=sys.stderr)
+        else:
+            users = access.read_users(path)
+            for u in users.values():
+                print(f"{u.name}\t{u.role.value}\t{u.email or '-'}\t{'password' if u.password_hash else 'sso only'}")
+            if not users:
+                print(f"no users in {path}", file=sys.stderr)
+    except access.UsersFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from core.demo import make_demo_dataset
 
@@ -456,6 +493,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
     p.add_argument("--out", type=Path, required=True, help="the .zip to write")
     p.set_defaults(func=cmd_export)
+
+    users_default = app_settings.users_file()
+    p = sub.add_parser("users", help="the dashboard's users and roles (operator, engineer); passwords from stdin")
+    p.add_argument("--users-file", type=Path, default=users_default,
+                   help=f"default: INSPECT_USERS_FILE, else users.json in the model store ({users_default})")
+    users_sub = p.add_subparsers(dest="action", required=True)
+    u = users_sub.add_parser("add", help="add a user; the password is asked for (or read from stdin), never an argument")
+    u.add_argument("name")
+    u.add_argument("--role", choices=("operator", "engineer"), required=True,
+                   help="operator: inspect, review, mark; engineer: also train, thresholds, versions, annotate, export")
+    u.add_argument("--email", help="match this user to an identity provider sign-in (st.login) by email")
+    u.add_argument("--no-password", action="store_true", help="identity-provider sign-in only (needs --email)")
+    u.add_argument("--replace", action="store_true", help="overwrite an existing user (new role, password)")
+    u = users_sub.add_parser("remove", help="remove a user")
+    u.add_argument("name")
+    users_sub.add_parser("list", help="list users: name, role, email, how they sign in")
+    p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("demo", help="generate the built-in demo dataset")
     p.add_argument("--out", type=Path, default=Path("demo_data"))

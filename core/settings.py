@@ -5,6 +5,7 @@
 | ``INSPECT_MODEL_STORE`` | the model store folder | ``models/`` in the repository (not the working directory) |
 | ``INSPECT_DATA_ROOT`` | the data root the dashboard offers | ``demo_data/`` in the repository |
 | ``INSPECT_DATA_ROOTS`` | several data roots, separated by ``os.pathsep`` (wins over ``INSPECT_DATA_ROOT``) | |
+| ``INSPECT_USERS_FILE`` | the dashboard's users and roles (``core/access.py``) | ``users.json`` in the model store |
 | ``INSPECT_MODEL_CACHE_SIZE`` | loaded model networks kept per process (least recently used dropped first) | ``4`` |
 | ``INSPECT_MAX_PIXELS`` | the service's pixel budget per image (checked from the header, before decoding) | ``40000000`` |
 
@@ -20,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 MODEL_STORE_ENV = "INSPECT_MODEL_STORE"
 DATA_ROOT_ENV = "INSPECT_DATA_ROOT"
 DATA_ROOTS_ENV = "INSPECT_DATA_ROOTS"
+USERS_FILE_ENV = "INSPECT_USERS_FILE"
 MODEL_CACHE_SIZE_ENV = "INSPECT_MODEL_CACHE_SIZE"
 DEFAULT_MODEL_CACHE_SIZE = 4
 
@@ -28,6 +30,12 @@ def model_store() -> Path:
     """``INSPECT_MODEL_STORE`` (``~`` expanded), else the repository's ``models/``."""
     value = os.environ.get(MODEL_STORE_ENV, "").strip()
     return Path(value).expanduser() if value else REPO / "models"
+
+
+def users_file() -> Path:
+    """``INSPECT_USERS_FILE`` (``~`` expanded), else ``users.json`` in the model store."""
+    value = os.environ.get(USERS_FILE_ENV, "").strip()
+    return Path(value).expanduser() if value else model_store() / "users.json"
 
 
 def data_roots() -> tuple[Path, ...]:

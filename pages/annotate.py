@@ -13,9 +13,10 @@ import streamlit as st
 from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
+from core.access import Permission
 from core.annotate import canvas_background, canvas_size, mask_from_canvas, save_annotation
 from core.imageio import SUPPORTED_SUFFIXES
-from ui import cache
+from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload
 
@@ -64,7 +65,9 @@ painted = drawing is not None and (np.asarray(drawing)[:, :, 3] > 0).any()
 if painted:
     mask = mask_from_canvas(np.asarray(drawing).astype(np.uint8), (h, w))
     st.caption(f"Mask covers {mask.mean():.2%} of the image.")
-if st.button("Save as ground truth", type="primary", disabled=not painted):
+if st.button("Save as ground truth", type="primary", disabled=not painted or not auth.can(Permission.ANNOTATE),
+             help=auth.only_for(Permission.ANNOTATE)):
+    auth.require(Permission.ANNOTATE)
     try:
         img_path, mask_path = save_annotation(sel.data_root, sel.category, defect.strip(), name.strip(), image, mask)
     except (ValueError, OSError) as exc:

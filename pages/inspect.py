@@ -6,12 +6,13 @@ import pandas as pd
 import streamlit as st
 
 from core import feedback
+from core.access import Permission
 from core.imageio import SUPPORTED_SUFFIXES
 from core.inspection import NO_VERDICT
 from core.overlay import COLORMAPS, png_bytes
 from core.registry import label, spec
 from core.store import ModelStoreError
-from ui import cache
+from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import (
     ImageLoadError,
@@ -79,6 +80,7 @@ def run_feedback(action, item: str | None = None) -> None:
     """Run one feedback action and rerun with its outcome. A Mark as OK that core refuses for want of a
     confirmation (the image scores far above the threshold) opens the confirmation panel of ``item``."""
     st.session_state.pop(CONFIRM, None)
+    auth.require(Permission.MARK)
     try:
         result = action()
         st.session_state["_feedback_message"] = ("ok", result if isinstance(result, str) else result.message)

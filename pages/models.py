@@ -4,12 +4,13 @@ import pandas as pd
 import streamlit as st
 
 from core import detector as det
+from core.access import Permission
 from core.backbone import BackboneError, default_layers, feature_layers
 from core.progress import duration_text
 from core.registry import KINDS, label, spec
 from core.store import ModelStoreError
 from core.types import ResumePoint, TrainingCancelled
-from ui import cache
+from ui import auth, cache
 from ui.frame import selection
 from ui.jobs import show_job, start_job
 
@@ -74,8 +75,10 @@ if sel.ref is not None:
     v1, v2 = st.columns([1, 3])
     chosen = v1.selectbox("Version", numbers, index=numbers.index(sel.ref.version) if sel.ref.version in numbers else 0,
                           format_func=lambda n: f"v{n}", key="version_pick")
-    if v2.button("Use this version", disabled=chosen == sel.ref.version,
-                 help="Every page, the CLI and the service use the current version; older ones stay on disk."):
+    if v2.button("Use this version", disabled=chosen == sel.ref.version or not auth.can(Permission.VERSIONS),
+                 help=auth.only_for(Permission.VERSIONS)
+                 or "Every page, the CLI and the service use the current version; older ones stay on disk."):
+        auth.require(Permission.VERSIONS)
         try:
             ref = sel.store.use(sel.store.ref(sel.category, sel.kind, chosen))
         except ModelStoreError as exc:
@@ -136,7 +139,7 @@ with st.container(border=True):  # not a form: the estimate follows every change
     else:
         st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "
                    "the demo data).")
-    busy = bool(job and job.running)
+    busy = bool(job and job.running) or not auth.can(Permission.TRAIN)
     point = ResumePoint.read(sel.store.training_state_dir(sel.category, kind))
     resumed = False
     if point is not None:
@@ -147,11 +150,12 @@ with st.container(border=True):  # not a form: the estimate follows every change
                 + (f" ({duration_text(left * (1 - point.step / point.steps))} to go)" if left is not None else "")
                 + "; **Train** starts over and discards it.")
     t1, t2 = st.columns([1, 4])
-    submitted = t1.button("Train", type="primary", disabled=busy)
+    submitted = t1.button("Train", type="primary", disabled=busy, help=auth.only_for(Permission.TRAIN))
     if point is not None:
         resumed = t2.button(f"Resume from step {point.step:,}", disabled=busy, key="train_resume")
 
 if submitted or resumed:
+    auth.require(Permission.TRAIN)
     store, category, how = sel.store, sel.category, settings if submitted else {}
 
     def work(control):

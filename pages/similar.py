@@ -5,8 +5,9 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
+from core.access import Permission
 from core.imageio import SUPPORTED_SUFFIXES
-from ui import cache
+from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload
 from ui.jobs import show_job, start_job
@@ -31,7 +32,8 @@ st.caption(f"{indexed} images indexed in {where}. Features: spatial mean of Patc
 
 job = st.session_state.get("index_job")
 if st.button("Build / rebuild the index" if indexed else "Build the index", type="primary" if not indexed else "secondary",
-             disabled=bool(job and job.running)):
+             disabled=bool(job and job.running) or not auth.can(Permission.INDEX), help=auth.only_for(Permission.INDEX)):
+    auth.require(Permission.INDEX)
     st.session_state["index_job"] = start_job(f"similarity index of {sel.category}",
                                               lambda control: index.build(data, extractor.pooled_features, control))
     st.rerun()

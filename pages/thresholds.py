@@ -15,8 +15,9 @@ import streamlit as st
 from core import detector as det
 from core import metrics
 from core import thresholds as th
+from core.access import Permission
 from core.types import TrainControl
-from ui import cache, charts, drafts, visits
+from ui import auth, cache, charts, drafts, visits
 from ui.drafts import ThresholdDraft
 from ui.frame import selection
 from ui.sidebar import require_model
@@ -29,6 +30,7 @@ ref = model.ref
 
 def evaluate_and_rerun() -> None:
     """Score the category's test images with the model, save the results beside it, and redraw."""
+    auth.require(Permission.EVALUATE)
     data = cache.category(sel.data_root, sel.category)
     bar = st.progress(0.0, text="Scoring test images…")
     try:
@@ -44,7 +46,8 @@ def evaluate_and_rerun() -> None:
 frame = cache.eval_images(model.ref)
 if frame is None or frame.empty or frame["label"].nunique() < 2:
     st.info("Thresholds are tuned on evaluation images: good and defective test images of this category.")
-    if st.button("Evaluate on the test images now", type="primary"):
+    if st.button("Evaluate on the test images now", type="primary", disabled=not auth.can(Permission.EVALUATE),
+                 help=auth.only_for(Permission.EVALUATE)):
         evaluate_and_rerun()
     st.stop()
 
@@ -185,7 +188,9 @@ with status:
     else:
         st.success("The thresholds shown are the saved ones.", icon=":material/check_circle:")
     s1, s2, s3, _ = st.columns([1.3, 1, 1, 2])
-    if s1.button("Save thresholds with the model", type="primary", disabled=not changed):
+    if s1.button("Save thresholds with the model", type="primary",
+                 disabled=not changed or not auth.can(Permission.THRESHOLDS), help=auth.only_for(Permission.THRESHOLDS)):
+        auth.require(Permission.THRESHOLDS)
         is_default = (math.isclose(thr, default_img, rel_tol=1e-9)
                       and math.isclose(pixel_thr, default_pix, rel_tol=1e-9))
         saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
@@ -223,5 +228,6 @@ if cal.false_alarm_target is not None:
                f"tail fit of {cal.num_images} held-out good images, no defects needed); on these evaluation images "
                f"it flags **{observed['fpr']:.1%}** of the good ones and catches {observed['recall']:.1%} of the "
                f"defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
-if st.button("Re-evaluate on the current test images", help="After annotating new defects, include them in the curves."):
+if st.button("Re-evaluate on the current test images", disabled=not auth.can(Permission.EVALUATE),
+             help=auth.only_for(Permission.EVALUATE) or "After annotating new defects, include them in the curves."):
     evaluate_and_rerun()

@@ -39,22 +39,29 @@ ROOT = Path(__file__).resolve().parents[1]  # page paths are absolute: the frame
 _RUN = threading.local()  # the selection of the run in progress on this script thread
 
 
-def _navigate() -> st.Page:
+def _navigate(menu: bool = True) -> st.Page:
     st.set_page_config(page_title="Inspector · visual anomaly detection", page_icon="🔎", layout="wide")
     pages = [st.Page(str(ROOT / path), title=title, icon=icon, default=i == 0)
              for i, (path, title, icon) in enumerate(PAGES)]
-    return st.navigation(pages)
+    return st.navigation(pages, position="sidebar" if menu else "hidden")
 
 
 def run() -> None:
-    """The whole frame: config, navigation, sidebar (once), visit tracking, then the chosen page."""
-    page = _navigate()  # first: the menu reaches the browser before the heavy imports below
+    """The whole frame: the login gate, config, navigation, sidebar (once), visit tracking, then the chosen page."""
+    from ui import auth
+
+    gate = auth.check()  # nobody signed in: no menu and no page, only the sign-in (or the refusal)
+    page = _navigate(menu=gate.user is not None)  # first: the menu reaches the browser before the heavy imports
+    if gate.user is None:
+        auth.draw_gate(gate)
+        return
     if "ui.sidebar" not in sys.modules:  # the first run of this process
         with st.spinner("Starting up: loading the model code…"):
             importlib.import_module("ui.sidebar")
     from ui import sidebar, visits
 
     _RUN.selection = sidebar.draw()
+    auth.draw_account(gate.user)
     visits.track(page.url_path)
     try:
         page.run()
