@@ -301,6 +301,7 @@ class LoginThrottle:
     window_s: float = 900.0
     lockout_s: float = 300.0
     delay_s: float = 1.0
+    max_tracked: int = 10_000  # names remembered before stale ones are dropped (memory stays bounded)
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     _failures: dict[str, list[float]] = field(default_factory=dict)
@@ -320,6 +321,9 @@ class LoginThrottle:
         """Count a failure (then wait ``delay_s``, outside the lock)."""
         key, now = self._key(name), self.clock()
         with self._lock:
+            if len(self._failures) + len(self._locked_until) > self.max_tracked:  # many made-up names: forget old
+                self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] < self.window_s}
+                self._locked_until = {k: t for k, t in self._locked_until.items() if t > now}
             recent = [t for t in self._failures.get(key, []) if now - t < self.window_s] + [now]
             self._failures[key] = recent
             if len(recent) >= self.max_failures:

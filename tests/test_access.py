@@ -130,6 +130,15 @@ def test_sign_in_verifies_delays_failures_and_locks_out(tmp_path: Path, caplog: 
     assert "failed sign-in for 'olga'" in caplog.text
 
 
+def test_the_throttle_forgets_stale_names_so_made_up_names_cannot_grow_it() -> None:
+    fake = FakeTime()
+    throttle = LoginThrottle(max_tracked=100, window_s=60, clock=fake.clock, sleep=fake.sleep)
+    for i in range(1000):
+        throttle.failed(f"made-up-{i}")
+        fake.now += 1
+    assert len(throttle._failures) <= 101  # the cap, not the 1,000 names tried
+
+
 def test_an_identity_provider_user_without_password_cannot_sign_in_with_one(tmp_path: Path) -> None:
     path = tmp_path / "users.json"
     access.add_user(path, "eve", "engineer", None, email="eve@example.com")
