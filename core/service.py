@@ -83,7 +83,7 @@ API_KEY_ENV = "INSPECT_API_KEY"
 API_KEY_FILE_ENV = "INSPECT_API_KEY_FILE"
 KEY_REFUSED = "expected a valid X-API-Key header, found none or a wrong one"
 RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait before it tries again
-OPEN_PATHS = ("/health",)  # answered without the key
+CLOSE = {"Connection": "close"}  # a body left unread: the server closes rather than reading it to skip it
 
 
 @dataclass(frozen=True)
@@ -291,14 +291,25 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if given is None or not hmac.compare_digest(given.encode("latin-1"), expected_key):
             raise HTTPException(401, KEY_REFUSED)
 
-    def log_rejected(request: Request, status: int, reason: str) -> None:
+    log_limiter = anyio.CapacityLimiter(2)  # line-log appends (fsync) in threads, never on the event loop
+
+    async def log_rows(rows: list[dict[str, Any]]) -> None:
+        """Append ``rows`` to the line log (each line fsynced) in a thread; the request answers after that."""
+        def write() -> None:
+            for row in rows:
+                line_log.append(log_path, row)
+
+        if rows:
+            await anyio.to_thread.run_sync(write, limiter=log_limiter)
+
+    async def log_rejected(request: Request, status: int, reason: str) -> None:
         """A line-log row for a request the service refused (no image is kept)."""
         if not request.url.path.startswith(INSPECT_PREFIX):
             return
         category = request.path_params.get("category") or request.url.path[len(INSPECT_PREFIX):]
-        line_log.append(log_path, {"time": time.time(), "source": "service", "category": category,
-                                   "name": _header_name(request) or "", "verdict": "REJECTED", "status": status,
-                                   "reason": reason, "model": request.query_params.get("model", "patchcore")})
+        await log_rows([{"time": time.time(), "source": "service", "category": category,
+                         "name": _header_name(request) or "", "verdict": "REJECTED", "status": status,
+                         "reason": reason, "model": request.query_params.get("model", "patchcore")}])
 
     def server_error(status: int, detail: str, error_id: str, headers: dict[str, str] | None = None,
                      **extra: Any) -> JSONResponse:
@@ -308,18 +319,18 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @app.exception_handler(ModelStoreError)
     async def store_error(request: Request, exc: ModelStoreError) -> JSONResponse:
         detail = public(str(exc))
-        log_rejected(request, 404, detail)
+        await log_rejected(request, 404, detail)
         return JSONResponse({"detail": detail}, status_code=404)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Any:
         if 400 <= exc.status_code < 500:
-            log_rejected(request, exc.status_code, str(exc.detail))
+            await log_rejected(request, exc.status_code, str(exc.detail))
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> Any:
-        log_rejected(request, 422, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
+        await log_rejected(request, 422, "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}"
                                              for e in exc.errors()))
         return await request_validation_exception_handler(request, exc)
 
@@ -382,14 +393,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
             error_id = uuid.uuid4().hex[:12]
             detail = (f"busy: expected at most {config.pending_limit} request(s) at once per process, found "
                       f"{pending[0]} in progress; retry after {RETRY_AFTER_S} s")
+            # not a line-log row (an fsync per refusal would be work an overload adds): counted in /metrics
             logger.warning("error %s: 503 for %s: %s", error_id, request.url.path, detail)
-            log_rejected(request, 503, detail)
-            return server_error(503, detail, headers={"Retry-After": str(RETRY_AFTER_S)}, error_id=error_id)
+            return server_error(503, detail, headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+                                error_id=error_id)
         pending[0] += 1
+        admitted = time.perf_counter()
         try:
-            return await inspect_admitted(category, request, model, version, want)
+            response = await inspect_admitted(category, request, model, version, want)
         finally:
             pending[0] -= 1
+        # the time from admission to the answer (queue and scoring): what a client waited inside the service
+        response.headers["Server-Timing"] = f"service;dur={(time.perf_counter() - admitted) * 1000:.1f}"
+        return response
 
     async def inspect_admitted(category: str, request: Request, model: str, version: int | None,
                                want: str | None) -> JSONResponse:
@@ -406,6 +422,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         loaded = await anyio.to_thread.run_sync(models.get, ref, limiter=limiter)
         results = []
         unreadable = []
+        judged_rows = []
         over_budget = 0
         for name, data in uploads:
             judged = await anyio.to_thread.run_sync(_judge, loaded, name, data, want, config, category, model,
@@ -418,15 +435,14 @@ def create_app(config: ServiceConfig) -> FastAPI:
             item = judged.item
             latency.labels(category, model).observe(judged.seconds)
             verdicts.labels(category, model, item["verdict"]).inc()
-            line_log.append(log_path, {"time": time.time(), "source": "service", "category": category,
-                                       **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
-                                                               "version", "latency_ms", "familiar")},
-                                       "reason": item["note"]})
+            judged_rows.append({"time": time.time(), "source": "service", "category": category,
+                                **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
+                                                        "version", "latency_ms", "familiar")},
+                                "reason": item["note"]})
         status = 200
         if len(unreadable) == len(results):
             status = 413 if over_budget else 415
-        for row in unreadable:
-            line_log.append(log_path, {**row, "status": status})
+        await log_rows(judged_rows + [{**row, "status": status} for row in unreadable])
         if status == 413:
             return JSONResponse({"detail": f"expected images of at most {config.max_pixels:,} pixels, found none "
                                            "within that budget", "results": results}, status_code=413)
@@ -460,7 +476,8 @@ async def _read_uploads(request: Request, config: ServiceConfig) -> list[tuple[s
         raise HTTPException(400, "expected a whole number in Content-Length, found "
                                  f"{request.headers['content-length']!r}") from None
     if declared > limit:
-        raise HTTPException(413, f"expected at most {limit:,} bytes per request, found {declared:,}")
+        raise HTTPException(413, f"expected at most {limit:,} bytes per request, found {declared:,}",
+                            headers=CLOSE)
     content_type = request.headers.get("content-type", "")
     try:
         if content_type.startswith("multipart/form-data"):
@@ -484,7 +501,7 @@ async def _read_uploads(request: Request, config: ServiceConfig) -> list[tuple[s
             return uploads
         chunks = [chunk async for chunk in _limited(request, limit)]
     except _BodyTooLarge as exc:
-        raise HTTPException(413, exc.message) from None
+        raise HTTPException(413, exc.message, headers=CLOSE) from None
     body = b"".join(chunks)
     del chunks
     if not body:

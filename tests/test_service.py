@@ -215,9 +215,10 @@ async def _asgi_post(app, path: str, headers: dict[str, str], chunks) -> tuple[i
              "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
              "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
     await app(scope, receive, send)
-    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
-    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
-    return status, json.loads(body), pulled
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = json.loads(b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body"))
+    body["headers"] = {k.decode(): v.decode() for k, v in start["headers"]}
+    return start["status"], body, pulled
 
 
 def _multipart(files: list[tuple[str, int]], chunk: bytes, boundary: str = "XyZ"):
@@ -258,6 +259,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(store: Path, tmp
         tracemalloc.stop()
     assert status == 413, body
     assert "expected at most 2,097,152 bytes" in body["detail"]
+    assert body["headers"]["connection"] == "close"  # the server does not read the rest to skip it
     assert pulled <= limit // MB + 3 < total  # stopped at the limit
     assert peak < 4 * limit, f"{peak / MB:.1f} MB traced for a {limit / MB:.0f} MB limit"
 
@@ -327,6 +329,38 @@ def test_decoding_and_scoring_run_off_the_event_loop(client: TestClient, demo_ro
     assert answers == [200]
 
 
+def test_line_log_writes_run_off_the_event_loop(client: TestClient, demo_root: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A line-log append (flock + fsync) that takes its time does not hold /health up."""
+    import threading
+
+    import core.service
+
+    entered, release = threading.Event(), threading.Event()
+    real = core.service.line_log.append
+
+    def slow_append(*args, **kwargs):
+        entered.set()
+        release.wait(20)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(core.service.line_log, "append", slow_append)
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    answers: list[int] = []
+    poster = threading.Thread(target=lambda: answers.append(client.post("/v1/inspect/demo_metal",
+                                                                        content=good).status_code))
+    poster.start()
+    assert entered.wait(60)
+    timer = threading.Timer(10, release.set)
+    timer.start()
+    health = client.get("/health").status_code
+    released_before_health = release.is_set()
+    release.set()
+    timer.cancel()
+    poster.join(30)
+    assert health == 200 and not released_before_health and answers == [200]
+
+
 def test_overlays_and_masks_are_returned_at_a_bounded_size(store: Path, demo_root: Path, tmp_path: Path) -> None:
     from core.calibration import Calibration
     from core.overlay import bounded, overlay_png
@@ -381,10 +415,12 @@ def test_a_full_queue_gets_503_with_retry_after_at_once(store: Path, demo_root: 
             release.set()
             poster.join(60)
         assert r.status_code == 503, r.text
-        assert r.headers["retry-after"] == "1" and held_still and health == 200
+        assert r.headers["retry-after"] == "1" and r.headers["connection"] == "close" and held_still
+        assert health == 200
         assert "expected at most 1 request" in r.json()["detail"] and r.json()["error_id"]
         assert answers == [200]
-        assert c.post("/v1/inspect/demo_metal", content=good).status_code == 200  # the slot is free again
+        again = c.post("/v1/inspect/demo_metal", content=good)  # the slot is free again
+        assert again.status_code == 200 and again.headers["server-timing"].startswith("service;dur=")
     assert any(r.json()["error_id"] in rec.getMessage() for rec in caplog.records)
 
 
