@@ -30,7 +30,7 @@ Limits (hostile input and overload):
   ``overlay_max_side`` px (2048) on the long side.
 - **Backpressure** (``max_pending``, default 4 x workers): inspect requests admitted at once per process
   (reading, waiting for a worker, scoring); one more gets 503 with ``Retry-After: 1`` at once, before its body is
-  read.
+  read (counted in ``/metrics`` as ``inspect_busy_total``, not a line-log row). Line-log appends run in threads.
 - **API key** (``X-API-Key``, compared in constant time): when one is set every endpoint but ``/health`` needs
   it (``/docs``, ``/openapi.json``, ``/metrics``, ``/ready`` included). The CLI reads it from
   ``INSPECT_API_KEY_FILE`` / ``--api-key-file`` or ``INSPECT_API_KEY``, never from the command line.
