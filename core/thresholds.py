@@ -59,3 +59,28 @@ def pixel_threshold_at_recall(hist: metrics.PixelHistogram, recall: float) -> fl
     c = hist.curve()
     ok = np.flatnonzero(c.tpr >= recall)
     return float(c.thresholds[ok[0]] if ok.size else c.thresholds[-1])
+
+
+POSITIVE_FLOOR = 1e-6  # share of the range's top: the lowest threshold offered where scores are distances
+
+
+def slider_range(points: list[float], positive: bool, pad_share: float = 0.0) -> tuple[float, float]:
+    """The (low, high) a threshold may be set to: the span of ``points`` (scores, saved and default thresholds)
+    widened by ``pad_share`` of it on each side. Where the kind's scores are distances (``positive``), a threshold
+    of 0 or below would flag everything and is refused by the calibration check, so ``low`` stays above 0.
+
+    >>> slider_range([0.0, 10.0], positive=True, pad_share=0.05)
+    (1.05e-05, 10.5)
+    >>> slider_range([-1.0, 1.0], positive=False, pad_share=0.5)
+    (-2.0, 2.0)
+    """
+    finite = [p for p in points if np.isfinite(p)]
+    if not finite:
+        raise ValueError(f"expected at least one finite score or threshold, found {points!r}")
+    lo, hi = min(finite), max(finite)
+    pad = pad_share * (hi - lo or 1.0)
+    lo, hi = lo - pad, hi + pad
+    if positive:
+        floor = POSITIVE_FLOOR * max(hi, 1.0)
+        lo, hi = max(lo, floor), max(hi, 2 * floor)
+    return lo, hi

@@ -16,6 +16,7 @@ from core import detector as det
 from core import metrics
 from core import thresholds as th
 from core.access import Permission
+from core.registry import spec
 from core.types import TrainControl
 from ui import auth, cache, charts, drafts, visits
 from ui.drafts import ThresholdDraft
@@ -61,12 +62,11 @@ hist = cache.eval_pixels(model.ref)
 cal = model.calibration
 saved_img, saved_pix = cal.image_threshold, cal.pixel_threshold
 default_img, default_pix = cal.defaults
-lo = min(float(scores.min()), saved_img, default_img, cross_thr if np.isfinite(cross_thr) else saved_img)
-hi = max(float(scores.max()), saved_img, default_img, cross_thr if np.isfinite(cross_thr) else saved_img)
-pad = 0.05 * (hi - lo or 1.0)
-img_range = (lo - pad, hi + pad)
+positive = spec(model.kind).positive_scores  # distances: thresholds stay above 0
+img_range = th.slider_range([float(scores.min()), float(scores.max()), saved_img, default_img, cross_thr], positive,
+                            pad_share=0.05)
 if hist is not None:
-    pix_range = (min(float(hist.edges[0]), saved_pix, default_pix), max(float(hist.edges[-1]), saved_pix, default_pix))
+    pix_range = th.slider_range([float(hist.edges[0]), float(hist.edges[-1]), saved_pix, default_pix], positive)
 
 # On every visit, after a change of model, or when the file changed anywhere: start from this model's unsaved
 # draft if there is one, else from the saved calibration.
@@ -193,7 +193,11 @@ with status:
         auth.require(Permission.THRESHOLDS)
         is_default = (math.isclose(thr, default_img, rel_tol=1e-9)
                       and math.isclose(pixel_thr, default_pix, rel_tol=1e-9))
-        saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
+        try:
+            saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
+        except ValueError as exc:  # the calibration check refused it: nothing was written
+            st.error(f"Not saved: {exc}")
+            st.stop()
         drafts.discard(ref)
         st.toast(f"Thresholds saved as {saved.label}; Inspect uses them now (the Models page can switch back).")
         st.rerun()

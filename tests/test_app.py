@@ -596,7 +596,7 @@ def test_calibration_edited_elsewhere_is_used_at_the_next_rerun(env: Path) -> No
     store = ModelStore(env)
     path = store.calibration_file(store.current("demo_metal", "patchcore"))
     cal = json.loads(path.read_text())
-    cal["image_threshold"] = -1e9  # a hand edit (or the CLI): everything is a defect now
+    cal["image_threshold"] = 1e-9  # a hand edit (or the CLI): everything is a defect now (PatchCore: > 0)
     path.write_text(json.dumps(cal))
     at.run()  # same session, no restart
     assert set(at.dataframe[0].value["verdict"]) == {"DEFECT"}
@@ -751,3 +751,27 @@ def test_line_page_shows_what_the_line_sees(env: Path, tmp_path: Path, monkeypat
     assert values["Images (last 500)"] == "21" and values["DEFECT rate"] == "28.6%"
     assert values["Latency p50"] == "20 ms"
     assert len(at.dataframe[0].value) == 21
+
+
+def test_thresholds_at_the_bottom_of_the_sliders_save_or_say_why(env: Path) -> None:
+    """PatchCore's scores are distances: a threshold of 0 is refused by the calibration check, so the sliders stop
+    above 0 and a refused save is a message, never a traceback."""
+    store = ModelStore(env)
+    csv_path = store.path(store.current("demo_metal", "patchcore")) / "eval_images.csv"
+    lines = csv_path.read_text().splitlines()
+    first_good = next(i for i, line in enumerate(lines) if ",good,0," in line)
+    cells = lines[first_good].split(",")
+    cells[-2] = "0"  # a good image scored exactly 0 (a perfect match): the slider range would reach below 0
+    lines[first_good] = ",".join(cells)
+    csv_path.write_text("\n".join(lines) + "\n")
+    at = page("thresholds")
+    for key in ("image_thr", "pixel_thr"):
+        slider = at.slider(key=key)
+        assert slider.min > 0, (key, slider.min)
+        slider.set_value(slider.min)
+    at.run()
+    _button(at, "Save thresholds with the model").click()
+    at.run()
+    assert not at.exception, at.exception
+    saved = _calibration(env)
+    assert saved["image_threshold"] > 0 and saved["pixel_threshold"] > 0
