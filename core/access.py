@@ -14,8 +14,11 @@ The rules, in one place (the dashboard's login gate ``ui/auth.py`` and the CLI's
   the courtesy on top.
 * **Passwords** are hashed with Argon2id (``argon2-cffi``, its default RFC 9106 parameters), verified in constant
   time by the library; an unknown name is verified against a dummy hash, so the answer takes as long either way.
-  Failed attempts slow down and then lock the name out for a while (:class:`LoginThrottle`). No password, hash or
-  attempt is ever logged; only names are.
+  At most :data:`MAX_CONCURRENT_HASHES` verifications run at once (64 MiB each). Failed attempts slow down and
+  then lock the name out for a while; too many failures across all names within a minute pause every sign-in
+  (:class:`LoginThrottle`, whose memory has a hard cap). No password, hash or attempt is ever logged; only names.
+* **The users file** is changed only under an exclusive lock (``.users.json.lock`` beside it), re-read under that
+  lock: two ``users add`` at once lose nobody, and a sign-in's hash upgrade cannot write back a removed user.
 
 The users file (``INSPECT_USERS_FILE``, default ``<model store>/users.json``, see ``core/settings.py``)::
 
@@ -27,6 +30,8 @@ can only sign in through the identity provider. Add users with ``python -m core 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import ipaddress
 import json
@@ -34,7 +39,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -42,7 +48,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.store import atomic_write_json
+from core.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +57,9 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # longer input is refused before hashing (hashing megabytes is a denial of service)
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
 _HASHER = PasswordHasher()  # Argon2id, RFC 9106 low-memory profile (64 MiB, t=3, p=4)
+MAX_CONCURRENT_HASHES = 2  # each Argon2 verification or hash allocates 64 MiB: a burst of sign-ins queues here
+HASH_WAIT_S = 30.0  # a sign-in that waits longer for a slot is answered "busy" (and counts as no failure)
+_HASH_SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_HASHES)
 
 
 @functools.cache
@@ -232,13 +241,27 @@ def read_users(path: Path) -> dict[str, UserRecord]:
 
 
 def write_users(path: Path, users: Mapping[str, UserRecord]) -> Path:
-    """Write the users file atomically and durably, readable by its owner only (it holds password hashes)."""
+    """Write the users file atomically and durably, readable by its owner only (it holds password hashes): the
+    temp file is 0o600 before it is renamed into place. To change the file, use :func:`users_lock` around the
+    read and this write (:func:`add_user` and :func:`remove_user` do)."""
     data = {"version": USERS_FILE_VERSION,
             "users": {u.name: {"role": u.role.value, "password": u.password_hash, "email": u.email}
                       for u in sorted(users.values(), key=lambda u: u.name)}}
-    path = atomic_write_json(Path(path), data)
-    os.chmod(path, 0o600)
-    return path
+    return atomic_write_bytes(Path(path), json.dumps(data, indent=2).encode(), mode=0o600)
+
+
+@contextlib.contextmanager
+def users_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on the users file (``flock`` of ``.<name>.lock`` beside it), across processes and
+    threads, held for one read-modify-write: read the users inside it, not before."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def hash_password(password: str) -> str:
@@ -255,11 +278,9 @@ def hash_password(password: str) -> str:
 def add_user(path: Path, name: str, role: Role | str, password: str | None, email: str | None = None,
              replace: bool = False) -> UserRecord:
     """Add (or with ``replace`` overwrite) a user in the users file. ``password`` None: identity-provider sign-in
-    only, which needs ``email``."""
-    users = read_users(path)
+    only, which needs ``email``. The password is hashed first; the file is then read and written under
+    :func:`users_lock`."""
     validate_user_name(name)
-    if name in users and not replace:
-        raise UsersFileError(f"{path}: user {name!r} exists already (use --replace to change it)")
     if password is None and not email:
         raise UsersFileError(f"expected a password or an email address (for the identity provider) for {name!r}, "
                              "found neither")
@@ -268,18 +289,24 @@ def add_user(path: Path, name: str, role: Role | str, password: str | None, emai
     record = UserRecord(name=name, role=_role(role, f"user {name!r}"),
                         password_hash=None if password is None else hash_password(password),
                         email=email.strip().lower() if email else None)
-    write_users(path, {**users, name: record})
+    with users_lock(path):
+        users = read_users(path)
+        if name in users and not replace:
+            raise UsersFileError(f"{path}: user {name!r} exists already (use --replace to change it)")
+        write_users(path, {**users, name: record})
     log.info("users file %s: %s %r (role %s)", path, "replaced" if name in users else "added", name, record.role)
     return record
 
 
 def remove_user(path: Path, name: str) -> None:
-    """Remove a user from the users file."""
-    users = read_users(path)
-    if name not in users:
-        raise UsersFileError(f"{path}: expected a user named {name!r}, found {', '.join(sorted(users)) or 'none'}")
-    del users[name]
-    write_users(path, users)
+    """Remove a user from the users file (read and written under :func:`users_lock`)."""
+    with users_lock(path):
+        users = read_users(path)
+        if name not in users:
+            raise UsersFileError(f"{path}: expected a user named {name!r}, found "
+                                 f"{', '.join(sorted(users)) or 'none'}")
+        del users[name]
+        write_users(path, users)
     log.info("users file %s: removed %r", path, name)
 
 
@@ -293,20 +320,33 @@ def user_for_email(users: Mapping[str, UserRecord], email: str | None) -> UserRe
 
 @dataclass
 class LoginThrottle:
-    """Failed sign-ins per name: each failure is answered after ``delay_s``; ``max_failures`` failures within
-    ``window_s`` lock the name for ``lockout_s`` (the right password is refused too until then). Per process:
-    the dashboard is one server process. ``clock`` and ``sleep`` are injectable for tests."""
+    """Failed sign-ins: each failure is answered after ``delay_s``; ``max_failures`` failures of one name within
+    ``window_s`` lock that name for ``lockout_s`` (the right password is refused too until then), and
+    ``max_global_failures`` failures of any names within ``global_window_s`` pause every sign-in until the oldest
+    of them is that old (made-up names cannot try passwords faster than that). Memory has a hard cap whatever the
+    clock does: at most ``max_tracked`` names in the failure table and in the lockout table each, the least
+    recently failed forgotten first. Per process: the dashboard is one server process. ``clock`` and ``sleep`` are
+    injectable for tests."""
 
     max_failures: int = 5
     window_s: float = 900.0
     lockout_s: float = 300.0
     delay_s: float = 1.0
-    max_tracked: int = 10_000  # names remembered before stale ones are dropped (memory stays bounded)
+    max_tracked: int = 10_000  # names remembered per table; the oldest is dropped beyond it
+    max_global_failures: int = 100
+    global_window_s: float = 60.0
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
-    _failures: dict[str, list[float]] = field(default_factory=dict)
-    _locked_until: dict[str, float] = field(default_factory=dict)
+    _failures: OrderedDict[str, list[float]] = field(default_factory=OrderedDict)  # oldest failure first
+    _locked_until: OrderedDict[str, float] = field(default_factory=OrderedDict)  # soonest expiry first
+    _recent: deque[float] = field(init=False)  # the times of the last max_global_failures failures, any name
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.max_tracked < 1 or self.max_global_failures < 1:
+            raise ValueError(f"expected max_tracked and max_global_failures >= 1, found {self.max_tracked} and "
+                             f"{self.max_global_failures}")
+        self._recent = deque(maxlen=self.max_global_failures)
 
     @staticmethod
     def _key(name: str) -> str:
@@ -314,23 +354,37 @@ class LoginThrottle:
 
     def locked_for(self, name: str) -> float:
         """Seconds until ``name`` may try again (0 when it may now)."""
+        key = self._key(name)
         with self._lock:
-            return max(0.0, self._locked_until.get(self._key(name), 0.0) - self.clock())
+            wait = self._locked_until.get(key, 0.0) - self.clock()
+            if key in self._locked_until and wait <= 0:
+                del self._locked_until[key]
+            return max(0.0, wait)
+
+    def paused_for(self) -> float:
+        """Seconds until anybody may try again after too many failures across all names (0 when they may now)."""
+        with self._lock:
+            if len(self._recent) < self.max_global_failures:
+                return 0.0
+            return max(0.0, self._recent[0] + self.global_window_s - self.clock())
 
     def failed(self, name: str) -> None:
         """Count a failure (then wait ``delay_s``, outside the lock)."""
         key, now = self._key(name), self.clock()
         with self._lock:
-            if len(self._failures) + len(self._locked_until) > self.max_tracked:  # many made-up names: forget old
-                self._failures = {k: v for k, v in self._failures.items() if v and now - v[-1] < self.window_s}
-                self._locked_until = {k: t for k, t in self._locked_until.items() if t > now}
-            recent = [t for t in self._failures.get(key, []) if now - t < self.window_s] + [now]
-            self._failures[key] = recent
+            self._recent.append(now)
+            recent = [t for t in self._failures.pop(key, []) if now - t < self.window_s] + [now]
             if len(recent) >= self.max_failures:
+                self._locked_until.pop(key, None)
                 self._locked_until[key] = now + self.lockout_s
-                self._failures[key] = []
+                while len(self._locked_until) > self.max_tracked:
+                    self._locked_until.popitem(last=False)
                 log.warning("sign-in for %r locked for %.0f s after %d failed attempts", key, self.lockout_s,
                             len(recent))
+            else:
+                self._failures[key] = recent  # (re)inserted last: the most recently failed
+                while len(self._failures) > self.max_tracked:
+                    self._failures.popitem(last=False)
         self.sleep(self.delay_s)
 
     def succeeded(self, name: str) -> None:
@@ -346,32 +400,71 @@ class LoginResult:
     message: str = ""
 
 
+BUSY_MESSAGE = "The dashboard is busy checking other sign-ins: try again in a few seconds."
+
+
+def _verify(digest: str, password: str) -> bool | None:
+    """Whether ``password`` matches ``digest``, in one of the :data:`MAX_CONCURRENT_HASHES` slots; None when no
+    slot came free within :data:`HASH_WAIT_S`."""
+    if not _HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
+        return None
+    try:
+        return bool(_HASHER.verify(digest, password))
+    except (VerifyMismatchError, VerificationError, InvalidHashError):
+        return False
+    finally:
+        _HASH_SLOTS.release()
+
+
+def _upgrade_hash(path: Path, record: UserRecord, password: str) -> None:
+    """Rehash ``record``'s password with the current parameters and write it, under :func:`users_lock`, into the
+    users file as it is now: only when the user is still there with the hash that was verified (a user removed
+    or given a new password meanwhile stays so)."""
+    if not _HASH_SLOTS.acquire(timeout=HASH_WAIT_S):
+        return  # the next sign-in upgrades it
+    try:
+        new_hash = _HASHER.hash(password)
+    finally:
+        _HASH_SLOTS.release()
+    try:
+        with users_lock(path):
+            users = read_users(path)
+            now = users.get(record.name)
+            if now is None or now.password_hash != record.password_hash:
+                log.info("password hash of %r not upgraded: the user was changed or removed meanwhile", record.name)
+                return
+            write_users(path, {**users, record.name: UserRecord(now.name, now.role, new_hash, now.email)})
+    except (OSError, UsersFileError) as exc:  # signing in still works with the old hash
+        log.warning("could not upgrade the password hash of %r: %s", record.name, exc)
+
+
 def sign_in(path: Path, name: str, password: str, throttle: LoginThrottle) -> LoginResult:
-    """Check a name and password against the users file. Constant-time verification (Argon2), an unknown name
-    verified against a dummy hash, failures delayed and locked out by ``throttle``; a hash made with older
-    parameters is upgraded in the file on success. Nothing secret is logged."""
+    """Check a name and password against the users file. Constant-time verification (Argon2, at most
+    :data:`MAX_CONCURRENT_HASHES` at once), an unknown name verified against a dummy hash, failures delayed and
+    locked out by ``throttle``; a hash made with older parameters is upgraded in the file on success (under the
+    users-file lock, re-read). Nothing secret is logged."""
     name = name.strip()
+    paused = throttle.paused_for()
+    if paused > 0:
+        log.warning("sign-in for %r refused: too many failed sign-ins on this dashboard, paused %.0f s", name, paused)
+        return LoginResult(None, f"Too many failed sign-ins on this dashboard: try again in {paused:.0f} s.")
     wait = throttle.locked_for(name)
     if wait > 0:
         log.warning("sign-in for %r refused: locked for another %.0f s", name, wait)
         return LoginResult(None, f"Too many failed sign-ins for this name: try again in {wait:.0f} s.")
-    users = read_users(path)  # a damaged file raises: the gate shows it and lets nobody in
-    record = users.get(name)
-    ok = False
+    record = read_users(path).get(name)  # a damaged file raises: the gate shows it and lets nobody in
+    ok: bool | None = False
     if len(password) <= MAX_PASSWORD_LENGTH:
-        try:
-            ok = _HASHER.verify(record.password_hash if record and record.password_hash else _dummy_hash(), password)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            ok = False
+        ok = _verify(record.password_hash if record and record.password_hash else _dummy_hash(), password)
+    if ok is None:
+        log.warning("sign-in for %r refused: %d password checks already running", name, MAX_CONCURRENT_HASHES)
+        return LoginResult(None, BUSY_MESSAGE)
     if not ok or record is None or record.password_hash is None:
         log.warning("failed sign-in for %r", name)
         throttle.failed(name)
         return LoginResult(None, "Unknown name or wrong password.")
     throttle.succeeded(name)
     if _HASHER.check_needs_rehash(record.password_hash):
-        try:
-            write_users(path, {**users, name: UserRecord(name, record.role, _HASHER.hash(password), record.email)})
-        except OSError as exc:  # signing in still works with the old hash
-            log.warning("could not upgrade the password hash of %r: %s", name, exc)
+        _upgrade_hash(path, record, password)
     log.info("signed in %r (role %s)", name, record.role)
     return LoginResult(record.user("password"))

@@ -120,9 +120,10 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
+def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> Path:
     """Write ``data`` to ``path`` via an fsynced temp file in the same folder and ``os.replace``, then fsync the
-    folder: after a crash or power loss ``path`` holds the old content or the new one, never a mix."""
+    folder: after a crash or power loss ``path`` holds the old content or the new one, never a mix. The temp file
+    gets ``mode`` before it is renamed, so ``path`` never has another mode, even briefly (0o600 for secrets)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -131,7 +132,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, mode)
         _step(f"temp file of {path.name} written")
         os.replace(tmp, path)
     except BaseException:

@@ -8,15 +8,21 @@ import logging
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from argon2 import PasswordHasher
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from core import access, cli
 from core import detector as det
+from core import store as store_module
 from core.access import AccessDenied, AccessMode, LoginThrottle, Permission, Role, User
 from core.store import ModelStore
 
@@ -82,6 +88,81 @@ def test_users_file_holds_argon2_hashes_only_and_is_private(tmp_path: Path) -> N
     assert set(access.read_users(path)) == {"eve"}
 
 
+def test_the_users_file_is_private_before_it_is_renamed_into_place(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temp file gets its mode before ``os.replace``: the users file is never briefly world-readable."""
+    modes: dict[str, int] = {}
+    real_replace = os.replace
+
+    def spy(src: str, dst: str) -> None:
+        modes[Path(dst).name] = stat.S_IMODE(os.stat(src).st_mode)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(store_module.os, "replace", spy)
+    access.add_user(tmp_path / "users.json", "olga", "operator", OPERATOR_PW)
+    assert modes["users.json"] == 0o600
+    store_module.atomic_write_bytes(tmp_path / "plain.bin", b"x")
+    assert modes["plain.bin"] == 0o644  # the default is unchanged
+    store_module.atomic_write_bytes(tmp_path / "group.bin", b"x", mode=0o640)
+    assert modes["group.bin"] == 0o640 == stat.S_IMODE(os.stat(tmp_path / "group.bin").st_mode)
+
+
+ADD_USERS = """
+import sys, time
+from pathlib import Path
+from core import access
+path, prefix, go = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.002)
+for i in range(5):
+    access.add_user(path, f"{prefix}{i}", "operator", "password-123")
+"""
+
+
+def test_two_processes_adding_users_at_once_lose_none(tmp_path: Path) -> None:
+    path, go = tmp_path / "users.json", tmp_path / "go"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", ADD_USERS, str(path), prefix, str(go)], cwd=ROOT, env=env)
+             for prefix in ("a", "b")]
+    time.sleep(1.0)  # both imported and waiting
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert sorted(access.read_users(path)) == [f"{p}{i}" for p in "ab" for i in range(5)]
+
+
+class HookedHasher:
+    """The real hasher, with ``during_verify`` run while a password is being verified."""
+
+    def __init__(self, during_verify: Callable[[], None]) -> None:
+        self.real, self.during_verify = PasswordHasher(), during_verify
+
+    def verify(self, digest: str, password: str) -> bool:
+        ok = self.real.verify(digest, password)
+        self.during_verify()
+        return ok
+
+    def hash(self, password: str) -> str:
+        return self.real.hash(password)
+
+    def check_needs_rehash(self, digest: str) -> bool:
+        return self.real.check_needs_rehash(digest)
+
+
+@pytest.mark.parametrize("removed", ["bob", "olga"])
+def test_a_password_rehash_at_sign_in_does_not_resurrect_a_removed_user(tmp_path: Path, removed: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "users.json"
+    old_hash = PasswordHasher(time_cost=1, memory_cost=8192, parallelism=1).hash(OPERATOR_PW)  # needs a rehash
+    access.write_users(path, {"olga": access.UserRecord("olga", Role.OPERATOR, old_hash),
+                              "bob": access.UserRecord("bob", Role.ENGINEER, old_hash)})
+    monkeypatch.setattr(access, "_HASHER", HookedHasher(lambda: access.remove_user(path, removed)))
+    access.sign_in(path, "olga", OPERATOR_PW, LoginThrottle(sleep=lambda _s: None))
+    users = access.read_users(path)
+    assert removed not in users  # the rehash wrote back what it re-read under the lock, not its stale copy
+    if removed == "bob":
+        assert not PasswordHasher().check_needs_rehash(users["olga"].password_hash or "")  # upgraded
+
+
 @pytest.mark.parametrize(("content", "message"), [
     ("{broken", "expected JSON"),
     ('{"users": []}', "expected an object with a 'users' object"),
@@ -137,6 +218,56 @@ def test_the_throttle_forgets_stale_names_so_made_up_names_cannot_grow_it() -> N
         throttle.failed(f"made-up-{i}")
         fake.now += 1
     assert len(throttle._failures) <= 101  # the cap, not the 1,000 names tried
+
+
+def test_the_throttle_stays_bounded_when_names_come_faster_than_the_window() -> None:
+    fake = FakeTime()  # the clock never moves: no name is ever stale
+    throttle = LoginThrottle(max_tracked=100, max_failures=2, max_global_failures=10**9, clock=fake.clock,
+                             sleep=fake.sleep)
+    for i in range(1000):
+        throttle.failed(f"made-up-{i}")
+        throttle.failed(f"made-up-{i}")  # the second failure locks it
+        throttle.failed(f"other-{i}")
+    assert len(throttle._failures) <= 100 and len(throttle._locked_until) <= 100
+    assert throttle.locked_for("made-up-999") > 0  # the newest are kept
+
+
+def test_many_failed_sign_ins_across_names_slow_everybody_down(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    access.add_user(path, "olga", "operator", OPERATOR_PW)
+    fake = FakeTime()
+    throttle = LoginThrottle(max_global_failures=5, global_window_s=60, clock=fake.clock, sleep=fake.sleep)
+    for i in range(5):
+        assert access.sign_in(path, f"made-up-{i}", "wrong-password", throttle).user is None
+    refused = access.sign_in(path, "olga", OPERATOR_PW, throttle)
+    assert refused.user is None and "Too many failed sign-ins on this dashboard: try again in 60 s" in refused.message
+    fake.now += 61
+    assert access.sign_in(path, "olga", OPERATOR_PW, throttle).user is not None
+
+
+def test_at_most_two_password_verifications_run_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each Argon2 verification allocates 64 MiB: a burst of sign-ins must not run them all at once."""
+    path = tmp_path / "users.json"
+    access.add_user(path, "olga", "operator", OPERATOR_PW)
+    running, peak, guard = [0], [0], threading.Lock()
+
+    def slow() -> None:
+        with guard:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.05)
+        with guard:
+            running[0] -= 1
+
+    monkeypatch.setattr(access, "_HASHER", HookedHasher(slow))
+    throttle = LoginThrottle(sleep=lambda _s: None)
+    threads = [threading.Thread(target=access.sign_in, args=(path, "olga", OPERATOR_PW, throttle))
+               for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] <= 2
 
 
 def test_an_identity_provider_user_without_password_cannot_sign_in_with_one(tmp_path: Path) -> None:
@@ -398,13 +529,45 @@ def test_identity_provider_sign_in_maps_the_email_to_a_role(env: Path, exposed: 
     assert not at.exception, at.exception
     assert [t.value for t in at.title] == ["Inspector"]
     assert any(b.label == "Sign in with your identity provider" for b in at.button)
-    at.user = {"is_logged_in": True, "email": "Olga@example.com"}
+    at.user = {"is_logged_in": True, "email": "Olga@example.com", "email_verified": True}
     at.run()
     assert not at.exception, at.exception
     assert at.title[0].value == "Models"
     assert "Signed in as **olga** (operator)" in [c.value for c in at.sidebar.caption]
     assert button(at, "Train").disabled
-    at.user = {"is_logged_in": True, "email": "stranger@example.com"}
+    at.user = {"is_logged_in": True, "email": "stranger@example.com", "email_verified": True}
     at.run()
     assert [t.value for t in at.title] == ["Inspector"]
     assert any("stranger@example.com" in e.value and "no role on this dashboard" in e.value for e in at.error)
+
+
+@pytest.mark.parametrize("claims", [{"email_verified": False}, {}, {"email_verified": "true"}])
+def test_an_identity_provider_address_counts_only_when_the_provider_verified_it(env: Path, exposed: None,
+                                                                                claims: dict[str, object]) -> None:
+    access.add_user(env / "users.json", "erik", "engineer", None, email="erik@example.com")
+    at = app()
+    at.secrets["auth"] = OIDC
+    at.user = {"is_logged_in": True, "email": "erik@example.com", **claims}
+    at.run()
+    assert not at.exception, at.exception
+    assert [t.value for t in at.title] == ["Inspector"]  # no page for an unverified address
+    assert any("has not verified" in e.value and "erik@example.com" in e.value for e in at.error)
+
+
+def test_the_users_file_is_read_at_most_once_per_run(env: Path, exposed: None,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    users(env)
+    at = sign_in(app().run(), "olga", OPERATOR_PW)
+    assert at.title[0].value == "Models"
+    reads = [0]
+    real_read = access.read_users
+
+    def counting(path: Path) -> dict[str, access.UserRecord]:
+        reads[0] += 1
+        return real_read(path)
+
+    monkeypatch.setattr(access, "read_users", counting)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.title[0].value == "Models"
+    assert reads[0] <= 1  # the gate, the menu and every button's role check share one read

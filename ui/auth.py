@@ -13,15 +13,23 @@ Two ways to sign in, both mapped to a role by the users file (``INSPECT_USERS_FI
 
 * name and password (``python -m core users add NAME --role operator``), kept for this browser session;
 * Streamlit's own OIDC login (``st.login``) when ``.streamlit/secrets.toml`` has an ``[auth]`` section; the
-  provider's email address is looked up in the users file (``--email``), and an address without a role there is
-  refused.
+  provider's email address is looked up in the users file (``--email``) only when the provider says it verified
+  the address (the ``email_verified`` claim is ``true``: anybody can put any address on an account at many
+  providers); an unverified address, or one without a role there, is refused.
+
+The users file is parsed once per change (:func:`_users`, keyed on the file's inode, size and times), not at
+every role check: a page's many :func:`can`/:func:`require` calls share one read, and a removed user is still
+signed out at their next click (the write replaces the file, which changes the key).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -33,6 +41,8 @@ log = logging.getLogger(__name__)
 
 SESSION_KEY = "_auth_password_user"  # (name, password hash) signed in with a password in this browser session
 THROTTLE = access.LoginThrottle()  # one per server process: failed sign-ins are counted across sessions
+_USERS_CACHE: dict[Path, tuple[tuple[int, ...], dict[str, access.UserRecord] | access.UsersFileError]] = {}
+_USERS_GUARD = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,41 @@ def oidc_providers() -> tuple[str | None, ...]:
     return tuple(str(name) for name, value in section.items() if isinstance(value, Mapping) and "client_id" in value)
 
 
+def _users(path: Path) -> dict[str, access.UserRecord]:
+    """The users in ``path`` as :func:`core.access.read_users` gives them (or raises), parsed again only when the
+    file changed: keyed on its device, inode, size and modification/change times (a ``stat``, not a read, per call).
+    A missing file is not cached."""
+    try:
+        st_ = os.stat(path)
+    except FileNotFoundError:
+        return {}
+    except OSError:
+        return access.read_users(path)  # it says what is wrong
+    key = (st_.st_dev, st_.st_ino, st_.st_size, st_.st_mtime_ns, st_.st_ctime_ns)
+    with _USERS_GUARD:
+        cached = _USERS_CACHE.get(path)
+    if cached is None or cached[0] != key:
+        try:
+            value: dict[str, access.UserRecord] | access.UsersFileError = access.read_users(path)
+        except access.UsersFileError as exc:
+            value = exc
+        cached = (key, value)
+        with _USERS_GUARD:
+            _USERS_CACHE.clear()  # one users file per process: keep one entry
+            _USERS_CACHE[path] = cached
+    if isinstance(cached[1], access.UsersFileError):
+        raise access.UsersFileError(str(cached[1]))
+    return dict(cached[1])
+
+
 def check() -> Gate:
-    """Who is signed in now, read afresh from the users file and the session (nothing is drawn)."""
+    """Who is signed in now, from the users file (as it is now, see :func:`_users`) and the session (nothing is
+    drawn)."""
     path = app_settings.users_file()
     providers = oidc_providers()
     problem = None
     try:
-        users = access.read_users(path)
+        users = _users(path)
     except access.UsersFileError as exc:  # fail closed: a damaged file lets nobody in
         users, problem = {}, f"The users file cannot be used, so nobody can sign in: {exc}"
     configured = problem is not None or path.exists()
@@ -86,6 +124,12 @@ def check() -> Gate:
         return Gate(mode, None, providers, password_users, problem)
     if providers and st.user.get("is_logged_in"):
         email = str(st.user.get("email") or "")
+        if st.user.get("email_verified") is not True:  # an address the provider did not verify proves nothing
+            return Gate(mode, None, providers, password_users,
+                        f"You are signed in as {email or 'an identity without an email address'} through the "
+                        "identity provider, but the provider has not verified that address (its email_verified "
+                        "claim is not true), so it cannot be matched to a role on this dashboard. Verify the "
+                        "address with the provider, or ask an engineer to configure one that verifies addresses.")
         record = access.user_for_email(users, email)
         if record is None:
             return Gate(mode, None, providers, password_users,
