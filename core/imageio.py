@@ -22,12 +22,13 @@ from core.portable import (
     ACCEPTED_FORMATS,
     MAX_PIXELS,
     ImageLoadError,
+    ImageTooLarge,
     decode,
     pil_to_rgb,
 )
 
-__all__ = ["ACCEPTED_FORMATS", "MAX_PIXELS", "SUPPORTED_SUFFIXES", "ImageLoadError", "load_image", "load_many",
-           "load_mask", "pil_to_rgb", "save_png_atomic"]
+__all__ = ["ACCEPTED_FORMATS", "MAX_PIXELS", "SUPPORTED_SUFFIXES", "ImageLoadError", "ImageTooLarge", "load_image",
+           "load_many", "load_mask", "pil_to_rgb", "save_png_atomic"]
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -37,7 +38,7 @@ def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: 
 
     Raises:
         ImageLoadError: missing file, not a PNG/JPEG/BMP/TIFF image, truncated data, or more than
-            ``max_pixels`` pixels (checked from the header, before decoding).
+            ``max_pixels`` pixels (checked from the header, before decoding: :class:`ImageTooLarge`).
     """
     return decode(source, name, max_pixels)
 

@@ -47,6 +47,11 @@ class ImageLoadError(ValueError):
         self.reason = reason
 
 
+class ImageTooLarge(ImageLoadError):
+    """An image refused for its size: more pixels than the budget (read from the header, nothing decoded) or
+    past Pillow's decompression-bomb guard. Callers tell it from other decoding errors by its type."""
+
+
 def to_uint8(array: np.ndarray) -> np.ndarray:
     """Rescale a numeric array of any depth to uint8 (16-bit by /257, others by their range)."""
     if array.dtype == np.uint8:
@@ -101,7 +106,7 @@ def decode(source: str | Path | bytes, name: str | None = None, max_pixels: int 
 
     Raises:
         ImageLoadError: missing file, empty data, another format (named), truncated data, more than
-            ``max_pixels`` pixels.
+            ``max_pixels`` pixels (:class:`ImageTooLarge`, as is an image past Pillow's bomb guard).
     """
     label = name or (str(source) if not isinstance(source, bytes) else "upload")
     if isinstance(source, (str, Path)):
@@ -123,7 +128,7 @@ def decode(source: str | Path | bytes, name: str | None = None, max_pixels: int 
                     raise ImageLoadError(label, f"expected {ACCEPTED_TEXT}, found {image.format}")
                 width, height = image.size
                 if width * height > max_pixels:
-                    raise ImageLoadError(label, f"expected at most {max_pixels:,} pixels, found {width}x{height}")
+                    raise ImageTooLarge(label, f"expected at most {max_pixels:,} pixels, found {width}x{height}")
                 image.load()
                 return pil_to_rgb(image)
     except ImageLoadError:
@@ -133,7 +138,7 @@ def decode(source: str | Path | bytes, name: str | None = None, max_pixels: int 
         what = f"{found} data" if found else "data no image decoder recognises"
         raise ImageLoadError(label, f"expected {ACCEPTED_TEXT}, found {what}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(label, f"image too large to decode safely ({exc})") from None
+        raise ImageTooLarge(label, f"image too large to decode safely ({exc})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(label, f"image data is damaged or truncated ({exc})") from None
 

@@ -12,7 +12,9 @@ State lives in the model store only (plus the line log), so several instances ca
 made current in the store (Models page, CLI) is used by the next request, without a restart. Scoring runs in a
 pool of ``workers`` threads: a burst waits for a free worker instead of loading everything into memory at once.
 Bad input (not an image, truncated, too large, unknown category or model) gets a 4xx with the reason; each
-rejected request or image is also a line-log row (verdict REJECTED, ``reason``, ``status``) the Line page shows.
+rejected request or image that passed the key check is also a line-log row (verdict REJECTED, ``reason``,
+``status``; client-chosen fields clipped) the Line page shows. A 401/403 is never a line-log row: the module
+logger notes it, one line per 10 s at most with the count of the others.
 A raw-body upload is named by its ``X-Filename`` header, else ``Content-Disposition``'s filename, else the
 ``name`` query parameter, else ``sha1-<first 12 hex digits of its content>``.
 A watch folder whose loop fails is logged and restarted with back-off (0.5 s doubling to 30 s); while it is
@@ -34,8 +36,9 @@ Limits (hostile input and overload):
 - **API key** (``X-API-Key``, compared in constant time): when one is set every endpoint but ``/health`` needs
   it (``/docs``, ``/openapi.json``, ``/metrics``, ``/ready`` included). The CLI reads it from
   ``INSPECT_API_KEY_FILE`` / ``--api-key-file`` or ``INSPECT_API_KEY``, never from the command line.
-- **Errors**: bodies name the category, model and version, never a server path; every 5xx is JSON with an
-  ``error_id`` that the module logger writes too (with the traceback for a 500).
+- **Errors**: bodies name the category, model and version, never a server path; a model or version that is
+  not there is a 404, one that is there but damaged (unreadable calibration, manifest, weights) a 503; every
+  5xx is JSON with an ``error_id`` that the module logger writes too (with the traceback for a 500).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 import time
 import uuid
@@ -66,12 +70,12 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core import line_log, settings
 from core.detector import LoadedModel
-from core.imageio import ImageLoadError, load_image
+from core.imageio import ImageLoadError, ImageTooLarge, load_image
 from core.inspection import inspect
 from core.model_cache import ModelCache
 from core.overlay import bounded, defect_mask, overlay_png, png_bytes
 from core.registry import KINDS
-from core.store import ModelStore, ModelStoreError, validate_name
+from core.store import ModelNotFound, ModelStore, ModelStoreError, validate_name
 from core.watch import WatchConfig, Watcher
 
 logger = logging.getLogger(__name__)
@@ -84,6 +88,12 @@ API_KEY_FILE_ENV = "INSPECT_API_KEY_FILE"
 KEY_REFUSED = "expected a valid X-API-Key header, found none or a wrong one"
 RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait before it tries again
 CLOSE = {"Connection": "close"}  # a body left unread: the server closes rather than reading it to skip it
+# line-log fields a client chooses (path, query, headers) are clipped to these lengths (then "…")
+MAX_LOGGED_CATEGORY = 128  # validate_name's limit: a longer one names no model anyway
+MAX_LOGGED_NAME = 255
+MAX_LOGGED_MODEL = 64
+MAX_LOGGED_REASON = 1000
+REFUSED_LOG_INTERVAL_S = 10.0  # 401/403s: one module-log line per interval at most, counting the rest
 
 
 @dataclass(frozen=True)
@@ -168,14 +178,34 @@ class _BodyTooLarge(MultiPartException):
     """The body grew past the limit while it was read (a MultiPartException so the form parser closes its files)."""
 
 
-def _over_budget(exc: ImageLoadError) -> bool:
-    """Whether ``exc`` refused an image for its size (core.portable's header check or Pillow's bomb guard)."""
-    return (("pixels, found" in exc.reason and exc.reason.startswith("expected at most"))
-            or exc.reason.startswith("image too large"))
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (marked with "…" when cut)."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class _Throttled:
+    """Lets a log line through at most once per ``interval`` seconds and counts the ones it held back, so a
+    client repeating a refused request cannot grow the log by what it sends."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = 0.0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def allow(self) -> int | None:
+        """None to hold this line back, else how many were held back since the last one let through."""
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return None
+            held, self._held, self._next = self._held, 0, now + self.interval
+            return held
 
 
 def _upload_name(name: str | None, data: bytes) -> str:
-    return name or f"sha1-{hashlib.sha1(data).hexdigest()[:12]}"
+    return _clip(name, MAX_LOGGED_NAME) if name else f"sha1-{hashlib.sha1(data).hexdigest()[:12]}"
 
 
 def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None, config: ServiceConfig,
@@ -187,7 +217,7 @@ def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None,
     except ImageLoadError as exc:
         row = {"time": time.time(), "source": "service", "category": category, "name": name,
                "sha1": hashlib.sha1(data).hexdigest(), "verdict": "REJECTED", "reason": exc.reason, "model": model}
-        return _Judged({"name": name, "error": exc.reason, "verdict": None}, row, _over_budget(exc), 0.0)
+        return _Judged({"name": name, "error": exc.reason, "verdict": None}, row, isinstance(exc, ImageTooLarge), 0.0)
     t0 = time.perf_counter()
     found = inspect(loaded, [image])[0]
     seconds = time.perf_counter() - t0
@@ -210,7 +240,9 @@ def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None,
 
 def create_app(config: ServiceConfig) -> FastAPI:
     """The service's FastAPI app over ``config.store`` (see the module docstring for what it answers)."""
-    store = ModelStore(config.store)
+    # the store by its absolute path: every message names it so, and public() takes exactly that prefix out
+    root = Path(config.store).resolve()
+    store = ModelStore(root)
     models = ModelCache(store)
     limiter = anyio.CapacityLimiter(config.workers)
     log_path = config.line_log or line_log.default_path(config.store)
@@ -221,15 +253,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
     busy = Counter("inspect_busy", "Requests refused with 503 because the queue was full", registry=registry)
     state: dict[str, Any] = {"ready": False, "errors": []}
     pending = [0]  # inspect requests admitted now (touched on the event loop only)
-    roots = sorted({str(config.store), str(store.root), os.path.abspath(store.root),
-                    str(Path(store.root).resolve())}, key=len, reverse=True)
+    roots = sorted({str(root), os.path.abspath(config.store)}, key=len, reverse=True)  # both absolute
+    sep = re.escape(os.sep)
+    # an absolute root at the start of a path, followed by a separator (a file inside) or by the path's end
+    store_path = re.compile(rf"(?<![\w.\-{sep}])(?:{'|'.join(re.escape(r) for r in roots)})(?:({sep})|(?![\w.\-]))")
 
     def public(text: str) -> str:
         """``text`` without the server's store path: files inside it are named relative to it
-        (``demo_metal/patchcore/v2/calibration.json``), the folder itself as "the model store"."""
-        for root in roots:
-            text = text.replace(root.rstrip(os.sep) + os.sep, "").replace(root, "the model store")
-        return text
+        (``demo_metal/patchcore/v2/calibration.json``), the folder itself as "the model store". Only the
+        absolute root as a path prefix is replaced, so a relative ``--store`` (``models``, ``.``) leaves the
+        words of the message alone."""
+        return store_path.sub(lambda m: "" if m.group(1) else "the model store", text)
 
     def preload() -> None:
         for record in store.list_models():
@@ -285,11 +319,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
     def check_key(request: Request) -> None:
         """Constant-time comparison of X-API-Key with the configured key (nothing to check when none is set)."""
         if expected_key is None:
+            request.state.key_checked = True
             return
         given = request.headers.get("x-api-key")
         # Starlette decodes header bytes as latin-1: encoding back gives the bytes the client sent
         if given is None or not hmac.compare_digest(given.encode("latin-1"), expected_key):
             raise HTTPException(401, KEY_REFUSED)
+        request.state.key_checked = True  # log_rejected may write line-log rows for this request now
 
     log_limiter = anyio.CapacityLimiter(2)  # line-log appends (fsync) in threads, never on the event loop
 
@@ -303,28 +339,55 @@ def create_app(config: ServiceConfig) -> FastAPI:
             await anyio.to_thread.run_sync(write, limiter=log_limiter)
 
     async def log_rejected(request: Request, status: int, reason: str) -> None:
-        """A line-log row for a request the service refused (no image is kept)."""
-        if not request.url.path.startswith(INSPECT_PREFIX):
+        """A line-log row for an inspect request the service refused (no image is kept): only once the request
+        passed the key check, so a client without the key cannot write rows; the fields it chose are clipped."""
+        if not request.url.path.startswith(INSPECT_PREFIX) or not getattr(request.state, "key_checked", False):
             return
         category = request.path_params.get("category") or request.url.path[len(INSPECT_PREFIX):]
-        await log_rows([{"time": time.time(), "source": "service", "category": category,
-                         "name": _header_name(request) or "", "verdict": "REJECTED", "status": status,
-                         "reason": reason, "model": request.query_params.get("model", "patchcore")}])
+        await log_rows([{"time": time.time(), "source": "service", "category": _clip(category, MAX_LOGGED_CATEGORY),
+                         "name": _clip(_header_name(request) or "", MAX_LOGGED_NAME), "verdict": "REJECTED",
+                         "status": status, "reason": _clip(reason, MAX_LOGGED_REASON),
+                         "model": _clip(request.query_params.get("model", "patchcore"), MAX_LOGGED_MODEL)}])
 
-    def server_error(status: int, detail: str, error_id: str, headers: dict[str, str] | None = None,
-                     **extra: Any) -> JSONResponse:
-        """A 5xx as JSON with an error id (the caller logs the same id)."""
-        return JSONResponse({"detail": detail, "error_id": error_id, **extra}, status_code=status, headers=headers)
+    refused_log = _Throttled(REFUSED_LOG_INTERVAL_S)
+
+    def log_refused(request: Request, status: int) -> None:
+        """A 401/403 to the module logger only (never the line log), one line per interval at most."""
+        held = refused_log.allow()
+        if held is not None:
+            logger.warning("%d for %s %s from %s (%d more refused in the last %g s)", status, request.method,
+                           _clip(request.url.path, MAX_LOGGED_CATEGORY), request.client.host if request.client
+                           else "an unknown client", held, REFUSED_LOG_INTERVAL_S)
+
+    def server_error(status: int, detail: str, error_id: str, *, headers: dict[str, str] | None = None,
+                     ready: bool | None = None, problems: list[str] | None = None) -> JSONResponse:
+        """A 5xx as JSON with an error id (the caller logs the same id); ``ready`` and ``problems`` for /ready."""
+        body: dict[str, Any] = {"detail": detail, "error_id": error_id}
+        if ready is not None:
+            body["ready"] = ready
+        if problems is not None:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(ModelStoreError)
     async def store_error(request: Request, exc: ModelStoreError) -> JSONResponse:
+        """Nothing there (:class:`ModelNotFound`): 404. Anything else, a model that is there but damaged
+        (unreadable calibration, weights, manifest): 503 with an error id the module log carries too."""
         detail = public(str(exc))
-        await log_rejected(request, 404, detail)
-        return JSONResponse({"detail": detail}, status_code=404)
+        if isinstance(exc, ModelNotFound):
+            await log_rejected(request, 404, detail)
+            return JSONResponse({"detail": detail}, status_code=404)
+        error_id = uuid.uuid4().hex[:12]
+        logger.error("error %s: %s %s: damaged model: %s", error_id, request.method,
+                     _clip(request.url.path, MAX_LOGGED_CATEGORY), exc)
+        await log_rejected(request, 503, detail)
+        return server_error(503, f"{detail} (error id {error_id})", error_id)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Any:
-        if 400 <= exc.status_code < 500:
+        if exc.status_code in (401, 403):
+            log_refused(request, exc.status_code)
+        elif 400 <= exc.status_code < 500:
             await log_rejected(request, exc.status_code, str(exc.detail))
         return await http_exception_handler(request, exc)
 
@@ -354,7 +417,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return JSONResponse(body)
         error_id = uuid.uuid4().hex[:12]
         logger.info("error %s: not ready: %s", error_id, body["problems"] or "models still loading")
-        return server_error(503, "not ready", error_id=error_id, **body)
+        return server_error(503, "not ready", error_id, ready=body["ready"], problems=body["problems"])
 
     @app.get("/metrics", dependencies=[Depends(check_key)])
     async def metrics() -> PlainTextResponse:
@@ -395,8 +458,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
                       f"{pending[0]} in progress; retry after {RETRY_AFTER_S} s")
             # not a line-log row (an fsync per refusal would be work an overload adds): counted in /metrics
             logger.warning("error %s: 503 for %s: %s", error_id, request.url.path, detail)
-            return server_error(503, detail, headers={"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
-                                error_id=error_id)
+            return server_error(503, detail, error_id, headers={"Retry-After": str(RETRY_AFTER_S), **CLOSE})
         pending[0] += 1
         admitted = time.perf_counter()
         try:

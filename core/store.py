@@ -100,6 +100,11 @@ class ModelStoreError(RuntimeError):
     """A model folder is missing, incomplete or corrupt. The message names the folder and the problem."""
 
 
+class ModelNotFound(ModelStoreError):
+    """Nothing is there: no trained model of that category and kind, or no such version (a damaged model that
+    is there raises the plain :class:`ModelStoreError`)."""
+
+
 class StaleParentError(ModelStoreError):
     """A version was to be built on ``parent``, which is no longer current: another writer made ``current``
     in the meantime (two tabs, or the CLI beside the app). Nothing was written."""
@@ -293,13 +298,14 @@ class ModelStore:
         """The version in use: the one ``current.json`` names, else the newest.
 
         Raises:
-            ModelStoreError: no model of this kind, or a pointer naming a version that does not exist.
+            ModelNotFound: no model of this kind.
+            ModelStoreError: a pointer naming a version that does not exist (a damaged store).
         """
         numbers = self.version_numbers(category, kind)
         base = self.kind_folder(category, kind)
         if not numbers:
             known = self.trained_names()
-            raise ModelStoreError(f"expected a trained model in {base}, found nothing there; "
+            raise ModelNotFound(f"expected a trained model in {base}, found nothing there; "
                                   + (f"trained here: {', '.join(known)}" if known else f"{self.root} holds no model"))
         pointer = base / CURRENT
         if not pointer.is_file():
@@ -311,12 +317,12 @@ class ModelStore:
         return ModelRef(str(self.root), category, kind, int(number))
 
     def ref(self, category: str, kind: str, version: int | None = None) -> ModelRef:
-        """A handle on ``version`` (the current one when None); raises ModelStoreError if it does not exist."""
+        """A handle on ``version`` (the current one when None); raises ModelNotFound if it does not exist."""
         if version is None:
             return self.current(category, kind)
         numbers = self.version_numbers(category, kind)
         if version not in numbers:
-            raise ModelStoreError(f"expected one of the versions {numbers} of {category}/{kind}, found {version}")
+            raise ModelNotFound(f"expected one of the versions {numbers} of {category}/{kind}, found {version}")
         return ModelRef(str(self.root), category, kind, int(version))
 
     def trained_names(self) -> list[str]:

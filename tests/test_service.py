@@ -520,3 +520,120 @@ def test_the_api_key_comes_from_the_environment_or_a_file_never_argv(tmp_path: P
     err = capsys.readouterr().err
     assert "never on the command line" in err and "INSPECT_API_KEY" in err and "--api-key-file" in err
     assert "s3cret" not in err
+
+
+# --- review fixes: key-less clients, relative stores, damaged models, typed size errors ------------------------
+
+def test_requests_without_the_key_add_no_line_log_row(store: Path, tmp_path: Path,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """An unauthenticated client cannot write (fsynced) line-log rows: a 401 goes to the module logger only,
+    at most once per interval however many come."""
+    log = tmp_path / "line.jsonl"
+    app = create_app(ServiceConfig(store, api_key="k3y", line_log=log))
+    with caplog.at_level(logging.WARNING, logger="core.service"), TestClient(app) as c:
+        for i in range(50):
+            r = c.post(f"/v1/inspect/{'c' * 4000}{i}?model={'m' * 4000}", content=b"x",
+                       headers={"X-Filename": f"{'n' * 4000}.png", **({"X-API-Key": "wrong"} if i % 2 else {})})
+            assert r.status_code == 401, r.text
+    assert not log.exists() or line_log.tail(log) == []
+    refused = [rec for rec in caplog.records if "401" in rec.getMessage()]
+    assert 1 <= len(refused) <= 2, [rec.getMessage() for rec in refused]  # rate-limited, not one per request
+
+
+def test_rejected_rows_cap_the_client_given_category_name_and_model(client: TestClient, tmp_path: Path) -> None:
+    r = client.post(f"/v1/inspect/{'c' * 4000}?model={'m' * 4000}", content=b"x",
+                    headers={"X-Filename": f"{'n' * 4000}.png"})
+    assert r.status_code == 404, r.text
+    row = line_log.tail(tmp_path / "line.jsonl")[-1]
+    assert row["verdict"] == "REJECTED" and row["status"] == 404
+    assert row["category"].startswith("ccc") and len(row["category"]) <= 129
+    assert len(row["model"]) <= 65 and len(row["name"]) <= 256 and len(row["reason"]) <= 1001
+
+
+@pytest.mark.parametrize("relative", ["models", "."])
+def test_a_relative_store_path_leaves_the_words_of_error_bodies_alone(store: Path, tmp_path: Path, relative: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil as sh
+
+    sh.copytree(store / "demo_metal", store / "models")  # a category that is called like the store folder
+    monkeypatch.chdir(tmp_path if relative == "models" else store)
+    app = create_app(ServiceConfig(Path(relative), line_log=tmp_path / "line.jsonl"))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/inspect/models?version=9", content=b"x")
+        assert r.status_code == 404, r.text
+        assert r.json()["detail"] == "expected one of the versions [1] of models/patchcore, found 9"
+        r = c.post("/v1/inspect/nothing", content=b"x")
+        assert r.status_code == 404, r.text
+        detail = r.json()["detail"]
+        assert detail.startswith("expected a trained model in nothing/patchcore, found nothing there; "), detail
+        assert "demo_metal/patchcore" in detail and "models/patchcore" in detail
+        assert str(store.resolve()) not in r.text
+        (store / "demo_metal" / "patchcore" / "v1" / "calibration.json").write_text("{damaged")
+        r = c.post("/v1/inspect/demo_metal", content=b"x")
+        assert r.status_code == 503, r.text
+        detail = r.json()["detail"]
+        assert "demo_metal/patchcore/v1/calibration.json: expected valid JSON" in detail, detail
+        assert str(store.resolve()) not in r.text
+
+
+def test_a_damaged_model_is_a_503_with_an_error_id_a_missing_one_a_404(store: Path, demo_root: Path, tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    from core.store import ModelNotFound, ModelStoreError
+
+    assert issubclass(ModelNotFound, ModelStoreError)
+    s = ModelStore(store)
+    with pytest.raises(ModelNotFound):
+        s.current("nothing", "patchcore")
+    with pytest.raises(ModelNotFound):
+        s.ref("demo_metal", "patchcore", 9)
+    s.calibration_file(s.current("demo_metal", "patchcore")).write_text("{damaged")
+    good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
+    app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
+    with caplog.at_level(logging.WARNING, logger="core.service"), \
+            TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/inspect/demo_metal", content=good)
+        assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
+        body = r.json()
+        assert body["error_id"] and "calibration.json" in body["detail"] and str(store) not in r.text
+        assert any(body["error_id"] in rec.getMessage() for rec in caplog.records)
+        models = c.get("/v1/models")
+        assert models.status_code == 503 and models.json()["error_id"], models.text
+        assert c.post("/v1/inspect/demo_metal?model=efficientad", content=good).status_code == 200  # the other
+        assert c.post("/v1/inspect/nothing", content=good).status_code == 404
+        assert c.post("/v1/inspect/demo_metal?version=9", content=good).status_code == 404
+    statuses = [row.get("status") for row in line_log.tail(tmp_path / "line.jsonl") if row["verdict"] == "REJECTED"]
+    assert statuses == [503, 404, 404]
+
+
+def test_an_image_over_the_pixel_budget_raises_image_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image as PILImage
+
+    from core.imageio import ImageLoadError, ImageTooLarge, load_image
+
+    assert issubclass(ImageTooLarge, ImageLoadError)
+    data = _png(np.zeros((64, 64, 3), np.uint8))
+    with pytest.raises(ImageTooLarge, match="expected at most 4,032 pixels, found 64x64"):
+        load_image(data, max_pixels=64 * 63)
+    with pytest.raises(ImageLoadError) as caught:
+        load_image(data[:60])
+    assert not isinstance(caught.value, ImageTooLarge)  # truncated: another error
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # Pillow's own bomb guard, past our budget
+    with pytest.raises(ImageTooLarge, match="too large"):
+        load_image(data, max_pixels=10**9)
+
+
+def test_an_image_too_large_is_classified_by_its_type_not_its_text(store: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.service
+    from core.imageio import ImageLoadError, ImageTooLarge
+
+    def refuse(data: bytes, name: str | None = None, max_pixels: int = 0):
+        if name == "big.png":
+            raise ImageTooLarge(name, "over the budget")  # no "expected at most ... pixels" in the text
+        raise ImageLoadError(name or "upload", "expected at most one frame, found 3 pixels, found")
+
+    monkeypatch.setattr(core.service, "load_image", refuse)
+    app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
+    with TestClient(app) as c:
+        assert c.post("/v1/inspect/demo_metal", content=b"x", headers={"X-Filename": "big.png"}).status_code == 413
+        assert c.post("/v1/inspect/demo_metal", content=b"x", headers={"X-Filename": "odd.png"}).status_code == 415
