@@ -9,21 +9,27 @@
 - Never overwrite: cameras reuse file names, so each image is stored as ``<stem>-<sha1[:8]><suffix>`` (plus
   ``-<n>`` on a clash) in its verdict folder; the log row's ``moved_to`` names the stored file. Files are
   placed with a hard link (or a copy) that fails instead of replacing an existing file.
+- Claimed before it is read: a stable file is first renamed (copied, with ``--copy``) into the hidden claims
+  folder ``<in_dir>/.claimed/<id><suffix>``, journalled as a "claimed" entry just before; what is hashed, judged
+  and stored is that claimed file. A camera writing the same name again meanwhile makes a new file, judged on
+  its own (never stored under the previous image's verdict, never removed unjudged).
 - Exactly once, across crashes. Each image goes through these steps, each idempotent:
-  1. judged, and its result appended (fsync) to the journal ``<in_dir>/.watch_journal.jsonl`` as a "scored"
-     entry with a fresh ``id`` and the target file;
-  2. placed at the target (the source removed after the target exists);
+  1. claimed (above), judged, and its result appended (fsync) to the journal ``<in_dir>/.watch_journal.jsonl``
+     as a "scored" entry with a fresh ``id``, its claim and the target file;
+  2. placed at the target (the claimed file removed after the target exists);
   3. its reason file written (rejected images);
   4. its CSV row appended, carrying the ``id``;
   5. its line-log row appended, carrying the ``id``;
   6. a "done" line appended to the journal.
-  A restart finishes every "scored" entry without "done" from the step it reached (a row is written only when
-  no complete row with that ``id`` exists yet), without scoring it again. A line cut by a crash is never
-  glued to the next one: the journal and the line log are ended with a newline first, the CSV's cut row is
-  cut off before the next append.
+  A restart trusts a "scored" entry without "done" only when its target exists and holds the journalled image:
+  then only the rows (each written only when no complete row with that ``id`` exists yet) and "done" remain.
+  When its target does not exist no row can have been written yet, so the entry is journalled "dropped" and the
+  claimed file judged again (a forged entry never files an image unjudged). Claimed files without a finished
+  entry are judged. A line cut by a crash is never glued to the next one: the journal and the line log are
+  ended with a newline first, the CSV's cut row is cut off before the next append.
 - The journal is not trusted blindly: an entry whose file is not a plain name inside ``in_dir``, whose target
-  is not a plain name inside the folder of its verdict, or whose file (source or stored) does not match the
-  journalled hash is refused and logged; its file, if any, is judged afresh.
+  is not a plain name inside the folder of its verdict, or whose stored file does not match the journalled hash
+  is refused and logged; its file, if any, is judged afresh.
 - NO VERDICT images (too small) and unreadable files go to ``rejected/`` with ``<stored name>.reason.txt``.
 
 Fault injection (tests and ``benchmarks/bench_watch_cycles.py``): ``INSPECT_WATCH_CRASH_AT=STEP[:N]`` makes the
@@ -59,8 +65,10 @@ JOURNAL = ".watch_journal.jsonl"
 LOG_FIELDS = ["time", "file", "sha1", "verdict", "score", "threshold", "model", "version", "latency_ms", "moved_to",
               "note", "id"]
 REJECTED = "REJECTED"
-STEPS: tuple[str, ...] = ("judged", "journal_partial", "journaled", "linked", "placed", "reasoned", "csv_partial",
-                          "csv", "line_partial", "line", "done_partial", "done")
+CLAIMS = ".claimed"
+STEPS: tuple[str, ...] = ("claim_partial", "claim_journaled", "claimed", "judged", "journal_partial", "journaled",
+                          "linked", "placed", "reasoned", "csv_partial", "csv", "line_partial", "line", "done_partial",
+                          "done")
 CRASH_ENV = "INSPECT_WATCH_CRASH_AT"
 CRASH_EXIT = 77
 
@@ -192,11 +200,14 @@ class Watcher:
         for folder in (config.ok_dir, config.defect_dir, config.rejected_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.journal = config.in_dir / JOURNAL
+        self.claims_dir = config.in_dir / CLAIMS
+        self.claims_dir.mkdir(exist_ok=True)
         self._seen: dict[str, tuple[int, int]] = {}
         self._first_seen: dict[str, float] = {}  # name -> when this watcher first saw it (for max_wait)
-        self.results: dict[tuple[str, str], dict[str, Any]] = {}  # (file, sha1) -> unfinished "scored" entry
-        self.done: set[tuple[str, str]] = set()
-        self._claimed: set[str] = set()  # targets of unfinished entries (not on disk yet)
+        self.claims: dict[str, dict[str, Any]] = {}  # claim id -> "claimed" entry not finished yet
+        self.results: dict[str, dict[str, Any]] = {}  # entry id -> unfinished "scored" entry
+        self.done: set[tuple[str, str]] = set()  # (file, sha1) of every finished image
+        self._reserved: set[str] = set()  # targets of unfinished entries (not on disk yet)
         self._read_journal()
 
     def _step(self, name: str) -> None:
@@ -209,30 +220,41 @@ class Watcher:
         if not self.journal.is_file():
             return
         _end_with_newline(self.journal)
+        claims: dict[str, dict[str, Any]] = {}
         scored: dict[str, dict[str, Any]] = {}
-        finished: set[str] = set()
+        closed: set[str] = set()  # ids of entries finished ("done") or given up ("dropped")
         for line in self.journal.read_text(errors="replace").splitlines():
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by a crash: its file was not placed yet, it is judged again (never twice)
+                continue  # a line cut by a crash: its step did not happen yet, it is done again (never twice)
             if not isinstance(entry, dict):
                 continue
-            entry_id = self._entry_id(entry)
-            if entry.get("state") == "scored":
+            state = entry.get("state")
+            if state == "claimed":
+                problem = self._claim_problem(entry)
+                if problem is not None:
+                    self._refuse(entry, problem)
+                    continue
+                claims[str(entry["id"])] = entry
+            elif state == "scored":
                 problem = self._entry_problem(entry)
                 if problem is not None:
                     self._refuse(entry, problem)
                     continue
-                scored[entry_id] = entry
-            elif entry.get("state") == "done":
-                finished.add(entry_id)
+                scored[self._entry_id(entry)] = entry
+            elif state == "done":
+                closed.add(self._entry_id(entry))
+                closed.add(str(entry.get("claim_id")))
                 if isinstance(entry.get("file"), str) and isinstance(entry.get("sha1"), str):
                     self.done.add((entry["file"], entry["sha1"]))
+            elif state == "dropped":
+                closed.add(str(entry.get("id")))
+        self.claims = {cid: c for cid, c in claims.items() if cid not in closed}
         for entry_id, entry in scored.items():
-            if entry_id not in finished:
-                self.results[(entry["file"], entry["sha1"])] = entry
-                self._claimed.add(str(entry["moved_to"]))
+            if entry_id not in closed:
+                self.results[entry_id] = entry
+                self._reserved.add(str(entry["moved_to"]))
 
     @staticmethod
     def _entry_id(entry: dict[str, Any]) -> str:
@@ -242,10 +264,20 @@ class Watcher:
     def _folder_for(self, verdict: Any) -> Path:
         return {"OK": self.config.ok_dir, "DEFECT": self.config.defect_dir}.get(verdict, self.config.rejected_dir)
 
+    def _claim_problem(self, entry: dict[str, Any]) -> str | None:
+        """Why a journalled "claimed" entry cannot be trusted, or None."""
+        if not _plain_name(entry.get("file")):
+            return f"expected a plain file name inside {self.config.in_dir}, found {entry.get('file')!r}"
+        if not isinstance(entry.get("id"), str) or not _plain_name(entry.get("claim")):
+            return f"expected an id and a plain claim file name inside {self.claims_dir}, found {entry.get('claim')!r}"
+        return None
+
     def _entry_problem(self, entry: dict[str, Any]) -> str | None:
         """Why a journalled "scored" entry cannot be trusted, or None."""
         if not _plain_name(entry.get("file")):
             return f"expected a plain file name inside {self.config.in_dir}, found {entry.get('file')!r}"
+        if "claim" in entry and not _plain_name(entry.get("claim")):
+            return f"expected a plain claim file name inside {self.claims_dir}, found {entry.get('claim')!r}"
         sha1 = entry.get("sha1")
         if not (isinstance(sha1, str) and len(sha1) == 40 and all(c in "0123456789abcdef" for c in sha1)):
             return f"expected a SHA-1 hex digest, found {sha1!r}"
@@ -262,50 +294,71 @@ class Watcher:
     def _refuse(self, entry: dict[str, Any], problem: str) -> None:
         logger.warning("watch journal %s: refused entry %s for %r: %s", self.journal, self._entry_id(entry),
                        entry.get("file"), problem)
-        key = (str(entry.get("file")), str(entry.get("sha1")))
-        if self.results.get(key) is entry:
-            del self.results[key]
-        self._claimed.discard(str(entry.get("moved_to")))
+        if self.results.get(self._entry_id(entry)) is entry:
+            del self.results[self._entry_id(entry)]
+            self._reserved.discard(str(entry.get("moved_to")))
 
-    def _journal_append(self, record: dict[str, Any], step: str) -> None:
+    def _drop(self, entry_id: str) -> None:
+        """Journal that an entry is given up (its step is done afresh): read back, it is neither pending nor
+        judged."""
+        self._journal_append({"state": "dropped", "id": entry_id}, None)
+        entry = self.results.pop(entry_id, None)
+        if entry is not None:
+            self._reserved.discard(str(entry.get("moved_to")))
+        self.claims.pop(entry_id, None)
+
+    def _journal_append(self, record: dict[str, Any], step: str | None) -> None:
         data = (json.dumps(record, default=float) + "\n").encode()
         with open(self.journal, "ab") as handle:
-            _write_line(handle, data, self.hook, step)
+            _write_line(handle, data, self.hook if step is not None else None, step or "")
 
     # -- recovery ------------------------------------------------------------------------------------------
 
     def recover(self) -> int:
-        """Finish entries a crash left between "scored" and "done" (placed and logged once, not scored again).
-        Entries whose files do not match their journalled hash are refused. Returns the number finished."""
-        pending = list(self.results.values())
-        if not pending:
-            return 0
-        csv_ids = self._csv_ids()
-        line_ids = line_log.ids(self.config.line_log) if self.config.line_log is not None else set()
-        finished = 0
-        for entry in pending:
-            problem = self._files_problem(entry)
-            if problem is not None:
-                self._refuse(entry, problem)
-                continue
-            self._complete(entry, csv_ids, line_ids)
-            finished += 1
-        return finished
+        """Finish what a crash left unfinished; returns the number of images finished or judged.
 
-    def _files_problem(self, entry: dict[str, Any]) -> str | None:
-        """Why an unfinished entry's files do not let it be finished (None: they match its hash)."""
-        source = self.config.in_dir / entry["file"]
-        target = Path(entry["moved_to"])
-        if target.is_file():
-            if _sha1(target) != entry["sha1"]:
-                return f"expected {target} to hold the journalled image {entry['sha1'][:12]}, found other content"
-            return None
-        if not source.is_file():
-            return f"expected {source} or {target}, found neither"
-        if _sha1(source) != entry["sha1"]:
-            return (f"expected {source} to match the journalled hash {entry['sha1'][:12]}, found other content "
-                    "(it is judged as a new image)")
-        return None
+        A "scored" entry is trusted only when its target already exists and holds the journalled image (then
+        only its rows and "done" remain). When the target does not exist, no row can have been written yet: the
+        entry is dropped and its claimed file judged again (a forged entry never files an image unjudged).
+        Claimed files without a finished entry are judged; claim entries whose file is gone (a crash before the
+        rename: the image is still in the input folder) are dropped."""
+        for part in self.claims_dir.glob(".*.part"):  # a copy into the claims a crash cut short
+            part.unlink(missing_ok=True)
+        finished = 0
+        if self.results:
+            csv_ids = self._csv_ids()
+            line_ids = line_log.ids(self.config.line_log) if self.config.line_log is not None else set()
+            for entry_id, entry in list(self.results.items()):
+                target = Path(entry["moved_to"])
+                if not target.is_file():
+                    logger.info("watch journal %s: entry %s for %r was not placed before the crash (%s does not "
+                                "exist): dropped, its file is judged again", self.journal, entry_id,
+                                entry["file"], target)
+                    self._drop(entry_id)
+                    continue
+                if _sha1(target) != entry["sha1"]:
+                    self._refuse(entry, f"expected {target} to hold the journalled image {entry['sha1'][:12]}, "
+                                        "found other content")
+                    self._drop(entry_id)
+                    continue
+                self._complete(entry, csv_ids, line_ids)
+                finished += 1
+        for claim in list(self.claims.values()):
+            if claim["id"] not in self.claims:
+                continue  # finished by one of the entries above
+            if (self.claims_dir / claim["claim"]).is_file():
+                finished += self._judge_claim(claim) is not None
+            else:
+                self._drop(claim["id"])  # not renamed before the crash: its file is claimed again from in_dir
+        known = {str(c["claim"]) for c in self.claims.values()}
+        for path in sorted(self.claims_dir.iterdir()):  # no journalled claim (placed by hand): claimed afresh
+            if path.is_file() and not path.name.startswith(".") and path.name not in known:
+                logger.warning("watch folder %s: %s has no journalled claim: judged as a new image",
+                               self.config.in_dir, path)
+                stray = self._claim(path, path.name)
+                if stray is not None:
+                    finished += self._judge_claim(stray) is not None
+        return finished
 
     def _csv_ids(self) -> set[str]:
         """Ids of the complete rows of the CSV log (a last row without its newline does not count: it is cut)."""
@@ -345,53 +398,104 @@ class Watcher:
         stem, suffix = Path(name).stem, Path(name).suffix
         for n in range(100_000):
             candidate = folder / f"{stem}-{sha1[:8]}{'' if n == 0 else f'-{n}'}{suffix}"
-            if not candidate.exists() and str(candidate) not in self._claimed:
+            if not candidate.exists() and str(candidate) not in self._reserved:
                 return candidate
         raise FileExistsError(f"expected a free file name for {name} in {folder}, found 100,000 taken")
 
     def process(self, path: Path) -> dict[str, Any] | None:
         """Judge one stable file exactly once; returns its result (None when already handled or not a complete
-        image yet)."""
+        image yet). The file is first claimed (renamed into the claims folder, journalled), and what is judged,
+        hashed and stored is that claimed file: a camera writing the same name again makes a new file."""
         try:
-            data = path.read_bytes()  # hashed and decoded from the same bytes
+            data = path.read_bytes()  # a look before claiming: is it a complete image yet?
         except FileNotFoundError:
             return None
         sha1 = hashlib.sha1(data).hexdigest()
-        key = (path.name, sha1)
-        if key in self.done:
-            if not self.config.copy:  # a file moved back in by hand: handled before, not judged twice
-                target = self._target(self.config.rejected_dir, path.name, sha1)
-                self._place(path, target)
-                self._reason(target, "already judged (same name and content); see the log")
-            return None
-        if key in self.results:
-            self.recover()
-            return None
+        if self.config.copy and (path.name, sha1) in self.done:
+            return None  # copying: the input folder keeps the files it was given
         image: Any = None
-        problem = ""
+        late = ""
         try:
             image = load_image(data, name=path.name)
-        except ImageLoadError as exc:
+        except ImageLoadError:
             waited = time.time() - self._first_seen.get(path.name, time.time())
             if waited < self.config.max_wait:
                 return None  # maybe a camera that paused mid-file: tried again on the next polls
-            problem = (f"{exc.reason} (still not a complete image {self.config.max_wait:g} s after it "
-                                    "appeared)")
+            late = f" (still not a complete image {self.config.max_wait:g} s after it appeared)"
+        claim = self._claim(path, path.name)
+        if claim is None:
+            return None
+        return self._judge_claim(claim, (sha1, image), late)
+
+    def _claim(self, source: Path, name: str) -> dict[str, Any] | None:
+        """Take ``source`` for judging: journal a "claimed" entry, then rename it (a copy, with ``copy``) to
+        ``<claims>/<id><suffix>``. None when the file went away in between."""
+        claim_id = uuid.uuid4().hex
+        claim_name = f"{claim_id}{Path(name).suffix.lower()}"
+        claim: dict[str, Any] = {"state": "claimed", "id": claim_id, "time": time.time(), "file": name,
+                                 "claim": claim_name}
+        self._journal_append(claim, "claim_partial")
+        self.claims[claim_id] = claim
+        self._step("claim_journaled")
+        claimed = self.claims_dir / claim_name
+        try:
+            if self.config.copy and source.parent != self.claims_dir:
+                part = self.claims_dir / f".{claim_name}.part"
+                shutil.copy2(source, part)
+                with open(part, "rb") as handle:
+                    os.fsync(handle.fileno())
+                os.rename(part, claimed)
+            else:
+                os.rename(source, claimed)
+        except FileNotFoundError:
+            self._drop(claim_id)
+            return None
+        _fsync_dir(self.claims_dir)
+        _fsync_dir(source.parent)
+        self._step("claimed")
+        return claim
+
+    def _judge_claim(self, claim: dict[str, Any], looked: tuple[str, Any] | None = None,
+                     late: str = "") -> dict[str, Any] | None:
+        """Judge a claimed file and take it through steps 2-6; ``looked`` is the (sha1, image) of a look at the
+        file before it was claimed, reused when the claimed file holds the same bytes."""
+        claimed = self.claims_dir / claim["claim"]
+        try:
+            data = claimed.read_bytes()
+        except FileNotFoundError:
+            self._drop(claim["id"])
+            return None
+        name = claim["file"]
+        sha1 = hashlib.sha1(data).hexdigest()
+        if (name, sha1) in self.done:  # a file moved back in by hand: handled before, not judged twice
+            target = self._target(self.config.rejected_dir, name, sha1)
+            self._place(claimed, target)
+            self._reason(target, "already judged (same name and content); see the log")
+            self._drop(claim["id"])
+            return None
+        image: Any = looked[1] if looked is not None and looked[0] == sha1 else None
+        problem = ""
+        if image is None:
+            try:
+                image = load_image(data, name=name)
+            except ImageLoadError as exc:
+                problem = exc.reason + (late if looked is not None and looked[0] == sha1 else "")
         model = self.model_for()
-        entry: dict[str, Any] = {"state": "scored", "id": uuid.uuid4().hex, "time": time.time(), "file": path.name,
-                                 "sha1": sha1, "category": model.category, "model": model.kind,
-                                 "version": model.version, "threshold": model.calibration.image_threshold}
+        entry: dict[str, Any] = {"state": "scored", "id": uuid.uuid4().hex, "claim_id": claim["id"],
+                                 "claim": claim["claim"], "time": time.time(), "file": name, "sha1": sha1,
+                                 "category": model.category, "model": model.kind, "version": model.version,
+                                 "threshold": model.calibration.image_threshold}
         if image is None:
             entry.update({"verdict": REJECTED, "score": None, "latency_ms": None, "note": problem})
         else:
             found = inspect(model, [image])[0]
             entry.update({"verdict": found.verdict, "score": found.score, "latency_ms": found.latency_ms,
                           "note": found.note})
-        entry["moved_to"] = str(self._target(self._folder_for(entry["verdict"]), path.name, sha1))
+        entry["moved_to"] = str(self._target(self._folder_for(entry["verdict"]), name, sha1))
         self._step("judged")
         self._journal_append(entry, "journal_partial")  # the result is durable before anything moves
-        self.results[key] = entry
-        self._claimed.add(entry["moved_to"])
+        self.results[entry["id"]] = entry
+        self._reserved.add(entry["moved_to"])
         self._step("journaled")
         self._complete(entry)
         return entry
@@ -400,7 +504,8 @@ class Watcher:
                   line_ids: set[str] | None = None) -> None:
         """Steps 2-6 for a journalled entry; ``csv_ids``/``line_ids`` (recovery) skip rows already written."""
         target = Path(entry["moved_to"])
-        self._place(self.config.in_dir / entry["file"], target, entry["sha1"] if csv_ids is not None else None)
+        source = self.claims_dir / entry["claim"] if "claim" in entry else self.config.in_dir / entry["file"]
+        self._place(source, target, entry["sha1"])
         self._step("placed")
         if entry["verdict"] in (REJECTED, NO_VERDICT):
             self._reason(target, entry["note"] or entry["verdict"])
@@ -412,37 +517,34 @@ class Watcher:
             line_log.append(self.config.line_log, self._line_record(entry),
                             between=None if self.hook is None else lambda: self._step("line_partial"))
         self._step("line")
-        self._journal_append({"state": "done", "id": entry["id"], "file": entry["file"], "sha1": entry["sha1"]},
-                             "done_partial")
-        key = (entry["file"], entry["sha1"])
-        self.results.pop(key, None)
-        self._claimed.discard(entry["moved_to"])
-        self.done.add(key)
+        self._journal_append({"state": "done", "id": entry["id"], "claim_id": entry.get("claim_id"),
+                              "file": entry["file"], "sha1": entry["sha1"]}, "done_partial")
+        self.results.pop(entry["id"], None)
+        self.claims.pop(str(entry.get("claim_id")), None)
+        self._reserved.discard(entry["moved_to"])
+        self.done.add((entry["file"], entry["sha1"]))
         self._step("done")
 
     def _place(self, source: Path, target: Path, sha1: str | None = None) -> None:
-        """Put ``source``'s file at ``target`` without ever replacing a file there; idempotent (a target that
-        exists is the result of an earlier attempt: the source left behind is removed, unless copying, and, with
-        ``sha1`` (recovery), only if it still holds that content: a new image under the same name is kept)."""
+        """Put the claimed file ``source`` at ``target`` without ever replacing a file there, then remove
+        ``source``; idempotent (a target that exists is the result of an earlier attempt: ``source`` left behind
+        is removed, only if it holds the same content ``sha1``)."""
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            if sha1 is not None and source.is_file() and _sha1(source) != sha1:
+            if not source.is_file() or (sha1 is not None and _sha1(source) != sha1):
                 return
         else:
-            if self.config.copy:
-                self._copy_in(source, target)
-            else:
-                try:
-                    os.link(source, target)
-                except FileExistsError:
+            try:
+                os.link(source, target)
+            except FileExistsError:
+                raise
+            except OSError as exc:  # another file system, or one without hard links
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
-                except OSError as exc:  # another file system, or one without hard links
-                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
-                        raise
-                    self._copy_in(source, target)
+                self._copy_in(source, target)
             _fsync_dir(target.parent)
             self._step("linked")
-        if not self.config.copy and source.exists():
+        if source.exists() and (not self.config.copy or source.parent == self.claims_dir):
             source.unlink()
             _fsync_dir(source.parent)
 
@@ -520,7 +622,9 @@ class Watcher:
         return judged
 
     def _pending(self) -> bool:
-        """Whether an image file in the input folder still waits for a verdict."""
+        """Whether an image file in the input folder (or a claimed one) still waits for a verdict."""
+        if any(p.is_file() and not p.name.startswith(".") for p in self.claims_dir.iterdir()):
+            return True
         for p in self.config.in_dir.iterdir():
             if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SUPPORTED_SUFFIXES:
                 if self.config.copy and (p.name, _sha1(p)) in self.done:

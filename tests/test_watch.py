@@ -17,9 +17,11 @@ from pathlib import Path
 import pytest
 
 from core import line_log
+from core.imageio import load_image
+from core.inspection import inspect
 from core.model_cache import ModelCache
 from core.store import ModelStore
-from core.watch import CRASH_ENV, CRASH_EXIT, JOURNAL, STEPS, WatchConfig, Watcher
+from core.watch import CLAIMS, CRASH_ENV, CRASH_EXIT, JOURNAL, STEPS, WatchConfig, Watcher
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +47,8 @@ def test_images_are_judged_once_and_moved_by_verdict(setup) -> None:
     (config.in_dir / "notes.txt").write_text("not an image: ignored")
     watcher = Watcher(config, lambda: cache.current("demo_metal", "patchcore"))
     assert watcher.run(once=True) == 3
-    assert sorted(p.name for p in config.in_dir.iterdir()) == [JOURNAL, "notes.txt"]
+    assert sorted(p.name for p in config.in_dir.iterdir()) == [CLAIMS, JOURNAL, "notes.txt"]
+    assert not list((config.in_dir / CLAIMS).iterdir())  # every claimed file was stored
     rows = {r["file"]: r for r in _rows(config.log)}
     assert sorted(rows) == ["broken.png", "g.png", "s.png"]
     stored = {name: Path(row["moved_to"]) for name, row in rows.items()}
@@ -90,10 +93,13 @@ def test_crash_after_judging_before_moving_loses_nothing_and_scores_nothing_twic
     watcher._place = crash  # the process dies right after the result is journalled
     with pytest.raises(KeyboardInterrupt):
         watcher.run(once=True)
-    assert len(calls) == 1 and len(list(config.in_dir.glob("*.png"))) == 3
+    assert len(calls) == 1 and len(list(config.in_dir.glob("*.png"))) == 2  # g0 was claimed, nothing stored
+    assert len(list((config.in_dir / CLAIMS).glob("*.png"))) == 1 and not _rows(config.log)
     restarted = Watcher(config, model)
     restarted.run(once=True)
-    assert len(calls) == 3  # g0 finished from the journal, not scored again; g1 and g2 scored once each
+    # g0 was journalled but not placed: its entry is not trusted (no row can exist yet), it is judged again from
+    # its claimed file; g1 and g2 judged once each
+    assert len(calls) == 4
     rows = _rows(config.log)
     assert sorted(r["file"] for r in rows) == ["g0.png", "g1.png", "g2.png"]
     assert not list(config.in_dir.glob("*.png"))
@@ -157,7 +163,7 @@ def test_crafted_journal_entries_are_refused_and_logged(setup, caplog: pytest.Lo
         {**base, "id": "d", "file": "real.png", "sha1": "0" * 40, "moved_to": str(config.ok_dir / "real.png")},
     ]
     (config.in_dir / JOURNAL).write_text("".join(json.dumps(e) + "\n" for e in crafted))
-    with caplog.at_level(logging.WARNING, logger="core.watch"):
+    with caplog.at_level(logging.INFO, logger="core.watch"):
         Watcher(config, lambda: cache.current("demo_metal", "patchcore")).run(once=True)
     assert victim.read_text() == "not yours" and outside.is_file()
     assert not (config.in_dir.parent / "stolen.png").exists()
@@ -165,7 +171,9 @@ def test_crafted_journal_entries_are_refused_and_logged(setup, caplog: pytest.Lo
     assert [r["file"] for r in rows] == ["real.png"]  # judged on its own; no forged row
     assert rows[0]["id"] not in {"a", "b", "c", "d"} and Path(rows[0]["moved_to"]).name != "real.png"
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert len(refused) == 4, refused
+    assert len(refused) == 3, refused  # a, b, c
+    dropped = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(dropped) == 1 and "entry d " in dropped[0], dropped  # its target does not exist: judged afresh
 
 
 def test_a_camera_pausing_longer_than_the_settle_time_is_waited_for(setup) -> None:
@@ -228,7 +236,75 @@ def test_killed_at_every_step_boundary_then_restarted(trained_store: Path, demo_
     assert sorted(r["sha1"] for r in logged) == sorted(expected)  # one line-log row each
     journal = [json.loads(x) for x in (incoming / JOURNAL).read_text().splitlines() if x.startswith("{")
                and x.endswith("}")]
-    scored = [e["sha1"] for e in journal if e.get("state") == "scored"]
-    assert sorted(scored) == sorted(expected)  # each judged exactly once
+    dropped = {e["id"] for e in journal if e.get("state") == "dropped"}
+    scored = [e["sha1"] for e in journal if e.get("state") == "scored" and e["id"] not in dropped]
+    assert sorted(scored) == sorted(expected)  # each judged exactly once (a dropped judgement filed nothing)
+    assert not list((incoming / CLAIMS).iterdir())
     assert (config.rejected_dir / (Path(next(r["moved_to"] for r in rows if r["file"] == "zz_broken.png")).name
                                    + ".reason.txt")).is_file()
+
+
+def test_a_camera_rewriting_the_name_between_the_read_and_the_link(setup) -> None:
+    """The file is claimed before it is read: the image the camera writes under the same name while the first
+    is being judged is a new file, judged on its own, never stored under the first one's verdict or deleted."""
+    config, cache, test = setup
+    first, second = (test / "scratch" / "000.png").read_bytes(), (test / "good" / "000.png").read_bytes()
+    cam = config.in_dir / "cam.png"
+    cam.write_bytes(first)
+    calls = []
+
+    def model():
+        calls.append(1)
+        return cache.current("demo_metal", "patchcore")
+
+    def camera(step: str) -> None:
+        if step == "judged" and not calls[1:]:
+            cam.write_bytes(second)  # the camera reuses the name while the first image is being judged
+
+    assert Watcher(config, model, hook=camera).run(once=True) == 2
+    assert len(calls) == 2  # each judged once
+    rows = _rows(config.log)
+    digests = {hashlib.sha1(first).hexdigest(), hashlib.sha1(second).hexdigest()}
+    assert sorted(r["sha1"] for r in rows) == sorted(digests)
+    current = cache.current("demo_metal", "patchcore")
+    for row, data in zip(sorted(rows, key=lambda r: r["sha1"] != hashlib.sha1(first).hexdigest()),
+                         (first, second), strict=True):
+        stored = Path(row["moved_to"])
+        assert stored.is_file() and _sha1(stored) == row["sha1"]  # the row names the file holding its image
+        verdict = inspect(current, [load_image(data, name="cam.png")])[0].verdict
+        assert row["verdict"] == verdict and stored.parent == (config.ok_dir if verdict == "OK" else
+                                                               config.defect_dir)
+    assert {_sha1(p) for p in _stored(config)} == digests and not cam.exists()
+
+
+@pytest.mark.parametrize("claimed", [False, True])
+def test_a_forged_scored_entry_with_the_right_hash_is_judged_not_trusted(setup, claimed: bool) -> None:
+    """A "scored" entry with the file's true hash, verdict OK and a target inside ok/ passes every check of the
+    entry itself; its target does not exist, so no row can have been written: the file is judged."""
+    config, cache, test = setup
+    defect = test / "scratch" / "000.png"
+    digest = _sha1(defect)
+    forged = {"state": "scored", "id": "forged", "time": 0.0, "file": "cam.png", "sha1": digest,
+              "category": "demo_metal", "model": "patchcore", "version": 1, "threshold": 1e9, "verdict": "OK",
+              "score": 0.0, "latency_ms": 1.0, "note": "", "moved_to": str(config.ok_dir / f"cam-{digest[:8]}.png")}
+    lines = [forged]
+    if claimed:  # the forged entry names a claimed file, with a forged claim entry
+        (config.in_dir / CLAIMS).mkdir()
+        shutil.copy(defect, config.in_dir / CLAIMS / "c0ffee.png")
+        lines = [{"state": "claimed", "id": "c0ffee", "file": "cam.png", "claim": "c0ffee.png"},
+                 {**forged, "claim": "c0ffee.png", "claim_id": "c0ffee"}]
+    else:
+        shutil.copy(defect, config.in_dir / "cam.png")
+    (config.in_dir / JOURNAL).write_text("".join(json.dumps(e) + "\n" for e in lines))
+    calls = []
+
+    def model():
+        calls.append(1)
+        return cache.current("demo_metal", "patchcore")
+
+    Watcher(config, model).run(once=True)
+    assert len(calls) == 1  # the model judged it
+    rows = _rows(config.log)
+    assert len(rows) == 1 and rows[0]["id"] != "forged" and rows[0]["sha1"] == digest
+    assert rows[0]["verdict"] == "DEFECT" and Path(rows[0]["moved_to"]).parent == config.defect_dir
+    assert not list(config.ok_dir.iterdir())  # no unjudged OK image
