@@ -9,7 +9,8 @@ any of the steps of an image), and started again, ``--cycles`` times (bounded by
 camera reuses file names (``cam.png``, ``cam2.png``; a name is written again once the watcher took the
 previous file), gives every image new content, and writes half of its files in two parts with a pause (a file
 that is not a complete image yet). A last run without a kill drains the folder; then, per image written:
-how many stored copies (0 = lost), complete "scored" journal entries (> 1 = judged twice), CSV rows and
+how many stored copies (0 = lost), complete "scored" journal entries not "dropped" (> 1 = judged twice; a
+judgement journalled but not placed before a kill is dropped and redone by design, counted apart), CSV rows and
 line-log rows. Written to the ``watch_cycles`` section of RESULTS.md.
 """
 
@@ -107,18 +108,30 @@ def watcher(store: Path, root: Path, once: bool) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
 
 
-def unfinished(journal: Path) -> int:
-    """Journal entries "scored" without "done" (an image caught between its steps)."""
+def journal_entries(journal: Path) -> list[dict]:
+    """The complete lines of the watch journal (a line cut by a kill is skipped, as the watcher does)."""
     if not journal.is_file():
-        return 0
-    scored, done = set(), set()
+        return []
+    entries = []
     for line in journal.read_text(errors="replace").splitlines():
         try:
             entry = json.loads(line)
         except json.JSONDecodeError:
             continue
-        (scored if entry.get("state") == "scored" else done).add(entry.get("id"))
-    return len(scored - done)
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def unfinished(journal: Path) -> int:
+    """Journal entries "claimed" or "scored" without "done" or "dropped" (an image caught between its steps)."""
+    opened, closed = set(), set()
+    for entry in journal_entries(journal):
+        if entry.get("state") in ("claimed", "scored"):
+            opened.add(entry.get("id"))
+        else:
+            closed.update((entry.get("id"), entry.get("claim_id")))
+    return len(opened - closed)
 
 
 def sha1(path: Path) -> str:
@@ -184,23 +197,26 @@ def main() -> int:
     rows = collections.Counter(r["sha1"] for r in csv.DictReader((root / "results.csv").open()))
     line_rows = collections.Counter(json.loads(x).get("sha1") for x in (root / "line.jsonl").read_text().splitlines()
                                     if x.startswith("{") and x.endswith("}"))
-    judged: collections.Counter[str] = collections.Counter()
-    for x in (root / "in" / ".watch_journal.jsonl").read_text(errors="replace").splitlines():
-        try:
-            entry = json.loads(x)
-        except json.JSONDecodeError:
-            continue
-        if entry.get("state") == "scored":
+    judged: collections.Counter[str] = collections.Counter()  # judgements that filed the image (not dropped)
+    entries = journal_entries(root / "in" / ".watch_journal.jsonl")
+    dropped = {e.get("id") for e in entries if e.get("state") == "dropped"}
+    for entry in entries:
+        if entry.get("state") == "scored" and entry.get("id") not in dropped:
             judged[entry["sha1"]] += 1
+    rejudged = sum(1 for e in entries if e.get("state") == "scored" and e.get("id") in dropped)
     left = [p.name for p in (root / "in").iterdir() if not p.name.startswith(".")]
+    left += [f".claimed/{p.name}" for p in (root / "in" / ".claimed").iterdir()] if (root / "in" / ".claimed").is_dir() \
+        else []
     verdicts = collections.Counter(r["verdict"] for r in csv.DictReader((root / "results.csv").open()))
     figures = {
         "cycles": cycles, "images": len(written), "lost": sum(stored[h] == 0 for h in written),
         "stored_twice": sum(stored[h] > 1 for h in written), "judged_twice": sum(judged[h] > 1 for h in written),
         "csv_rows_per_image": sorted(collections.Counter(rows[h] for h in written).items()),
         "line_rows_per_image": sorted(collections.Counter(line_rows[h] for h in written).items()),
-        "left_in_folder": len(left), "kills_mid_steps": caught, "verdicts": dict(verdicts),
+        "left_in_folder": len(left), "kills_mid_steps": caught, "judgements_dropped_and_redone": rejudged, "verdicts": dict(verdicts),
         "startup_s_median": float(np.median(startup)) if startup else None, "minutes": elapsed / 60,
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                 text=True).stdout.strip(),
         "cpu": cpu_name(), "cores": os.cpu_count(), "load_before": load_before, "load_after": os.getloadavg(),
         "final_rc": final.returncode}
     print(json.dumps(figures))
@@ -222,7 +238,8 @@ Verdicts: {', '.join(f'{k} {v}' for k, v in sorted(verdicts.items()))}. Each cyc
 {args.window:g} s or less after it announced itself, and starts it again; a simulated camera keeps writing
 images under reused names (`cam.png`, `cam2.png`, and new names), half of them in two parts with a pause, also
 while the watcher is down. A last run without a kill drains the folder. Tiny PatchCore (64x64 px) trained on a
-generated demo category. Whole run {elapsed / 60:.1f} min. {'All invariants held.' if ok else 'INVARIANTS BROKEN: see the table.'}
+generated demo category. {rejudged} judgements journalled but not placed before a kill were dropped and
+redone (by design: such an entry is not trusted). Code: commit {figures['commit']}. Whole run {elapsed / 60:.1f} min. {'All invariants held.' if ok else 'INVARIANTS BROKEN: see the table.'}
 
 Command: `python benchmarks/bench_watch_cycles.py --cycles {args.cycles} --seed {args.seed}`."""
     write_section("watch_cycles", body)
