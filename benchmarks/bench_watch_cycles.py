@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -125,7 +126,8 @@ def journal_entries(journal: Path) -> list[dict]:
 
 def unfinished(journal: Path) -> int:
     """Journal entries "claimed" or "scored" without "done" or "dropped" (an image caught between its steps)."""
-    opened, closed = set(), set()
+    opened: set[Any] = set()
+    closed: set[Any] = set()
     for entry in journal_entries(journal):
         if entry.get("state") in ("claimed", "scored"):
             opened.add(entry.get("id"))
@@ -208,7 +210,7 @@ def main() -> int:
     left += [f".claimed/{p.name}" for p in (root / "in" / ".claimed").iterdir()] if (root / "in" / ".claimed").is_dir() \
         else []
     verdicts = collections.Counter(r["verdict"] for r in csv.DictReader((root / "results.csv").open()))
-    figures = {
+    figures: dict[str, Any] = {
         "cycles": cycles, "images": len(written), "lost": sum(stored[h] == 0 for h in written),
         "stored_twice": sum(stored[h] > 1 for h in written), "judged_twice": sum(judged[h] > 1 for h in written),
         "csv_rows_per_image": sorted(collections.Counter(rows[h] for h in written).items()),
