@@ -135,6 +135,9 @@ def decode(source: str | Path | bytes, name: str | None = None, max_pixels: int 
         raise
     except UnidentifiedImageError:
         found = detected_format(_prefix(handle))
+        if found in _OPENED_AS:  # starts as an accepted format, but its header cannot be read to the end
+            raise ImageLoadError(label, f"image data is damaged or truncated ({found} data that stops or breaks "
+                                        "inside its header)") from None
         what = f"{found} data" if found else "data no image decoder recognises"
         raise ImageLoadError(label, f"expected {ACCEPTED_TEXT}, found {what}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

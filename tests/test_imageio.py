@@ -143,3 +143,11 @@ def test_pixel_budget_checked_from_the_header() -> None:
     with pytest.raises(ImageLoadError, match="expected at most 50,000 pixels, found 300x200"):
         load_image(data, max_pixels=50_000)
     assert load_image(data, max_pixels=60_000).shape == (200, 300, 3)
+
+
+@pytest.mark.parametrize("data", [b"\x89PNG\r\n\x1a\n this file was cut short", b"\xff\xd8\xff\xe0 cut", b"BM cut"])
+def test_a_documented_format_cut_before_its_header_ends_is_called_damaged(data: bytes) -> None:
+    """A file that starts as a PNG/JPEG/BMP but stops inside its header is damaged, not 'another format'."""
+    with pytest.raises(ImageLoadError) as info:
+        load_image(data, name="cut.png")
+    assert "damaged or truncated" in info.value.reason and "expected a PNG" not in info.value.reason
