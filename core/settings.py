@@ -47,18 +47,23 @@ def data_roots() -> tuple[Path, ...]:
     return (Path(one).expanduser() if one else REPO / "demo_data",)
 
 
+def _positive_int(name: str, default: int) -> int:
+    """The whole number >= 1 in environment variable ``name``, else ``default``; raises ValueError naming it."""
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError(f"{name}: expected a whole number of at least 1, found {value!r}")
+    return number
+
+
 def model_cache_size() -> int:
     """``INSPECT_MODEL_CACHE_SIZE`` (a whole number of at least 1), else 4: loaded networks one process keeps."""
-    value = os.environ.get(MODEL_CACHE_SIZE_ENV, "").strip()
-    if not value:
-        return DEFAULT_MODEL_CACHE_SIZE
-    try:
-        size = int(value)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise ValueError(f"{MODEL_CACHE_SIZE_ENV}: expected a whole number of at least 1, found {value!r}")
-    return size
+    return _positive_int(MODEL_CACHE_SIZE_ENV, DEFAULT_MODEL_CACHE_SIZE)
 
 
 MAX_PIXELS_ENV = "INSPECT_MAX_PIXELS"
@@ -67,13 +72,4 @@ DEFAULT_MAX_PIXELS = 40_000_000
 
 def max_pixels() -> int:
     """``INSPECT_MAX_PIXELS`` (a whole number of at least 1), else 40 Mpx: the largest image the service decodes."""
-    value = os.environ.get(MAX_PIXELS_ENV, "").strip()
-    if not value:
-        return DEFAULT_MAX_PIXELS
-    try:
-        pixels = int(value)
-    except ValueError:
-        pixels = 0
-    if pixels < 1:
-        raise ValueError(f"{MAX_PIXELS_ENV}: expected a whole number of at least 1, found {value!r}")
-    return pixels
+    return _positive_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
