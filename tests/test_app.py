@@ -624,7 +624,8 @@ def test_compare_page(env: Path) -> None:
     assert len(at.get("image")) >= 3  # original + two overlays for each picked image
 
 
-def test_similar_page_builds_index_and_queries(env: Path) -> None:
+def similar_query(prefix: str = "test/scratch/") -> tuple[AppTest, str]:
+    """The Similar page with its index built and the first image whose label starts with ``prefix`` queried."""
     at = page("similar")
     next(b for b in at.button if "Build" in b.label).click()
     at.run()
@@ -632,11 +633,15 @@ def test_similar_page_builds_index_and_queries(env: Path) -> None:
     job.thread.join(timeout=300)
     assert job.error is None, job.error
     at.run()
-    options = at.selectbox(key="similar_pick").options
-    query = next(o for o in options if o.startswith("test/scratch/"))
+    query = next(o for o in at.selectbox(key="similar_pick").options if o.startswith(prefix))
     at.selectbox(key="similar_pick").set_value(query)
     at.run()
     assert not at.exception, at.exception
+    return at, query
+
+
+def test_similar_page_builds_index_and_queries(env: Path) -> None:
+    at, query = similar_query()
     hits = at.dataframe[0].value
     assert len(hits) == 8
     assert hits["similarity"].iloc[0] == pytest.approx(1.0, abs=1e-3)  # the query itself is indexed

@@ -9,15 +9,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from core import detector as det
 from core.cli import main
 from core.dataset import load_category
 from core.store import ModelStore
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.test_app import page, similar_query
 
 
 @pytest.fixture()
@@ -29,6 +27,9 @@ def cli_models(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert main(["train", "--data", "data", "--category", "demo_metal", "--model", "patchcore", "--store", "models",
                  "--image-size", "64", "64", "--coreset-ratio", "0.1"]) == 0
     assert main(["evaluate", "--data", "data", "--category", "demo_metal", "--store", "models"]) == 0
+    # the app runs from the repository, as run_app.sh starts it (its .streamlit/config.toml binds 127.0.0.1; from
+    # any other folder Streamlit listens on every interface and the login gate refuses to serve)
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
     store = ModelStore(tmp_path / "models")
     data = load_category(tmp_path / "data", "demo_metal")
     det.train(data, "efficientad", EFFICIENTAD_TEST_SETTINGS, store)
@@ -37,15 +38,6 @@ def cli_models(demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("INSPECT_MODEL_STORE", str(tmp_path / "models"))
     monkeypatch.delenv("QDRANT_URL", raising=False)
     return tmp_path / "data", tmp_path / "models"
-
-
-def page(name: str) -> AppTest:
-    at = AppTest.from_string((ROOT / "app.py").read_text(), default_timeout=180)
-    at.run()
-    at.switch_page(str(ROOT / "pages" / f"{name}.py"))
-    at.run()
-    assert not at.exception, at.exception
-    return at
 
 
 def test_compare_matches_every_image_whoever_evaluated_it(cli_models: tuple[Path, Path]) -> None:
@@ -62,17 +54,7 @@ def test_compare_matches_every_image_whoever_evaluated_it(cli_models: tuple[Path
 
 
 def test_similar_shows_the_scores_of_a_cli_evaluation(cli_models: tuple[Path, Path]) -> None:
-    at = page("similar")
-    next(b for b in at.button if "Build" in b.label).click()
-    at.run()
-    job = at.session_state["index_job"]
-    job.thread.join(timeout=300)
-    assert job.error is None, job.error
-    at.run()
-    query = next(o for o in at.selectbox(key="similar_pick").options if o.startswith("test/scratch/"))
-    at.selectbox(key="similar_pick").set_value(query)
-    at.run()
-    assert not at.exception, at.exception
+    at, _ = similar_query()
     hits = at.dataframe[0].value
     tested = hits[hits["image"].str.startswith("test/")]
     assert len(tested) > 0 and tested["anomaly score"].notna().all(), hits
