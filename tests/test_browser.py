@@ -3,6 +3,7 @@ the sidebar selection, no Deploy button) and an upload in headless Chromium show
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,17 +41,16 @@ def _wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(f"expected the app at {url} within {timeout}s, found no answer")
 
 
-@pytest.fixture()
-def server(demo_root: Path, trained_store: Path, tmp_path: Path):
-    store = tmp_path / "models"
-    shutil.copytree(trained_store, store)
+@contextlib.contextmanager
+def streamlit_server(data_root: Path, store: Path, timeout: float = 120) -> Iterator[str]:
+    """``streamlit run app.py`` on a free local port over ``data_root`` and ``store``; yields its URL."""
     port = _free_port()
-    env = {**os.environ, "INSPECT_DATA_ROOT": str(demo_root), "INSPECT_MODEL_STORE": str(store), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "INSPECT_DATA_ROOT": str(data_root), "INSPECT_MODEL_STORE": str(store), "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
                              "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", 90)
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", timeout)
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -57,6 +58,14 @@ def server(demo_root: Path, trained_store: Path, tmp_path: Path):
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture()
+def server(demo_root: Path, trained_store: Path, tmp_path: Path) -> Iterator[str]:
+    store = tmp_path / "models"
+    shutil.copytree(trained_store, store)
+    with streamlit_server(demo_root, store, 90) as url:
+        yield url
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")

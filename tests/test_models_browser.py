@@ -3,17 +3,14 @@ scroll), and cancelling a training run gives the Train button back with a Resume
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _free_port, _wait_http
+from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
 HEADERS = ["category", "model", "version", "backbone", "created (UTC)", "train s", "image AUROC", "pixel AUROC",
            "AUPRO", "F1-max", "ms/image"]
@@ -24,20 +21,8 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium i
 def models_server(demo_root: Path, trained_store: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     store = tmp_path / "models"
     shutil.copytree(trained_store, store)
-    port = _free_port()
-    env = {**os.environ, "INSPECT_DATA_ROOT": str(demo_root), "INSPECT_MODEL_STORE": str(store), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.port", str(port),
-                             "--server.address", "127.0.0.1", "--server.headless", "true"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health", 120)
-        yield f"http://127.0.0.1:{port}", store
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    with streamlit_server(demo_root, store) as url:
+        yield url, store
 
 
 def test_models_table_fits_and_cancel_gives_train_back(models_server: tuple[str, Path], tmp_path: Path) -> None:
