@@ -38,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, write_section
+from common import ROOT, machine, wait_ready, write_section
 
 KEY = "bench-hostile-key"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "INSPECT_API_KEY": KEY}
@@ -235,16 +235,7 @@ def start_service(store: Path, port: int, log: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--store", str(store), "--port", str(port),
                              "--workers", "2"], cwd=ROOT, env={**ENV, "INSPECT_LINE_LOG": str(log)},
                             stdout=subprocess.DEVNULL, stderr=open(log.with_suffix(".err"), "w"))  # noqa: SIM115
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", headers={"X-API-Key": KEY}, timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("expected the service to be ready within 300 s")
+    return wait_ready(proc, port, {"X-API-Key": KEY})
 
 
 def zero_threshold_copy(store: Path) -> None:

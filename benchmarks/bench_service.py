@@ -32,7 +32,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, machine, write_section
+from common import ROOT, machine, wait_ready, write_section
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 
@@ -47,16 +47,7 @@ def start_service(store: Path, port: int, processes: int, log: Path) -> subproce
     proc = subprocess.Popen([sys.executable, "-m", "core", "serve", "--store", str(store), "--port", str(port),
                              "--processes", str(processes)], cwd=ROOT, env={**ENV, "INSPECT_LINE_LOG": str(log)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise TimeoutError("expected the service to be ready within 300 s")
+    return wait_ready(proc, port)
 
 
 def load(port: int, image: bytes, model: str, clients: int, seconds: float) -> dict:

@@ -9,6 +9,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,23 @@ def write_section(name: str, body: str) -> None:
     tmp = RESULTS.with_suffix(".tmp")
     tmp.write_text(text)
     tmp.replace(RESULTS)
+
+
+def wait_ready(proc: subprocess.Popen, port: int, headers: dict[str, str] | None = None,
+               timeout: float = 300) -> subprocess.Popen:
+    """``proc`` once the service on ``port`` answers ``/ready`` with 200 (killed, TimeoutError, if not in time)."""
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", headers=headers, timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise TimeoutError(f"expected the service to be ready within {timeout:.0f} s")
 
 
 def fmt(x: float | None, digits: int = 3) -> str:
