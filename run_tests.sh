@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up (first run only), lint (ruff), type-check core/ (mypy), and run the whole test suite, the
-# real-browser test included. Settings for all three are in pyproject.toml.
+# Set up (first run only), lint (ruff), check the layers' import contracts (import-linter), type-check (mypy),
+# and run the whole test suite, the real-browser tests included. Settings for all four are in pyproject.toml.
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
@@ -12,5 +12,6 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ]; then
 fi
 export HF_HUB_OFFLINE=1
 .venv/bin/python -m ruff check .
+.venv/bin/lint-imports --no-cache
 .venv/bin/python -m mypy
 exec .venv/bin/python -m pytest -q "$@"

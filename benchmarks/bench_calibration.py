@@ -3,9 +3,9 @@ default vs F1-max, and the cross-fitted threshold's F1, for the product's defaul
 
     python benchmarks/bench_calibration.py [--categories magnetic_tile,juice_bottle_loco] [--kind patchcore]
 
-Each category: ``core.detector.train`` with default settings (20% of the good training images, at most 200, held out; the
-default thresholds come from them alone, for ``core.calibration.DEFAULT_FALSE_ALARM``), then
-``core.detector.run_evaluation`` on the whole test set. Rows also show what other promised rates would have
+Each category: ``core.store.lifecycle.train`` with default settings (20% of the good training images, at most 200, held out; the
+default thresholds come from them alone, for ``core.scores.calibration.DEFAULT_FALSE_ALARM``), then
+``core.store.lifecycle.run_evaluation`` on the whole test set. Rows also show what other promised rates would have
 given (``Calibration.defaults_for``), from the same held-out statistics. Written to the ``calibration``
 section of RESULTS.md.
 """
@@ -22,10 +22,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section
 
-from core import detector as det
-from core import metrics
-from core.dataset import load_category
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.scores import metrics
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 RATES = (0.01, 0.02, 0.05, 0.1)
 

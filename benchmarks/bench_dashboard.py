@@ -20,10 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import ROOT, machine, write_section
 
-from core import detector as det
-from core.dataset import load_category
-from core.demo import make_demo_dataset
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.data.demo import make_demo_dataset
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 PAGES = ("models", "inspect", "thresholds", "compare", "similar", "annotate")
 

@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_patchcore import evaluate_predictions
 from common import DATA, OUT, fmt, machine, peak_rss_mb, write_section
 
-from core.dataset import load_category
-from core.detector import HOLDOUT_FRACTION, split_holdout
-from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.efficientad import EfficientAD, EfficientADConfig
+from core.store.lifecycle import HOLDOUT_FRACTION, split_holdout
 
 # the settings each variant was measured with (the defaults have moved since; old rows keep their meaning)
 _STOCK_LOSS = {"hard_quantile": 0.999, "score_border_cells": 0}  # anomalib's hard-feature loss and image score

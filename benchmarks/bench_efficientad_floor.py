@@ -8,7 +8,7 @@ product peak (2,048 x 2,048 x 2,048, the threads used for inference), and times 
 
 - anomalib's torch model in eval mode as anomalib's TorchInferencer calls it (no ``no_grad``),
 - the same in ``torch.inference_mode``,
-- ours: the eval forward pass exported to ONNX Runtime (core.efficientad, runtime="onnx").
+- ours: the eval forward pass exported to ONNX Runtime (core.models.efficientad, runtime="onnx").
 
 The floor is multiply-adds x 2 / GEMM peak: no fp32 implementation that does every multiply-add can be faster.
 Weights do not matter for timing (an untrained student with our distilled teacher).
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section
 
-from core.efficientad import EfficientAD, EfficientADConfig
+from core.models.efficientad import EfficientAD, EfficientADConfig
 
 GEMM = 2048
 

@@ -30,10 +30,10 @@ from bench_inference import (
 )
 from common import DATA, machine, write_section
 
-from core.dataset import load_category
-from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image
-from core.store import atomic_write_json
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.files import atomic_write_json
+from core.models.efficientad import EfficientAD, EfficientADConfig
 
 ROWS = Path(__file__).resolve().parent / "results"
 STOCK = "anomalib TorchInferencer, stock PDN-S EfficientAd"

@@ -27,11 +27,11 @@ from bench_efficientad import ROWS
 from bench_patchcore import image_metrics, pixel_metrics
 from common import DATA, OUT, fmt, machine, write_section
 
-from core.dataset import load_category
-from core.detector import HOLDOUT_FRACTION, split_holdout
-from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image
-from core.preprocess import resize_map, to_tensor
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.efficientad import EfficientAD, EfficientADConfig
+from core.models.preprocess import resize_map, to_tensor
+from core.store.lifecycle import HOLDOUT_FRACTION, split_holdout
 
 Maps = tuple[torch.Tensor, torch.Tensor]  # normalised (st, ae), each [N, H, W]
 

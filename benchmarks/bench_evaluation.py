@@ -3,7 +3,7 @@
     python benchmarks/bench_evaluation.py [--category juice_bottle_loco]
 
 Trains the default PatchCore for the category (a temp store), then runs, each in a fresh process so its peak
-memory is its own: ``binned`` = ``core.detector.run_evaluation`` as the app and CLI run it (scoring + one
+memory is its own: ``binned`` = ``core.store.lifecycle.run_evaluation`` as the app and CLI run it (scoring + one
 binned pass for pixel AUROC / AUPRO, overall and per defect); ``exact`` = the same scores with pixel AUROC and
 AUPRO computed exactly on all pixels (concatenate + sort, overall and per defect: the code before this change).
 Image AUROC is exact in both. Written to the ``evaluation`` section of RESULTS.md.
@@ -23,11 +23,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section
 
-from core import detector as det
-from core import metrics
-from core.dataset import GOOD, load_category
-from core.imageio import load_image, load_mask
-from core.store import ModelStore
+from core.data.dataset import GOOD, load_category
+from core.data.imageio import load_image, load_mask
+from core.scores import metrics
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from core.types import TrainControl
 
 

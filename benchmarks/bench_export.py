@@ -4,7 +4,7 @@ it) and the PyTorch path, on the same exported network, batch 1, one run.
     pip install openvino   # optional: without it the OpenVINO rows are left out
     python benchmarks/bench_export.py [--store DIR] [--repeats 50]
 
-Networks: PatchCore's feature extractor and EfficientAD's whole network, as `core.export` writes them, at
+Networks: PatchCore's feature extractor and EfficientAD's whole network, as `core.line.export` writes them, at
 256x256 (demo models are trained first unless --store). Median ms of ``--repeats`` runs after 5 warm-up runs;
 max relative difference of the outputs against ONNX Runtime fp32. Written to the ``export`` section of RESULTS.md.
 """
@@ -45,9 +45,9 @@ def main() -> int:
     import onnxruntime as ort
     import torch
 
-    from core import detector as det
-    from core.export import export_bundle
-    from core.store import ModelStore
+    from core.line.export import export_bundle
+    from core.store import lifecycle as det
+    from core.store.model_store import ModelStore
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp_name:

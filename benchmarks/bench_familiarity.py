@@ -3,8 +3,8 @@
     python benchmarks/bench_familiarity.py [--kind patchcore]
 
 For each category (magnetic_tile, juice_bottle_loco from ../shared/data, and the generated demo_metal), a model
-is trained with default settings exactly as the product trains it (core.detector.train: the guard's limit comes
-from the held-out good images), then core.inspection.inspect judges: the category's test/good images (target:
+is trained with default settings exactly as the product trains it (core.store.lifecycle.train: the guard's limit comes
+from the held-out good images), then core.verdict.inspection.inspect judges: the category's test/good images (target:
 <= 2% flagged), its defective test images (flagged or not, they keep their score and verdict), and the test
 images of the other categories plus 320 natural photos (target: >= 95% flagged). Written to the
 ``familiarity`` section of RESULTS.md.
@@ -22,13 +22,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section
 
-from core import detector as det
-from core import familiarity as fam
-from core import inspection
-from core.dataset import image_files, load_category
-from core.demo import DEMO_CATEGORY, make_demo_dataset
-from core.imageio import load_image
-from core.store import ModelStore
+from core.data.dataset import image_files, load_category
+from core.data.demo import DEMO_CATEGORY, make_demo_dataset
+from core.data.imageio import load_image
+from core.scores import familiarity as fam
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
+from core.verdict import inspection
 
 
 def main() -> int:

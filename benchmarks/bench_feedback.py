@@ -5,7 +5,7 @@ parts without costing recall?
 
 Default PatchCore trained on the category's train/good; test/good and the defective test images are each split
 in two halves (A, B) by a fixed shuffle. The highest-scoring good images of half A are marked OK one at a time
-through ``core.feedback.mark_ok`` (each mark: a new model version, loaded as the app loads it); after every
+through ``core.verdict.feedback.mark_ok`` (each mark: a new model version, loaded as the app loads it); after every
 ``--every`` marks the false-alarm rate on good B and the recall on defective B are measured at the FIXED
 threshold of the first version (the calibrated default). Written to the ``feedback`` section of RESULTS.md.
 """
@@ -24,11 +24,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section
 
-from core import detector as det
-from core import feedback
-from core.dataset import load_category
-from core.imageio import load_many
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.data.imageio import load_many
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
+from core.verdict import feedback
 
 
 def halves(items: list, seed: int) -> tuple[list, list]:
@@ -90,7 +90,7 @@ def main() -> int:
                 print(rows[-1], file=sys.stderr, flush=True)
     lines = [f"Machine: {machine()}. Category {args.category}: default PatchCore (trained in {train_s:.0f} s), "
              f"threshold fixed at the first version's calibrated default ({threshold:.4g}). Good A: {len(good_a)}, "
-             f"good B: {len(good_b)}, defective B: {len(bad_b)} images. Each mark: `core.feedback.mark_ok` on the next "
+             f"good B: {len(good_b)}, defective B: {len(bad_b)} images. Each mark: `core.verdict.feedback.mark_ok` on the next "
              "highest-scoring good image of half A, then the new version loaded as the app loads it.", "",
              "| marks | version | false alarms on good A | false alarms on good B (held apart) | recall on defective B | "
              "seconds per mark (median, incl. load) | memory bank |", "|---|---|---|---|---|---|---|"]

@@ -3,7 +3,7 @@
     python benchmarks/bench_hostile.py [--seconds 12] [--clients 4 64 256]
 
 Starts ``python -m core serve`` (one process, 2 workers, an API key from ``INSPECT_API_KEY``) on a PatchCore
-model trained here on the generated demo category (core.demo), then, one case at a time, sends each hostile
+model trained here on the generated demo category (core.data.demo), then, one case at a time, sends each hostile
 request and records the answer, the time to it, the server's peak RSS growth (``/proc/<pid>/clear_refs`` reset,
 then ``VmHWM`` against ``VmRSS`` before; ``VmRSS`` also sampled every 5 ms) and ``/health`` p50/p95 polled every
 20 ms from another thread from the request until at least 1.5 s later. Then the load table: N clients (asyncio streams, in a child process

@@ -38,10 +38,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section
 
-from core.dataset import load_category
-from core.efficientad import EfficientAD, EfficientADConfig
-from core.imageio import load_image, load_many
-from core.patchcore import PatchCore, PatchCoreConfig
+from core.data.dataset import load_category
+from core.data.imageio import load_image, load_many
+from core.models.efficientad import EfficientAD, EfficientADConfig
+from core.models.patchcore import PatchCore, PatchCoreConfig
 
 
 def stock_inferencer(lightning: torch.nn.Module, folder: Path):

@@ -8,7 +8,7 @@ coreset of 300k+ entries is not what anyone would build; a random subset has the
 neighbours). Test: every k-th test image (good and defective), scored with anomalib's re-weighted image score
 and the blurred map. Reported per bank size: ms/image of the search (1,024 queries: a 32x32 grid), HNSW build time, image and
 pixel AUROC with exact search and with HNSW at several efSearch values, and the largest relative image-score
-change. This is what sets ``AUTO_EXACT_LIMIT`` and ``HNSW_EF_SEARCH`` in core/knn.py.
+change. This is what sets ``AUTO_EXACT_LIMIT`` and ``HNSW_EF_SEARCH`` in core/models/knn.py.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, machine, write_section
 
-from core import metrics
-from core.dataset import load_category
-from core.imageio import load_image, load_mask
-from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
-from core.mapsmooth import MapSmoother
-from core.patchcore import PatchCore, PatchCoreConfig
-from core.preprocess import batches
+from core.data.dataset import load_category
+from core.data.imageio import load_image, load_mask
+from core.models.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
+from core.models.mapsmooth import MapSmoother
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.models.preprocess import batches
+from core.scores import metrics
 
 
 def embed_all(model: PatchCore, images: list[np.ndarray]) -> torch.Tensor:
@@ -116,7 +116,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['n']:,} | {r['search']} | {r['ms']:.0f} | {r['build_s']:.0f} | {r['image']:.4f} | "
                      f"{r['pixel']:.4f} | {r['score_err']:.2%} |")
-    lines += ["", f"core/knn.py at the time of this run: `search=\"auto\"` = exact up to {AUTO_EXACT_LIMIT:,} entries, "
+    lines += ["", f"core/models/knn.py at the time of this run: `search=\"auto\"` = exact up to {AUTO_EXACT_LIMIT:,} entries, "
                   f"HNSW (efSearch {HNSW_EF_SEARCH}) + exact maximum above.", "",
               "Command: `python benchmarks/bench_knn_real.py`."]
     write_section("knn_real", "## Exact vs HNSW on real features: speed and AUROC cost\n\n" + "\n".join(lines))

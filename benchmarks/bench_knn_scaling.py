@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, write_section
 
-from core.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
+from core.models.knn import AUTO_EXACT_LIMIT, HNSW_EF_SEARCH, HNSW_M, build_index
 
 DIM = 152
 QUERIES = 1024
@@ -98,7 +98,7 @@ def main() -> int:
                   "HNSW over-estimates distances slightly (it can miss the true nearest neighbour), so scores only grow. "
                   "The image score is the maximum over 1,024 patches, so a single badly missed neighbour shows up in "
                   "the image-score column even when the mean error is tiny; re-checking the largest patches exactly "
-                  "(core/knn.py ``exact_maximum``) removes that error.",
+                  "(core/models/knn.py ``exact_maximum``) removes that error.",
               "", "Command: `python benchmarks/bench_knn_scaling.py`."]
     write_section("knn", "## Nearest-neighbour search vs memory-bank size\n\n" + "\n".join(lines))
     return 0

@@ -7,9 +7,9 @@
 training mode, ``subsample_embedding`` (anomalib's KCenterGreedy with its sparse random projection), and
 the model's own ``forward`` (``torch.cdist``-free exhaustive search) for inference. The stock coreset runs
 under ``torch.no_grad()`` (without it, its memory grows per iteration until the OOM killer ends the run).
-"ours" = core.patchcore.PatchCore: the same anomalib model and weights, the backbone run by ONNX Runtime
-(core/runtime.py), our bounded fast coreset (core/coreset.py), the product's ``search="auto"`` (exact search up
-to 16,384 bank entries, HNSW + exact maximum above: core/knn.py) and matrix map smoothing (core/mapsmooth.py).
+"ours" = core.models.patchcore.PatchCore: the same anomalib model and weights, the backbone run by ONNX Runtime
+(core/models/runtime.py), our bounded fast coreset (core/models/coreset.py), the product's ``search="auto"`` (exact search up
+to 16,384 bank entries, HNSW + exact maximum above: core/models/knn.py) and matrix map smoothing (core/models/mapsmooth.py).
 Coreset ratio 1.0 keeps every patch (no coreset). Both read the same images, preprocessed the same way.
 """
 
@@ -28,12 +28,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, fmt, machine, peak_rss_mb, run_variant, write_section
 
-from core import metrics
-from core.dataset import GOOD, load_category
-from core.imageio import load_image, load_mask
-from core.knn import resolve
-from core.patchcore import PatchCore, PatchCoreConfig
-from core.preprocess import batches, predict_in_batches, to_tensor
+from core.data.dataset import GOOD, load_category
+from core.data.imageio import load_image, load_mask
+from core.models.knn import resolve
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.models.preprocess import batches, predict_in_batches, to_tensor
+from core.scores import metrics
 
 
 def image_metrics(samples, scores) -> dict:
@@ -51,7 +51,7 @@ def image_metrics(samples, scores) -> dict:
 
 def pixel_metrics(samples, images, maps) -> dict:
     """Pixel AUROC and AUPRO of ``maps`` (each at its image's original size), and pixel AUROC per defect type
-    (that type's images and all good images, as core.evaluate counts it)."""
+    (that type's images and all good images, as core.scores.evaluate counts it)."""
     masks = [load_mask(s.mask_path, im.shape[:2]) if s.mask_path else np.zeros(im.shape[:2], bool)
              for s, im in zip(samples, images, strict=True)]
 

@@ -38,12 +38,12 @@ VARIANTS: dict[str, dict] = {
 
 
 def run_one(category: str, variant: str) -> dict:
-    from core import detector as det
-    from core.dataset import load_category
+    from core.data.dataset import load_category
+    from core.store import lifecycle as det
 
     data = load_category(DATA, category)
     with tempfile.TemporaryDirectory() as tmp:
-        from core.store import ModelStore
+        from core.store.model_store import ModelStore
 
         store = ModelStore(tmp)
         t0 = time.perf_counter()

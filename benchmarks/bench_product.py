@@ -4,8 +4,8 @@ EfficientAD side by side on one category.
 
     python benchmarks/bench_product.py --category juice_bottle_loco [--kinds patchcore,efficientad]
 
-Each kind: ``core.detector.train`` with default settings into a temp store (wall time measured around it,
-image reading included), ``core.detector.run_evaluation`` on the whole test set. Rows are kept in
+Each kind: ``core.store.lifecycle.train`` with default settings into a temp store (wall time measured around it,
+image reading included), ``core.store.lifecycle.run_evaluation`` on the whole test set. Rows are kept in
 benchmarks/results/product_<category>_<kind>.json (committed) and written to the ``product_<category>``
 section of RESULTS.md.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, fmt, machine, write_section
 
-from core import detector as det
-from core.dataset import load_category
-from core.efficientad import EfficientADConfig, expected_training_seconds
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.models.efficientad import EfficientADConfig, expected_training_seconds
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 ROWS = Path(__file__).resolve().parent / "results"
 

@@ -169,7 +169,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         store = args.store or train_demo(tmp)
         data = tmp / "data" if not args.store else None
-        from core.demo import make_demo_dataset
+        from core.data.demo import make_demo_dataset
 
         if data is None:
             data = tmp / "data"

@@ -52,10 +52,10 @@ def cpu_name() -> str:
 
 def train_tiny(tmp: Path) -> tuple[Path, Path]:
     """A small demo category and a 64x64 PatchCore on it (tens of seconds on 2 cores)."""
-    from core import detector as det
-    from core.dataset import load_category
-    from core.demo import make_demo_dataset
-    from core.store import ModelStore
+    from core.data.dataset import load_category
+    from core.data.demo import make_demo_dataset
+    from core.store import lifecycle as det
+    from core.store.model_store import ModelStore
 
     data = tmp / "data"
     make_demo_dataset(data, n_train=16, n_test_good=6, n_per_defect=5, size=64, seed=3)

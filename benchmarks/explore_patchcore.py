@@ -14,10 +14,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 torch.set_num_threads(int(sys.argv[1]))
-from core import metrics
-from core.dataset import load_category
-from core.imageio import load_image, load_mask
-from core.patchcore import PatchCore, PatchCoreConfig
+from core.data.dataset import load_category
+from core.data.imageio import load_image, load_mask
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.scores import metrics
 
 cat = load_category(Path(__file__).resolve().parents[2] / 'shared' / 'data', 'magnetic_tile')
 train = [load_image(s.path) for s in cat.train]

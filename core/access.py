@@ -48,7 +48,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.store import atomic_write_bytes
+from core.files import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core import settings as app_settings
-from core.registry import INFERENCE_PATHS, KINDS, spec
-from core.store import ModelStore, ModelStoreError, validate_name
+from core.models.registry import INFERENCE_PATHS, KINDS, spec
+from core.store.model_store import ModelStore, ModelStoreError, validate_name
 
 if TYPE_CHECKING:
     from core.types import TrainControl
@@ -66,14 +66,14 @@ def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
     if getattr(args, "layers", None):
         settings["layers"] = args.layers
     elif getattr(args, "backbone", None):
-        from core.backbone import default_layers
+        from core.models.backbone import default_layers
 
         settings["layers"] = list(default_layers(args.backbone))
     return settings
 
 
 def _load_data(args: argparse.Namespace):
-    from core.dataset import load_category, load_folder
+    from core.data.dataset import load_category, load_folder
 
     if args.category:
         return load_category(args.data, validate_name(args.category, "category name"))
@@ -82,7 +82,7 @@ def _load_data(args: argparse.Namespace):
 
 def _model(args: argparse.Namespace):
     """The saved model the arguments name (``--version`` or the current one), loaded."""
-    from core import detector as det
+    from core.store import lifecycle as det
 
     store = ModelStore(args.store)
     ref = store.ref(validate_name(args.category, "category name"), args.model, getattr(args, "version", None))
@@ -90,7 +90,7 @@ def _model(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from core import detector as det
+    from core.store import lifecycle as det
 
     data = _load_data(args)
     validate_name(data.name, "category name")  # before any training, not after it
@@ -116,8 +116,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from core import detector as det
-    from core.dataset import load_category
+    from core.data.dataset import load_category
+    from core.store import lifecycle as det
 
     data = load_category(args.data, validate_name(args.category, "category name"))
     model = _model(args)
@@ -134,7 +134,7 @@ def _expand(paths: list[Path]) -> list[Path]:
     Raises:
         FileNotFoundError: a path names nothing (checked before any model is loaded).
     """
-    from core.imageio import SUPPORTED_SUFFIXES
+    from core.data.imageio import SUPPORTED_SUFFIXES
 
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -149,8 +149,8 @@ def _expand(paths: list[Path]) -> list[Path]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from core import inspection
-    from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
+    from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
+    from core.verdict import inspection
 
     paths = _expand(args.images)
     if not paths:
@@ -178,7 +178,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                          f"{model.calibration.image_threshold:.6g}", result.verdict, familiar,
                          "" if result.score is None else f"{result.latency_ms:.1f}", result.note])
         if args.overlays and result.anomaly_map is not None:
-            from core.overlay import overlay_png
+            from core.verdict.overlay import overlay_png
 
             args.overlays.mkdir(parents=True, exist_ok=True)
             (args.overlays / f"{path.stem}_overlay.png").write_bytes(
@@ -222,8 +222,8 @@ def cmd_versions(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback(args: argparse.Namespace) -> int:
-    from core import feedback
-    from core.imageio import load_image
+    from core.data.imageio import load_image
+    from core.verdict import feedback
 
     store = ModelStore(args.store)
     category = validate_name(args.category, "category name")
@@ -258,7 +258,7 @@ def cmd_feedback(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from core.service import ServiceConfig, WatchSpec, api_key_from, serve
+    from core.line.service import ServiceConfig, WatchSpec, api_key_from, serve
 
     if not Path(args.store).is_dir():
         raise FileNotFoundError(f"expected a model store folder at {args.store}, found nothing there")
@@ -287,9 +287,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    from core import line_log
-    from core.model_cache import ModelCache
-    from core.watch import WatchConfig, Watcher
+    from core.line import results_log as line_log
+    from core.line.watch import WatchConfig, Watcher
+    from core.store.model_cache import ModelCache
 
     category = validate_name(args.category, "category name")
     if not args.in_dir.is_dir():
@@ -307,7 +307,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from core.export import export_bundle
+    from core.line.export import export_bundle
 
     ref = ModelStore(args.store).ref(validate_name(args.category, "category name"), args.model, args.version)
     path = export_bundle(ref, args.out)
@@ -354,7 +354,7 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from core.demo import make_demo_dataset
+    from core.data.demo import make_demo_dataset
 
     path = make_demo_dataset(args.out)
     print(f"demo data written to {path}")
@@ -518,15 +518,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _backbone_error() -> type[Exception]:
-    """core.backbone imports timm and torch: only looked up when an exception is being handled."""
-    from core.backbone import BackboneError
+    """core.models.backbone imports timm and torch: only looked up when an exception is being handled."""
+    from core.models.backbone import BackboneError
 
     return BackboneError
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from core.dataset import DatasetError
+    from core.data.dataset import DatasetError
     from core.types import TrainingCancelled
 
     if args.command == "feedback" and args.defect and not args.data:

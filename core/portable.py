@@ -1,8 +1,8 @@
 """The rules the app and the export bundle share: decoding, calibration checks and the verdict.
 
-This module needs numpy and pillow only and imports nothing from this package: core/export.py copies it into
-every bundle as ``portable.py`` beside ``runner.py`` (core/bundle_runner.py), and core/imageio.py,
-core/calibration.py, core/familiarity.py and core/inspection.py import it. So a rule lives here once and the
+This module needs numpy and pillow only and imports nothing from this package: core/line/export.py copies it into
+every bundle as ``portable.py`` beside ``runner.py`` (core/line/bundle_runner.py), and core/data/imageio.py,
+core/scores/calibration.py, core/scores/familiarity.py and core/verdict/inspection.py import it. So a rule lives here once and the
 bundle cannot drift from the app (tests/test_export.py holds both to the same verdicts and scores).
 
 - **Decoding** (:func:`decode`): only PNG, JPEG, BMP and TIFF, judged by the data (Pillow's own detection, not

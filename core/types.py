@@ -66,7 +66,7 @@ class ResumePoint:
 
     def write(self, folder: Path) -> Path:
         """Write atomically to ``folder``/progress.json."""
-        from core.store import atomic_write_json
+        from core.files import atomic_write_json
 
         return atomic_write_json(Path(folder) / self.FILE, asdict(self))
 

@@ -1,7 +1,7 @@
 """Annotate: draw a defect by hand; the mask is saved as MVTec ground truth for pixel-level metrics.
 
 The canvas shows the image with its long side between 512 and 640 px (small parts scaled up in crisp blocks) and
-the mask is saved at the image's own size (``core.annotate``). The canvas is keyed on the image's content, never
+the mask is saved at the image's own size (``core.data.annotate``). The canvas is keyed on the image's content, never
 on the name it is saved as, so renaming keeps the drawing.
 """
 
@@ -14,8 +14,8 @@ from PIL import Image
 from streamlit_drawable_canvas import st_canvas
 
 from core.access import Permission
-from core.annotate import canvas_background, canvas_size, mask_from_canvas, save_annotation
-from core.imageio import SUPPORTED_SUFFIXES
+from core.data.annotate import canvas_background, canvas_size, mask_from_canvas, save_annotation
+from core.data.imageio import SUPPORTED_SUFFIXES
 from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.registry import label
-from core.store import ModelStoreError
+from core.models.registry import label
+from core.store.model_store import ModelStoreError
 from ui import cache, charts
 from ui.display import display_image
 from ui.frame import selection

@@ -5,13 +5,13 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import feedback
 from core.access import Permission
-from core.imageio import SUPPORTED_SUFFIXES
-from core.inspection import NO_VERDICT
-from core.overlay import COLORMAPS, png_bytes
-from core.registry import label, spec
-from core.store import ModelStoreError
+from core.data.imageio import SUPPORTED_SUFFIXES
+from core.models.registry import label, spec
+from core.store.model_store import ModelStoreError
+from core.verdict import feedback
+from core.verdict.inspection import NO_VERDICT
+from core.verdict.overlay import COLORMAPS, png_bytes
 from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import (

@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from core import line_log
-from core.imageio import ImageLoadError
-from core.overlay import overlay
-from core.store import ModelStoreError
+from core.data.imageio import ImageLoadError
+from core.line import results_log as line_log
+from core.store.model_store import ModelStoreError
+from core.verdict.overlay import overlay
 from ui import cache, charts
 from ui.display import display_image
 from ui.frame import selection

@@ -3,12 +3,12 @@
 import pandas as pd
 import streamlit as st
 
-from core import detector as det
 from core.access import Permission
-from core.backbone import BackboneError, default_layers, feature_layers
+from core.models.backbone import BackboneError, default_layers, feature_layers
+from core.models.registry import KINDS, label, spec
 from core.progress import duration_text
-from core.registry import KINDS, label, spec
-from core.store import ModelStoreError
+from core.store import lifecycle as det
+from core.store.model_store import ModelStoreError
 from core.types import ResumePoint, TrainingCancelled
 from ui import auth, cache
 from ui.frame import selection

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.access import Permission
-from core.imageio import SUPPORTED_SUFFIXES
+from core.data.imageio import SUPPORTED_SUFFIXES
 from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload

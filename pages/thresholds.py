@@ -12,11 +12,11 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import detector as det
-from core import metrics
-from core import thresholds as th
 from core.access import Permission
-from core.registry import spec
+from core.models.registry import spec
+from core.scores import metrics
+from core.scores import thresholds as th
+from core.store import lifecycle as det
 from core.types import TrainControl
 from ui import auth, cache, charts, drafts, visits
 from ui.drafts import ThresholdDraft

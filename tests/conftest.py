@@ -23,7 +23,7 @@ EFFICIENTAD_TEST_SETTINGS = {"height": 256, "width": 256, "steps": 3, "batch_siz
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small MVTec-style category ``demo_metal`` with painted scratches and spots, 64x64 px."""
-    from core.demo import make_demo_dataset
+    from core.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("data")
     make_demo_dataset(root, n_train=16, n_test_good=6, n_per_defect=5, size=64, seed=3)
@@ -33,9 +33,9 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def trained_store(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model store with a PatchCore and an EfficientAD model for ``demo_metal``, both evaluated."""
-    from core import detector as det
-    from core.dataset import load_category
-    from core.store import ModelStore
+    from core.data.dataset import load_category
+    from core.store import lifecycle as det
+    from core.store.model_store import ModelStore
 
     store = ModelStore(tmp_path_factory.mktemp("models"))
     data = load_category(demo_root, "demo_metal")

@@ -21,10 +21,10 @@ from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
 
 from core import access, cli
-from core import detector as det
-from core import store as store_module
 from core.access import AccessDenied, AccessMode, LoginThrottle, Permission, Role, User
-from core.store import ModelStore
+from core.store import lifecycle as det
+from core.store import model_store as store_module
+from core.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.annotate import CANVAS_MAX, CANVAS_MIN, canvas_background, canvas_size, mask_from_canvas, save_annotation
-from core.dataset import load_category
+from core.data.annotate import CANVAS_MAX, CANVAS_MIN, canvas_background, canvas_size, mask_from_canvas, save_annotation
+from core.data.dataset import load_category
 
 
 def test_canvas_alpha_becomes_mask_at_image_size() -> None:

@@ -14,8 +14,8 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from core import detector as det
-from core.store import ModelStore
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from core.types import ResumePoint
 from tests.conftest import rgb
 
@@ -730,7 +730,7 @@ def test_models_page_trains_with_a_backbone_the_user_brings(env: Path, tmp_path:
 def test_line_page_shows_what_the_line_sees(env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import time as clock
 
-    from core import line_log
+    from core.line import results_log as line_log
 
     log = tmp_path / "line.jsonl"
     monkeypatch.setenv("INSPECT_LINE_LOG", str(log))

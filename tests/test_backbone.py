@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.backbone import (
+from core.models.backbone import (
     BackboneError,
     convert_lukemelas_state_dict,
     create_classifier,

@@ -11,12 +11,12 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from core import detector as det
-from core.backbone import BackboneError, cached_weights, default_layers, feature_layers
 from core.cli import main
-from core.dataset import load_category
-from core.imageio import load_image
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.backbone import BackboneError, cached_weights, default_layers, feature_layers
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 SETTINGS = {"height": 64, "width": 64, "coreset_ratio": 0.1, "batch_size": 8}
 

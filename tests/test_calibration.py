@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from core.calibration import (
+from core.scores.calibration import (
     DEFAULT_FALSE_ALARM,
     SIGMAS,
     Calibration,
@@ -113,8 +113,8 @@ def test_signed_scores_and_absent_guards_are_accepted(field: str, value: object)
 def test_patchcore_calibration_of_zero_is_refused_at_load_naming_the_file(tmp_path) -> None:
     import json
 
-    from core import detector as det
-    from core.store import ModelRef, ModelStoreError
+    from core.store import lifecycle as det
+    from core.store.model_store import ModelRef, ModelStoreError
 
     for kind in ("patchcore", "efficientad"):
         folder = tmp_path / "demo" / kind / "v1"
@@ -129,8 +129,8 @@ def test_patchcore_calibration_of_zero_is_refused_at_load_naming_the_file(tmp_pa
 def test_saving_a_threshold_of_zero_is_refused(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from core import detector as det
-    from core.store import ModelRef
+    from core.store import lifecycle as det
+    from core.store.model_store import ModelRef
 
     model = SimpleNamespace(ref=ModelRef(str(tmp_path), "demo", "patchcore", 1), kind="patchcore")
     cal = Calibration.from_dict(GOOD).with_thresholds(0.0, 4.0, "user")

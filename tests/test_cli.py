@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.cli import main
-from core.imageio import save_png_atomic
+from core.data.imageio import save_png_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,7 +109,7 @@ def test_invalid_category_refused_before_training(demo_root: Path, capsys: pytes
 def test_missing_masks_are_reported_once(demo_root: Path, tmp_path: Path) -> None:
     import shutil
 
-    from core.dataset import load_category
+    from core.data.dataset import load_category
 
     root = tmp_path / "data"
     shutil.copytree(demo_root, root)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.coreset import coreset_size, kcenter_greedy
+from core.models.coreset import coreset_size, kcenter_greedy
 
 
 def reference_greedy(x: np.ndarray, k: int, first: int) -> list[int]:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.dataset import DatasetError, legacy_key, list_categories, load_category, load_folder
-from core.imageio import save_png_atomic
+from core.data.dataset import DatasetError, legacy_key, list_categories, load_category, load_folder
+from core.data.imageio import save_png_atomic
 
 
 def test_mvtec_layout(demo_root: Path) -> None:

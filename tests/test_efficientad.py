@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import detector as det
-from core.dataset import load_category
-from core.efficientad import (
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.efficientad import (
     DEFAULT_PENALTY_DIR,
     DEFAULT_TEACHER,
     SECONDS_PER_IMAGE_256,
@@ -23,9 +23,9 @@ from core.efficientad import (
     input_size_for,
     load_penalty_images,
 )
-from core.imageio import load_image
-from core.preprocess import InputSpec
-from core.store import ModelStore
+from core.models.preprocess import InputSpec
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from core.types import ResumePoint, TrainControl, TrainingCancelled
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS, rgb
 

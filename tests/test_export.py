@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import detector as det
 from core.cli import main
-from core.imageio import load_image
-from core.store import ModelStore
+from core.data.imageio import load_image
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 BLOCK_HEAVY = ("import sys\n"
@@ -59,7 +59,7 @@ def test_bundle_scores_equal_the_apps(trained_store: Path, demo_root: Path, tmp_
 
 
 def test_bundle_maps_match(trained_store: Path, demo_root: Path, tmp_path: Path) -> None:
-    from core.export import export_bundle
+    from core.line.export import export_bundle
 
     ref = ModelStore(trained_store).current("demo_metal", "patchcore")
     out = export_bundle(ref, tmp_path / "b.zip")
@@ -130,8 +130,8 @@ def test_bundle_judges_like_the_app(trained_store: Path, demo_root: Path, tmp_pa
     """Bundle parity: decoding (16-bit, RGBA, EXIF orientation) and the verdict rules (minimum size, the
     unfamiliar-image guard, the aspect range) give the app's verdicts and scores, in a process where torch and
     this package cannot be imported; an undocumented format is refused by both."""
-    from core.export import export_bundle
-    from core.inspection import NO_VERDICT, inspect
+    from core.line.export import export_bundle
+    from core.verdict.inspection import NO_VERDICT, inspect
 
     ref = ModelStore(trained_store).current("demo_metal", kind)
     with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
@@ -178,8 +178,8 @@ def test_bundle_maps_and_guard_statistic_match_at_any_size(trained_store: Path, 
                                                            tmp_path: Path) -> None:
     """The bundle resizes maps as the app does (torch's bilinear, no antialiasing), so the guard's statistic
     (the map median) is the app's also for images smaller or larger than the model's input."""
-    from core.export import export_bundle
-    from core.inspection import inspect
+    from core.line.export import export_bundle
+    from core.verdict.inspection import inspect
 
     ref = ModelStore(trained_store).current("demo_metal", "efficientad")  # input 256: 64 px maps are downsized
     with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
@@ -210,8 +210,8 @@ def test_bundle_maps_and_guard_statistic_match_at_any_size(trained_store: Path, 
 @pytest.mark.parametrize(("size_in", "size_out"), [((8, 8), (64, 64)), ((256, 256), (64, 64)), ((30, 17), (11, 40)),
                                                    ((5, 7), (5, 7)), ((1, 4), (3, 2))])
 def test_portable_resize_is_torchs_bilinear(size_in: tuple[int, int], size_out: tuple[int, int]) -> None:
+    from core.models.preprocess import resize_map as torch_resize
     from core.portable import resize_map
-    from core.preprocess import resize_map as torch_resize
 
     amap = np.random.default_rng(0).normal(size=size_in).astype(np.float32)
     assert np.allclose(resize_map(amap, size_out), torch_resize(amap, size_out), rtol=1e-5, atol=1e-6)
@@ -222,7 +222,7 @@ def test_portable_resize_is_torchs_bilinear(size_in: tuple[int, int], size_out: 
                                                       ("efficientad", "image_threshold", float("nan"))])
 def test_bundle_refuses_a_calibration_no_verdict_can_use(trained_store: Path, tmp_path: Path, kind: str,
                                                          field: str, value: float) -> None:
-    from core.export import export_bundle
+    from core.line.export import export_bundle
 
     ref = ModelStore(trained_store).current("demo_metal", kind)
     with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import detector as det
-from core import familiarity as fam
-from core import inspection
 from core.cli import main
-from core.imageio import load_image, save_png_atomic
-from core.store import ModelStore
+from core.data.imageio import load_image, save_png_atomic
+from core.scores import familiarity as fam
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from core.types import Prediction
+from core.verdict import inspection
 
 
 def _pred(values: np.ndarray) -> Prediction:
@@ -62,8 +62,8 @@ def test_min_side_for(shapes: list[tuple[int, int, int]], side: int) -> None:
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[det.LoadedModel, Path]:
     """PatchCore on the demo product at its real size (160 px, 40 good images: 8 held out)."""
-    from core.dataset import load_category
-    from core.demo import make_demo_dataset
+    from core.data.dataset import load_category
+    from core.data.demo import make_demo_dataset
 
     root = tmp_path_factory.mktemp("demo160")
     make_demo_dataset(root, n_train=40, n_test_good=8, n_per_defect=6, size=160, seed=5)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import detector as det
-from core import feedback
-from core.imageio import load_image
-from core.store import LOG_ENTRY, ModelStore, ModelStoreError, StaleParentError
+from core.data.imageio import load_image
+from core.store import lifecycle as det
+from core.store.model_store import LOG_ENTRY, ModelStore, ModelStoreError, StaleParentError
+from core.verdict import feedback
 from tests.conftest import rgb
 
 
@@ -130,7 +130,7 @@ def test_the_far_above_rule(score: float, threshold: float, median_defect: float
 def _far_defect(store: ModelStore, data: Path) -> tuple[det.LoadedModel, np.ndarray, float]:
     """The current PatchCore model and the familiar test defect image it scores highest (far above its
     threshold; an unfamiliar one would be refused for that reason first)."""
-    from core.inspection import inspect
+    from core.verdict.inspection import inspect
 
     model = det.load(store.current("demo_metal", "patchcore"))
     paths = sorted(p for p in (data / "demo_metal" / "test").rglob("*.png") if p.parent.name != "good")
@@ -221,9 +221,10 @@ def test_two_marks_from_the_same_version_keep_both_images(setup: tuple[ModelStor
 _MARK_IN_A_PROCESS = """
 import sys, time
 from pathlib import Path
-from core import detector as det, feedback
-from core.imageio import load_image
-from core.store import ModelStore
+from core.store import lifecycle as det
+from core.verdict import feedback
+from core.data.imageio import load_image
+from core.store.model_store import ModelStore
 store, image, barrier, me = ModelStore(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 model = det.load(store.ref("demo_metal", "patchcore", 1))
 (barrier / me).touch()
@@ -263,16 +264,17 @@ def test_two_processes_marking_from_the_same_version_keep_both_images(setup: tup
 
 _CRASHER = """
 import os, sys
-from core import store as S
+from core import files
+from core.store import model_store as S
 target, names = int(sys.argv[2]), []
 def hook(name):
     names.append(name)
     if len(names) == target:
         os._exit(70)
-S.STEP_HOOK = hook
+files.STEP_HOOK = hook
 st = S.ModelStore(sys.argv[1])
 v1 = st.ref("cat", "patchcore", 1)
-entry = {"time": S.now_iso(), "action": "mark_ok", "image": "a.png", "sha1": "0" * 40, "version_before": 1,
+entry = {"time": files.now_iso(), "action": "mark_ok", "image": "a.png", "sha1": "0" * 40, "version_before": 1,
          "score_before": 3.0, "score_after": 1.0}
 st.create_version("cat", "patchcore", st.read_manifest(v1), st.read_calibration(v1), "feedback: a.png marked OK",
                   parent=v1, require_parent_current=True, feedback=entry)
@@ -300,7 +302,7 @@ def test_a_kill_at_any_step_of_a_mark_leaves_a_store_undo_can_settle(tmp_path: P
     import os
     import time
 
-    from core.store import STALE_TEMP_S
+    from core.store.model_store import STALE_TEMP_S
 
     _base_store(tmp_path / "base")
     shutil.copytree(tmp_path / "base", tmp_path / "dry")
@@ -318,7 +320,7 @@ def test_a_kill_at_any_step_of_a_mark_leaves_a_store_undo_can_settle(tmp_path: P
         old = time.time() - STALE_TEMP_S - 60  # the restart comes later than a live writer could take
         for path in base.rglob(".*"):
             os.utime(path, (old, old))
-        restarted = _run("-c", "import sys; from core.store import ModelStore; ModelStore(sys.argv[1])", str(root))
+        restarted = _run("-c", "import sys; from core.store.model_store import ModelStore; ModelStore(sys.argv[1])", str(root))
         assert restarted.returncode == 0, (step, restarted.stderr)
         assert not [p.name for p in base.iterdir() if p.name.startswith(".tmp-") or p.name.endswith(".tmp")], step
         store = ModelStore(root)
@@ -346,7 +348,7 @@ def test_reading_the_log_recovers_the_entry_of_a_writer_that_stopped_after_the_r
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a restart (the app's process kept running): the next read of the log finds the version's
     entry, makes the version current (its pointer still named the parent) and logs it, so Undo can undo it."""
-    from core import store as store_module
+    from core import files
 
     store = _base_store(tmp_path)
 
@@ -357,12 +359,12 @@ def test_reading_the_log_recovers_the_entry_of_a_writer_that_stopped_after_the_r
         if name == "renamed into place":
             raise Stop(name)
 
-    monkeypatch.setattr(store_module, "STEP_HOOK", hook)
+    monkeypatch.setattr(files, "STEP_HOOK", hook)
     v1 = store.ref("cat", "patchcore", 1)
     with pytest.raises(Stop):
         store.create_version("cat", "patchcore", store.read_manifest(v1), {}, "feedback: a.png marked OK", parent=v1,
                              feedback={"action": feedback.MARK_OK, "image": "a.png", "version_before": 1})
-    monkeypatch.setattr(store_module, "STEP_HOOK", None)
+    monkeypatch.setattr(files, "STEP_HOOK", None)
     assert store.version_numbers("cat", "patchcore") == [1, 2] and store.current("cat", "patchcore").version == 1
     log = store.read_feedback("cat", "patchcore")
     assert [(e["action"], e["version_after"]) for e in log] == [("mark_ok", 2)]

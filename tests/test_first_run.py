@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from core import detector as det
 from core.cli import main
-from core.dataset import load_category
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS
 from tests.test_app import page, similar_query
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core.imageio import ImageLoadError, load_image, load_mask, save_png_atomic
+from core.data.imageio import ImageLoadError, load_image, load_mask, save_png_atomic
 
 
 def _encode(image: Image.Image, fmt: str = "PNG") -> bytes:
@@ -91,7 +91,7 @@ def test_atomic_png_leaves_no_temp(tmp_path) -> None:
 
 
 def test_load_many_keeps_going(tmp_path) -> None:
-    from core.imageio import load_many
+    from core.data.imageio import load_many
 
     good = save_png_atomic(np.zeros((3, 4, 3), np.uint8), tmp_path / "ok.png")
     bad = tmp_path / "bad.png"

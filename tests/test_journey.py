@@ -26,7 +26,7 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, _free_port, _wait_
 
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed")
 DEMO_STEPS = 40  # the script's EfficientAD budget, small here: the journey checks the path, not the accuracy
-N_TEST = 26  # the demo's test images: 10 good + 8 scratch + 8 spot (core.demo defaults)
+N_TEST = 26  # the demo's test images: 10 good + 8 scratch + 8 spot (core.data.demo defaults)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from core import line_log
+from core.line import results_log as line_log
 
 ROOT = Path(__file__).resolve().parents[1]
 

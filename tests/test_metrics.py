@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import metrics
+from core.scores import metrics
 
 
 @pytest.mark.parametrize(

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from core import detector as det
-from core import model_cache
-from core.calibration import Calibration
-from core.model_cache import ModelCache
+from core.scores.calibration import Calibration
 from core.settings import model_cache_size
-from core.store import ModelRef, ModelStore
+from core.store import lifecycle as det
+from core.store import model_cache
+from core.store.model_cache import ModelCache
+from core.store.model_store import ModelRef, ModelStore
 
 
 def _calibration(threshold: float = 2.0) -> dict[str, Any]:

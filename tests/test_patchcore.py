@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from core import detector as det
-from core.dataset import load_category
-from core.imageio import load_image
-from core.patchcore import PatchCore, PatchCoreConfig
-from core.store import ModelStore
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 from tests.conftest import PATCHCORE_TEST_SETTINGS, rgb
 
 
@@ -112,7 +112,7 @@ def test_empty_bank_refuses_to_predict() -> None:
      ("native", (20, 20), (32, 32))],
 )
 def test_input_target_size(mode: str, shape: tuple[int, int], expected: tuple[int, int]) -> None:
-    from core.preprocess import InputSpec
+    from core.models.preprocess import InputSpec
 
     spec = InputSpec(64, 64, mode=mode, scale=0.5, max_side=512)
     assert spec.target_size(shape) == expected

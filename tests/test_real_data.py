@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core import metrics
-from core.dataset import load_category
-from core.imageio import load_image
-from core.patchcore import PatchCore, PatchCoreConfig
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.scores import metrics
 from tests.conftest import SHARED_DATA
 
 pytestmark = pytest.mark.skipif(not (SHARED_DATA / "magnetic_tile").is_dir(),

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import device
-from core.registry import KINDS, label, spec
+from core.models import device
+from core.models.registry import KINDS, label, spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,7 +68,7 @@ def test_device_policy_refuses_what_it_cannot_do(monkeypatch: pytest.MonkeyPatch
 
 
 def test_manifest_records_the_training_device(trained_store: Path) -> None:
-    from core.store import ModelStore
+    from core.store.model_store import ModelStore
 
     store = ModelStore(trained_store)
     for kind in KINDS:
@@ -83,9 +83,9 @@ def test_store_module_names_every_store_file_alone() -> None:
         proc = subprocess.run(["grep", "-rln", "--include=*.py", f'"{name}"', "core", "ui", "pages"], cwd=ROOT,
                               capture_output=True, text=True)
         # the bundle runner reads the bundle's copies and must not import this package (tests/test_export.py)
-        found = set(proc.stdout.split()) - {"core/store.py", "core/bundle_runner.py"}
+        found = set(proc.stdout.split()) - {"core/store/model_store.py", "core/line/bundle_runner.py"}
         if name == "manifest.json":
-            found -= {"core/efficientad.py"}  # the teacher asset's manifest (assets/teacher/), not the store's
+            found -= {"core/models/efficientad.py"}  # the teacher asset's manifest (assets/teacher/), not the store's
         assert not found, (name, found)
 
 

@@ -7,9 +7,8 @@ import pytest
 import torch
 from anomalib.models.image.patchcore.anomaly_map import AnomalyMapGenerator
 
-from core import detector as det
-from core.efficientad import EfficientAD, EfficientADConfig
-from core.knn import (
+from core.models.efficientad import EfficientAD, EfficientADConfig
+from core.models.knn import (
     AUTO_EXACT_LIMIT,
     augment_bank,
     build_index,
@@ -17,9 +16,10 @@ from core.knn import (
     nearest_distances,
     resolve,
 )
-from core.mapsmooth import MapSmoother, axis_operator
-from core.patchcore import PatchCore, PatchCoreConfig
-from core.runtime import check_runtime
+from core.models.mapsmooth import MapSmoother, axis_operator
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.models.runtime import check_runtime
+from core.store import lifecycle as det
 from tests.conftest import PATCHCORE_TEST_SETTINGS
 
 
@@ -162,9 +162,9 @@ def test_inference_path_settings(kind: str, inference: str, expected: dict) -> N
 
 
 def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -> None:
-    from core.dataset import load_category
-    from core.imageio import load_image
-    from core.store import ModelStore
+    from core.data.dataset import load_category
+    from core.data.imageio import load_image
+    from core.store.model_store import ModelStore
 
     store = ModelStore(trained_store)
     images = [load_image(s.path) for s in load_category(demo_root, "demo_metal").test[:3]]
@@ -204,7 +204,7 @@ def test_exports_from_several_threads_do_not_collide() -> None:
     """torch.onnx.export keeps global state; the service loads models in threads (found by a warning in CI)."""
     import threading
 
-    from core.runtime import export_onnx
+    from core.models.runtime import export_onnx
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
     errors: list[BaseException] = []

@@ -15,10 +15,10 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from core import detector as det
-from core import line_log
-from core.service import ServiceConfig, create_app
-from core.store import ModelStore
+from core.line import results_log as line_log
+from core.line.service import ServiceConfig, create_app
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -107,7 +107,7 @@ def test_new_current_version_is_used_without_restart(client: TestClient, store: 
 
 
 def test_the_service_runs_a_watch_folder_too(store: Path, demo_root: Path, tmp_path: Path) -> None:
-    from core.service import WatchSpec
+    from core.line.service import WatchSpec
 
     incoming = tmp_path / "line" / "in"
     incoming.mkdir(parents=True)
@@ -125,12 +125,12 @@ def test_the_service_runs_a_watch_folder_too(store: Path, demo_root: Path, tmp_p
 def test_a_watch_folder_that_fails_is_retried_and_reported_by_ready(store: Path, demo_root: Path,
                                                                     tmp_path: Path,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
-    from core.service import WatchSpec
+    from core.line.service import WatchSpec
 
     incoming = tmp_path / "line" / "in"  # missing: every poll fails until it exists
     spec = WatchSpec("demo_metal", "patchcore", incoming, tmp_path / "line" / "ok", tmp_path / "line" / "defect")
     app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl", watches=(spec,)))
-    with caplog.at_level(logging.ERROR, logger="core.service"), TestClient(app) as c:
+    with caplog.at_level(logging.ERROR, logger="core.line.service"), TestClient(app) as c:
         deadline = time.time() + 60
         while time.time() < deadline and "watch folder" not in c.get("/ready").text:
             time.sleep(0.1)
@@ -267,7 +267,7 @@ def test_a_chunked_body_over_the_limit_is_refused_while_reading(store: Path, tmp
 def test_the_pixel_budget_is_checked_from_the_header(store: Path, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from core import settings
-    from core.service import ServiceConfig as Config
+    from core.line.service import ServiceConfig as Config
 
     assert settings.max_pixels() == 40_000_000 and Config(store).max_pixels == 40_000_000
     monkeypatch.setenv("INSPECT_MAX_PIXELS", "1234")
@@ -301,17 +301,17 @@ def test_decoding_and_scoring_run_off_the_event_loop(client: TestClient, demo_ro
     """While an image decodes (here: held), /health still answers (was: decoding ran on the event loop)."""
     import threading
 
-    import core.service
+    import core.line.service
 
     entered, release = threading.Event(), threading.Event()
-    real = core.service.load_image
+    real = core.line.service.load_image
 
     def slow_load(*args, **kwargs):
         entered.set()
         release.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.service, "load_image", slow_load)
+    monkeypatch.setattr(core.line.service, "load_image", slow_load)
     good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
     answers: list[int] = []
     poster = threading.Thread(target=lambda: answers.append(client.post("/v1/inspect/demo_metal",
@@ -334,17 +334,17 @@ def test_line_log_writes_run_off_the_event_loop(client: TestClient, demo_root: P
     """A line-log append (flock + fsync) that takes its time does not hold /health up."""
     import threading
 
-    import core.service
+    import core.line.service
 
     entered, release = threading.Event(), threading.Event()
-    real = core.service.line_log.append
+    real = core.line.service.line_log.append
 
     def slow_append(*args, **kwargs):
         entered.set()
         release.wait(20)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.service.line_log, "append", slow_append)
+    monkeypatch.setattr(core.line.service.line_log, "append", slow_append)
     good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
     answers: list[int] = []
     poster = threading.Thread(target=lambda: answers.append(client.post("/v1/inspect/demo_metal",
@@ -362,8 +362,8 @@ def test_line_log_writes_run_off_the_event_loop(client: TestClient, demo_root: P
 
 
 def test_overlays_and_masks_are_returned_at_a_bounded_size(store: Path, demo_root: Path, tmp_path: Path) -> None:
-    from core.calibration import Calibration
-    from core.overlay import bounded, overlay_png
+    from core.scores.calibration import Calibration
+    from core.verdict.overlay import bounded, overlay_png
 
     image = np.zeros((1000, 3000, 3), np.uint8)
     amap = np.zeros((1000, 3000), np.float32)
@@ -388,21 +388,21 @@ def test_a_full_queue_gets_503_with_retry_after_at_once(store: Path, demo_root: 
                                                         caplog: pytest.LogCaptureFixture) -> None:
     import threading
 
-    import core.service
+    import core.line.service
 
     entered, release = threading.Event(), threading.Event()
-    real = core.service.inspect
+    real = core.line.service.inspect
 
     def held(*args, **kwargs):
         entered.set()
         release.wait(30)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(core.service, "inspect", held)
+    monkeypatch.setattr(core.line.service, "inspect", held)
     good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
     app = create_app(ServiceConfig(store, workers=1, max_pending=1, line_log=tmp_path / "line.jsonl"))
     answers: list[int] = []
-    with caplog.at_level(logging.WARNING, logger="core.service"), TestClient(app) as c:
+    with caplog.at_level(logging.WARNING, logger="core.line.service"), TestClient(app) as c:
         poster = threading.Thread(target=lambda: answers.append(c.post("/v1/inspect/demo_metal",
                                                                        content=good).status_code))
         poster.start()
@@ -428,11 +428,11 @@ def test_a_full_queue_gets_503_with_retry_after_at_once(store: Path, demo_root: 
 def test_every_endpoint_but_health_needs_the_key(store: Path, path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import hmac
 
-    import core.service
+    import core.line.service
 
     compared: list[bytes] = []
     real = hmac.compare_digest
-    monkeypatch.setattr(core.service.hmac, "compare_digest", lambda a, b: compared.append(a) or real(a, b))
+    monkeypatch.setattr(core.line.service.hmac, "compare_digest", lambda a, b: compared.append(a) or real(a, b))
     app = create_app(ServiceConfig(store, api_key="k3y"))
     c = TestClient(app)
     assert c.get("/health").status_code == 200
@@ -457,15 +457,15 @@ def test_error_bodies_name_the_model_never_server_paths(client: TestClient, stor
 def test_every_5xx_is_json_with_an_error_id_the_log_carries(store: Path, demo_root: Path, tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             caplog: pytest.LogCaptureFixture) -> None:
-    import core.service
+    import core.line.service
 
     def broken(*args, **kwargs):
         raise RuntimeError(f"kaput at {tmp_path}/secret")
 
-    monkeypatch.setattr(core.service, "inspect", broken)
+    monkeypatch.setattr(core.line.service, "inspect", broken)
     good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
     app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
-    with caplog.at_level(logging.ERROR, logger="core.service"), \
+    with caplog.at_level(logging.ERROR, logger="core.line.service"), \
             TestClient(app, raise_server_exceptions=False) as c:
         r = c.post("/v1/inspect/demo_metal", content=good)
     assert r.status_code == 500 and r.headers["content-type"] == "application/json"
@@ -497,7 +497,7 @@ def test_the_api_key_comes_from_the_environment_or_a_file_never_argv(tmp_path: P
                                                                      monkeypatch: pytest.MonkeyPatch,
                                                                      capsys: pytest.CaptureFixture) -> None:
     from core import cli
-    from core.service import api_key_from
+    from core.line.service import api_key_from
 
     monkeypatch.delenv("INSPECT_API_KEY", raising=False)
     monkeypatch.delenv("INSPECT_API_KEY_FILE", raising=False)
@@ -530,7 +530,7 @@ def test_requests_without_the_key_add_no_line_log_row(store: Path, tmp_path: Pat
     at most once per interval however many come."""
     log = tmp_path / "line.jsonl"
     app = create_app(ServiceConfig(store, api_key="k3y", line_log=log))
-    with caplog.at_level(logging.WARNING, logger="core.service"), TestClient(app) as c:
+    with caplog.at_level(logging.WARNING, logger="core.line.service"), TestClient(app) as c:
         for i in range(50):
             r = c.post(f"/v1/inspect/{'c' * 4000}{i}?model={'m' * 4000}", content=b"x",
                        headers={"X-Filename": f"{'n' * 4000}.png", **({"X-API-Key": "wrong"} if i % 2 else {})})
@@ -578,7 +578,7 @@ def test_a_relative_store_path_leaves_the_words_of_error_bodies_alone(store: Pat
 
 def test_a_damaged_model_is_a_503_with_an_error_id_a_missing_one_a_404(store: Path, demo_root: Path, tmp_path: Path,
                                                                       caplog: pytest.LogCaptureFixture) -> None:
-    from core.store import ModelNotFound, ModelStoreError
+    from core.store.model_store import ModelNotFound, ModelStoreError
 
     assert issubclass(ModelNotFound, ModelStoreError)
     s = ModelStore(store)
@@ -589,7 +589,7 @@ def test_a_damaged_model_is_a_503_with_an_error_id_a_missing_one_a_404(store: Pa
     s.calibration_file(s.current("demo_metal", "patchcore")).write_text("{damaged")
     good = (demo_root / "demo_metal" / "test" / "good" / "000.png").read_bytes()
     app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
-    with caplog.at_level(logging.WARNING, logger="core.service"), \
+    with caplog.at_level(logging.WARNING, logger="core.line.service"), \
             TestClient(app, raise_server_exceptions=False) as c:
         r = c.post("/v1/inspect/demo_metal", content=good)
         assert r.status_code == 503 and r.headers["content-type"] == "application/json", r.text
@@ -608,7 +608,7 @@ def test_a_damaged_model_is_a_503_with_an_error_id_a_missing_one_a_404(store: Pa
 def test_an_image_over_the_pixel_budget_raises_image_too_large(monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image as PILImage
 
-    from core.imageio import ImageLoadError, ImageTooLarge, load_image
+    from core.data.imageio import ImageLoadError, ImageTooLarge, load_image
 
     assert issubclass(ImageTooLarge, ImageLoadError)
     data = _png(np.zeros((64, 64, 3), np.uint8))
@@ -624,15 +624,15 @@ def test_an_image_over_the_pixel_budget_raises_image_too_large(monkeypatch: pyte
 
 def test_an_image_too_large_is_classified_by_its_type_not_its_text(store: Path, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import core.service
-    from core.imageio import ImageLoadError, ImageTooLarge
+    import core.line.service
+    from core.data.imageio import ImageLoadError, ImageTooLarge
 
     def refuse(data: bytes, name: str | None = None, max_pixels: int = 0):
         if name == "big.png":
             raise ImageTooLarge(name, "over the budget")  # no "expected at most ... pixels" in the text
         raise ImageLoadError(name or "upload", "expected at most one frame, found 3 pixels, found")
 
-    monkeypatch.setattr(core.service, "load_image", refuse)
+    monkeypatch.setattr(core.line.service, "load_image", refuse)
     app = create_app(ServiceConfig(store, line_log=tmp_path / "line.jsonl"))
     with TestClient(app) as c:
         assert c.post("/v1/inspect/demo_metal", content=b"x", headers={"X-Filename": "big.png"}).status_code == 413

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import detector as det
-from core.store import ModelRef, ModelStore, ModelStoreError, atomic_write_json
+from core.files import atomic_write_json
+from core.store import lifecycle as det
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -231,7 +232,7 @@ def test_stale_temp_folders_are_removed_at_start_and_live_ones_kept(tmp_path: Pa
     import os
     import time
 
-    from core.store import STALE_TEMP_S
+    from core.store.model_store import STALE_TEMP_S
 
     made = ModelStore(tmp_path / "made")
     made.create_version("cat", "patchcore", _manifest("cat"), {"a": 1}, reason="trained", weights={"x": 1})

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from core import tiling
-from core.dataset import load_category
-from core.imageio import load_image
-from core.patchcore import PatchCore, PatchCoreConfig
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.models import tiling
+from core.models.patchcore import PatchCore, PatchCoreConfig
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap", "expected"), [

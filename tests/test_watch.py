@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from core import line_log
-from core.imageio import load_image
-from core.inspection import inspect
-from core.model_cache import ModelCache
-from core.store import ModelStore
-from core.watch import CLAIMS, CRASH_ENV, CRASH_EXIT, JOURNAL, STEPS, WatchConfig, Watcher
+from core.data.imageio import load_image
+from core.line import results_log as line_log
+from core.line.watch import CLAIMS, CRASH_ENV, CRASH_EXIT, JOURNAL, STEPS, WatchConfig, Watcher
+from core.store.model_cache import ModelCache
+from core.store.model_store import ModelStore
+from core.verdict.inspection import inspect
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -163,7 +163,7 @@ def test_crafted_journal_entries_are_refused_and_logged(setup, caplog: pytest.Lo
         {**base, "id": "d", "file": "real.png", "sha1": "0" * 40, "moved_to": str(config.ok_dir / "real.png")},
     ]
     (config.in_dir / JOURNAL).write_text("".join(json.dumps(e) + "\n" for e in crafted))
-    with caplog.at_level(logging.INFO, logger="core.watch"):
+    with caplog.at_level(logging.INFO, logger="core.line.watch"):
         Watcher(config, lambda: cache.current("demo_metal", "patchcore")).run(once=True)
     assert victim.read_text() == "not yours" and outside.is_file()
     assert not (config.in_dir.parent / "stolen.png").exists()

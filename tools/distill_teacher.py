@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anomalib.models.image.efficient_ad.torch_model import SmallPatchDescriptionNetwork
 
-from core.backbone import load_into_feature_extractor
-from core.dataset import image_files
-from core.imageio import ImageLoadError, load_image
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from core.store import atomic_write_bytes, atomic_write_json
+from core.data.dataset import image_files
+from core.data.imageio import ImageLoadError, load_image
+from core.files import atomic_write_bytes, atomic_write_json
+from core.models.backbone import load_into_feature_extractor
+from core.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 TARGET_BACKBONE = "tf_efficientnet_lite0"
 TARGET_LAYERS = ("blocks.2", "blocks.4")

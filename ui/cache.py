@@ -1,6 +1,6 @@
 """All Streamlit caching in one place: models with ``cache_resource``, results with ``cache_data``.
 
-Models come from one process-wide :class:`core.model_cache.ModelCache` (held by ``cache_resource``), the same
+Models come from one process-wide :class:`core.store.model_cache.ModelCache` (held by ``cache_resource``), the same
 policy the service and the watch folder use: networks in an LRU keyed on the identity of their weights
 (``INSPECT_MODEL_CACHE_SIZE``, default 4), each loaded under its own lock, the calibration and manifest re-read
 when their files change. So a change made anywhere (another tab, the CLI, a hand edit) is seen at the next
@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import detector as det
-from core import model_cache
-from core.dataset import CategoryData, legacy_key, load_category
-from core.imageio import load_image
-from core.metrics import PixelHistogram
-from core.patchcore import PatchCore, PatchCoreConfig
-from core.similarity import SimilarityIndex, open_client
-from core.store import ModelRef, ModelStore
+from core.data.dataset import CategoryData, legacy_key, load_category
+from core.data.imageio import load_image
+from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.models.similarity import SimilarityIndex, open_client
+from core.scores.metrics import PixelHistogram
+from core.store import lifecycle as det
+from core.store import model_cache
+from core.store.model_store import ModelRef, ModelStore
 from ui.display import display_map
 
 
@@ -35,7 +35,7 @@ def _mtime(path: Path) -> float:
 
 def weights_key(ref: ModelRef) -> str:
     """Changes whenever the weights behind ``ref`` change; equal for versions sharing their weights
-    (:func:`core.model_cache.weights_key`: the rule lives there)."""
+    (:func:`core.store.model_cache.weights_key`: the rule lives there)."""
     return model_cache.weights_key(ref)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from core.metrics import Curve
+from core.scores.metrics import Curve
 
 PALETTE = ["#2e7d32", "#c62828", "#ef6c00", "#6a1b9a", "#1565c0", "#00838f", "#ad1457", "#4e342e"]
 # Legend below the x-axis title (not on it): anchored by its top edge, with the bottom margin to hold both.

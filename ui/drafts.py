@@ -1,7 +1,7 @@
 """Unsaved threshold changes, kept per model version for the browser session until saved or discarded.
 
 Streamlit forgets a widget's value when its page is left; the Thresholds page keeps what the user moved here
-instead, keyed by :class:`~core.store.ModelRef`, so leaving the page (or looking at another model) loses nothing.
+instead, keyed by :class:`~core.store.model_store.ModelRef`, so leaving the page (or looking at another model) loses nothing.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from core.store import ModelRef
+from core.store.model_store import ModelRef
 
 _KEY = "_threshold_drafts"
 

@@ -6,12 +6,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.calibration import Calibration
-from core.detector import LoadedModel
-from core.imageio import ImageLoadError, load_image
-from core.inspection import Inspection, judge, size_problem
-from core.overlay import overlay
+from core.data.imageio import ImageLoadError, load_image
+from core.scores.calibration import Calibration
+from core.store.lifecycle import LoadedModel
 from core.types import Prediction
+from core.verdict.inspection import Inspection, judge, size_problem
+from core.verdict.overlay import overlay
 from ui import cache
 from ui.display import display_image
 from ui.sidebar import Selection

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from core.dataset import DatasetError, list_categories
-from core.demo import DEMO_CATEGORY, make_demo_dataset
-from core.detector import LoadedModel
-from core.registry import INFERENCE_PATHS, KINDS, label
-from core.store import ModelRef, ModelStore, ModelStoreError
+from core.data.dataset import DatasetError, list_categories
+from core.data.demo import DEMO_CATEGORY, make_demo_dataset
+from core.models.registry import INFERENCE_PATHS, KINDS, label
+from core.store.lifecycle import LoadedModel
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError
 from ui import cache
 from ui.settings import AppSettings, load_settings
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.dataset import GOOD
-from core.imageio import save_png_atomic
+from core.data.dataset import GOOD
+from core.data.imageio import save_png_atomic
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
 

@@ -29,14 +29,14 @@ import onnxruntime as ort
 from PIL import Image
 
 try:
-    import portable  # in the bundle: core/export.py copies core/portable.py beside this file
+    import portable  # in the bundle: core/line/export.py copies core/portable.py beside this file
 except ImportError:  # run from the repository
     from core import portable  # type: ignore[no-redef]
 
 
 def _preprocess(rgb: np.ndarray, params: dict[str, Any]) -> np.ndarray:
     """uint8 RGB ``[H, W, 3]`` -> float32 [1, 3, h, w], resized (bilinear) and normalised as the model was trained
-    (core/preprocess.py's to_tensor, in numpy)."""
+    (core/models/preprocess.py's to_tensor, in numpy)."""
     if rgb.shape[:2] != (params["height"], params["width"]):
         rgb = np.asarray(Image.fromarray(rgb).resize((params["width"], params["height"]), Image.Resampling.BILINEAR))
     x = rgb.astype(np.float32).transpose(2, 0, 1)[None] / np.float32(255.0)
@@ -56,7 +56,7 @@ def as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Result:
-    """What the bundle says about one image, field for field what the app says (core.inspection.Inspection):
+    """What the bundle says about one image, field for field what the app says (core.verdict.inspection.Inspection):
     raw score and map (None with NO VERDICT), verdict, whether it looks like the training images (None: no
     guard or no verdict), the guard's statistic and a note."""
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from core import metrics
-from core.calibration import Calibration
-from core.dataset import GOOD, CategoryData, Sample
-from core.imageio import ImageLoadError, load_many, load_mask
+from core.data.dataset import GOOD, CategoryData, Sample
+from core.data.imageio import ImageLoadError, load_many, load_mask
+from core.scores import metrics
+from core.scores.calibration import Calibration
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 CHUNK = 32
@@ -21,7 +21,7 @@ SCORING_SHARE = 0.85  # progress fraction for scoring; the rest is the pixel-met
 
 @dataclass(frozen=True)
 class ImageResult:
-    """One scored test image. ``key``: its identity (:attr:`core.dataset.Sample.key`); ``path``: absolute."""
+    """One scored test image. ``key``: its identity (:attr:`core.data.dataset.Sample.key`); ``path``: absolute."""
 
     path: str
     key: str
@@ -102,7 +102,7 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
 
     Unreadable images are listed in ``problems`` and left out; pixel metrics use the images with masks
     plus the good images (all-zero masks). Image metrics are exact; pixel AUROC and AUPRO come from
-    :class:`core.metrics.BinnedPixels` on shared bins (one pass over the maps, each map dropped once binned).
+    :class:`core.scores.metrics.BinnedPixels` on shared bins (one pass over the maps, each map dropped once binned).
     Progress runs 0 -> 0.85 while scoring and 0.85 -> 1 while binning maps; it never goes back.
     """
     samples: list[Sample] = []

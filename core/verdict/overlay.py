@@ -9,7 +9,7 @@ from matplotlib import colormaps
 from PIL import Image
 from scipy import ndimage
 
-from core.calibration import Calibration
+from core.scores.calibration import Calibration
 
 COLORMAPS: tuple[str, ...] = ("jet", "inferno", "viridis", "magma", "turbo")
 

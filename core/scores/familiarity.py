@@ -6,7 +6,7 @@ looks like the training images, while most of another product does not. So the g
 anomaly map: its median ("typical patch anomaly") must stay within a limit fitted on held-out good images
 (see :func:`fit_limit`). It costs nothing beyond the prediction itself. An image is also unfamiliar when its
 aspect ratio lies well outside the training images' range; an image below the model's minimum side gets no
-verdict at all (core.inspection). The limit, aspect range and minimum side are saved in calibration.json.
+verdict at all (core.verdict.inspection). The limit, aspect range and minimum side are saved in calibration.json.
 The rules that read them live in core/portable.py, which the export bundle carries too.
 
 Measured (benchmarks/RESULTS.md, "Unfamiliar-image guard"): an earlier version compared global ImageNet

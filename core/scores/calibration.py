@@ -40,10 +40,10 @@ class Calibration:
     chosen_by: str = "default"
     default_image_threshold: float | None = None
     default_pixel_threshold: float | None = None
-    familiarity_limit: float | None = None  # unfamiliar-image guard (core.familiarity); None: no guard
+    familiarity_limit: float | None = None  # unfamiliar-image guard (core.scores.familiarity); None: no guard
     aspect_min: float | None = None  # training images' height / width range (guard)
     aspect_max: float | None = None
-    min_side: int | None = None  # px: smaller images get no verdict (None: core.familiarity.MIN_SIDE_FLOOR)
+    min_side: int | None = None  # px: smaller images get no verdict (None: core.scores.familiarity.MIN_SIDE_FLOOR)
     false_alarm_target: float | None = None  # share of good parts the DEFAULT thresholds may flag; None: old policy
 
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.imageio import SUPPORTED_SUFFIXES
+from core.data.imageio import SUPPORTED_SUFFIXES
 
 GOOD = "good"
 

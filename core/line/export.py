@@ -4,7 +4,7 @@
 
 Contents: ``model.onnx`` (+ PatchCore's ``bank.npy``, ``map_h.npy``, ``map_w_t.npy``), ``params.json`` (input
 size, normalisation, kind, whether its scores are 0 or more), ``calibration.json`` and ``manifest.json`` of the
-version, ``runner.py`` (core/bundle_runner.py), ``portable.py`` (core/portable.py: the app's decoding and verdict
+version, ``runner.py`` (core/line/bundle_runner.py), ``portable.py`` (core/portable.py: the app's decoding and verdict
 rules, so the bundle decodes and judges exactly as the app does) and a README. Written to a temp file and
 renamed.
 """
@@ -20,12 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from core import detector as det
-from core.registry import spec
-from core.store import CALIBRATION, MANIFEST, ModelRef, ModelStore, atomic_write_bytes
+from core.files import atomic_write_bytes
+from core.models.registry import spec
+from core.store import lifecycle as det
+from core.store.model_store import CALIBRATION, MANIFEST, ModelRef, ModelStore
 
 RUNNER = Path(__file__).resolve().parent / "bundle_runner.py"
-PORTABLE = Path(__file__).resolve().parent / "portable.py"  # imported by the runner as ``portable``
+PORTABLE = Path(__file__).resolve().parents[1] / "portable.py"  # imported by the runner as ``portable``
 README = """Inspector export bundle: {label}
 
     pip install numpy pillow onnxruntime

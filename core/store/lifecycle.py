@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from core.calibration import Calibration, calibrate
-from core.dataset import CategoryData
-from core.device import compute_device, describe
-from core.evaluate import EvaluationResult, evaluate
-from core.familiarity import aspect_range, fit_limit, min_side_for
-from core.imageio import load_many
-from core.registry import INFERENCE_PATHS, KINDS, Detector, spec
-from core.store import ModelRef, ModelStore, ModelStoreError, now_iso, validate_name, versions
+from core.data.dataset import CategoryData
+from core.data.imageio import load_many
+from core.files import now_iso
+from core.models.device import compute_device, describe
+from core.models.registry import INFERENCE_PATHS, KINDS, Detector, spec
+from core.scores.calibration import Calibration, calibrate
+from core.scores.evaluate import EvaluationResult, evaluate
+from core.scores.familiarity import aspect_range, fit_limit, min_side_for
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name, versions
 from core.types import NO_CONTROL, ResumePoint, TrainControl
 
 __all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "LoadedModel", "TrainResult", "build", "default_settings",

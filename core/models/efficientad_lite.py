@@ -30,7 +30,7 @@ from anomalib.models.image.efficient_ad.torch_model import (
 )
 from torch import nn
 
-from core.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
+from core.models.backbone import LITE_MEAN, LITE_STD, load_into_feature_extractor
 
 # timm feature indices of efficientnet: 2 -> blocks.2 (stride 8), 3 -> blocks.4 (stride 16)
 TEACHER_FEATURES: tuple[int, int] = (2, 3)

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-from core.dataset import image_files
-from core.device import compute_device
-from core.efficientad_lite import (
+from core.data.dataset import image_files
+from core.models.device import compute_device
+from core.models.efficientad_lite import (
     ANOMALIB_HARD_QUANTILE,
     STRIDE,
     LiteAutoEncoder,
@@ -36,14 +36,14 @@ from core.efficientad_lite import (
     LiteTeacher,
     TunedEfficientAdModel,
 )
-from core.imageio import ImageLoadError, load_image
-from core.preprocess import InputSpec, predict_in_batches, to_tensor
-from core.runtime import OnnxGraph, check_runtime, export_onnx
-from core.store import atomic_write_bytes, now_iso
+from core.data.imageio import ImageLoadError, load_image
+from core.models.preprocess import InputSpec, predict_in_batches, to_tensor
+from core.models.runtime import OnnxGraph, check_runtime, export_onnx
+from core.files import atomic_write_bytes, now_iso
 from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl, TrainingCancelled
 
 KIND = "efficientad"
-ASSETS = Path(__file__).resolve().parents[1] / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_TEACHER = ASSETS / "teacher" / "teacher_small.pth"
 DEFAULT_PENALTY_DIR = ASSETS / "penalty"
 MIN_SIZE = 256
@@ -407,7 +407,7 @@ class EfficientAD:
 
     def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:
-        """:class:`core.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles.
+        """:class:`core.models.registry.Detector` training: :meth:`fit` with the held-out images for map quantiles.
         With ``control.state_dir``, the run's state is kept there (every :data:`SAVE_EVERY` steps and when
         cancelled) and a state found there is continued."""
         resume_file = control.state_dir / STATE_FILE if control.state_dir is not None else None

@@ -84,7 +84,7 @@ class KindSpec:
 
 
 def _patchcore() -> KindSpec:
-    from core import patchcore
+    from core.models import patchcore
 
     return KindSpec(
         name="patchcore", label="PatchCore",
@@ -106,7 +106,7 @@ def _patchcore() -> KindSpec:
 
 
 def _efficientad() -> KindSpec:
-    from core import efficientad
+    from core.models import efficientad
 
     return KindSpec(
         name="efficientad", label="EfficientAD",

@@ -34,18 +34,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from core import detector as det
-from core.inspection import NO_VERDICT, inspect
-from core.registry import spec
-from core.store import (
-    ModelRef,
-    ModelStore,
-    ModelStoreError,
-    StaleParentError,
-    atomic_write_bytes,
-    now_iso,
-    validate_name,
-)
+from core.files import atomic_write_bytes, now_iso
+from core.models.registry import spec
+from core.store import lifecycle as det
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError, StaleParentError, validate_name
+from core.verdict.inspection import NO_VERDICT, inspect
 
 logger = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from core import detector as det
 from core.settings import model_cache_size
-from core.store import ModelRef, ModelStore
+from core.store import lifecycle as det
+from core.store.model_store import ModelRef, ModelStore
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ class ModelCache:
     Args:
         store: the store :meth:`current` reads the current version from (``get`` follows ``ref.store``).
         size: networks kept (least recently used dropped first); ``INSPECT_MODEL_CACHE_SIZE`` (default 4) if None.
-        loader: ``(ref, inference) -> LoadedModel``; :func:`core.detector.load` if None (tests inject others).
+        loader: ``(ref, inference) -> LoadedModel``; :func:`core.store.lifecycle.load` if None (tests inject others).
     """
 
     def __init__(self, store: ModelStore | None = None, size: int | None = None,

@@ -2,7 +2,7 @@
 
 One call for the CLI (and later the service): :func:`inspect`. The app scores through its cache and then
 calls :func:`judge` with the same rules. Images below the model's minimum size get NO VERDICT with the reason;
-images unlike the training images keep their verdict and carry the unfamiliar-image flag (core.familiarity).
+images unlike the training images keep their verdict and carry the unfamiliar-image flag (core.scores.familiarity).
 The rules themselves are core.portable's :class:`~core.portable.Rules`, which the export bundle applies too.
 """
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.detector import LoadedModel
 from core.portable import NO_VERDICT, Familiarity, Rules
+from core.store.lifecycle import LoadedModel
 from core.types import Prediction
 
 __all__ = ["NO_VERDICT", "Inspection", "assess_familiarity", "inspect", "judge", "min_side", "rules", "size_problem"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from core.imageio import save_png_atomic
+from core.data.imageio import save_png_atomic
 
 DEMO_CATEGORY = "demo_metal"
 

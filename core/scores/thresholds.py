@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core import metrics
+from core.scores import metrics
 
 
 @dataclass(frozen=True)

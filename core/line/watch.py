@@ -54,10 +54,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from core import line_log
-from core.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
-from core.inspection import NO_VERDICT, inspect
-from core.store import atomic_write_bytes
+from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
+from core.files import atomic_write_bytes
+from core.line import results_log as line_log
+from core.verdict.inspection import NO_VERDICT, inspect
 
 logger = logging.getLogger(__name__)
 

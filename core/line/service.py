@@ -68,15 +68,16 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from core import line_log, settings
-from core.detector import LoadedModel
-from core.imageio import ImageLoadError, ImageTooLarge, load_image
-from core.inspection import inspect
-from core.model_cache import ModelCache
-from core.overlay import bounded, defect_mask, overlay_png, png_bytes
-from core.registry import KINDS
-from core.store import ModelNotFound, ModelStore, ModelStoreError, validate_name
-from core.watch import WatchConfig, Watcher
+from core import settings
+from core.data.imageio import ImageLoadError, ImageTooLarge, load_image
+from core.line import results_log as line_log
+from core.line.watch import WatchConfig, Watcher
+from core.models.registry import KINDS
+from core.store.lifecycle import LoadedModel
+from core.store.model_cache import ModelCache
+from core.store.model_store import ModelNotFound, ModelStore, ModelStoreError, validate_name
+from core.verdict.inspection import inspect
+from core.verdict.overlay import bounded, defect_mask, overlay_png, png_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -594,14 +595,14 @@ def serve(config: ServiceConfig, host: str, port: int, processes: int = 1) -> No
         if config.api_key:  # the environment of a process is readable by its owner only, unlike argv
             os.environ[API_KEY_ENV] = config.api_key
             os.environ.pop(API_KEY_FILE_ENV, None)
-        uvicorn.run("core.service:app_from_env", host=host, port=port, workers=processes, factory=True,
+        uvicorn.run("core.line.service:app_from_env", host=host, port=port, workers=processes, factory=True,
                     log_level="warning")
     else:
         uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
 
 def app_from_env() -> FastAPI:
-    """The app for multi-process serving (``uvicorn --factory core.service:app_from_env``)."""
+    """The app for multi-process serving (``uvicorn --factory core.line.service:app_from_env``)."""
     queue = os.environ.get("INSPECT_SERVICE_QUEUE", "").strip()
     return create_app(ServiceConfig(Path(os.environ.get("INSPECT_SERVICE_STORE", "models")), api_key_from(None),
                                     int(os.environ.get("INSPECT_SERVICE_WORKERS", "2")),

@@ -32,7 +32,6 @@ appends the entry, so Undo can undo it. Temp folders and files (``.tmp-*``, ``.*
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import fcntl
 import hashlib
 import io
@@ -44,10 +43,13 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.files import atomic_write_bytes, atomic_write_json, fsync_dir, now_iso, write_durable
+from core.files import step as _step
 
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.pt"
@@ -67,34 +69,8 @@ LOG_ENTRY = "feedback_log_entry"  # manifest key: the feedback-log entry the ver
 STALE_TEMP_S = 15 * 60  # temp folders/files older than this are a dead writer's (a live one takes seconds)
 
 logger = logging.getLogger(__name__)
-
-# Crash tests only: called with the name of each step of a write as it is reached (None in production).
-STEP_HOOK: Callable[[str], None] | None = None
 _STARTED: set[str] = set()
 _STARTED_GUARD = threading.Lock()
-
-
-def _step(name: str) -> None:
-    if STEP_HOOK is not None:
-        STEP_HOOK(name)
-
-
-def fsync_dir(path: Path) -> None:
-    """Make the entries of folder ``path`` (files created, renamed or removed in it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_durable(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file ``path`` and fsync it (its folder is the caller's to fsync)."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
 
 class ModelStoreError(RuntimeError):
     """A model folder is missing, incomplete or corrupt. The message names the folder and the problem."""
@@ -125,33 +101,6 @@ def validate_name(name: str, what: str = "name") -> str:
     return name
 
 
-def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write ``data`` to ``path`` via an fsynced temp file in the same folder and ``os.replace``, then fsync the
-    folder: after a crash or power loss ``path`` holds the old content or the new one, never a mix. The temp file
-    gets ``mode`` before it is renamed, so ``path`` never has another mode, even briefly (0o600 for secrets)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        _step(f"temp file of {path.name} written")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _step(f"{path.name} replaced")
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_json(path: Path, data: Any) -> Path:
-    return atomic_write_bytes(path, json.dumps(data, indent=2, sort_keys=False, default=float).encode())
-
-
 def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(Path(path).read_text())
@@ -174,10 +123,6 @@ def versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "anomalib": anomalib.__version__,
             "timm": timm.__version__}
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
