@@ -201,8 +201,9 @@ def read_calibration(ref: ModelRef) -> Calibration:
         raise ModelStoreError(f"{store.calibration_file(ref)}: {exc}") from None
 
 
-def save_calibration(model: LoadedModel, calibration: Calibration) -> ModelRef:
-    """Save thresholds as a new version of ``model`` (weights and evaluation shared with it, now current).
+def save_calibration(model: LoadedModel, calibration: Calibration, reason: str = "thresholds saved") -> ModelRef:
+    """Save thresholds as a new version of ``model`` (weights and evaluation shared with it, now current), with
+    ``reason`` as the version's reason.
 
     Raises:
         ValueError: a threshold no verdict can be made from (not finite; 0 or less for a kind whose scores are
@@ -212,7 +213,7 @@ def save_calibration(model: LoadedModel, calibration: Calibration) -> ModelRef:
     store = ModelStore(model.ref.store)
     manifest = store.read_manifest(model.ref)
     return store.create_version(model.category, model.kind, manifest, calibration.to_dict(),
-                                reason="thresholds saved", parent=model.ref, keep_evaluation=True)
+                                reason=reason, parent=model.ref, keep_evaluation=True)
 
 
 def run_evaluation(model: LoadedModel, data: CategoryData, control: TrainControl = NO_CONTROL) -> EvaluationResult:

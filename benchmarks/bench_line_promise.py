@@ -1,0 +1,262 @@
+"""Does the default promise hold on the line? The protocol of issue 24, with the product's defaults.
+
+    python benchmarks/bench_line_promise.py [--sets demo,magnetic_tile,juice_bottle_loco,pcb_00041] [--kind patchcore]
+
+Per set: ``core.store.lifecycle.train`` with default settings (calibration from the training images only), then
+the test images are streamed as the line would see them, in a fixed random order (seed 0), each judged by the one
+verdict pipeline (``core.verdict.inspection.judge``) and fed to the drift watch (``core.scores.drift``). When the
+watch alarms, the first 20 images a reviewer would confirm good (the ground truth plays the reviewer) after the
+alarm recalibrate the model (``core.verdict.recalibrate``); the rest of the stream is measured with the new
+calibration. Reported per set: the promise (false-alarm rate a), n and the bound of the calibration, the observed
+false-alarm rate before an alarm and after recalibration, the REVIEW band's share of parts and the share of the
+plain threshold's errors that fall in it, F1 at the default vs F1-max, and two drift checks on resampled test goods:
+1,000 unshifted (no alarm expected) and 100 unshifted followed by shifted ones (brightness +15%, slight blur,
+5 px offset; alarm expected within 50). Trained models and scores are kept under benchmarks/out/line_promise/
+(a rerun reuses them; ``--fresh`` retrains). Written to the ``line_promise`` section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, OUT, machine, write_section
+
+from core.data.dataset import GOOD, CategoryData, load_category
+from core.data.demo import DEMO_CATEGORY, make_demo_dataset
+from core.data.imageio import load_image
+from core.scores import metrics
+from core.scores.drift import DriftRule, watch
+from core.store import lifecycle
+from core.store.model_store import ModelStore
+from core.types import Prediction
+from core.verdict import inspection
+from core.verdict.recalibrate import recalibrate_from_line
+
+SEED = 0
+CONFIRMED = 20  # images a reviewer confirms good after an alarm; the recalibration uses them
+RESAMPLED = 1000
+SHIFT_AT = 100
+SHIFT_LEN = 100
+WORK = OUT / "line_promise"
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One test image as the line saw it: ``good`` from the ground truth, the raw prediction."""
+
+    key: str
+    good: bool
+    prediction: Prediction
+    shape: tuple[int, ...]
+
+
+def shifted(image: np.ndarray) -> np.ndarray:
+    """The injected line shift: brightness +15%, a slight blur (Gaussian, radius 1 px), a 5 px offset (edge
+    pixels repeated), on ``image`` ``[H, W, 3]`` uint8."""
+    bright = np.clip(image.astype(np.float32) * 1.15, 0, 255).astype(np.uint8)
+    blurred = np.asarray(Image.fromarray(bright).filter(ImageFilter.GaussianBlur(1.0)))
+    padded = np.pad(blurred, ((5, 0), (5, 0), (0, 0)), mode="edge")
+    return np.ascontiguousarray(padded[: image.shape[0], : image.shape[1]])
+
+
+def dataset(name: str) -> CategoryData:
+    if name == "demo":
+        root = WORK / "demo_data"
+        if not (root / DEMO_CATEGORY).is_dir():
+            make_demo_dataset(root)
+        return load_category(root, DEMO_CATEGORY)
+    return load_category(DATA, name)
+
+
+def trained(name: str, data: CategoryData, kind: str, fresh: bool) -> tuple[lifecycle.LoadedModel, float]:
+    store_dir = WORK / name / kind / "store"
+    if fresh and store_dir.exists():
+        shutil.rmtree(store_dir)
+    store = ModelStore(store_dir)
+    fit_s = float("nan")
+    if not store.has_model(data.name, kind):
+        start = time.perf_counter()
+        lifecycle.train(data, kind, {}, store, reason="bench_line_promise")
+        fit_s = time.perf_counter() - start
+    # version 1 is the trained one; recalibrations from earlier runs are later versions
+    return lifecycle.load(store.ref(data.name, kind, 1)), fit_s
+
+
+def score_all(model: lifecycle.LoadedModel, data: CategoryData) -> list[Scored]:
+    out = []
+    for sample in data.test:
+        image = load_image(sample.path)
+        out.append(Scored(sample.key, sample.defect == GOOD, model.detector.predict([image])[0], image.shape))
+    return out
+
+
+def verdict(model: lifecycle.LoadedModel, item: Scored) -> str:
+    """The verdict of the one pipeline (only the image's shape is read from the image)."""
+    return inspection.judge(model, np.broadcast_to(np.uint8(0), item.shape), item.prediction).verdict
+
+
+def stream(model: lifecycle.LoadedModel, items: list[Scored], rule: DriftRule) -> dict:
+    """Judge ``items`` in a fixed random order; recalibrate after an alarm; measure before and after."""
+    order = np.random.default_rng(SEED).permutation(len(items))
+    trained_model = model
+    center, spread = model.calibration.good_score_mean, model.calibration.good_score_std
+    scores: list[float] = []
+    phase = "before"
+    alarm_at = None
+    confirmed: list[Prediction] = []
+    rows = {"before": [], "after": []}  # (good, verdict, score, threshold)
+    for position, index in enumerate(order):
+        item = items[index]
+        v = verdict(model, item)
+        if phase == "collecting":
+            if item.good:
+                confirmed.append(item.prediction)
+            if len(confirmed) == CONFIRMED:
+                model = lifecycle.load(recalibrate_from_line(model, confirmed))
+                phase = "after"
+            continue
+        rows[phase].append((item.good, v, item.prediction.score, model.calibration.image_threshold))
+        if phase == "before":
+            scores.append(item.prediction.score)
+            if watch(scores, center, spread, rule).alarm:
+                alarm_at, phase = position, "collecting"
+    return {"rows": rows, "alarm_at": alarm_at, "recalibrated": model is not trained_model}
+
+
+def rates(rows: list[tuple[bool, str, float, float]]) -> dict:
+    if not rows:
+        return {"n": 0}
+    good = [r for r in rows if r[0]]
+    bad = [r for r in rows if not r[0]]
+    plain_errors = [r for r in rows if (r[2] >= r[3]) == r[0]]  # DEFECT on a good part, OK on a defective one
+    review = [r for r in rows if r[1] == "REVIEW"]
+    return {
+        "n": len(rows), "n_good": len(good),
+        "false_alarms": sum(1 for r in good if r[1] == "DEFECT") / max(len(good), 1),
+        "plain_false_alarms": sum(1 for r in good if r[2] >= r[3]) / max(len(good), 1),
+        "missed": sum(1 for r in bad if r[1] == "OK") / max(len(bad), 1),
+        "review_share": len(review) / len(rows),
+        "errors": len(plain_errors),
+        "errors_caught": (sum(1 for r in plain_errors if r[1] == "REVIEW") / len(plain_errors)
+                          if plain_errors else None),
+    }
+
+
+def drift_checks(model: lifecycle.LoadedModel, data: CategoryData, items: list[Scored], rule: DriftRule) -> dict:
+    rng = np.random.default_rng(SEED + 1)
+    goods = [i for i in items if i.good]
+    cal = model.calibration
+    quiet = rng.choice([g.prediction.score for g in goods], RESAMPLED, replace=True)
+    quiet_report = watch(quiet, cal.good_score_mean, cal.good_score_std, rule)
+    good_samples = [s for s in data.test if s.defect == GOOD]
+    picks = rng.choice(len(good_samples), SHIFT_AT + SHIFT_LEN, replace=True)
+    run = []
+    for position, pick in enumerate(picks):
+        image = load_image(good_samples[pick].path)
+        if position >= SHIFT_AT:
+            image = shifted(image)
+        run.append(model.detector.predict([image])[0].score)
+    shift_report = watch(run, cal.good_score_mean, cal.good_score_std, rule)
+    before = shift_report.alarm_at is not None and shift_report.alarm_at < SHIFT_AT
+    return {"quiet_alarm_at": quiet_report.alarm_at, "shift_alarm_at": shift_report.alarm_at,
+            "shift_delay": None if shift_report.alarm_at is None or before else shift_report.alarm_at - SHIFT_AT,
+            "false_alarm_before_shift": before,
+            "shifted_median_z": float(np.median((np.array(run[SHIFT_AT:]) - cal.good_score_mean)
+                                                / max(cal.good_score_std, 1e-12)))}
+
+
+def f1s(items: list[Scored], threshold: float) -> tuple[float, float]:
+    labels = np.array([0 if i.good else 1 for i in items])
+    scores = np.array([i.prediction.score for i in items])
+    pred = scores >= threshold
+    tp, fp, fn = int(np.sum(pred & (labels == 1))), int(np.sum(pred & (labels == 0))), int(np.sum(~pred & (labels == 1)))
+    f1 = 2 * tp / max(2 * tp + fp + fn, 1)
+    return f1, float(metrics.f1_max(labels, scores)[0])
+
+
+def run_set(name: str, kind: str, fresh: bool, rule: DriftRule) -> dict:
+    data = dataset(name)
+    model, fit_s = trained(name, data, kind, fresh)
+    items = score_all(model, data)
+    result = stream(model, items, rule)
+    cal = model.calibration
+    f1, f1max = f1s(items, cal.image_threshold)
+    promise = cal.false_alarm_target
+    evidence = getattr(cal, "promise", None)
+    return {"set": name, "kind": kind, "fit_s": fit_s, "promise": promise, "n": cal.num_images,
+            "bound": evidence, "source": cal.source, "alarm_at": result["alarm_at"],
+            "before": rates(result["rows"]["before"]), "after": rates(result["rows"]["after"]),
+            "all": rates(result["rows"]["before"] + result["rows"]["after"]),
+            "f1": f1, "f1_max": f1max, "drift": drift_checks(model, data, items, rule), "n_test": len(items)}
+
+
+def pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def table(results: list[dict], command: str) -> str:
+    lines = [f"Machine: {machine()}.", f"Command: `{command}`.", "",
+             "Protocol: calibrate from the training images only (product defaults); stream the test images in a fixed "
+             "random order (seed 0) through the verdict pipeline and the drift watch; after an alarm, the next "
+             f"{CONFIRMED} images the ground truth calls good recalibrate the model; the rest is measured with the new "
+             "calibration. False alarms = DEFECT verdicts on good parts (REVIEW goes to a person). Errors = what the "
+             "plain threshold gets wrong; caught = the share of them in the REVIEW band.", "",
+             "| set | promise | n | bound | observed false alarms before / after | alarm at | REVIEW share | "
+             "errors caught | F1 at default / F1-max | 1,000 goods: alarm | shift: delay |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        before, after, all_ = r["before"], r["after"], r["all"]
+        d = r["drift"]
+        bound = r["bound"]
+        bound_text = "–" if not bound else (bound.get("text") or json.dumps(bound))
+        lines.append(
+            f"| {r['set']} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
+            f"{pct(before.get('false_alarms'))} (of {before.get('n_good', 0)}) / "
+            f"{pct(after.get('false_alarms')) if after.get('n') else '–'} (of {after.get('n_good', 0)}) | "
+            f"{'none' if r['alarm_at'] is None else r['alarm_at'] + 1} | {pct(all_.get('review_share'))} | "
+            f"{pct(all_.get('errors_caught'))} of {all_.get('errors', 0)} | {r['f1']:.3f} / {r['f1_max']:.3f} | "
+            f"{'none' if d['quiet_alarm_at'] is None else 'at ' + str(d['quiet_alarm_at'] + 1)} | "
+            f"{'none' if d['shift_delay'] is None else str(d['shift_delay']) + ' images'}"
+            f"{' (alarm before the shift)' if d['false_alarm_before_shift'] else ''} "
+            f"(median z {d['shifted_median_z']:+.2f}) |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sets", default="demo,magnetic_tile,juice_bottle_loco,pcb_00041")
+    parser.add_argument("--kind", default="patchcore")
+    parser.add_argument("--fresh", action="store_true", help="retrain instead of reusing benchmarks/out models")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    rule = DriftRule()
+    results = []
+    for name in args.sets.split(","):
+        if name != "demo" and not (DATA / name).is_dir():
+            print(f"skipped: no {name} under {DATA}", file=sys.stderr)
+            continue
+        start = time.perf_counter()
+        result = run_set(name, args.kind, args.fresh, rule)
+        print(json.dumps({k: v for k, v in result.items()}, default=str), flush=True)
+        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
+        results.append(result)
+    command = "python benchmarks/bench_line_promise.py " + " ".join(sys.argv[1:])
+    body = table(results, command.strip())
+    print(body)
+    if not args.no_write:
+        write_section("line_promise", body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
