@@ -73,3 +73,12 @@ DEFAULT_MAX_PIXELS = 40_000_000
 def max_pixels() -> int:
     """``INSPECT_MAX_PIXELS`` (a whole number of at least 1), else 40 Mpx: the largest image the service decodes."""
     return _positive_int(MAX_PIXELS_ENV, DEFAULT_MAX_PIXELS)
+
+
+DATABASE_URL_ENV = "INSPECT_DATABASE_URL"
+
+
+def database_url() -> str | None:
+    """``INSPECT_DATABASE_URL`` (stripped; a SQLAlchemy URL such as ``postgresql://user@host/db``), else None:
+    the line's history is the SQLite file in the model store (``core/store/history.py``)."""
+    return os.environ.get(DATABASE_URL_ENV, "").strip() or None

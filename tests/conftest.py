@@ -47,3 +47,72 @@ def trained_store(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _postgres_bin(name: str) -> str | None:
+    """``name`` (initdb, pg_ctl) on PATH, else from the newest Debian ``/usr/lib/postgresql/<major>/bin``."""
+    import shutil
+
+    found = shutil.which(name)
+    if found:
+        return found
+    majors = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"), key=lambda p: int(p.parts[-3])
+                    if p.parts[-3].isdigit() else 0)
+    return str(majors[-1]) if majors else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL server for the session: ``initdb`` into a temp folder, ``pg_ctl start`` on a free
+    port of 127.0.0.1 (its unix socket in the same folder), trust authentication, stopped and removed at the end.
+    Yields its SQLAlchemy URL (database ``postgres``, user ``postgres``). As root the server runs as the
+    ``postgres`` user (``runuser``), as PostgreSQL refuses root. Skips with the reason when none can be started
+    (``run_tests.sh`` installs PostgreSQL when it is missing and it runs as root)."""
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    initdb, pg_ctl = _postgres_bin("initdb"), _postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL tests skipped: no initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin "
+                    "(run_tests.sh installs the Debian package postgresql when run as root)")
+    prefix: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="pg-test-"))  # not under pytest's 0700 tmp: the postgres user reads it
+    if os.geteuid() == 0:
+        runuser = shutil.which("runuser")
+        if runuser is None:
+            shutil.rmtree(folder, ignore_errors=True)
+            pytest.skip("PostgreSQL tests skipped: running as root and no runuser to start the server as postgres")
+        prefix = [runuser, "-u", "postgres", "--"]
+        try:
+            shutil.chown(folder, "postgres")
+        except (LookupError, OSError) as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            pytest.skip(f"PostgreSQL tests skipped: running as root and no postgres user to run the server: {exc}")
+    data, log = folder / "data", folder / "server.log"
+    made = subprocess.run(prefix + [initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8",
+                                    "--no-sync"], capture_output=True, text=True, timeout=120)
+    if made.returncode != 0:
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL tests skipped: initdb failed: {(made.stderr or made.stdout).strip()[-500:]}")
+    started = None
+    for _ in range(3):  # a free port can be taken between choosing and binding it
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+        started = subprocess.run(prefix + [pg_ctl, "-D", str(data), "-l", str(log), "-o", options, "-w", "-t", "60",
+                                           "start"], capture_output=True, text=True, timeout=120)
+        if started.returncode == 0:
+            break
+    if started is None or started.returncode != 0:
+        reason = log.read_text(errors="replace")[-500:] if log.is_file() else (started.stderr if started else "")
+        shutil.rmtree(folder, ignore_errors=True)
+        pytest.skip(f"PostgreSQL tests skipped: pg_ctl start failed: {reason.strip()}")
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run(prefix + [pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop"], capture_output=True,
+                       timeout=120)
+        shutil.rmtree(folder, ignore_errors=True)
