@@ -12,10 +12,10 @@ export HF_HUB_OFFLINE=1
 # margin (about a minute on 2 cores); the default (6,000, for real parts) would take over 20 minutes. The
 # version's reason in the store says so.
 DEMO_EFFICIENTAD_STEPS=${DEMO_EFFICIENTAD_STEPS:-200}
-# Where the demo lives: the app's own defaults (core/settings.py) unless INSPECT_DATA_ROOT / INSPECT_MODEL_STORE
-# name other folders (the browser journey test runs this script on throwaway folders).
-DATA=${INSPECT_DATA_ROOT:-demo_data}
-STORE=${INSPECT_MODEL_STORE:-models}
+# Where the demo lives: core/settings.py's rule, the app's and the CLI's (INSPECT_DATA_ROOT / INSPECT_MODEL_STORE,
+# else the repository's demo_data/ and models/; the browser journey test runs this script on throwaway folders).
+DATA=$(.venv/bin/python -c 'from core import settings; print(settings.data_roots()[0])')
+STORE=$(.venv/bin/python -c 'from core import settings; print(settings.model_store())')
 if [ ! -d "$DATA/demo_metal" ]; then
   .venv/bin/python -m core demo --out "$DATA"
 fi

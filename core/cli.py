@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import logs
 from core import settings as app_settings
 from core.models.registry import INFERENCE_PATHS, KINDS, spec
 from core.store.model_store import ModelStore, ModelStoreError, validate_name
@@ -375,6 +376,11 @@ def _int_at_least_1(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Offline visual anomaly detection.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.allow_abbrev = False  # "feedback --log" and "watch --log" are no abbreviation of --log-level/--log-json
+    parser.add_argument("--log-level", type=str.upper, choices=app_settings.LOG_LEVELS,
+                        help="module log level, before the command (default: INSPECT_LOG_LEVEL, else WARNING)")
+    parser.add_argument("--log-json", action="store_true", default=None,
+                        help="log one JSON object per line on stderr (default: INSPECT_LOG_JSON, else text)")
     sub = parser.add_subparsers(dest="command", required=True)
     store_default = app_settings.model_store()
 
@@ -512,7 +518,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_users)
 
     p = sub.add_parser("demo", help="generate the built-in demo dataset")
-    p.add_argument("--out", type=Path, default=Path("demo_data"))
+    p.add_argument("--out", type=Path, default=app_settings.data_roots()[0],
+                   help=f"default: the dashboard's data root ({app_settings.data_roots()[0]})")
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -534,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
+        logs.configure(args.log_level or app_settings.log_level(),
+                       app_settings.log_json() if args.log_json is None else args.log_json)
         return int(args.func(args))
     except (DatasetError, ModelStoreError, _backbone_error(), ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

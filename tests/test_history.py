@@ -222,6 +222,16 @@ def test_trends_per_shift_run_across_midnight(history: History) -> None:
         history.trends("shift", shift_starts=(6, 24))
 
 
+def test_a_shift_across_a_daylight_saving_change_is_an_hour_shorter(tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")  # clocks go from 02:00 to 03:00 on 29 March 2026
+    with History(f"sqlite:///{tmp_path / 'h.sqlite3'}") as history:
+        result(history, t=dt.datetime(2026, 3, 29, 4, 30, tzinfo=berlin).timestamp())
+        [night] = history.trends("shift", tz=berlin)
+    assert night.label == "2026-03-28 22:00 shift 3" and night.end - night.start == 7 * 3600
+
+
 # -- two writers ---------------------------------------------------------------------------------------------
 
 WRITER = textwrap.dedent("""
@@ -354,7 +364,8 @@ def test_jsonl_logs_are_imported_once_and_a_grown_file_only_adds_its_new_lines(
     refused = {"time": BASE + 2, "source": "service", "category": "demo", "name": "c.bin", "verdict": "REJECTED",
                "status": 415, "reason": "not an image", "model": "patchcore"}
     cut = '{"time": 5, "source": "watch", "ver'  # a crash cut this line; the writer ended it before appending
-    log.write_text(_line(watch) + _line(service) + cut + "\n" + _line(refused) + "[1, 2]\n"
+    # (the watch row is there twice, as a retried append would leave it: one row)
+    log.write_text(_line(watch) + _line(service) + _line(watch) + cut + "\n" + _line(refused) + "[1, 2]\n"
                    + '{"time": 7, "source": "watch", "id": "j-9"')  # being written: no newline yet
     feedback_log = store / "demo" / "patchcore" / "feedback.jsonl"
     feedback_log.parent.mkdir(parents=True)

@@ -17,7 +17,7 @@ import streamlit as st
 from core.progress import clock, duration_text, remaining_seconds
 from core.types import TrainControl, TrainingCancelled
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,13 +68,16 @@ def start_job(name: str, work: Callable[[TrainControl], Any]) -> JobState:
     state = JobState(name)
 
     def run() -> None:
+        logger.info("job %s: started", name)
         try:
             state.result = work(TrainControl(progress=state.progress, cancel=state.cancel))
+            logger.info("job %s: done in %.1f s", name, state.elapsed)
         except TrainingCancelled as exc:
             state.cancelled, state.cancel_note = True, str(exc)
+            logger.info("job %s: cancelled after %.1f s (%s)", name, state.elapsed, exc)
         except Exception as exc:  # shown to the user; the app stays usable
             state.error = f"{type(exc).__name__}: {exc}"
-            log.exception("job %s failed", name)
+            logger.exception("job %s: failed after %.1f s", name, state.elapsed)
         finally:
             state.ended = time.monotonic()
             state.done = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,4 +26,4 @@ def load_settings() -> AppSettings:
     """Data roots and model store by :mod:`core.settings`' rule (the CLI's too), ``QDRANT_URL`` (a Qdrant
     server; default: embedded local mode under the model store)."""
     store = settings.model_store()
-    return AppSettings(settings.data_roots(), store, store / ".qdrant", os.environ.get("QDRANT_URL") or None)
+    return AppSettings(settings.data_roots(), store, store / ".qdrant", settings.qdrant_url())

@@ -17,12 +17,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ENV = "INSPECT_LINE_LOG"
+from core import settings
+
+ENV = settings.LINE_LOG_ENV
 
 
 def default_path(store_root: Path) -> Path:
     """``INSPECT_LINE_LOG`` or ``<store>/.line/results.jsonl``."""
-    return Path(os.environ.get(ENV) or Path(store_root) / ".line" / "results.jsonl")
+    return settings.line_log(store_root)
 
 
 def append(path: Path, record: dict[str, Any], between: Callable[[], None] | None = None) -> None:

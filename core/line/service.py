@@ -68,7 +68,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from core import settings
+from core import logs, settings
 from core.data.imageio import ImageLoadError, ImageTooLarge, load_image
 from core.line import results_log as line_log
 from core.line.watch import WatchConfig, Watcher
@@ -84,8 +84,8 @@ logger = logging.getLogger(__name__)
 RETURNS = ("overlay", "mask")
 INSPECT_PREFIX = "/v1/inspect/"
 WATCH_BACKOFF = (0.5, 30.0)  # first and longest wait before a failed watch folder is started again
-API_KEY_ENV = "INSPECT_API_KEY"
-API_KEY_FILE_ENV = "INSPECT_API_KEY_FILE"
+API_KEY_ENV = settings.API_KEY_ENV
+API_KEY_FILE_ENV = settings.API_KEY_FILE_ENV
 KEY_REFUSED = "expected a valid X-API-Key header, found none or a wrong one"
 RETRY_AFTER_S = 1  # what a client told "busy" (503) should wait before it tries again
 CLOSE = {"Connection": "close"}  # a body left unread: the server closes rather than reading it to skip it
@@ -139,7 +139,7 @@ class ServiceConfig:
         return self.max_pending if self.max_pending is not None else 4 * self.workers
 
 
-def api_key_from(key_file: Path | None, environ: dict[str, str] | None = None) -> str | None:
+def api_key_from(key_file: Path | None) -> str | None:
     """The API key the service requires: the first line of ``key_file`` (``--api-key-file``), else of the file
     ``INSPECT_API_KEY_FILE`` names, else ``INSPECT_API_KEY``, else None (no key). Never from the command line:
     argv is visible to every user of the machine (``ps``).
@@ -147,9 +147,8 @@ def api_key_from(key_file: Path | None, environ: dict[str, str] | None = None) -
     Raises:
         ValueError: a key file that is missing, unreadable or empty.
     """
-    env = os.environ if environ is None else environ
-    if key_file is None and env.get(API_KEY_FILE_ENV, "").strip():
-        key_file = Path(env[API_KEY_FILE_ENV].strip()).expanduser()
+    if key_file is None:
+        key_file = settings.api_key_file()
     if key_file is not None:
         try:
             text = key_file.read_text(encoding="utf-8")
@@ -161,7 +160,7 @@ def api_key_from(key_file: Path | None, environ: dict[str, str] | None = None) -
         if not key:
             raise ValueError(f"expected an API key in {key_file}, found an empty file")
         return key
-    return env.get(API_KEY_ENV, "").strip() or None
+    return settings.api_key()
 
 
 @dataclass(frozen=True)
@@ -589,21 +588,23 @@ def serve(config: ServiceConfig, host: str, port: int, processes: int = 1) -> No
     import uvicorn
 
     if processes > 1:  # uvicorn re-imports the app in each process: pass the config through the environment
-        os.environ.update({"INSPECT_SERVICE_STORE": str(config.store), "INSPECT_SERVICE_WORKERS": str(config.workers),
-                           "INSPECT_SERVICE_QUEUE": str(config.pending_limit),
+        os.environ.update({settings.SERVICE_STORE_ENV: str(config.store),
+                           settings.SERVICE_WORKERS_ENV: str(config.workers),
+                           settings.SERVICE_QUEUE_ENV: str(config.pending_limit),
                            settings.MAX_PIXELS_ENV: str(config.max_pixels)})
+        if (logged := logs.current()) is not None:  # the workers log as this process does
+            os.environ.update(settings.log_environment(logged.level, logged.json_lines))
         if config.api_key:  # the environment of a process is readable by its owner only, unlike argv
             os.environ[API_KEY_ENV] = config.api_key
             os.environ.pop(API_KEY_FILE_ENV, None)
         uvicorn.run("core.line.service:app_from_env", host=host, port=port, workers=processes, factory=True,
-                    log_level="warning")
+                    log_level="warning", log_config=None)  # log_config None: uvicorn's lines go through core.logs
     else:
-        uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+        uvicorn.run(create_app(config), host=host, port=port, log_level="warning", log_config=None)
 
 
 def app_from_env() -> FastAPI:
     """The app for multi-process serving (``uvicorn --factory core.line.service:app_from_env``)."""
-    queue = os.environ.get("INSPECT_SERVICE_QUEUE", "").strip()
-    return create_app(ServiceConfig(Path(os.environ.get("INSPECT_SERVICE_STORE", "models")), api_key_from(None),
-                                    int(os.environ.get("INSPECT_SERVICE_WORKERS", "2")),
-                                    max_pending=int(queue) if queue else None))
+    logs.configure(settings.log_level(), settings.log_json())
+    return create_app(ServiceConfig(settings.service_store(), api_key_from(None), settings.service_workers(),
+                                    max_pending=settings.service_queue()))

@@ -612,13 +612,18 @@ class Watcher:
         """Poll until ``stop()`` (or, with ``once``, until the folder holds no unhandled image). Returns the
         number of files judged. ``on_poll`` is called after every poll that went through."""
         judged = self.recover()
+        logger.info("watch folder %s: started (%d finished from the journal)", self.config.in_dir, judged)
         while not stop():
-            judged += self.poll()
+            polled = self.poll()
+            judged += polled
+            logger.log(logging.INFO if polled else logging.DEBUG, "watch folder %s: poll: %d judged",
+                       self.config.in_dir, polled)
             if on_poll is not None:
                 on_poll()
             if once and not self._pending():
                 break
             time.sleep(self.config.poll)
+        logger.info("watch folder %s: stopped (%d judged)", self.config.in_dir, judged)
         return judged
 
     def _pending(self) -> bool:

@@ -7,12 +7,12 @@ Runtime on the CPU, where a line PC runs it.
 
 from __future__ import annotations
 
-import os
-
 import torch
 
-ENV = "INSPECT_DEVICE"
-CHOICES = ("auto", "cpu", "cuda")
+from core import settings
+
+ENV = settings.DEVICE_ENV
+CHOICES = settings.DEVICE_CHOICES
 
 
 def compute_device() -> torch.device:
@@ -22,9 +22,7 @@ def compute_device() -> torch.device:
         ValueError: ``INSPECT_DEVICE`` is not one of ``auto``, ``cpu``, ``cuda``, or asks for CUDA that torch
             does not see.
     """
-    choice = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if choice not in CHOICES:
-        raise ValueError(f"expected {ENV} in {CHOICES}, found {choice!r}")
+    choice = settings.device()
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{ENV}=cuda, but torch {torch.__version__} sees no CUDA device")
     if choice == "cpu" or not torch.cuda.is_available():

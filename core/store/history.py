@@ -4,8 +4,8 @@ migrations with Alembic).
 Where: ``INSPECT_DATABASE_URL`` (:func:`core.settings.database_url`) when it names a PostgreSQL database (so several
 hosts share one history; ``postgresql://`` is read as ``postgresql+psycopg://``), else one SQLite file in the model
 store, ``<store>/.line/history.sqlite3`` (WAL, ``synchronous=FULL``: a committed row survives a power loss; busy
-timeout 30 s; foreign keys on). Open it with :meth:`History.open` (store-aware: migrates, imports the JSONL logs) or
-``History(url)`` (migrates only).
+timeout 30 s; foreign keys on; WAL wants a local disk: a store on a network share wants PostgreSQL). Open it with
+:meth:`History.open` (store-aware: migrates, imports the JSONL logs) or ``History(url)`` (migrates only).
 
 Tables (see :data:`metadata`)::
 
@@ -561,6 +561,12 @@ class History:
         existing = conn.execute(sa.select(table.c.id).where(table.c.dedup == values["dedup"])).scalar_one()
         return Recorded(int(existing), False)
 
+    def _insert_many(self, conn: Connection, table: sa.Table, values: list[dict[str, Any]]) -> int:
+        """Insert the rows of ``values`` whose ``dedup`` is not there yet (one statement); returns how many."""
+        statement = (self._dialect.insert(table).on_conflict_do_nothing(index_elements=["dedup"])
+                     .returning(table.c.id))
+        return len(conn.execute(statement, values).all())
+
     # -- line results -------------------------------------------------------------------------------------------
 
     def record_result(self, *, time: Time, source: str, category: str, verdict: str, kind: str | None = None,
@@ -858,11 +864,14 @@ class History:
                         conn.execute(sa.update(t).where(t.c.host == self.host, t.c.path == key)
                                      .values(size=offset, head_sha256=_head_hash(path, offset)))
                     return lines, made
+                per_table: dict[str, tuple[sa.Table, list[dict[str, Any]]]] = {}
                 for record in batch:
                     job = parse(record)
                     if job is not None:
-                        made += self._insert_once(conn, job[0], job[1]).new
-                        total += 1
+                        per_table.setdefault(job[0].name, (job[0], []))[1].append(job[1])
+                for table, values in per_table.values():
+                    made += self._insert_many(conn, table, values)
+                    total += len(values)
                 lines += len(batch)
                 conn.execute(sa.update(t).where(t.c.host == self.host, t.c.path == key)
                              .values(size=end, head_sha256=_head_hash(path, end), rows=total,
@@ -908,7 +917,9 @@ def _fields(row: Any) -> dict[str, Any]:
 
 
 def _local(when: float, tz: dt.tzinfo | None) -> dt.datetime:
-    return dt.datetime.fromtimestamp(when, tz) if tz is not None else dt.datetime.fromtimestamp(when).astimezone()
+    """``when`` in ``tz``; None: a naive local time, whose ``timestamp()`` follows this machine's zone rules
+    (so a bucket that spans a daylight-saving change still starts and ends at the right instants)."""
+    return dt.datetime.fromtimestamp(when, tz)
 
 
 def _hour_bucket(when: float, tz: dt.tzinfo | None, _starts: Sequence[int]) -> tuple[float, float, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from dataclasses import dataclass, replace
@@ -19,6 +20,8 @@ from core.scores.evaluate import EvaluationResult, evaluate
 from core.scores.familiarity import aspect_range, fit_limit, min_side_for
 from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name, versions
 from core.types import NO_CONTROL, ResumePoint, TrainControl
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "LoadedModel", "TrainResult", "build", "default_settings",
            "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
@@ -113,6 +116,8 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     fit_images = [images[i] for i in fit_idx]
     hold_images = [images[i] for i in hold_idx]
     device = describe(compute_device())
+    logger.info("training %s for %s on %d good images (%d held out) on %s%s", kind, data.name, len(fit_images),
+                len(hold_images), device, ", resuming" if resume else "")
     t0 = time.perf_counter()
     sub = TrainControl(progress=(lambda m, f: control.report(m, 0.9 * f)) if control.progress else None,
                        cancel=control.cancel, state_dir=state_dir)
@@ -141,6 +146,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     ref = store.create_version(data.name, kind, manifest, calibration.to_dict(), reason=reason,
                                weights=detector.state(), parent=parent)
     store.discard_training_state(data.name, kind)
+    logger.info("trained %s in %.1f s (image threshold %.4g)", ref.label, train_seconds, calibration.image_threshold)
     control.report("saved", 1.0)
     return TrainResult(ref, store.read_manifest(ref), calibration, tuple(problems))
 
@@ -176,6 +182,7 @@ def load(ref: ModelRef, inference: str = "fast") -> LoadedModel:
     except (ValueError, KeyError, TypeError, RuntimeError, FileNotFoundError) as exc:
         raise ModelStoreError(f"{store.path(ref)}: weights do not fit the manifest's settings ({exc})") from None
     warmup_ms = warm_up(detector)
+    logger.info("loaded %s (%s inference; warm-up %.0f ms)", ref.label, inference, warmup_ms)
     return LoadedModel(ref, detector, manifest, calibration, warmup_ms)
 
 
@@ -221,4 +228,6 @@ def run_evaluation(model: LoadedModel, data: CategoryData, control: TrainControl
     result = evaluate(model.detector, data, model.calibration, control)
     ModelStore(model.ref.store).write_evaluation(model.ref, result.to_json(), result.images_csv(),
                                                  result.pixels_npz(), dict(result.overall))
+    logger.info("evaluated %s: %s", model.ref.label, ", ".join(f"{k} {v:.4g}" for k, v in result.overall.items()
+                                                              if isinstance(v, float)))
     return result

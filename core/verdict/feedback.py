@@ -172,7 +172,9 @@ def mark_ok(model: det.LoadedModel, image: np.ndarray, name: str,
     base = model
     for _ in range(MARK_ATTEMPTS):
         try:
-            return _mark_ok_on(store, base, image, name, confirm_far_above, started_from=model.ref)
+            result = _mark_ok_on(store, base, image, name, confirm_far_above, started_from=model.ref)
+            logger.info("feedback %s/%s: %s", model.category, model.kind, result.message)
+            return result
         except StaleParentError as exc:  # another mark (tab, process) made a version meanwhile: build on it
             logger.info("%s: %s; marking it OK on %s instead", name, exc, exc.current.label)
             base = det.load(exc.current)
@@ -246,6 +248,7 @@ def mark_defect(model: det.LoadedModel, image: np.ndarray, name: str, data_root:
     store.append_feedback(model.category, model.kind, {
         "time": now_iso(), "action": MARK_DEFECT, "image": name, "sha1": digest, "defect": defect,
         "filed_as": str(target), "version_before": model.version, "version_after": model.version})
+    logger.info("feedback %s/%s: %s filed as a %r defect: %s", model.category, model.kind, name, defect, target)
     return FeedbackResult(MARK_DEFECT, model.ref, model.ref, digest, None, None, target,
                           f"{name} filed as a '{defect}' defect: {target}")
 
@@ -293,4 +296,5 @@ def undo(store: ModelStore, category: str, kind: str) -> str:
     store.append_feedback(category, kind, {"time": now_iso(), "action": UNDO, "undoes": index,
                                            "version_before": current.version,
                                            "version_after": store.current(category, kind).version})
+    logger.info("feedback %s/%s: %s", category, kind, message)
     return message
