@@ -137,3 +137,80 @@ def test_saving_a_threshold_of_zero_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="above 0 for image_threshold"):
         det.save_calibration(model, cal)  # type: ignore[arg-type]
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+# ------------------------------------------------------------------ the promise and its evidence (conformal)
+@pytest.mark.parametrize(("n", "rate", "k"), [(19, 0.05, 19), (20, 0.05, 20), (100, 0.05, 96), (18, 0.05, 19),
+                                              (99, 0.01, 99), (98, 0.01, 99), (9, 0.1, 9)])
+def test_conformal_rank_hand_computed(n: int, rate: float, k: int) -> None:
+    from core.scores.calibration import conformal_rank
+
+    assert conformal_rank(n, rate) == k  # ceil((n + 1)(1 - a)), e.g. 101 * 0.95 = 95.95 -> 96
+
+
+def test_conformal_threshold_and_its_bound_on_hand_made_scores() -> None:
+    from core.scores.calibration import promise_for, threshold_for
+
+    scores = [float(x) for x in range(1, 41)]  # n = 40: k = ceil(41 * 0.95) = 39 -> the 39th smallest, 39.0
+    thr = threshold_for(scores, 0.05, "conformal")
+    assert thr == 39.0
+    p = promise_for(scores, thr, 0.05)
+    assert (p.n, p.rank) == (40, 39)
+    assert p.bound == pytest.approx(2 / 41) and p.lower == pytest.approx(1 / 41)  # in (a - 1/(n+1), a]
+    assert p.bound <= 0.05 and "keeps the promise of 5%" in p.statement
+    tail = threshold_for(scores, 0.05, "gaussian_tail")
+    assert threshold_for(scores, 0.05, "max") == max(tail, 39.0)
+
+
+def test_too_few_images_for_the_promise_is_said() -> None:
+    from core.scores.calibration import promise_for, threshold_for
+
+    scores = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]  # n = 8 < 1/0.05 - 1 = 19
+    thr = threshold_for(scores, 0.05, "conformal")
+    assert thr == threshold_for(scores, 0.05, "gaussian_tail")  # no rank to take: the tail fit
+    p = promise_for(scores, thr, 0.05)
+    assert p.rank is None and "too few images for a promise of 5%: need n >= 1/a - 1 = 19" in p.statement
+    assert p.bound == pytest.approx(1 / 9)  # above the largest of 8 scores: at most 1/(n+1)
+
+
+def test_conformal_threshold_keeps_its_promise_on_exchangeable_scores() -> None:
+    """Many draws of n = 60 good scores and new good scores from the same law: the conformal rank's observed
+    false-alarm rate stays within its bound (a - 1/(n+1), a]; the Gaussian tail on a skewed law does not."""
+    from core.scores.calibration import threshold_for
+
+    rng = np.random.default_rng(0)
+    observed = {"conformal": [], "gaussian_tail": []}
+    for _ in range(400):
+        cal, new = rng.lognormal(0, 0.8, 60), rng.lognormal(0, 0.8, 2000)
+        for rule, seen in observed.items():
+            seen.append(float(np.mean(new >= threshold_for(cal, 0.05, rule))))
+    assert 0.05 - 1 / 61 - 0.005 < np.mean(observed["conformal"]) <= 0.05 + 0.005
+    assert np.mean(observed["gaussian_tail"]) < 0.05 - 0.01 or np.mean(observed["gaussian_tail"]) > 0.05 + 0.005
+
+
+def test_calibration_keeps_raw_scores_rule_and_promise_and_reads_back() -> None:
+    import json
+
+    scores = [float(x) for x in np.linspace(1.0, 3.0, 40)]
+    cal = calibrate(_preds(scores), "test", rule="conformal")
+    assert cal.good_scores == tuple(scores) and cal.rule == "conformal"
+    assert cal.image_threshold == pytest.approx(sorted(scores)[38])
+    assert cal.promise is not None and cal.promise.n == 40 and cal.promise.requested == DEFAULT_FALSE_ALARM
+    back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))  # as calibration.json stores it
+    assert back == cal
+    assert back.defaults_for(0.1)[0] == pytest.approx(sorted(scores)[math.ceil(41 * 0.9) - 1])  # same rule, new rate
+
+
+def test_old_calibration_files_without_raw_scores_keep_the_tail_rule() -> None:
+    old = {**GOOD, "false_alarm_target": 0.05}
+    cal = Calibration.from_dict(old)
+    assert cal.rule is None and cal.promise is None and cal.good_scores is None
+    assert cal.defaults_for(0.05)[0] == pytest.approx(tail_threshold(2.0, 1.0, 20, 0.05))
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [("good_scores", [1.0, "x"], "list of finite numbers"),
+                                                         ("good_scores", [float("nan")], "list of finite numbers"),
+                                                         ("rule", "median", "expected rule in")])
+def test_bad_raw_scores_or_rule_are_refused(field: str, value: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Calibration.from_dict({**GOOD, field: value})

@@ -88,8 +88,15 @@ def test_round_trip_identical_scores(demo_root: Path, tmp_path: Path) -> None:
     manifest = first.manifest
     assert manifest["category"] == "demo_metal" and manifest["kind"] == "patchcore"
     assert manifest["backbone"] == "tf_efficientnet_lite0" and manifest["layers"] == ["blocks.2", "blocks.4"]
-    assert manifest["data"]["num_holdout_images"] == 3 and manifest["data"]["num_train_images"] == 13  # 20% of 16
-    assert "held-out" in first.calibration.source
+    # every good image in the bank, and every one scored without its own entries for calibration
+    assert manifest["data"]["num_holdout_images"] == 0 and manifest["data"]["num_train_images"] == 16
+    assert manifest["data"]["calibration"] == "leave_one_image_out"
+    cal = first.calibration
+    assert "leave-one-image-out" in cal.source and cal.num_images == 16 and len(cal.good_scores or ()) == 16
+    assert cal.promise is not None and cal.promise.n == 16 and "too few images for a promise of 5%" in cal.promise.statement
+    assert first.detector.bank_image is not None
+    left_out = first.detector.predict_left_out([load_image(s.path) for s in data.train])
+    assert [p.score for p in left_out] == pytest.approx(list(cal.good_scores or ()), rel=1e-5)
     assert set(manifest["versions"]) >= {"torch", "anomalib", "timm"}
 
 
@@ -126,3 +133,81 @@ def test_full_bank_keeps_every_patch_and_scores_its_own_images_zero() -> None:
     unseen = model.predict([rgb(64, 64, seed=99)])[0].score
     for pred in model.predict(images):  # every patch is in the bank: distance 0 up to |a|^2 - 2ab + |b|^2 rounding
         assert pred.score < 0.02 * unseen
+
+
+# ------------------------------------------------------------- leave-one-image-out (calibration on all images)
+def _hand_built(images: list[np.ndarray], search: str = "exact") -> tuple[PatchCore, list[torch.Tensor]]:
+    """A model whose bank is every patch of ``images`` (entry owners known), and each image's patch features."""
+    from core.models.preprocess import to_tensor
+
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "search": search}))
+    feats = [model.embed(to_tensor([im], model.config.input_spec)).flatten(2)[0].T.contiguous() for im in images]
+    owners = torch.cat([torch.full((f.shape[0],), i, dtype=torch.int64) for i, f in enumerate(feats)])
+    order = torch.randperm(owners.numel(), generator=torch.Generator().manual_seed(0))  # not grouped on purpose
+    model.set_memory_bank(torch.cat(feats)[order], owners[order])
+    return model, feats
+
+
+def test_left_out_patches_never_find_their_own_image() -> None:
+    images = [rgb(64, 64, seed=i) for i in range(3)]
+    model, feats = _hand_built(images)
+    assert bool((model.bank_image[1:] >= model.bank_image[:-1]).all())  # grouped by image whatever the input order
+    own = model.predict(images)[0].score  # its own patches in the bank: ~0 (up to |a|^2 - 2ab + |b|^2 rounding)
+    assert own < 0.05 * model.predict_left_out(images)[0].score
+    index = model.search_index()
+    for i, f in enumerate(feats):
+        lo, hi = model.image_entries(i)
+        assert (lo, hi) == (i * 64, (i + 1) * 64)
+        dist, loc = index.leave_out_search(f, (lo, hi))
+        others = torch.cat([g for j, g in enumerate(feats) if j != i])
+        brute = torch.cdist(f.double(), others.double()).min(dim=1).values.float()
+        assert torch.allclose(dist, brute, rtol=1e-4, atol=1e-4)
+        assert dist.min() > 0.1  # never its own patch (distance 0)
+        top = int(dist.argmax())
+        assert int(model.bank_image[loc[top]]) != i
+
+
+@pytest.mark.parametrize("ratio", [0.05, 0.3])
+def test_left_out_prediction_equals_a_bank_without_that_image(ratio: float) -> None:
+    """Coreset banks (some images keep few or no entries): each left-out prediction equals a fresh model whose
+    bank lacks that image's entries, score (anomalib's re-weighting included) and map."""
+    images = [rgb(64, 64, seed=10 + i) for i in range(5)]
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "coreset_ratio": ratio, "search": "exact"}))
+    model.fit(images)
+    assert model.bank_image is not None and model.bank_image.shape[0] == model.memory_bank.shape[0]
+    left_out = model.predict_left_out(images)
+    for i, image in enumerate(images):
+        keep = model.bank_image != i
+        brute = PatchCore(model.config)
+        brute.set_memory_bank(model.memory_bank[keep])
+        ref = brute.predict([image])[0]
+        assert left_out[i].score == pytest.approx(ref.score, rel=1e-4, abs=1e-5)
+        assert np.allclose(left_out[i].anomaly_map, ref.anomaly_map, rtol=1e-4, atol=1e-4)
+    full = model.predict(images)
+    assert sum(a.score > b.score + 1e-6 for a, b in zip(left_out, full, strict=True)) >= 1  # own entries mattered
+
+
+def test_left_out_hnsw_close_to_exact() -> None:
+    images = [rgb(64, 64, seed=20 + i) for i in range(3)]
+    exact, _ = _hand_built(images, "exact")
+    approx, _ = _hand_built(images, "hnsw")
+    for a, b in zip(exact.predict_left_out(images), approx.predict_left_out(images), strict=True):
+        assert b.score == pytest.approx(a.score, rel=0.05)
+
+
+def test_bank_images_saved_and_old_models_still_load() -> None:
+    images = [rgb(64, 64, seed=30 + i) for i in range(3)]
+    model = PatchCore(PatchCoreConfig.from_dict(PATCHCORE_TEST_SETTINGS))
+    model.fit(images)
+    state = model.state()
+    assert torch.equal(state["bank_image"], model.bank_image)
+    again = PatchCore(model.config)
+    again.load_state(state)
+    assert torch.equal(again.bank_image, model.bank_image)
+    old = PatchCore(model.config)
+    old.load_state({"memory_bank": state["memory_bank"]})  # saved before banks recorded their images
+    assert old.bank_image is None and old.predict(images[:1])[0].score == model.predict(images[:1])[0].score
+    with pytest.raises(ValueError, match="saved without it"):
+        old.predict_left_out(images)
+    added = again.add_to_bank(images[:1])
+    assert again.bank_image is not None and int((again.bank_image == -1).sum()) == added

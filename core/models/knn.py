@@ -14,10 +14,16 @@ decreasing order of their approximate distance until the next approximate value 
 the image's maximum patch, its neighbour and hence anomalib's re-weighted image score are then exact, at the
 cost of a few small exact searches. ``search="auto"`` picks exact search up to :data:`AUTO_EXACT_LIMIT` bank
 entries and HNSW above (both measured by ``benchmarks/bench_knn_real.py``).
+
+Leave-one-image-out search (calibration on the training images themselves): a bank whose entries are grouped by
+the training image they came from skips one contiguous range ``[lo, hi)`` of entries. Exact search runs over the
+two remaining slices (views, no copy); HNSW search skips the range with a faiss ID selector, and the image's
+maximum patch is re-checked exactly over the same slices, as for ordinary HNSW search.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -108,6 +114,7 @@ class NearestNeighbourIndex:
     hnsw: faiss.Index | None = None
     bank_sq: torch.Tensor | None = None
     augmented: torch.Tensor | None = None
+    ef_search: int = HNSW_EF_SEARCH  # HNSW's search breadth (also for leave-one-out search)
 
     def patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """PatchCore's search for ``groups`` images of n patches each (``queries: [G*n, D]``): distances ``[G*n]``
@@ -133,12 +140,56 @@ class NearestNeighbourIndex:
         dist = np.sqrt(np.maximum(sq_dist[:, 0], 0.0))
         return torch.from_numpy(dist), torch.from_numpy(idx[:, 0].astype(np.int64))
 
-    def exact_maximum(self, queries: torch.Tensor, dist: torch.Tensor, index: torch.Tensor,
-                      groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def leave_out_search(self, queries: torch.Tensor, skip: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`patch_search` for ONE image's patches (``queries: [n, D]``) against the bank without entries
+        ``skip = (lo, hi)`` (that image's own, see :func:`kept_ranges`): distances ``[n]`` and indices ``[n]``
+        into the whole bank, exact at the largest distance (elsewhere 0 for exact search; HNSW may over-estimate).
+
+        Raises:
+            ValueError: the range leaves no bank entry to compare with.
+        """
+        ranges = kept_ranges(int(self.bank.shape[0]), skip)
+        if not ranges:
+            raise ValueError(f"expected bank entries outside {skip} to search, found none of {self.bank.shape[0]}")
+        bank_sq = self.bank_sq if self.bank_sq is not None else (self.bank * self.bank).sum(dim=1)
+
+        def exact(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return exact_search_ranges(q, self.bank, bank_sq, ranges)
+
+        if self.hnsw is not None:
+            q = np.ascontiguousarray(queries.detach().float().numpy())
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # missing from faiss's stubs
+            inner = faiss.IDSelectorRange(int(skip[0]), int(skip[1]))
+            params.sel = faiss.IDSelectorNot(inner)
+            params.efSearch = self.ef_search
+            sq_dist, idx = self.hnsw.search(q, 1, params=params)
+            found = idx[:, 0] >= 0
+            dist = torch.from_numpy(np.sqrt(np.maximum(sq_dist[:, 0], 0.0)).astype(np.float32))
+            index = torch.from_numpy(idx[:, 0].astype(np.int64))
+            if not found.all():  # a graph cut off by the selector: those patches exactly
+                rows = torch.from_numpy(np.flatnonzero(~found))
+                dist[rows], index[rows] = exact(queries[rows])
+            return self.exact_maximum(queries, dist, index, 1, exact)
+        if self.augmented is None:
+            self.augmented = augment_bank(self.bank, bank_sq)
+        augmented = self.augmented
+        dist = torch.stack([nearest_distances(queries, augmented[a:b]) for a, b in ranges]).amin(dim=0)
+        row = int(dist.argmax())
+        index = torch.zeros(dist.numel(), dtype=torch.int64)
+        index[row] = exact(queries[row:row + 1])[1][0]
+        return dist, index
+
+    def exact_maximum(self, queries: torch.Tensor, dist: torch.Tensor, index: torch.Tensor, groups: int,
+                      exact: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
         """Make each group's largest distance exact (``queries: [G*n, D]``, ``dist``/``index``: ``[G*n]`` from
-        :meth:`search`, ``groups`` = images). Exact search has nothing to refine and returns its inputs."""
+        :meth:`search`, ``groups`` = images; ``exact``: the exact search to refine with, by default over the
+        whole bank). Exact search has nothing to refine and returns its inputs."""
         if self.hnsw is None:
             return dist, index
+        if exact is None:
+            def exact(q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return exact_search(q, self.bank, self.bank_sq)
         dist, index = dist.clone(), index.clone()
         d, i, q = dist.view(groups, -1), index.view(groups, -1), queries.view(groups, -1, queries.shape[-1])
         for g in range(groups):
@@ -148,10 +199,36 @@ class NearestNeighbourIndex:
                 chunk = order[start:start + REFINE_BLOCK]
                 if float(d[g, chunk[0]]) < best:
                     break  # every remaining patch is below ``best`` even before refinement
-                exact_d, exact_i = exact_search(q[g, chunk], self.bank, self.bank_sq)
+                exact_d, exact_i = exact(q[g, chunk])
                 d[g, chunk], i[g, chunk] = exact_d, exact_i
                 best = max(best, float(exact_d.max()))
         return dist, index
+
+
+def kept_ranges(size: int, skip: tuple[int, int]) -> list[tuple[int, int]]:
+    """The non-empty ranges of ``range(size)`` left when ``[lo, hi)`` = ``skip`` is taken out."""
+    lo, hi = max(0, int(skip[0])), min(size, int(skip[1]))
+    if hi <= lo:
+        return [(0, size)] if size > 0 else []
+    return [(a, b) for a, b in ((0, lo), (hi, size)) if b > a]
+
+
+def exact_search_ranges(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor,
+                        ranges: list[tuple[int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`exact_search` over the bank rows in ``ranges`` only (``[(a, b), ...]``, slices of ``bank: [M, D]``):
+    distances ``[N]`` and indices ``[N]`` into the whole bank."""
+    best_d: torch.Tensor | None = None
+    best_i = torch.zeros(queries.shape[0], dtype=torch.int64)
+    for a, b in ranges:
+        d, i = exact_search(queries, bank[a:b], bank_sq[a:b])
+        if best_d is None:
+            best_d, best_i = d, i + a
+        else:
+            better = d < best_d
+            best_d, best_i = torch.where(better, d, best_d), torch.where(better, i + a, best_i)
+    if best_d is None:
+        raise ValueError("expected at least one range of bank entries to search, found none")
+    return best_d, best_i
 
 
 def resolve(search: str, bank_size: int) -> str:
@@ -173,4 +250,4 @@ def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))
-    return NearestNeighbourIndex(data, method, hnsw=index, bank_sq=bank_sq)
+    return NearestNeighbourIndex(data, method, hnsw=index, bank_sq=bank_sq, ef_search=int(ef_search))

@@ -6,6 +6,11 @@ re-weighted image score are anomalib's own; we replace the coreset (see :mod:`co
 path, run the backbone through ONNX Runtime (:mod:`core.models.runtime`), search the bank in cache-sized blocks or an
 HNSW graph (:mod:`core.models.knn`) and smooth the map with two small matrix products (:mod:`core.models.mapsmooth`).
 ``search="stock"`` with ``runtime="torch"`` runs anomalib's own forward pass unchanged, for comparison.
+
+The bank remembers which training image each entry came from (``bank_image: [M]``, saved with the weights;
+-1 for entries added by feedback, and absent in models saved before it existed), grouped by image, so that
+:meth:`PatchCore.predict_left_out` can score every training image against the bank without its own patches
+(leave-one-image-out calibration, core/store/lifecycle.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from core.models.backbone import (
 )
 from core.models.coreset import coreset_size, kcenter_greedy
 from core.models.device import compute_device
-from core.models.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index
+from core.models.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index, kept_ranges
 from core.models.mapsmooth import MapSmoother
 from core.models.preprocess import (
     IMAGENET_MEAN,
@@ -166,6 +171,7 @@ class PatchCore:
             load_into_feature_extractor(self._extractor, config.backbone)
         self.model.eval()
         self._index: NearestNeighbourIndex | None = None
+        self.bank_image: torch.Tensor | None = None  # [M] training image of each bank entry, grouped (see above)
         self._embedder = _Embedder(self.model)
         self._smoother = MapSmoother(self.model.anomaly_map_generator)
         # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
@@ -204,9 +210,37 @@ class PatchCore:
     def memory_bank(self) -> torch.Tensor:
         return self.model.memory_bank
 
-    def set_memory_bank(self, bank: torch.Tensor) -> None:
-        self.model.memory_bank = bank.detach().float().contiguous()
+    def set_memory_bank(self, bank: torch.Tensor, bank_image: torch.Tensor | None = None) -> None:
+        """Use ``bank: [M, D]``; ``bank_image: [M]`` (int) names the training image of each entry (-1: none;
+        None: unknown, as in models saved before it existed). The entries are reordered so that each image's
+        are contiguous (the order of a bank changes no score)."""
+        bank = bank.detach().float()
+        if bank_image is not None:
+            if bank_image.ndim != 1 or bank_image.shape[0] != bank.shape[0] or bank_image.is_floating_point():
+                raise ValueError(f"expected bank_image as {bank.shape[0]} integers (one per bank entry), found "
+                                 f"{bank_image.dtype} {tuple(bank_image.shape)}")
+            bank_image = bank_image.detach().to(torch.int64)
+            if bank_image.numel() > 1 and bool((bank_image[1:] < bank_image[:-1]).any()):
+                order = torch.sort(bank_image, stable=True).indices
+                bank, bank_image = bank[order], bank_image[order]
+            bank_image = bank_image.contiguous()
+        self.model.memory_bank = bank.contiguous()
+        self.bank_image = bank_image
         self._index = None
+
+    def image_entries(self, image: int) -> tuple[int, int]:
+        """The range ``[lo, hi)`` of bank entries that came from training image ``image`` (empty when the coreset
+        kept none of its patches).
+
+        Raises:
+            ValueError: the bank does not record its images (a model saved before it did).
+        """
+        if self.bank_image is None:
+            raise ValueError("expected a memory bank that records its training images (bank_image), found a model "
+                             "saved without it: retrain to calibrate leave-one-image-out")
+        lo = int(torch.searchsorted(self.bank_image, image, right=False))
+        hi = int(torch.searchsorted(self.bank_image, image, right=True))
+        return lo, hi
 
     def _load_backbone_file(self) -> None:
         """Weights of a user's backbone: ``config.weights`` or a local cache copy; never a download."""
@@ -228,21 +262,28 @@ class PatchCore:
             raise ValueError("expected at least one good training image, found none")
         if self._own_backbone:
             self._load_backbone_file()
+        owner = list(range(len(images)))  # training image of each input (tiles: of each tile)
         if self.config.input_mode == "tiles":
-            images = [t for image in images for t in crop_tiles(self._scaled(image), self.config.tile,
-                                                                self.config.tile_overlap)]
+            tiled = [crop_tiles(self._scaled(image), self.config.tile, self.config.tile_overlap) for image in images]
+            owner = [i for i, tiles in enumerate(tiled) for _ in tiles]
+            images = [t for tiles in tiled for t in tiles]
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
+        owners: list[torch.Tensor] = []
         done = 0
         device = compute_device()
         try:
             for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
                 control.report(f"extracting features {done}/{len(images)}", 0.5 * done / len(images))
-                chunks.append(PatchcoreModel.reshape_embedding(self._embed_on(device, batch)).clone())
+                emb = self._embed_on(device, batch)
+                chunks.append(PatchcoreModel.reshape_embedding(emb).clone())
+                per_input = int(emb.shape[-2] * emb.shape[-1])
+                owners.append(torch.tensor([owner[i] for i in idx], dtype=torch.int64).repeat_interleave(per_input))
                 done += len(idx)
         finally:
             self._embedder.to("cpu")
         features = torch.cat(chunks)
+        feature_image = torch.cat(owners)
         del chunks
         t1 = time.perf_counter()
         k = coreset_size(features.shape[0], self.config.coreset_ratio)
@@ -251,18 +292,20 @@ class PatchCore:
             control.report(f"coreset {done}/{total}", 0.5 + 0.5 * done / total)
 
         if k == features.shape[0]:  # the whole set is its own coreset: nothing to select
-            bank = features
+            chosen = torch.arange(k)
         elif self.config.coreset == "stock":
             from anomalib.models.components import KCenterGreedy
 
             with torch.no_grad():
-                bank = KCenterGreedy(embedding=features, sampling_ratio=k / features.shape[0]).sample_coreset()
+                picked = KCenterGreedy(embedding=features, sampling_ratio=k / features.shape[0]).select_coreset_idxs()
+            chosen = torch.tensor(picked, dtype=torch.int64)
         elif self.config.coreset == "fast":
             chosen = kcenter_greedy(features, k, self.config.projection_dim, self.config.seed, on_progress)
-            bank = features[chosen]
         else:
             raise ValueError(f"expected coreset 'fast' or 'stock', found {self.config.coreset!r}")
-        self.set_memory_bank(bank)
+        chosen = torch.sort(chosen).values  # features are in image order: the bank comes out grouped by image
+        bank = features[chosen]
+        self.set_memory_bank(bank, feature_image[chosen])
         t2 = time.perf_counter()
         control.report("memory bank ready", 1.0)
         return FitReport(len(images), int(features.shape[0]), int(bank.shape[0]), t1 - t0, t2 - t1)
@@ -281,7 +324,9 @@ class PatchCore:
         added = [PatchcoreModel.reshape_embedding(self.embed(batch)).clone()
                  for _, batch in batches(images, self.config.input_spec, self.config.batch_size)]
         new = torch.cat(added)
-        self.set_memory_bank(torch.cat([self.model.memory_bank, new]))
+        owners = None if self.bank_image is None else torch.cat(
+            [self.bank_image, torch.full((new.shape[0],), -1, dtype=torch.int64)])  # -1: not a training image
+        self.set_memory_bank(torch.cat([self.model.memory_bank, new]), owners)
         return int(new.shape[0])
 
     def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
@@ -338,6 +383,73 @@ class PatchCore:
                     for p, im in zip(preds, images, strict=True)]
         return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
 
+    def predict_left_out(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Leave-one-image-out predictions for the training images, in the order :meth:`fit` saw them
+        (``images[i]`` is training image i): each image's patches are scored against the bank without the
+        entries that came from image i (:meth:`image_entries`), so each score is what a new good image would get
+        from a bank of the other images (up to the coreset). Same scores and maps as :meth:`predict` otherwise.
+
+        Raises:
+            ValueError: the bank does not record its images, or an image's entries are the whole bank.
+        """
+        if self.bank_image is None:
+            self.image_entries(0)  # raises the explanation
+        if self.config.input_mode == "tiles":
+            spec = self.config.input_spec
+            out = []
+            for i, image in enumerate(images):
+                def forward(batch: torch.Tensor, owner: int = i) -> tuple[torch.Tensor, torch.Tensor]:
+                    return self._forward_left_out(batch, [owner] * int(batch.shape[0]))
+
+                pred = predict_tiled(forward, lambda tiles: to_tensor(tiles, spec), [self._scaled(image)],
+                                     self.config.tile, self.config.tile_overlap, self.config.batch_size)[0]
+                out.append(Prediction(pred.score, resize_map(pred.anomaly_map, image.shape[:2]), pred.latency_ms))
+            return out
+        results: list[Prediction | None] = [None] * len(images)
+        for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
+            t0 = time.perf_counter()
+            scores, maps = self._forward_left_out(batch, idx)
+            per_image_ms = (time.perf_counter() - t0) * 1000.0 / len(idx)
+            for i, score, amap in zip(idx, scores, maps, strict=True):
+                results[i] = Prediction(float(score), resize_map(amap, images[i].shape[:2]), per_image_ms)
+        return [r for r in results if r is not None]
+
+    def _forward_left_out(self, batch: torch.Tensor, owners: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` with row b of ``batch: [B, 3, H, W]`` scored without the bank entries of training
+        image ``owners[b]``: scores ``[B]``, maps ``[B, H, W]``."""
+        with torch.inference_mode():
+            emb = self.embed(batch)
+            b, _, h, w = emb.shape
+            flat = PatchcoreModel.reshape_embedding(emb).view(b, h * w, -1)
+            index = self.search_index()
+            patch_scores = torch.empty(b, h * w)
+            scores = torch.empty(b)
+            for row, owner in enumerate(owners):
+                skip = self.image_entries(int(owner))
+                dist, loc = index.leave_out_search(flat[row], skip)
+                patch_scores[row] = dist
+                scores[row] = self._left_out_score(dist, loc, flat[row], skip)
+            maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
+            return scores, maps[:, 0]
+
+    def _left_out_score(self, dist: torch.Tensor, loc: torch.Tensor, feats: torch.Tensor,
+                        skip: tuple[int, int]) -> torch.Tensor:
+        """anomalib's re-weighted image score (``PatchcoreModel.compute_anomaly_score``) for one image
+        (``dist``/``loc``: ``[n]``, ``feats: [n, D]``) on the bank without entries ``skip``: the support
+        samples of the maximum patch's neighbour are searched in that reduced bank too."""
+        if self.model.num_neighbors == 1:
+            return dist.amax()
+        bank = self.model.memory_bank
+        top = int(torch.argmax(dist))
+        nn_sample = bank[int(loc[top])][None]
+        ranges = kept_ranges(int(bank.shape[0]), skip)
+        kept = torch.cat([torch.arange(a, b) for a, b in ranges])
+        to_nn = torch.cat([PatchcoreModel.euclidean_dist(nn_sample, bank[a:b])[0] for a, b in ranges])
+        _, support = to_nn.topk(k=min(self.model.num_neighbors, int(kept.numel())), largest=False)
+        distances = PatchcoreModel.euclidean_dist(feats[top][None, None], bank[kept[support]][None])
+        weights = (1 - torch.nn.functional.softmax(distances.squeeze(1), 1))[..., 0]
+        return (weights * dist[top])[0]
+
     def _scaled(self, image: np.ndarray) -> np.ndarray:
         """``image`` resized by ``config.scale`` (tiles mode: 1.0 keeps native resolution)."""
         if self.config.scale == 1.0:
@@ -349,6 +461,8 @@ class PatchCore:
     def state(self) -> dict[str, torch.Tensor]:
         """The memory bank, plus the backbone's tensors when they came from a user's file."""
         out = {"memory_bank": self.model.memory_bank.clone()}
+        if self.bank_image is not None:
+            out["bank_image"] = self.bank_image.clone()
         if self._own_backbone:
             out.update({BACKBONE_PREFIX + k: v.clone() for k, v in self._extractor.state_dict().items()})
         return out
@@ -369,7 +483,10 @@ class PatchCore:
         if bank.shape[1] != self.embedding_dim:
             raise ValueError(f"expected memory-bank features of {self.embedding_dim} dims (layers {list(self.config.layers)} "
                              f"of {self.config.backbone}), found {bank.shape[1]}")
-        self.set_memory_bank(bank)
+        owners = state.get("bank_image")  # absent in models saved before banks recorded their images
+        if owners is not None and not isinstance(owners, torch.Tensor):
+            raise ValueError(f"expected bank_image as a tensor of {bank.shape[0]} integers, found {type(owners).__name__}")
+        self.set_memory_bank(bank, owners)
 
 
 def _npy(tensor: torch.Tensor) -> bytes:

@@ -1,11 +1,20 @@
-"""Calibration: raw-score statistics of held-out good images and the thresholds derived from them.
+"""Calibration: raw-score statistics of good images the model did not learn from and the thresholds derived from them.
 
-Kept beside each model as data (``calibration.json``); the model's raw scores are never rescaled.
+Kept beside each model as data (``calibration.json``, with the raw good scores); the model's raw scores are never
+rescaled. PatchCore's good scores are leave-one-image-out scores of every training image, EfficientAD's those of
+held-out training images (core/store/lifecycle.py).
+
+The promise and its evidence (:class:`Promise`): with n exchangeable good scores, a new good image's score is
+equally likely to fall in each of the n + 1 gaps between them, so a threshold at or above j of the n scores flags a
+new good image with probability at most (n + 1 - j) / (n + 1) (and at least (n - j) / (n + 1)). The split-conformal
+rank k = ceil((n + 1)(1 - a)) therefore keeps a promise of a (its rate lies in (a - 1/(n+1), a]); when k > n
+(n < 1/a - 1) no threshold from n images can state it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from statistics import NormalDist
 from typing import Any
@@ -21,6 +30,30 @@ SIGMAS = 3.0  # the policy before false-alarm targets: mean + 3 std (kept to rea
 # "Default thresholds"): at 1% the default caught about half the magnetic_tile defects (F1 0.75 vs F1-max 0.88);
 # at 5% F1 was within 0.05 of F1-max with the observed false-alarm rate within 2x of the promise.
 DEFAULT_FALSE_ALARM = 0.05
+# How default thresholds are placed on the good scores (see threshold_for). Chosen by measurement
+# (benchmarks/bench_calibration_loo.py, RESULTS.md "calibration_loo").
+RULES: tuple[str, ...] = ("gaussian_tail", "conformal", "max")
+DEFAULT_RULE = "max"
+
+
+@dataclass(frozen=True)
+class Promise:
+    """The evidence behind the default image threshold: ``requested`` false-alarm rate, ``n`` good scores,
+    the conformal ``rank`` k = ceil((n + 1)(1 - a)) (None when k > n), and the range ``[lower, bound]`` of the
+    false-alarm probability of the saved default threshold for a new exchangeable good image (``j`` of the n
+    scores at or below it: ``(n - j) / (n + 1)`` to ``(n + 1 - j) / (n + 1)``). ``statement`` says it in words."""
+
+    requested: float
+    n: int
+    rank: int | None
+    bound: float
+    lower: float
+    statement: str
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Promise:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 @dataclass(frozen=True)
@@ -45,6 +78,10 @@ class Calibration:
     aspect_max: float | None = None
     min_side: int | None = None  # px: smaller images get no verdict (None: core.scores.familiarity.MIN_SIDE_FLOOR)
     false_alarm_target: float | None = None  # share of good parts the DEFAULT thresholds may flag; None: old policy
+    rule: str | None = None  # how the defaults sit on the good scores (RULES); None: a Gaussian tail (older files)
+    promise: Promise | None = None  # the evidence behind the default image threshold; None: older files
+    good_scores: tuple[float, ...] | None = None  # raw image scores of the calibration images [n]
+    good_map_maxes: tuple[float, ...] | None = None  # per-image maximum of their maps [n]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +107,19 @@ class Calibration:
         """
         check_calibration(data, positive)
         known = set(cls.__dataclass_fields__)
-        cal = cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("good_scores", "good_map_maxes"):
+            if values.get(key) is not None:
+                raw = values[key]
+                if not isinstance(raw, (list, tuple)) or not all(
+                        isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in raw):
+                    raise ValueError(f"expected a list of finite numbers for {key}, found {str(raw)[:80]}")
+                values[key] = tuple(float(x) for x in raw)
+        if isinstance(values.get("promise"), dict):
+            values["promise"] = Promise.from_dict(values["promise"])
+        if values.get("rule") is not None and values["rule"] not in RULES:
+            raise ValueError(f"expected rule in {RULES}, found {values['rule']!r}")
+        cal = cls(**values)
         if cal.default_image_threshold is None or cal.default_pixel_threshold is None:
             if cal.chosen_by == "default":
                 img, pix = cal.image_threshold, cal.pixel_threshold
@@ -89,8 +138,12 @@ class Calibration:
         return float(img), float(pix)
 
     def defaults_for(self, false_alarm: float) -> tuple[float, float]:
-        """(image, pixel) thresholds that flag about ``false_alarm`` of good parts, from the saved statistics
-        of the held-out good images (Gaussian tail fit, see :func:`tail_threshold`)."""
+        """(image, pixel) thresholds that flag about ``false_alarm`` of good parts: this calibration's rule on
+        its saved good scores (:func:`threshold_for`), or for files saved before those were kept, a Gaussian
+        tail fit to the saved statistics (:func:`tail_threshold`)."""
+        if self.rule is not None and self.good_scores and self.good_map_maxes:
+            return (threshold_for(self.good_scores, false_alarm, self.rule),
+                    threshold_for(self.good_map_maxes, false_alarm, self.rule))
         return (tail_threshold(self.good_score_mean, self.good_score_std, self.num_images, false_alarm),
                 tail_threshold(self.good_map_max_mean, self.good_map_max_std, self.num_images, false_alarm))
 
@@ -110,27 +163,69 @@ def tail_threshold(mean: float, std: float, n: int, false_alarm: float) -> float
     return float(mean + NormalDist().inv_cdf(1.0 - false_alarm) * s)
 
 
-def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_FALSE_ALARM) -> Calibration:
-    """Default thresholds for ``false_alarm`` (share of good parts flagged): a normal tail fit to the good
-    images' scores (image threshold) and to the per-image maximum of their maps (pixel threshold: about that
-    share of good images shows any outlined pixel)."""
+def conformal_rank(n: int, false_alarm: float) -> int:
+    """k = ceil((n + 1)(1 - a)): the rank (1-based, ascending) of the split-conformal threshold among n good
+    scores; larger than n when n < 1/a - 1 (no such threshold)."""
+    if not 0.0 < false_alarm < 1.0:
+        raise ValueError(f"expected a false-alarm rate between 0 and 1, found {false_alarm}")
+    return math.ceil((n + 1) * (1.0 - false_alarm) - 1e-9)
+
+
+def threshold_for(values: Sequence[float] | np.ndarray, false_alarm: float, rule: str) -> float:
+    """Threshold on good ``values`` ``[n]`` for a promise of ``false_alarm``: ``"gaussian_tail"`` (a normal fit,
+    :func:`tail_threshold`), ``"conformal"`` (the value at :func:`conformal_rank`; the tail when n is too small
+    for it) or ``"max"`` (the larger of the two)."""
+    if rule not in RULES:
+        raise ValueError(f"expected rule in {RULES}, found {rule!r}")
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    if v.size == 0:
+        raise ValueError("expected good scores to place a threshold on, found none")
+    if v.size == 1:
+        return float(v[0]) * 1.05
+    tail = tail_threshold(float(v.mean()), float(v.std()), int(v.size), false_alarm)
+    k = conformal_rank(int(v.size), false_alarm)
+    rank = float(v[k - 1]) if k <= v.size else tail
+    return {"gaussian_tail": tail, "conformal": rank, "max": max(tail, rank)}[rule]
+
+
+def promise_for(values: Sequence[float] | np.ndarray, threshold: float, false_alarm: float) -> Promise:
+    """The evidence that ``threshold`` keeps a promise of ``false_alarm`` on good ``values`` ``[n]`` (see
+    :class:`Promise` and the module docstring)."""
+    n = len(values)
+    k = conformal_rank(n, false_alarm)
+    j = int(np.sum(np.asarray(values, dtype=np.float64) <= threshold))
+    bound, lower = (n + 1 - j) / (n + 1), (n - j) / (n + 1)
+    need = math.ceil(1.0 / false_alarm - 1.0 - 1e-9)
+    if k > n:
+        statement = (f"too few images for a promise of {false_alarm:.0%}: need n >= 1/a - 1 = {need}, found n={n}; "
+                     f"this threshold flags at most {bound:.1%} of new good parts (at least {lower:.1%})")
+    else:
+        kept = "keeps" if bound <= false_alarm + 1e-12 else "does not keep"
+        statement = (f"with n={n} exchangeable good images ({j} at or below the threshold) a new good part is "
+                     f"flagged with probability {lower:.1%} to {bound:.1%}: {kept} the promise of {false_alarm:.0%}")
+    return Promise(float(false_alarm), n, k if k <= n else None, float(bound), float(lower), statement)
+
+
+def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_FALSE_ALARM,
+              rule: str = DEFAULT_RULE) -> Calibration:
+    """Default thresholds for ``false_alarm`` (share of good parts flagged) by ``rule`` (:func:`threshold_for`)
+    on the good images' scores (image threshold) and on the per-image maximum of their maps (pixel threshold:
+    about that share of good images shows any outlined pixel); the raw values and the :class:`Promise` are kept."""
     if not good:
         raise ValueError("expected predictions on good images to calibrate, found none")
     scores = np.array([p.score for p in good], dtype=np.float64)
     map_max = np.array([float(p.anomaly_map.max()) for p in good], dtype=np.float64)
     s_mean, s_std = float(scores.mean()), float(scores.std())
     m_mean, m_std = float(map_max.mean()), float(map_max.std())
-    if len(good) > 1:
-        image_threshold = tail_threshold(s_mean, s_std, len(good), false_alarm)
-        pixel_threshold = tail_threshold(m_mean, m_std, len(good), false_alarm)
-    else:
-        image_threshold, pixel_threshold = float(scores.max()) * 1.05, float(map_max.max()) * 1.05
+    image_threshold = threshold_for(scores, false_alarm, rule)
+    pixel_threshold = threshold_for(map_max, false_alarm, rule)
     return Calibration(
         image_threshold=image_threshold, pixel_threshold=pixel_threshold,
         good_score_mean=s_mean, good_score_std=s_std, good_score_max=float(scores.max()),
         good_map_max_mean=m_mean, good_map_max_std=m_std, num_images=len(good), source=source,
         default_image_threshold=image_threshold, default_pixel_threshold=pixel_threshold,
-        false_alarm_target=false_alarm,
+        false_alarm_target=false_alarm, rule=rule, promise=promise_for(scores.tolist(), image_threshold, false_alarm),
+        good_scores=tuple(float(x) for x in scores), good_map_maxes=tuple(float(x) for x in map_max),
     )
 
 

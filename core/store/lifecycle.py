@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -19,13 +20,13 @@ from core.scores.calibration import Calibration, calibrate
 from core.scores.evaluate import EvaluationResult, evaluate
 from core.scores.familiarity import aspect_range, fit_limit, min_side_for
 from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name, versions
-from core.types import NO_CONTROL, ResumePoint, TrainControl
+from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "LoadedModel", "TrainResult", "build", "default_settings",
            "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
-HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration (see split_holdout)
+HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration of kinds without leave-one-out (see split_holdout)
 MAX_HOLDOUT = 200
 MIN_TRAIN = 2
 
@@ -80,6 +81,15 @@ class TrainResult:
     problems: tuple[str, ...]
 
 
+@runtime_checkable
+class LeaveOneOut(Protocol):
+    """A detector that learns from ALL good training images and scores each of them as if it had not (PatchCore:
+    the bank without the image's own entries), so calibration needs no hold-out. Kinds without it (EfficientAD:
+    k-fold would mean k trainings; not done) keep :data:`HOLDOUT_FRACTION` of the images out of fitting."""
+
+    def predict_left_out(self, images: Sequence[np.ndarray]) -> list[Prediction]: ...
+
+
 def split_holdout(n: int, fraction: float, seed: int, limit: int = MAX_HOLDOUT) -> tuple[list[int], list[int]]:
     """Indices (fit, holdout): ``fraction`` of ``n`` good images (at most ``limit``) held out for calibration,
     none if n < 10. 20% rather than 10%: on magnetic_tile the false-alarm rate a 5% default delivered varied
@@ -112,7 +122,11 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     if len(images) < MIN_TRAIN:
         raise ValueError(f"expected at least {MIN_TRAIN} readable good images in {data.name}, found {len(images)}"
                          + (f" ({len(problems)} unreadable)" if problems else ""))
-    fit_idx, hold_idx = split_holdout(len(images), HOLDOUT_FRACTION, int(full.get("seed", 0)))
+    left_out = isinstance(detector, LeaveOneOut)
+    if left_out:
+        fit_idx, hold_idx = list(range(len(images))), list[int]()
+    else:
+        fit_idx, hold_idx = split_holdout(len(images), HOLDOUT_FRACTION, int(full.get("seed", 0)))
     fit_images = [images[i] for i in fit_idx]
     hold_images = [images[i] for i in hold_idx]
     device = describe(compute_device())
@@ -123,11 +137,17 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
                        cancel=control.cancel, state_dir=state_dir)
     train_info = detector.fit_good(fit_images, hold_images, sub)
     train_seconds = time.perf_counter() - t0
-    control.report("calibrating on held-out good images", 0.92)
-    hold_preds = detector.predict(hold_images) if hold_images else []
-    if hold_images:
+    if isinstance(detector, LeaveOneOut):
+        control.report("calibrating: each training image without its own patches", 0.92)
+        hold_preds = detector.predict_left_out(fit_images)
+        calibration = calibrate(hold_preds, f"all good training images, each scored leave-one-image-out "
+                                            f"(n={len(fit_images)}, its own patches skipped in the bank)")
+    elif hold_images:
+        control.report("calibrating on held-out good images", 0.92)
+        hold_preds = detector.predict(hold_images)
         calibration = calibrate(hold_preds, f"held-out good training images (n={len(hold_images)}, not used for fitting)")
     else:
+        hold_preds = []
         calibration = calibrate(detector.predict(fit_images), "training images (too few to hold any out; optimistic)")
     shapes = [im.shape for im in images]
     lo, hi = aspect_range(shapes)
@@ -137,7 +157,9 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
         "category": data.name, "kind": kind, "backbone": detector.config.backbone,
         "layers": list(getattr(detector.config, "layers", ())),
         "settings": full, "data": {"root": str(data.root), "layout": data.layout, "num_train_images": len(fit_images),
-                                   "num_holdout_images": len(hold_images), "unreadable": problems},
+                                   "num_holdout_images": len(hold_images),
+                                   "calibration": "leave_one_image_out" if left_out else "holdout",
+                                   "num_calibration_images": calibration.num_images, "unreadable": problems},
         "train": {**train_info, "seconds": train_seconds, "device": device},
         "threshold_policy": calibration.source,
         "created": now_iso(), "versions": versions(), "metrics": {},
