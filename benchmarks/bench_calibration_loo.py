@@ -126,8 +126,14 @@ def main() -> int:
     parser.add_argument("--variants", default="coreset_stock,full_dim_coreset", help="gap variants, on --gap-sets")
     parser.add_argument("--gap-sets", default="pcb_00041")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--from-json", default="", help="write RESULTS.md from this JSON (rows of a run) instead")
+    parser.add_argument("--load", default="0", help="with --from-json: the load average the run saw")
     parser.add_argument("--json", default=str(Path(__file__).with_name("out") / "calibration_loo.json"))
     args = parser.parse_args()
+    if args.from_json:  # write the section again from a finished run's figures
+        rows = json.loads(Path(args.from_json).read_text())
+        write(rows, float(args.load), Path(args.json))
+        return 0
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     rows = []
@@ -139,9 +145,14 @@ def main() -> int:
         variants = [v for v in args.variants.split(",") if v] if name in args.gap_sets.split(",") else []
         rows.append(run_set(name, name in args.stock.split(","), variants))
         print(json.dumps(rows[-1], default=float), file=sys.stderr, flush=True)
-    load = max(load, os.getloadavg()[0])
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=1, default=float))
+        load = max(load, os.getloadavg()[0])
+        write(rows, load, Path(args.json))  # after each set: a long run that is stopped keeps what it measured
+    return 0
+
+
+def write(rows: list[dict], load: float, json_path: Path) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(rows, indent=1, default=float))
     a = DEFAULT_FALSE_ALARM
     lines = [f"Machine: {machine()}. Default PatchCore settings (lite0 blocks.2+4, 256² squashed, 1% coreset). "
              f"Load average at start/end up to {load:.1f}" + (" (cores shared with other work: timings are upper "
@@ -175,7 +186,6 @@ def main() -> int:
     write_section("calibration_loo", "## Leave-one-image-out calibration (PatchCore): all images in the bank\n\n"
                   + "\n".join(lines))
     print("\n".join(lines))
-    return 0
 
 
 if __name__ == "__main__":

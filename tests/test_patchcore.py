@@ -140,7 +140,7 @@ def _hand_built(images: list[np.ndarray], search: str = "exact") -> tuple[PatchC
     """A model whose bank is every patch of ``images`` (entry owners known), and each image's patch features."""
     from core.models.preprocess import to_tensor
 
-    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "search": search}))
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "search": search, "runtime": "torch"}))
     feats = [model.embed(to_tensor([im], model.config.input_spec)).flatten(2)[0].T.contiguous() for im in images]
     owners = torch.cat([torch.full((f.shape[0],), i, dtype=torch.int64) for i, f in enumerate(feats)])
     order = torch.randperm(owners.numel(), generator=torch.Generator().manual_seed(0))  # not grouped on purpose
@@ -172,14 +172,14 @@ def test_left_out_prediction_equals_a_bank_without_that_image(ratio: float) -> N
     """Coreset banks (some images keep few or no entries): each left-out prediction equals a fresh model whose
     bank lacks that image's entries, score (anomalib's re-weighting included) and map."""
     images = [rgb(64, 64, seed=10 + i) for i in range(5)]
-    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "coreset_ratio": ratio, "search": "exact"}))
+    settings = {**PATCHCORE_TEST_SETTINGS, "coreset_ratio": ratio, "search": "exact", "runtime": "torch"}
+    model = PatchCore(PatchCoreConfig.from_dict(settings))
     model.fit(images)
     assert model.bank_image is not None and model.bank_image.shape[0] == model.memory_bank.shape[0]
     left_out = model.predict_left_out(images)
+    brute = PatchCore(model.config)
     for i, image in enumerate(images):
-        keep = model.bank_image != i
-        brute = PatchCore(model.config)
-        brute.set_memory_bank(model.memory_bank[keep])
+        brute.set_memory_bank(model.memory_bank[model.bank_image != i])
         ref = brute.predict([image])[0]
         assert left_out[i].score == pytest.approx(ref.score, rel=1e-4, abs=1e-5)
         assert np.allclose(left_out[i].anomaly_map, ref.anomaly_map, rtol=1e-4, atol=1e-4)
@@ -197,7 +197,7 @@ def test_left_out_hnsw_close_to_exact() -> None:
 
 def test_bank_images_saved_and_old_models_still_load() -> None:
     images = [rgb(64, 64, seed=30 + i) for i in range(3)]
-    model = PatchCore(PatchCoreConfig.from_dict(PATCHCORE_TEST_SETTINGS))
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "torch"}))
     model.fit(images)
     state = model.state()
     assert torch.equal(state["bank_image"], model.bank_image)
@@ -211,3 +211,10 @@ def test_bank_images_saved_and_old_models_still_load() -> None:
         old.predict_left_out(images)
     added = again.add_to_bank(images[:1])
     assert again.bank_image is not None and int((again.bank_image == -1).sum()) == added
+
+
+def test_patchcore_calibrates_leave_one_out_and_efficientad_keeps_its_hold_out() -> None:
+    from core.models.efficientad import EfficientAD
+
+    assert issubclass(PatchCore, det.LeaveOneOut)
+    assert not issubclass(EfficientAD, det.LeaveOneOut)  # k-fold would mean k trainings: 20% held out, as before
