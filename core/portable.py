@@ -253,7 +253,12 @@ class Familiarity:
 def assess_map(anomaly_map: np.ndarray, shape: tuple[int, ...], limit: float,
                aspects: tuple[float, float] | None) -> Familiarity:
     """The guard's view of one image of ``shape`` (H, W, ...) given its anomaly map at that size."""
-    value = typical_anomaly(anomaly_map)
+    return assess_value(typical_anomaly(anomaly_map), shape, limit, aspects)
+
+
+def assess_value(value: float, shape: tuple[int, ...], limit: float,
+                 aspects: tuple[float, float] | None) -> Familiarity:
+    """The guard's view of one image of ``shape`` (H, W, ...) given its :func:`typical_anomaly` ``value``."""
     reasons = []
     if value > limit:
         reasons.append(f"most of it is unlike the training images (typical anomaly {value:.3g} > limit {limit:.3g})")
@@ -308,9 +313,18 @@ class Rules:
 
     def judge(self, shape: tuple[int, ...], score: float | None, anomaly_map: np.ndarray | None) -> Judgement:
         """The verdict for an image of ``shape`` with raw ``score`` and map at its size (None: not scored)."""
+        if anomaly_map is None:
+            return self.decide(shape, None, None)
+        return self.decide(shape, score, typical_anomaly(anomaly_map))
+
+    def decide(self, shape: tuple[int, ...], score: float | None, typical: float | None) -> Judgement:
+        """The verdict for an image of ``shape`` with raw ``score`` (None: not scored) and the guard's statistic
+        ``typical`` (:func:`typical_anomaly` of its map at its size; None: not known, so no familiarity is
+        given: the guard flags an image, it never changes a verdict)."""
         problem = self.size_problem(shape)
-        if problem is not None or score is None or anomaly_map is None:
+        if problem is not None or score is None:
             return Judgement(NO_VERDICT, None, problem or "not scored")
-        familiarity = self.familiarity(anomaly_map, shape)
+        familiarity = (None if self.familiarity_limit is None or typical is None
+                       else assess_value(typical, shape, self.familiarity_limit, self.aspects))
         note = "" if familiarity is None or familiarity.familiar else f"unfamiliar image: {familiarity.reason}"
         return Judgement(verdict(score, self.image_threshold), familiarity, note)

@@ -6,6 +6,7 @@ import streamlit as st
 
 from core.models.registry import label
 from core.store.model_store import ModelStoreError
+from core.verdict.inspection import NO_VERDICT, verdict_of
 from ui import cache, charts
 from ui.display import display_image
 from ui.frame import selection
@@ -14,12 +15,13 @@ from ui.inspect_view import render_overlay, score_image
 sel = selection()
 st.title("Compare PatchCore and EfficientAD")
 kinds = ("patchcore", "efficientad")
-missing = [label(k) for k in kinds if k not in sel.trained_kinds]
+refs = {k: sel.ref_for(k) for k in kinds}
+missing = [label(k) for k, ref in refs.items() if ref is None]
 if sel.category is None or missing:
     st.info(f"Comparison needs both models for this category; train {', '.join(missing)} on the **Models** page.")
     st.stop()
 try:
-    models = {k: cache.load_model(sel.ref_for(k), sel.inference) for k in kinds}
+    models = {k: cache.load_model(ref, sel.inference) for k, ref in refs.items() if ref is not None}
 except ModelStoreError as exc:
     st.error(f"Cannot load a model: {exc}")
     st.stop()
@@ -35,9 +37,8 @@ st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
 
 data = cache.category(sel.data_root, sel.category)
 files = {s.key: str(s.path) for s in data.test}  # the image behind each key, on this server
-frames = {k: cache.eval_images(models[k].ref) for k in kinds}
-if all(f is not None for f in frames.values()):
-    a, b = frames["patchcore"], frames["efficientad"]
+a, b = (cache.eval_images(models[k].ref) for k in kinds)
+if a is not None and b is not None:
     joined = a.merge(b[["key", "score"]], on="key", suffixes=("_a", "_b"))
     joined = joined[joined["key"].isin(files)]  # images still in the category
     joined["name"] = joined["key"].map(lambda k: "/".join(k.split("/")[-2:]))
@@ -45,19 +46,25 @@ if all(f is not None for f in frames.values()):
     joined["rank_a"] = joined["score_a"].rank(pct=True)
     joined["rank_b"] = joined["score_b"].rank(pct=True)
     joined["disagreement"] = (joined["rank_a"] - joined["rank_b"]).abs()
-    only = {k: len(set(f["key"]) - set(joined["key"])) for k, f in frames.items()}
+    only = {k: len(set(f["key"]) - set(joined["key"])) for k, f in zip(kinds, (a, b), strict=True)}
     if len(joined) < 2:
         st.warning(f"The two evaluations share {len(joined)} images of this category's {len(files)} test images: "
                    "evaluate both models on the same data (Thresholds page, or `python -m core evaluate`).")
         st.stop()
     st.plotly_chart(charts.compare_scatter(joined, "PatchCore raw score", "EfficientAD raw score"), width="stretch")
-    thr_a, thr_b = models["patchcore"].calibration.image_threshold, models["efficientad"].calibration.image_threshold
-    verdict_a, verdict_b = joined["score_a"] >= thr_a, joined["score_b"] >= thr_b
+    shapes = [cache.image_shape(files[key]) for key in joined["key"]]
+    verdicts = {k: pd.Series([NO_VERDICT if shape is None else verdict_of(models[k], shape, float(score))
+                              for shape, score in zip(shapes, joined[f"score_{side}"], strict=True)], index=joined.index)
+                for k, side in (("patchcore", "a"), ("efficientad", "b"))}  # the pipeline's size rule and threshold
+    verdict_a, verdict_b = verdicts["patchcore"], verdicts["efficientad"]
+    unjudged = int(((verdict_a == NO_VERDICT) | (verdict_b == NO_VERDICT)).sum())
     unmatched = "" if not any(only.values()) else (
         " Left out (evaluated by one model only, or no longer in the category): "
         + ", ".join(f"{n} of {label(k)}'s" for k, n in only.items() if n) + ".")
     st.caption(f"Verdicts differ on {int((verdict_a != verdict_b).sum())} of {len(joined)} evaluation images at the "
-               f"saved thresholds. Spearman rank correlation "
+               "saved thresholds"
+               + (f" ({unjudged} got {NO_VERDICT} from a model: too small, or unreadable now)" if unjudged else "")
+               + ". Spearman rank correlation "
                f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.{unmatched}")
     st.subheader("Where they disagree most")
     st.caption("Rank: where an image falls among all evaluation images by that model's score (100% = the most "
@@ -88,7 +95,7 @@ for name in picked:
     cols[0].image(small, caption=name, width="stretch")
     for col, k in zip(cols[1:], kinds, strict=True):
         m = models[k]
-        scored = score_image(sel, m, name, image)  # the one verdict pipeline (size rule, guard) Inspect uses
+        scored = score_image(sel.inference, m, name, image)  # the one verdict pipeline (size rule, guard) Inspect uses
         if scored.inspection.score is None:
             col.warning(f"{label(k)}: {scored.verdict} ({scored.inspection.note})")
             continue

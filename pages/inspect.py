@@ -136,7 +136,7 @@ if pending and (pending["ref"] != model.ref or pending["item"] not in keys):
 results = []
 progress = st.progress(0.0, text="Scoring…") if len(items) > 3 else None
 for i, (name, image) in enumerate(items):
-    results.append(score_image(sel, model, name, image))
+    results.append(score_image(sel.inference, model, name, image))
     if progress:
         progress.progress((i + 1) / len(items), text=f"Scoring {i + 1}/{len(items)}")
 if progress:

@@ -624,6 +624,30 @@ def test_compare_page(env: Path) -> None:
     assert len(at.get("image")) >= 3  # original + two overlays for each picked image
 
 
+def test_compare_judges_with_the_size_rule(env: Path) -> None:
+    """Compare's verdicts are the pipeline's: an evaluated image below the minimum side gets NO VERDICT from both
+    models (in the count of differing verdicts and side by side), not a verdict from its raw scores."""
+    from core.data.dataset import load_category
+
+    data = Path(os.environ["INSPECT_DATA_ROOT"])
+    Image.fromarray(rgb(12, 12, seed=5)).save(data / "demo_metal" / "test" / "good" / "tiny.png")  # < 16 px
+    store = ModelStore(env)
+    for kind, threshold in (("patchcore", 1e-9), ("efficientad", 1e9)):  # every image DEFECT / every image OK
+        ref = store.current("demo_metal", kind)
+        det.run_evaluation(det.load(ref), load_category(data, "demo_metal"))
+        store.write_calibration(ref, {**store.read_calibration(ref), "image_threshold": threshold})
+    n = len(list((data / "demo_metal" / "test").rglob("*.png")))
+    at = page("compare")
+    caption = next(c.value for c in at.caption if c.value.startswith("Verdicts differ"))
+    assert caption.startswith(f"Verdicts differ on {n - 1} of {n} evaluation images at the saved thresholds (1 got "
+                              "NO VERDICT from a model"), caption  # the raw scores alone said: {n} of {n}
+    at.multiselect[0].set_value(["good/tiny.png"]).run()
+    assert not at.exception, at.exception
+    warned = [w.value for w in at.warning]
+    assert any(w.startswith("PatchCore: NO VERDICT (too small") for w in warned), warned
+    assert any(w.startswith("EfficientAD: NO VERDICT (too small") for w in warned), warned
+
+
 def similar_query(prefix: str = "test/scratch/") -> tuple[AppTest, str]:
     """The Similar page with its index built and the first image whose label starts with ``prefix`` queried."""
     at = page("similar")

@@ -12,14 +12,17 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
+from core.files import atomic_write_bytes
 from core.scores.calibration import Calibration
 from core.settings import model_cache_size
 from core.store import lifecycle as det
 from core.store import model_cache
 from core.store.model_cache import ModelCache
 from core.store.model_store import ModelRef, ModelStore
+from core.types import Prediction
 
 
 def _calibration(threshold: float = 2.0) -> dict[str, Any]:
@@ -189,5 +192,59 @@ def test_the_dashboard_uses_the_same_cache(tmp_path: Path, monkeypatch: pytest.M
     assert loader.loads == [v1, v2]
     store.write_calibration(v2, _calibration(9.0))
     assert ui_cache.load_model(v2).calibration.image_threshold == 9.0 and len(loader.loads) == 2
-    assert ui_cache.weights_key(v1) == model_cache.weights_key(v1)
+    assert ui_cache.calibration_key(v2) == model_cache.calibration_key(v2)
     assert not hasattr(ui_cache, "_load_network")  # no second cache of networks beside the core one
+
+
+class WeighingDetector:
+    """Scores every image with the size of the weights file it was loaded from (so a reload shows)."""
+
+    def __init__(self, weights: Path) -> None:
+        self.score = float(weights.stat().st_size)
+        self.calls = 0
+
+    def predict(self, images: list[np.ndarray]) -> list[Prediction]:
+        self.calls += len(images)
+        return [Prediction(self.score, np.full(image.shape[:2], 0.5, np.float32), 1.0) for image in images]
+
+
+def test_the_dashboard_sees_a_new_calibration_without_reloading_and_new_weights_by_reloading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the dashboard's own calls (ui.cache.load_model, ui.inspect_view.score_image): calibration.json
+    rewritten -> the next call judges with the new threshold, no network loaded and no image scored again;
+    weights rewritten -> the network is loaded again and the image scored again. Fails if ui.cache kept an
+    identity rule of its own (keyed on the version, or on a stamp the core cache does not use)."""
+    from ui import cache as ui_cache
+    from ui.inspect_view import score_image
+
+    store = ModelStore(tmp_path)
+    v1 = _version(store, "cat", 1)
+    detectors: list[WeighingDetector] = []
+
+    def loader(ref: ModelRef, inference: str) -> det.LoadedModel:
+        detectors.append(WeighingDetector(store.path(ref) / "weights.pt"))
+        return det.LoadedModel(ref, detectors[-1], store.read_manifest(ref), det.read_calibration(ref))  # type: ignore[arg-type]
+
+    held = ModelCache(loader=loader)
+    monkeypatch.setattr(ui_cache, "models", lambda: held)
+    ui_cache.clear_model_caches()
+    image = np.zeros((32, 32, 3), np.uint8)
+
+    def shown() -> tuple[str, float | None]:
+        found = score_image("fast", ui_cache.load_model(v1), "part.png", image).inspection
+        return found.verdict, found.score
+
+    size = (store.path(v1) / "weights.pt").stat().st_size
+    try:
+        store.write_calibration(v1, _calibration(size + 1.0))
+        assert shown() == ("OK", size) and shown() == ("OK", size)
+        assert len(detectors) == 1 and detectors[0].calls == 1  # loaded once, scored once
+        store.write_calibration(v1, _calibration(size - 1.0))  # a hand edit, the CLI, another tab
+        assert shown() == ("DEFECT", size)
+        assert len(detectors) == 1 and detectors[0].calls == 1  # judged again, not loaded or scored again
+        atomic_write_bytes(store.path(v1) / "weights.pt", b"new weights, another size" * 7)
+        bigger = (store.path(v1) / "weights.pt").stat().st_size
+        assert bigger != size and shown() == ("DEFECT" if bigger >= size - 1.0 else "OK", bigger)
+        assert len(detectors) == 2 and detectors[1].calls == 1  # the new weights loaded and used
+    finally:
+        ui_cache.clear_model_caches()

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from core.data.dataset import CategoryData, legacy_key, load_category
 from core.data.imageio import load_image
@@ -26,6 +28,7 @@ from core.scores.metrics import PixelHistogram
 from core.store import lifecycle as det
 from core.store import model_cache
 from core.store.model_store import ModelRef, ModelStore
+from core.verdict.inspection import Measurement, Measurer
 from ui.display import display_map
 
 
@@ -33,17 +36,13 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else 0.0
 
 
-def weights_key(ref: ModelRef) -> str:
-    """Changes whenever the weights behind ``ref`` change; equal for versions sharing their weights
-    (:func:`core.store.model_cache.weights_key`: the rule lives there)."""
-    return model_cache.weights_key(ref)
-
-
 def calibration_key(ref: ModelRef) -> str:
-    """Changes with any edit of the version's calibration, wherever it was made."""
-    return ModelStore(ref.store).calibration_stamp(ref)
+    """Changes with any edit of the version's calibration, wherever it was made
+    (:func:`core.store.model_cache.calibration_key`: the rule lives there)."""
+    return model_cache.calibration_key(ref)
 
 
+EXIF_ORIENTATION = 0x0112
 LOADING = ("Loading model and warming it up… (a memory bank of more than 16k patches also builds its search "
            "index here: about a minute per 800k patches)")
 
@@ -94,21 +93,40 @@ def image_from_path(path: str) -> np.ndarray:
     return load_image(path)
 
 
+@st.cache_data(show_spinner=False, max_entries=4096)
+def _image_shape(path: str, stamp: float) -> tuple[int, int] | None:
+    try:
+        with Image.open(path) as image:  # the header only: no pixel is decoded
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # shown rotated by 90 degrees
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return (width, height) if turned else (height, width)
+
+
+def image_shape(path: str) -> tuple[int, int] | None:
+    """(H, W) of the image at ``path`` as it is decoded (EXIF orientation applied), read from its header and
+    cached per file change; None when it cannot be read now."""
+    return _image_shape(path, _mtime(Path(path)))
+
+
 @st.cache_data(show_spinner=False, max_entries=512)
-def _predict_one(key: str, inference: str, digest: str, _ref: ModelRef,
-                 _image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    model = models().get(_ref, inference)
-    pred = model.detector.predict([_image])[0]
-    return pred.score, display_map(pred.anomaly_map), pred.latency_ms
+def _measure_one(key: str, inference: str, digest: str, _ref: ModelRef, _image: np.ndarray) -> Measurement:
+    found = Measurement.of(models().get(_ref, inference).detector.predict([_image])[0])
+    return replace(found, anomaly_map=display_map(found.anomaly_map))  # the guard's statistic stays full-size
+
+
+def measurer(ref: ModelRef, inference: str) -> Measurer:
+    """The dashboard's measurer for :func:`core.verdict.inspection.inspect`: one measurement per weights and
+    image digest (not pixels), the map kept at display size (downscaled only above the display limit, so huge
+    uploads do not fill the cache) and the guard's statistic taken from the full-size map, as the service does."""
+    return lambda images: [_measure_one(model_cache.weights_key(ref), inference, digest(image), ref, image) for image in images]
 
 
 def predict_one(ref: ModelRef, inference: str, image: np.ndarray) -> tuple[float, np.ndarray, float]:
-    """(raw score, map at display size, latency ms), cached per weights and image digest (not pixels).
-
-    The map is the model's map at the original image size, downscaled only if the image is larger than
-    the display limit (so huge uploads do not fill the cache).
-    """
-    return _predict_one(weights_key(ref), inference, digest(image), ref, image)
+    """(raw score, map at display size, latency ms) of one image, through the same cache as :func:`measurer`."""
+    found = measurer(ref, inference)([image])[0]
+    return found.score, found.anomaly_map, found.latency_ms
 
 
 def digest(data: bytes | np.ndarray) -> str:
@@ -151,6 +169,6 @@ def eval_pixels(ref: ModelRef) -> PixelHistogram | None:
 
 def clear_model_caches() -> None:
     models().clear()
-    _predict_one.clear()
+    _measure_one.clear()
     _eval_images.clear()
     _eval_pixels.clear()

@@ -9,12 +9,10 @@ import numpy as np
 from core.data.imageio import ImageLoadError, load_image
 from core.scores.calibration import Calibration
 from core.store.lifecycle import LoadedModel
-from core.types import Prediction
-from core.verdict.inspection import Inspection, judge, size_problem
+from core.verdict.inspection import Inspection, inspect
 from core.verdict.overlay import overlay
 from ui import cache
 from ui.display import display_image
-from ui.sidebar import Selection
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,11 @@ def decode_upload(name: str, data: bytes) -> np.ndarray:
     return load_image(data, name=name)
 
 
-def score_image(sel: Selection, model: LoadedModel, name: str, image: np.ndarray) -> Scored:
-    """Score through the cache (raw score and map per image digest), then judge with the calibration and
-    familiarity limit saved now. Images below the model's minimum size are not scored."""
-    if size_problem(model, image) is not None:
-        return Scored(name, image, judge(model, image, None))
-    score, amap, latency = cache.predict_one(model.ref, sel.inference, image)
-    return Scored(name, image, judge(model, image, Prediction(score, amap, latency)))
+def score_image(inference: str, model: LoadedModel, name: str, image: np.ndarray) -> Scored:
+    """Score and judge ``image`` ``[H, W, 3]`` with core.verdict.inspection, the pipeline of the service and the
+    watch folder, measured through the dashboard's cache (per weights and image digest), so the calibration and
+    familiarity limit saved now judge it without scoring it again. Images below the minimum side are not scored."""
+    return Scored(name, image, inspect(model, [image], cache.measurer(model.ref, inference))[0])
 
 
 def item_keys(images: list[np.ndarray]) -> list[str]:

@@ -37,10 +37,14 @@ def weights_key(ref: ModelRef) -> str:
     return f"{ref.store}|{ref.category}|{ref.kind}|{ModelStore(ref.store).weights_stamp(ref)}"
 
 
+def calibration_key(ref: ModelRef) -> str:
+    """Changes with any edit of ``ref``'s calibration on disk (a digest of the file: whoever changed it)."""
+    return ModelStore(ref.store).calibration_stamp(ref)
+
+
 def view_stamp(ref: ModelRef) -> tuple[str, str]:
     """Changes whenever ``ref``'s calibration or manifest changes on disk (whoever changed it)."""
-    store = ModelStore(ref.store)
-    return store.calibration_stamp(ref), store.manifest_stamp(ref)
+    return calibration_key(ref), ModelStore(ref.store).manifest_stamp(ref)
 
 
 @dataclass(frozen=True)
