@@ -31,16 +31,14 @@ can only sign in through the identity provider. Add users with ``python -m core 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import ipaddress
 import json
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -48,7 +46,7 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from core.files import atomic_write_bytes
+from core.files import atomic_write_bytes, locked
 
 log = logging.getLogger(__name__)
 
@@ -250,18 +248,11 @@ def write_users(path: Path, users: Mapping[str, UserRecord]) -> Path:
     return atomic_write_bytes(Path(path), json.dumps(data, indent=2).encode(), mode=0o600)
 
 
-@contextlib.contextmanager
-def users_lock(path: Path) -> Iterator[None]:
-    """An exclusive lock on the users file (``flock`` of ``.<name>.lock`` beside it), across processes and
-    threads, held for one read-modify-write: read the users inside it, not before."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
+def users_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on the users file (:func:`core.files.locked`: ``flock`` of ``.<name>.lock`` beside it,
+    owner-only), across processes and threads, held for one read-modify-write: read the users inside it, not
+    before."""
+    return locked(Path(path), mode=0o600)
 
 
 def hash_password(password: str) -> str:

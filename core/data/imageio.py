@@ -10,14 +10,14 @@ runner decodes exactly as the app does.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from core.files import atomic_write_bytes
 from core.portable import (
     ACCEPTED_FORMATS,
     MAX_PIXELS,
@@ -68,15 +68,8 @@ def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def save_png_atomic(array: np.ndarray, path: str | Path) -> Path:
-    """Write a uint8 image (``[H, W]`` or ``[H, W, 3]``) as PNG through a temp file and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(array).save(handle, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write a uint8 image (``[H, W]`` or ``[H, W, 3]``) as PNG, atomically and durably
+    (:func:`core.files.atomic_write_bytes`: temp file, fsync, rename, fsync of the folder)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return atomic_write_bytes(Path(path), buffer.getvalue())

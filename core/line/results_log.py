@@ -9,15 +9,14 @@ skip it).
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.files import append_line
 
 ENV = settings.LINE_LOG_ENV
 
@@ -28,29 +27,9 @@ def default_path(store_root: Path) -> Path:
 
 
 def append(path: Path, record: dict[str, Any], between: Callable[[], None] | None = None) -> None:
-    """Append ``record`` as one line (fsync). ``between`` (fault injection only) is called with half of the line
-    written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = (json.dumps(record, default=float) + "\n").encode()
-    with open(path, "ab+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            end = handle.seek(0, os.SEEK_END)
-            if end:
-                handle.seek(end - 1)
-                if handle.read(1) != b"\n":
-                    line = b"\n" + line  # the previous line was cut by a crash
-            if between is not None:
-                handle.write(line[: len(line) // 2])
-                handle.flush()
-                os.fsync(handle.fileno())
-                between()
-                line = line[len(line) // 2:]
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """Append ``record`` as one line under the file's lock, fsynced (:func:`core.files.append_line`).
+    ``between`` (fault injection only) is called with half of the line written."""
+    append_line(path, record, between=between)
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

@@ -46,7 +46,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
 from collections.abc import Callable
@@ -55,7 +54,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
-from core.files import atomic_write_bytes
+from core.files import append_line, atomic_write_bytes, copy_durable, fsync_dir, write_synced
 from core.line import results_log as line_log
 from core.verdict.inspection import NO_VERDICT, inspect
 
@@ -125,34 +124,6 @@ def _one_line(value: Any) -> Any:
     return " ".join(value.splitlines()) if isinstance(value, str) else value
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _end_with_newline(path: Path) -> None:
-    """Terminate a line a crash cut short, so the next append starts a line of its own."""
-    if not path.is_file():
-        return
-    with open(path, "rb+") as handle:
-        handle.seek(0, os.SEEK_END)
-        if handle.tell() == 0:
-            return
-        handle.seek(-1, os.SEEK_END)
-        if handle.read(1) != b"\n":
-            handle.write(b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-
-
 def _cut_partial_row(handle: BinaryIO) -> None:
     """Truncate an append-mode file after its last newline (drops a CSV row a crash cut short)."""
     end = handle.seek(0, os.SEEK_END)
@@ -172,21 +143,6 @@ def _cut_partial_row(handle: BinaryIO) -> None:
             return
         pos = start
     handle.truncate(0)
-
-
-def _write_line(handle: BinaryIO, data: bytes, hook: Hook | None, step: str) -> None:
-    """Write one line and fsync it; with a fault-injection hook, in two halves with ``step`` between them."""
-    if hook is None:
-        handle.write(data)
-    else:
-        half = len(data) // 2
-        handle.write(data[:half])
-        handle.flush()
-        os.fsync(handle.fileno())
-        hook(step)
-        handle.write(data[half:])
-    handle.flush()
-    os.fsync(handle.fileno())
 
 
 class Watcher:
@@ -219,7 +175,6 @@ class Watcher:
     def _read_journal(self) -> None:
         if not self.journal.is_file():
             return
-        _end_with_newline(self.journal)
         claims: dict[str, dict[str, Any]] = {}
         scored: dict[str, dict[str, Any]] = {}
         closed: set[str] = set()  # ids of entries finished ("done") or given up ("dropped")
@@ -308,9 +263,10 @@ class Watcher:
         self.claims.pop(entry_id, None)
 
     def _journal_append(self, record: dict[str, Any], step: str | None) -> None:
-        data = (json.dumps(record, default=float) + "\n").encode()
-        with open(self.journal, "ab") as handle:
-            _write_line(handle, data, self.hook if step is not None else None, step or "")
+        """One fsynced journal line (a line a crash cut short is ended first); with a fault-injection hook and
+        a ``step``, ``step`` is reached with half of the line written."""
+        between = None if self.hook is None or step is None else (lambda: self._step(step))
+        append_line(self.journal, record, between=between)
 
     # -- recovery ------------------------------------------------------------------------------------------
 
@@ -441,17 +397,15 @@ class Watcher:
         try:
             if self.config.copy and source.parent != self.claims_dir:
                 part = self.claims_dir / f".{claim_name}.part"
-                shutil.copy2(source, part)
-                with open(part, "rb") as handle:
-                    os.fsync(handle.fileno())
+                copy_durable(source, part)
                 os.rename(part, claimed)
             else:
                 os.rename(source, claimed)
         except FileNotFoundError:
             self._drop(claim_id)
             return None
-        _fsync_dir(self.claims_dir)
-        _fsync_dir(source.parent)
+        fsync_dir(self.claims_dir)
+        fsync_dir(source.parent)
         self._step("claimed")
         return claim
 
@@ -542,20 +496,18 @@ class Watcher:
                 if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
                     raise
                 self._copy_in(source, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             self._step("linked")
         if source.exists() and (not self.config.copy or source.parent == self.claims_dir):
             source.unlink()
-            _fsync_dir(source.parent)
+            fsync_dir(source.parent)
 
     @staticmethod
     def _copy_in(source: Path, target: Path) -> None:
         """Copy to a hidden part file beside ``target`` (fsync), then link or rename it into place."""
         part = target.with_name(f".{target.name}.part")
         part.unlink(missing_ok=True)
-        shutil.copy2(source, part)
-        with open(part, "rb") as handle:
-            os.fsync(handle.fileno())
+        copy_durable(source, part)
         try:
             os.link(part, target)
             part.unlink()
@@ -587,7 +539,8 @@ class Watcher:
             text = io.StringIO()
             csv.DictWriter(text, fieldnames=fields, extrasaction="ignore").writerow(
                 {k: _one_line(entry.get(k)) for k in fields})
-            _write_line(handle, text.getvalue().encode(), self.hook, "csv_partial")
+            write_synced(handle, text.getvalue().encode(),
+                         None if self.hook is None else lambda: self._step("csv_partial"))
 
     @staticmethod
     def _line_record(entry: dict[str, Any]) -> dict[str, Any]:

@@ -32,7 +32,6 @@ appends the entry, so Undo can undo it. Temp folders and files (``.tmp-*``, ``.*
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -43,12 +42,20 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from core.files import atomic_write_bytes, atomic_write_json, fsync_dir, now_iso, write_durable
+from core.files import (
+    append_line,
+    atomic_write_bytes,
+    atomic_write_json,
+    copy_durable,
+    fsync_dir,
+    lock_file,
+    now_iso,
+    write_durable,
+)
 from core.files import step as _step
 
 MANIFEST = "manifest.json"
@@ -292,16 +299,9 @@ class ModelStore:
         shutil.rmtree(self.training_state_dir(category, kind), ignore_errors=True)
 
     # -- writing versions --------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _locked(self, category: str, kind: str) -> Iterator[None]:
-        base = self.kind_folder(category, kind)
-        base.mkdir(parents=True, exist_ok=True)
-        with open(base / LOCK, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def _locked(self, category: str, kind: str) -> contextlib.AbstractContextManager[None]:
+        """The store lock of (category, kind): :func:`core.files.lock_file` of ``<kind folder>/.lock``."""
+        return lock_file(self.kind_folder(category, kind) / LOCK)
 
     def create_version(self, category: str, kind: str, manifest: dict[str, Any], calibration: dict[str, Any],
                        reason: str, weights: dict[str, Any] | None = None, parent: ModelRef | None = None,
@@ -489,14 +489,7 @@ class ModelStore:
 
     def _write_feedback(self, category: str, kind: str, entry: dict[str, Any]) -> None:
         """Append one line to the feedback log, durably; the caller holds the store lock."""
-        path = self.kind_folder(category, kind) / FEEDBACK
-        created = not path.exists()
-        with open(path, "a") as handle:
-            handle.write(json.dumps(entry, default=float) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        if created:
-            fsync_dir(path.parent)
+        append_line(self.kind_folder(category, kind) / FEEDBACK, entry)
 
     def read_feedback(self, category: str, kind: str) -> list[dict[str, Any]]:
         """Every logged feedback action, oldest first, including any a version holds but the log lacks (a
@@ -629,9 +622,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
     try:
         os.link(source, target)
     except OSError:
-        shutil.copy2(source, target)
-        with open(target, "rb+") as handle:
-            os.fsync(handle.fileno())
+        copy_durable(source, target)
 
 
 def _remove_stale_temps(folder: Path, max_age_s: float) -> list[str]:
