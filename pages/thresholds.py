@@ -32,11 +32,14 @@ ref = model.ref
 def evaluate_and_rerun() -> None:
     """Score the category's test images with the model, save the results beside it, and redraw."""
     auth.require(Permission.EVALUATE)
-    data = cache.category(sel.data_root, sel.category)
+    data = cache.category(sel.data_root, model.category)
     bar = st.progress(0.0, text="Scoring test images…")
+
+    def progress(msg: str, fraction: float) -> None:
+        bar.progress(fraction, text=msg.capitalize())
+
     try:
-        det.run_evaluation(model, data,
-                           TrainControl(progress=lambda msg, f: bar.progress(f, text=msg.capitalize())))
+        det.run_evaluation(model, data, TrainControl(progress=progress))
     except ValueError as exc:
         st.error(str(exc))
         st.stop()
@@ -147,6 +150,7 @@ st.plotly_chart(charts.score_histogram(frame, thr), width="stretch")
 
 pixel_thr = saved_pix
 if hist is not None:
+    pixels = hist  # not None in the buttons' callbacks either
     st.subheader("Pixel level")
     pix_curve = hist.curve()
     q1, q2, q3 = st.columns([3, 1, 1])
@@ -155,15 +159,15 @@ if hist is not None:
                               step=(pix_range[1] - pix_range[0]) / 2000, format="%.4f")
     with q2:
         target_pfpr = st.number_input("Target pixel FPR", 0.0, 1.0, 0.01, 0.005, format="%.3f", key="target_pfpr")
-        st.button("Set by pixel FPR", on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_fpr(hist, target_pfpr)))
+        st.button("Set by pixel FPR", on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_fpr(pixels, target_pfpr)))
     with q3:
         target_precall = st.number_input("Target pixel recall", 0.0, 1.0, 0.5, 0.05, key="target_precall")
         st.button("Set by pixel recall",
-                  on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_recall(hist, target_precall)))
+                  on_click=lambda: set_pixel_threshold(th.pixel_threshold_at_recall(pixels, target_precall)))
     pfpr, precall = th.pixel_rates(hist, pixel_thr)
     p1, p2 = st.columns(2)
     p1.plotly_chart(charts.roc_figure(pix_curve, (pfpr, precall), "Pixel ROC", hist.auroc()), width="stretch")
-    j = int(min(np.searchsorted(-pix_curve.thresholds, -pixel_thr), len(pix_curve.thresholds) - 1))
+    j = min(int(np.searchsorted(-pix_curve.thresholds, -pixel_thr)), len(pix_curve.thresholds) - 1)
     p2.plotly_chart(charts.pr_figure(pix_curve, (precall, pix_curve.precision[j]), "Pixel precision-recall"),
                     width="stretch")
     st.caption(f"At this pixel threshold: pixel recall {precall:.3f}, pixel FPR {pfpr:.4f}. Pixel curves use "

@@ -19,11 +19,11 @@ def display_size(shape: tuple[int, ...]) -> tuple[int, int] | None:
 
 def display_image(image: np.ndarray) -> np.ndarray:
     size = display_size(image.shape)
-    return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR))
+    return image if size is None else np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 def display_map(anomaly_map: np.ndarray) -> np.ndarray:
     size = display_size(anomaly_map.shape)
     if size is None:
         return anomaly_map
-    return np.asarray(Image.fromarray(anomaly_map.astype(np.float32), mode="F").resize(size, Image.BILINEAR))
+    return np.asarray(Image.fromarray(anomaly_map.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
