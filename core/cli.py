@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from core import logs
 from core import settings as app_settings
-from core.models.registry import INFERENCE_PATHS, KINDS, spec
+from core.models.registry import INFERENCE_PATHS, kinds, settings_from_options, spec, train_options
 from core.store.model_store import ModelStore, ModelStoreError, validate_name
 
 if TYPE_CHECKING:
     from core.types import TrainControl
 
-RUNTIME_CHOICES = ("onnx", "torch")
 EXAMPLES = """examples:
   python -m core demo --out demo_data
   python -m core train --data demo_data --category demo_metal --model patchcore
@@ -54,23 +53,24 @@ def _progress_printer() -> TrainControl:
 
 
 def _settings_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    settings: dict[str, Any] = {}
-    if args.image_size:
-        settings["height"], settings["width"] = args.image_size
-    for name in ("coreset_ratio", "steps", "backbone", "input_mode", "scale", "search", "coreset", "runtime", "tile",
-                 "normalization"):
-        value = getattr(args, name, None)
-        if value is not None:
-            settings[name] = value
-    if getattr(args, "weights", None) is not None:
-        settings["weights"] = str(Path(args.weights).expanduser().resolve())
-    if getattr(args, "layers", None):
-        settings["layers"] = args.layers
-    elif getattr(args, "backbone", None):
-        from core.models.backbone import default_layers
+    """The settings the ``train`` flags of ``args.model`` set (its options in the kind table).
 
-        settings["layers"] = list(default_layers(args.backbone))
-    return settings
+    Raises:
+        ValueError: a flag of another kind was given.
+    """
+    values = {name: getattr(args, option.dest, None) for name, (option, _) in train_options().items()}
+    return settings_from_options(args.model, values)
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    """``train``'s model flags, one per option in the kind table (a flag only some kinds have says which)."""
+    every = kinds()
+    for name, (option, owners) in train_options().items():
+        more = "" if owners == every else f" [{', '.join(owners)}]"
+        default = f" (default {option.default})" if option.default is not None else ""
+        nargs: int | str | None = len(option.fields) if len(option.fields) > 1 else ("+" if option.many else None)
+        p.add_argument(f"--{name}", dest=option.dest, type=option.type, nargs=nargs,
+                       choices=option.choices or None, metavar=option.metavar, help=option.help + default + more)
 
 
 def _load_data(args: argparse.Namespace):
@@ -299,7 +299,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     model = cache.current(category, args.model)  # fails now, not at the first image, if there is no model
     config = WatchConfig(args.in_dir, args.ok, args.defect, args.rejected or args.in_dir.parent / "rejected",
                          args.log or args.in_dir.parent / "results.csv", copy=args.copy, settle=args.settle, max_wait=args.max_wait,
-                         line_log=line_log.default_path(args.store))
+                         line_log=line_log.default_path(args.store), review_dir=args.review)
     print(f"watching {args.in_dir} with {model.ref.label} (the store's current version is used for each image); "
           f"log: {config.log}", file=sys.stderr, flush=True)
     judged = Watcher(config, lambda: cache.current(category, args.model)).run(once=args.once)
@@ -392,29 +392,13 @@ def build_parser() -> argparse.ArgumentParser:
         if need_data:
             p.add_argument("--data", type=Path, required=True, help="data root (MVTec layout) or a folder of good images")
         store_option(p)
-        p.add_argument("--model", choices=KINDS, default="patchcore",
-                       help=f"model kind ({', '.join(f'{k}: {spec(k).label}' for k in KINDS)}; default patchcore)")
+        p.add_argument("--model", choices=kinds(), default="patchcore",
+                       help=f"model kind ({', '.join(f'{k}: {spec(k).label}' for k in kinds())}; default patchcore)")
 
     p = sub.add_parser("train", help="fit a model on good images and save it")
     common(p)
     p.add_argument("--category", help="category under --data (omit when --data is a plain folder of good images)")
-    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--input-mode", choices=("squash", "native", "tiles"),
-                   help="squash to --image-size (default), native aspect ratio, or overlapping native-resolution tiles")
-    p.add_argument("--tile", type=int, help="tiles mode: tile side in pixels (default 256)")
-    p.add_argument("--normalization", choices=("imagenet", "backbone"),
-                   help="PatchCore input statistics: imagenet (default, anomalib's) or the backbone's own "
-                        "(EfficientNet-Lite: [-1, 1]; +0.04 image AUROC on magnetic_tile, -0.03 on juice_bottle_loco)")
-    p.add_argument("--scale", type=float, help="native mode: resize factor keeping aspect ratio")
-    p.add_argument("--backbone", help="PatchCore backbone: tf_efficientnet_lite0/1/2 (offline, default lite0) or any "
-                                      "timm name with --weights FILE (or weights already in the local HF/torch cache)")
-    p.add_argument("--weights", type=Path, help="local .safetensors/.pth state dict of --backbone (never downloaded)")
-    p.add_argument("--layers", nargs="+", help="feature layers (default: the backbone's two middle levels)")
-    p.add_argument("--coreset-ratio", type=float)
-    p.add_argument("--coreset", choices=("fast", "stock"))
-    p.add_argument("--search", choices=("auto", "exact", "hnsw", "stock"))
-    p.add_argument("--steps", type=int, help="EfficientAD training steps")
-    p.add_argument("--runtime", choices=RUNTIME_CHOICES, help="network runtime (default onnx: ONNX Runtime; torch: PyTorch)")
+    _add_train_options(p)
     p.add_argument("--reason", help="why this version exists, shown in the versions list (default: trained)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted EfficientAD run kept in the "
                    "store (stopped by Cancel or Ctrl-C; its state is saved every 250 steps) with its own settings")
@@ -483,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_dir", type=Path, required=True, help="folder the camera writes to")
     p.add_argument("--ok", type=Path, required=True, help="where OK images go")
     p.add_argument("--defect", type=Path, required=True, help="where DEFECT images go")
+    p.add_argument("--review", type=Path, help="REVIEW images, in the review band: a person decides (default: "
+                   "<ok>/../review)")
     p.add_argument("--rejected", type=Path, help="unreadable / NO VERDICT images (default: <in>/../rejected)")
     p.add_argument("--log", type=Path, help="results CSV (default: <in>/../results.csv)")
     p.add_argument("--copy", action="store_true", help="copy instead of move (the input folder keeps the files)")

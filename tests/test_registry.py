@@ -93,3 +93,72 @@ def test_cli_help_lists_kinds_from_the_table() -> None:
     proc = subprocess.run([sys.executable, "-m", "core", "train", "--help"], cwd=ROOT, capture_output=True, text=True,
                           timeout=60)
     assert "{patchcore,efficientad}" in proc.stdout
+
+
+# Today's `train` flags, hand-copied from core/cli.py before its flags came from the kind table: dest -> default.
+TRAIN_FLAG_DEFAULTS: dict[str, object] = {
+    "image_size": None, "input_mode": None, "tile": None, "normalization": None, "scale": None, "backbone": None,
+    "weights": None, "layers": None, "coreset_ratio": None, "coreset": None, "search": None, "steps": None,
+    "runtime": None, "reason": None, "resume": False, "category": None, "model": "patchcore",
+}
+# What each flag put into the settings before (argv after `train --data D --model M`) -> settings.
+TRAIN_FLAG_SETTINGS: list[tuple[str, list[str], dict[str, object]]] = [
+    ("patchcore", [], {}),
+    ("patchcore", ["--image-size", "64", "96"], {"height": 64, "width": 96}),
+    ("patchcore", ["--input-mode", "tiles", "--tile", "32"], {"input_mode": "tiles", "tile": 32}),
+    ("patchcore", ["--normalization", "backbone"], {"normalization": "backbone"}),
+    ("patchcore", ["--input-mode", "native", "--scale", "0.5"], {"input_mode": "native", "scale": 0.5}),
+    ("patchcore", ["--backbone", "tf_efficientnet_lite1"],
+     {"backbone": "tf_efficientnet_lite1", "layers": ["blocks.2", "blocks.4"]}),
+    ("patchcore", ["--backbone", "resnet18", "--layers", "layer2", "layer3"],
+     {"backbone": "resnet18", "layers": ["layer2", "layer3"]}),
+    ("patchcore", ["--coreset-ratio", "0.1", "--coreset", "stock", "--search", "exact"],
+     {"coreset_ratio": 0.1, "coreset": "stock", "search": "exact"}),
+    ("patchcore", ["--runtime", "torch"], {"runtime": "torch"}),
+    ("efficientad", ["--steps", "7", "--runtime", "torch", "--image-size", "512", "512"],
+     {"steps": 7, "runtime": "torch", "height": 512, "width": 512}),
+]
+
+
+def test_train_flags_keep_their_names_and_defaults() -> None:
+    from core.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--data", "d"])
+    assert {k: getattr(args, k) for k in TRAIN_FLAG_DEFAULTS} == TRAIN_FLAG_DEFAULTS
+
+
+@pytest.mark.parametrize(("kind", "argv", "settings"), TRAIN_FLAG_SETTINGS)
+def test_train_flags_set_the_same_settings(kind: str, argv: list[str], settings: dict[str, object]) -> None:
+    from core.cli import _settings_from_args, build_parser
+
+    assert _settings_from_args(build_parser().parse_args(["train", "--data", "d", "--model", kind, *argv])) == settings
+
+
+def test_train_weights_flag_is_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.cli import _settings_from_args, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--data", "d", "--backbone", "resnet18", "--weights", "w.pth",
+                                      "--layers", "layer2"])
+    assert _settings_from_args(args)["weights"] == str(tmp_path / "w.pth")
+
+
+def test_a_registered_kind_brings_its_own_train_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from core.cli import _settings_from_args, build_parser
+    from core.models.registry import register, unregister
+    from tests.test_toy_kind import TOY, MeanPixelConfig, toy_spec
+
+    register(TOY, toy_spec)
+    try:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["train", "--help"])
+        assert "--gain GAIN" in capsys.readouterr().out
+        args = build_parser().parse_args(["train", "--data", "d", "--model", TOY, "--gain", "2.5"])
+        assert spec(TOY).build(_settings_from_args(args)).config == MeanPixelConfig(gain=2.5)
+        with pytest.raises(ValueError, match=r"expected PatchCore training flags \(--image-size, .*\), found --gain"):
+            _settings_from_args(build_parser().parse_args(["train", "--data", "d", "--gain", "2.5"]))
+    finally:
+        unregister(TOY)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    assert "--gain" not in capsys.readouterr().out

@@ -3,19 +3,16 @@
 anomalib's :class:`EfficientAdModel` supplies the networks (teacher, student, autoencoder), the losses and the
 map computation. We replace what would otherwise be downloaded -- the pretrained teacher (distilled by
 ``tools/distill_teacher.py``, weights in ``assets/teacher``) and the Imagenette penalty images (a few photos in
-``assets/penalty``) -- and drive the training loop ourselves so it can report progress, be cancelled and
-compute the map-normalisation quantiles on held-out GOOD images (anomalib uses its validation split).
+``assets/penalty``) -- and drive the training loop ourselves (core/models/efficientad_training.py) so it can
+report progress, be cancelled and resumed, and compute the map-normalisation quantiles on held-out GOOD images
+(anomalib uses its validation split).
 Inference runs anomalib's eval forward pass exported to ONNX Runtime (``runtime="onnx"``, the default) or in
 torch (``runtime="torch"``); both give the same scores up to float rounding (tests/test_runtime.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,8 +22,7 @@ import numpy as np
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
-from core.data.dataset import image_files
-from core.models.device import compute_device
+from core.models import efficientad_training as training
 from core.models.efficientad_lite import (
     ANOMALIB_HARD_QUANTILE,
     STRIDE,
@@ -36,11 +32,15 @@ from core.models.efficientad_lite import (
     LiteTeacher,
     TunedEfficientAdModel,
 )
-from core.data.imageio import ImageLoadError, load_image
+from core.models.efficientad_training import SAVE_EVERY, STATE_FILE, load_penalty_images
 from core.models.preprocess import InputSpec, predict_in_batches, to_tensor
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx
-from core.files import atomic_write_bytes, now_iso
-from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl, TrainingCancelled
+from core.types import NO_CONTROL, Prediction, TrainControl
+
+__all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
+           "SECONDS_PER_IMAGE_256", "SECONDS_PER_STEP_256", "STATE_FILE", "STRUCTURES", "EfficientAD",
+           "EfficientADConfig", "estimate_for_settings", "expected_training_seconds", "inference_settings",
+           "input_size_for", "load_penalty_images", "teacher_channels"]  # the training loop's names kept here too
 
 KIND = "efficientad"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -53,8 +53,6 @@ MIN_SIZE = 256
 SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.25}
 SECONDS_PER_IMAGE_256 = 0.08  # per good training image: teacher statistics, quantiles, calibration, guard
 STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
-STATE_FILE = "state.pt"  # the resumable training state, in TrainControl.state_dir
-SAVE_EVERY = 250  # steps between saves of that state in the product path (about a minute of CPU training)
 
 
 @dataclass(frozen=True)
@@ -115,11 +113,11 @@ class EfficientADConfig:
         """Settings from a manifest; one saved before structures existed is the PDN-S structure, and settings added
         later take the value that reproduces what was saved (anomalib's hard quantile, the map maximum as score)."""
         known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in data.items() if k in known}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}  # JSON values, checked by __post_init__
         values.setdefault("structure", "pdn_s")
         values.setdefault("hard_quantile", ANOMALIB_HARD_QUANTILE)
         values.setdefault("score_border_cells", 0)
-        return cls(**values)  # type: ignore[arg-type]
+        return cls(**values)
 
 
 def expected_training_seconds(config: EfficientADConfig, num_images: int = 0) -> float:
@@ -166,10 +164,10 @@ def _build_lite(config: EfficientADConfig) -> EfficientAdModel:
     teacher = LiteTeacher(config.teacher_backbone, config.context_cells)
     channels = teacher.out_channels
     model = LiteEfficientAdModel(channels, config.border_cells, config.hard_quantile, config.score_border_cells)
-    model.teacher = teacher  # type: ignore[assignment]  # anomalib types it as its PDN; any nn.Module works
-    model.student = LiteStudent(  # type: ignore[assignment]
-        2 * channels, config.student_width, config.context_cells)
-    model.ae = LiteAutoEncoder(channels)  # type: ignore[assignment]
+    # anomalib types these as its PDN and autoencoder; any nn.Module with the same outputs works in their place
+    model.add_module("teacher", teacher)
+    model.add_module("student", LiteStudent(2 * channels, config.student_width, config.context_cells))
+    model.add_module("ae", LiteAutoEncoder(channels))
     return model
 
 
@@ -181,19 +179,6 @@ def teacher_channels(path: Path) -> int:
     if manifest.is_file():
         return int(json.loads(manifest.read_text())["teacher"]["out_channels"])
     return 152
-
-
-def load_penalty_images(folder: Path, spec: InputSpec) -> torch.Tensor:
-    """Penalty images ``[P, 3, H, W]`` in [0, 1] from ``folder`` (unreadable files are skipped)."""
-    images = []
-    for path in image_files(folder):
-        try:
-            images.append(load_image(path))
-        except ImageLoadError:
-            continue
-    if not images:
-        raise FileNotFoundError(f"expected penalty images in {folder}, found none")
-    return to_tensor(images, spec)
 
 
 class EfficientAD:
@@ -222,7 +207,23 @@ class EfficientAD:
         return self._graph
 
     # ----------------------------------------------------------------- training
-    def _teacher_mean_std(self, images: Sequence[np.ndarray]) -> None:
+    @property
+    def device(self) -> torch.device:
+        """Where the model is training (core.models.efficientad_training); the CPU otherwise."""
+        return self._device
+
+    def use_device(self, device: torch.device) -> None:
+        """Move the networks to ``device`` (training there, or back on the CPU); the exported graph is dropped."""
+        self._graph = None
+        self._device = device
+        self.model.to(device)
+
+    def drop_graph(self) -> None:
+        """Forget the exported inference graph: the weights changed, the next prediction exports them again."""
+        self._graph = None
+
+    def fit_teacher_statistics(self, images: Sequence[np.ndarray]) -> None:
+        """The teacher's per-channel feature mean and std over good ``images``, which normalise its output."""
         spec = self.config.input_spec
         total = torch.zeros(())
         sq_total = torch.zeros(())
@@ -240,7 +241,8 @@ class EfficientAD:
         self.model.mean_std["mean"].data = mean.view(1, -1, 1, 1)
         self.model.mean_std["std"].data = std.view(1, -1, 1, 1)
 
-    def _set_quantiles(self, images: Sequence[np.ndarray]) -> None:
+    def fit_quantiles(self, images: Sequence[np.ndarray]) -> None:
+        """The map-normalisation quantiles (anomalib's qa/qb for both maps) from good ``images``."""
         maps_st, maps_ae = [], []
         with torch.no_grad():
             for start in range(0, len(images), self.config.batch_size):
@@ -258,152 +260,10 @@ class EfficientAD:
             control: TrainControl = NO_CONTROL, checkpoints: tuple[int, ...] = (),
             on_checkpoint: Callable[[int, float], None] | None = None,
             resume_file: Path | None = None, save_every: int = 0) -> dict[str, float]:
-        """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images.
-
-        After each step count in ``checkpoints`` the model is made usable (eval mode, quantiles) and
-        ``on_checkpoint(step, training_seconds_so_far)`` is called; training then continues where it was.
-        With ``resume_file``, the whole training state (weights, optimiser, schedule, random generators, step
-        times) is written there atomically every ``save_every`` steps and at each checkpoint, and a run that
-        finds the file picks up at its step, so a long run can be stopped and continued (same images and
-        settings expected). ``self.step_seconds`` holds the wall time of every step so far.
-
-        Cancelled through ``control`` (checked after every step), the run writes its state to ``resume_file``
-        at the step reached (with a :class:`core.types.ResumePoint` beside it) and raises
-        :class:`core.types.TrainingCancelled` naming that step; resuming ends where the run never stopped would.
-        """
-        self._graph = None
-        if not images:
-            raise ValueError("expected at least one good training image, found none")
-        torch.manual_seed(self.config.seed)
-        rng = random.Random(self.config.seed)
-        spec = self.config.input_spec
-        control.report("teacher statistics", 0.0)
-        device = compute_device()
-        self._device = device
-        self.model.to(device)
-        self._teacher_mean_std(images)
-        train = to_tensor(images, spec).to(device)
-        penalty = load_penalty_images(Path(self.config.penalty_dir), spec).to(device)
-        params = list(self.model.student.parameters()) + list(self.model.ae.parameters())
-        optimizer = torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, int(0.95 * self.config.steps)),
-                                                    gamma=0.1)
-        losses: list[float] = []
-        self.step_seconds = []
-        first = 0
-        digest = _images_digest(images) if resume_file is not None else ""
-        if resume_file is not None and resume_file.is_file():
-            first = self._restore_training(resume_file, optimizer, scheduler, rng, losses, len(images), digest)
-            control.report(f"resuming at step {first} of {self.config.steps}", 0.95 * first / self.config.steps)
-
-        def stopped(done: int) -> TrainingCancelled:
-            """Keep the state at ``done`` steps (when there is a file for it) and say so."""
-            if resume_file is None:
-                return TrainingCancelled(f"cancelled at step {done} of {self.config.steps}; nothing was kept")
-            self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images), digest)
-            return TrainingCancelled(f"cancelled at step {done} of {self.config.steps}; the training state is "
-                                     f"kept in {resume_file.parent} to resume")
-
-        self.model.train()
-        self.model.teacher.eval()
-        for step in range(first, self.config.steps):
-            t0 = time.perf_counter()
-            image = train[rng.randrange(train.shape[0])][None]
-            pen = penalty[rng.randrange(penalty.shape[0])][None]
-            if rng.random() < 0.3:
-                pen = pen.mean(dim=1, keepdim=True).expand(-1, 3, -1, -1)
-            loss_st, loss_ae, loss_stae = self.model(batch=image, batch_imagenet=pen)
-            loss = loss_st + loss_ae + loss_stae
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            losses.append(float(loss.detach()))
-            del losses[:-50]
-            self.step_seconds.append(time.perf_counter() - t0)
-            done = step + 1
-            try:
-                control.check(f"step {done}/{self.config.steps}")
-                if step % 10 == 0 or done == self.config.steps:
-                    control.report(f"step {done}/{self.config.steps}, loss {np.mean(losses[-10:]):.3f}",
-                                   0.95 * done / self.config.steps)
-            except TrainingCancelled:
-                raise stopped(done) from None
-            at_checkpoint = on_checkpoint is not None and done in checkpoints and done < self.config.steps
-            if at_checkpoint and on_checkpoint is not None:
-                self.model.eval()
-                self._set_quantiles(validation if len(validation) else images)
-                self._graph = None
-                self.model.to("cpu")
-                on_checkpoint(done, sum(self.step_seconds))
-                self._graph = None
-                self.model.to(device)
-                self.model.train()
-                self.model.teacher.eval()
-            # saved after the checkpoint's callback: a run stopped during it resumes before the checkpoint
-            if resume_file is not None and done < self.config.steps and (
-                    at_checkpoint or (save_every > 0 and done % save_every == 0)):
-                self._save_training(resume_file, done, optimizer, scheduler, rng, losses, len(images), digest)
-        train_seconds = sum(self.step_seconds)
-        try:
-            control.report("map normalisation on held-out good images", 0.97)
-        except TrainingCancelled:
-            raise stopped(self.config.steps) from None
-        self.model.eval()
-        self._set_quantiles(validation if len(validation) else images)
-        self.model.to("cpu")
-        self._device = torch.device("cpu")
-        control.report("done", 1.0)
-        return {"train_seconds": train_seconds, "seconds_per_step": train_seconds / max(1, len(self.step_seconds)),
-                "final_loss": float(np.mean(losses)) if losses else float("nan")}
-
-    def _save_training(self, path: Path, step: int, optimizer: torch.optim.Optimizer,
-                       scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
-                       losses: list[float], num_images: int, digest: str) -> None:
-        """Everything needed to continue training at ``step``, written atomically; then the
-        :class:`core.types.ResumePoint` that describes it, beside it."""
-        state = {"config": self.config.to_dict(), "num_images": num_images, "images_sha1": digest, "step": step,
-                 "student": self.model.student.state_dict(), "ae": self.model.ae.state_dict(),
-                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
-                 "losses": list(losses), "step_seconds": list(self.step_seconds)}
-        if self._device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(self._device)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(path, buffer.getvalue())
-        ResumePoint(kind=KIND, step=step, steps=self.config.steps, settings=self.config.to_dict(),
-                    num_images=num_images, train_seconds=sum(self.step_seconds), saved=now_iso()).write(path.parent)
-
-    def _restore_training(self, path: Path, optimizer: torch.optim.Optimizer,
-                          scheduler: torch.optim.lr_scheduler.LRScheduler, rng: random.Random,
-                          losses: list[float], num_images: int, digest: str) -> int:
-        """Load a state written by :meth:`_save_training`; returns the step to continue from. A state that
-        records its images' digest must have been written for these very images."""
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"expected a training state written by EfficientAD.fit in {path}, found an "
-                             f"unreadable file ({type(exc).__name__}: {exc})") from exc
-        if state.get("config") != self.config.to_dict() or state.get("num_images") != num_images:
-            raise ValueError(f"expected a training state for {num_images} images and settings "
-                             f"{self.config.to_dict()}, found one for {state.get('num_images')} images and "
-                             f"{state.get('config')} in {path}")
-        if state.get("images_sha1") and digest and state["images_sha1"] != digest:
-            raise ValueError(f"expected a training state for these {num_images} images, found one written for "
-                             f"other images (digest {state['images_sha1'][:12]}, these {digest[:12]}) in {path}")
-        self.model.student.load_state_dict(state["student"])
-        self.model.ae.load_state_dict(state["ae"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        rng.setstate(_as_tuple(state["rng"]))  # type: ignore[arg-type]  # a tuple again after _as_tuple
-        torch.set_rng_state(state["torch_rng"])
-        if "cuda_rng" in state and self._device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], self._device)
-        losses[:] = state["losses"]
-        self.step_seconds = list(state["step_seconds"])
-        return int(state["step"])
+        """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images. The
+        resumable loop (checkpoints, state kept in ``resume_file`` every ``save_every`` steps, cancellation) is
+        :func:`core.models.efficientad_training.fit`."""
+        return training.fit(self, images, validation, control, checkpoints, on_checkpoint, resume_file, save_every)
 
     def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:
@@ -467,19 +327,3 @@ def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:
         return values
     idx = torch.randperm(values.numel(), generator=torch.Generator().manual_seed(0))[:limit]
     return values[idx]
-
-
-def _images_digest(images: Sequence[np.ndarray]) -> str:
-    """SHA-1 over the training images' shapes and pixels, in order: a resumed run must see the same images."""
-    h = hashlib.sha1()
-    for image in images:
-        h.update(repr(image.shape).encode())
-        h.update(np.ascontiguousarray(image).tobytes())
-    return h.hexdigest()
-
-
-def _as_tuple(value: object) -> object:
-    """A random-generator state back from storage (lists, as saved, become the tuples ``setstate`` wants)."""
-    if isinstance(value, list):
-        return tuple(_as_tuple(v) for v in value)
-    return value

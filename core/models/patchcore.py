@@ -111,10 +111,10 @@ class PatchCoreConfig:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> PatchCoreConfig:
         known = set(cls.__dataclass_fields__)
-        values = {k: v for k, v in data.items() if k in known}
+        values: dict[str, Any] = {k: v for k, v in data.items() if k in known}  # JSON values, checked by use
         if "layers" in values:
-            values["layers"] = tuple(values["layers"])  # type: ignore[arg-type]
-        return cls(**values)  # type: ignore[arg-type]
+            values["layers"] = tuple(values["layers"])
+        return cls(**values)
 
 
 def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:

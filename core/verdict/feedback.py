@@ -35,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from core.files import atomic_write_bytes, now_iso
-from core.models.registry import spec
+from core.models.registry import FeedbackLearner, spec
 from core.store import lifecycle as det
 from core.store.model_store import ModelRef, ModelStore, ModelStoreError, StaleParentError, validate_name
 from core.verdict.inspection import NO_VERDICT, inspect
@@ -196,8 +196,11 @@ def _mark_ok_on(store: ModelStore, model: det.LoadedModel, image: np.ndarray, na
     if far is not None and not confirm_far_above:
         raise NeedsConfirmation(name, far)
     fresh = det.build(model.kind, det.inference_settings(model.kind, model.manifest["settings"], "fast"))
+    if not isinstance(fresh, FeedbackLearner):
+        raise FeedbackError(f"{name}: not marked, expected a {model.kind} detector that learns from feedback "
+                            f"(add_to_bank), found {type(fresh).__name__} without it")
     fresh.load_state(model.detector.state())
-    added = fresh.add_to_bank([image])  # type: ignore[attr-defined]  # kinds that learn from feedback have it
+    added = fresh.add_to_bank([image])
     after_score = float(fresh.predict([image])[0].score)
     digest = image_sha1(image)
     manifest = store.read_manifest(model.ref)
