@@ -299,7 +299,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     model = cache.current(category, args.model)  # fails now, not at the first image, if there is no model
     config = WatchConfig(args.in_dir, args.ok, args.defect, args.rejected or args.in_dir.parent / "rejected",
                          args.log or args.in_dir.parent / "results.csv", copy=args.copy, settle=args.settle, max_wait=args.max_wait,
-                         line_log=line_log.default_path(args.store))
+                         line_log=line_log.default_path(args.store), review_dir=args.review)
     print(f"watching {args.in_dir} with {model.ref.label} (the store's current version is used for each image); "
           f"log: {config.log}", file=sys.stderr, flush=True)
     judged = Watcher(config, lambda: cache.current(category, args.model)).run(once=args.once)
@@ -467,6 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--in", dest="in_dir", type=Path, required=True, help="folder the camera writes to")
     p.add_argument("--ok", type=Path, required=True, help="where OK images go")
     p.add_argument("--defect", type=Path, required=True, help="where DEFECT images go")
+    p.add_argument("--review", type=Path, help="REVIEW images, in the review band: a person decides (default: "
+                   "<ok>/../review)")
     p.add_argument("--rejected", type=Path, help="unreadable / NO VERDICT images (default: <in>/../rejected)")
     p.add_argument("--log", type=Path, help="results CSV (default: <in>/../results.csv)")
     p.add_argument("--copy", action="store_true", help="copy instead of move (the input folder keeps the files)")

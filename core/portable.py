@@ -184,7 +184,7 @@ THRESHOLDS: tuple[str, ...] = ("image_threshold", "pixel_threshold")
 _POSITIVE_WHEN_SCORES_ARE = THRESHOLDS + ("default_image_threshold", "default_pixel_threshold")
 _OPTIONAL_NUMBERS: tuple[str, ...] = (
     "default_image_threshold", "default_pixel_threshold", "familiarity_limit", "good_score_mean", "good_score_std",
-    "good_score_max", "good_map_max_mean", "good_map_max_std")
+    "good_score_max", "good_map_max_mean", "good_map_max_std", "review_low", "review_high")
 
 
 def check_calibration(data: Mapping[str, Any], positive: bool = False) -> None:
@@ -222,17 +222,32 @@ def check_calibration(data: Mapping[str, Any], positive: bool = False) -> None:
     side = data.get("min_side")
     if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 1):
         raise ValueError(f"expected a whole number of pixels of at least 1 for min_side, found {side!r}")
+    low, high, threshold = data.get("review_low"), data.get("review_high"), data["image_threshold"]
+    if (low is None) != (high is None):
+        raise ValueError(f"expected both review_low and review_high, or neither, found {low!r} and {high!r}")
+    if low is not None and not low <= threshold <= high:
+        raise ValueError(f"expected review_low <= image_threshold <= review_high (the review band around the "
+                         f"threshold), found {low!r}, {threshold!r}, {high!r}")
 
 
 # ------------------------------------------------------------------------------------------------ verdict rules
-NO_VERDICT = "NO VERDICT"
+OK, REVIEW, DEFECT, NO_VERDICT = "OK", "REVIEW", "DEFECT", "NO VERDICT"
+VERDICTS: tuple[str, ...] = (OK, REVIEW, DEFECT, NO_VERDICT)
 MIN_SIDE_FLOOR = 16  # px: below this no image carries enough to judge
 ASPECT_MARGIN = 1.25  # aspect ratios up to this factor outside the training range are still familiar
 
 
-def verdict(score: float, threshold: float) -> str:
-    """DEFECT at or above the image threshold, else OK."""
-    return "DEFECT" if score >= threshold else "OK"
+def verdict(score: float, threshold: float, review: tuple[float, float] | None = None) -> str:
+    """DEFECT at or above the image threshold, else OK; with a review band ``(low, high)`` around the threshold,
+    REVIEW for ``low <= score < high`` (a person decides), OK below it and DEFECT at or above it."""
+    if review is not None:
+        return DEFECT if score >= review[1] else REVIEW if score >= review[0] else OK
+    return DEFECT if score >= threshold else OK
+
+
+def review_side(score: float, threshold: float) -> str:
+    """Which side of the plain threshold a REVIEW part is on, in words for the person who decides it."""
+    return "above the threshold" if score >= threshold else "below the threshold"
 
 
 def typical_anomaly(anomaly_map: np.ndarray) -> float:
@@ -282,21 +297,25 @@ class Judgement:
 @dataclass(frozen=True)
 class Rules:
     """The verdict rules of one model, read from its calibration: the image threshold, the smallest side it
-    judges, the guard's limit (None: no guard) and the training images' aspect range (None: not checked)."""
+    judges, the guard's limit (None: no guard), the training images' aspect range (None: not checked) and the
+    review band around the threshold (None: two verdicts only, as calibrations saved before the band)."""
 
     image_threshold: float
     min_side: int
     familiarity_limit: float | None
     aspects: tuple[float, float] | None
+    review: tuple[float, float] | None = None
 
     @classmethod
     def from_calibration(cls, calibration: Mapping[str, Any]) -> Rules:
         """The rules of a calibration's fields (``calibration.json``, or ``Calibration.to_dict()``)."""
         lo, hi = calibration.get("aspect_min"), calibration.get("aspect_max")
         limit = calibration.get("familiarity_limit")
+        low, high = calibration.get("review_low"), calibration.get("review_high")
         return cls(float(calibration["image_threshold"]), int(calibration.get("min_side") or MIN_SIDE_FLOOR),
                    None if limit is None else float(limit),
-                   (float(lo), float(hi)) if lo is not None and hi is not None else None)
+                   (float(lo), float(hi)) if lo is not None and hi is not None else None,
+                   (float(low), float(high)) if low is not None and high is not None else None)
 
     def size_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why an image of ``shape`` (H, W, ...) is too small for a verdict, or None."""
@@ -326,5 +345,8 @@ class Rules:
             return Judgement(NO_VERDICT, None, problem or "not scored")
         familiarity = (None if self.familiarity_limit is None or typical is None
                        else assess_value(typical, shape, self.familiarity_limit, self.aspects))
-        note = "" if familiarity is None or familiarity.familiar else f"unfamiliar image: {familiarity.reason}"
-        return Judgement(verdict(score, self.image_threshold), familiarity, note)
+        notes = [] if familiarity is None or familiarity.familiar else [f"unfamiliar image: {familiarity.reason}"]
+        found = verdict(score, self.image_threshold, self.review)
+        if found == REVIEW:
+            notes.insert(0, f"in the review band, {review_side(score, self.image_threshold)}: a person decides")
+        return Judgement(found, familiarity, "; ".join(notes))

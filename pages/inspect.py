@@ -35,7 +35,7 @@ left, right = st.columns([2, 1])
 with left:
     uploads = st.file_uploader("Drop images here (PNG, JPEG, BMP, TIFF)", accept_multiple_files=True,
                                type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
-    data = cache.category(sel.data_root, sel.category)
+    data = cache.category(sel.data_root, model.category)
     choices = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test}
     # Streamlit drops a widget's value when its page is left; keep the picks in a plain session key.
     if "inspect_pick" not in st.session_state:
@@ -64,7 +64,7 @@ def feedback_panel() -> None:
     if message:
         (st.error if message[0] == "error" else st.success)(message[1])
     try:
-        entries = feedback.history(sel.store, sel.category, sel.kind)
+        entries = feedback.history(sel.store, model.category, model.kind)
     except ModelStoreError as exc:
         st.error(f"Feedback is paused: {exc}")
         return
@@ -73,7 +73,7 @@ def feedback_panel() -> None:
         entry = entries[last]
         what = "marked OK" if entry["action"] == feedback.MARK_OK else f"filed as '{entry.get('defect')}'"
         if st.button(f"Undo: {entry['image']} {what}", icon=":material/undo:", key="feedback_undo"):
-            run_feedback(lambda: feedback.undo(sel.store, sel.category, sel.kind))
+            run_feedback(lambda: feedback.undo(sel.store, model.category, model.kind))
 
 
 def run_feedback(action, item: str | None = None) -> None:
@@ -154,10 +154,12 @@ table = pd.DataFrame([{"image": r.name, "score": r.inspection.score, "verdict": 
                        "note": r.inspection.note}
                       for r in results])
 n_defect = int((table["verdict"] == "DEFECT").sum())
+n_review = int((table["verdict"] == "REVIEW").sum())
 scored_latency = table["latency ms"].dropna()
 m1, m2, m3, m4 = st.columns(4)
 m1.metric("Images", len(results))
-m2.metric("Flagged DEFECT", n_defect)
+m2.metric("DEFECT / REVIEW", f"{n_defect} / {n_review}",
+          help="REVIEW: the score is in the review band around the threshold (Thresholds page): a person decides.")
 m3.metric("Unfamiliar / no verdict", f"{int((table['familiar'] == 'NO').sum())} / {int((table['verdict'] == NO_VERDICT).sum())}")
 m4.metric("Median latency", f"{scored_latency.median():.0f} ms" if len(scored_latency) else "–",
           help="Steady-state model time per image (the warm-up at load is shown separately above).")
@@ -168,7 +170,8 @@ st.dataframe(table, hide_index=True, width="stretch",
 st.download_button("Download results (CSV)", table.to_csv(index=False).encode(),
                    file_name=f"{sel.category}_{sel.kind}_results.csv", mime="text/csv")
 
-BADGES = {"DEFECT": ":red[**DEFECT**]", "OK": ":green[**OK**]", NO_VERDICT: ":gray[**NO VERDICT**]"}
+BADGES = {"DEFECT": ":red[**DEFECT**]", "REVIEW": ":orange[**REVIEW**]", "OK": ":green[**OK**]",
+          NO_VERDICT: ":gray[**NO VERDICT**]"}
 # the category's own defect types first (the first is the default); a new name can still be typed
 defect_types = list(data.defect_types)
 for r, item in zip(results, keys, strict=True):
@@ -177,8 +180,11 @@ for r, item in zip(results, keys, strict=True):
     st.markdown(f"#### {r.name} — {BADGES[r.verdict]}{score}")
     if r.verdict == NO_VERDICT:
         st.error(f"No verdict: {r.inspection.note}.", icon=":material/block:")
-    elif r.inspection.familiar is False:
-        st.warning(f"**Unfamiliar image** — {r.inspection.note.removeprefix('unfamiliar image: ')}. It may be "
+    elif r.verdict == "REVIEW":
+        st.info(f"**Review**: {r.inspection.note.split('; ')[0]}. Mark it OK or as a defect below.",
+                icon=":material/person_search:")
+    if r.verdict != NO_VERDICT and r.inspection.familiar is False:
+        st.warning(f"**Unfamiliar image** — {r.inspection.note.partition('unfamiliar image: ')[2]}. It may be "
                    f"another product, a changed camera setup, or a gross defect of a {sel.category} part: the "
                    "verdict is shown, but check the image.", icon=":material/help:")
     shown = render_overlay(r, cal, opacity, cmap, show_contour)

@@ -26,13 +26,14 @@ def thumbnails(frame: pd.DataFrame, count: int = 6) -> None:
     (the service does not keep uploads: its images are in the table only)."""
     if "path" not in frame:
         return
-    judged = frame[frame["verdict"].isin(["OK", "DEFECT"])]
+    judged = frame[frame["verdict"].isin(["OK", "REVIEW", "DEFECT"])]
     kept = judged[judged["path"].map(lambda p: isinstance(p, str) and Path(p).is_file())].tail(count).iloc[::-1]
     if kept.empty:
         return
     columns = st.columns(len(kept))
     for col, (_, row) in zip(columns, kept.iterrows(), strict=True):
-        badge = {"OK": ":green[OK]", "DEFECT": ":red[DEFECT]"}.get(row["verdict"], str(row["verdict"]))
+        badge = {"OK": ":green[OK]", "REVIEW": ":orange[REVIEW]", "DEFECT": ":red[DEFECT]"}.get(row["verdict"],
+                                                                                              str(row["verdict"]))
         try:
             ref = sel.store.ref(row["category"], row["model"], int(row["version"]))
             model = cache.load_model(ref)
@@ -58,11 +59,12 @@ def live() -> None:
     categories = sorted(frame["category"].dropna().unique()) if "category" in frame else []
     shown = frame[frame["category"] == sel.category] if sel.category in categories else frame
     recent = shown.tail(500)
-    judged = recent[recent["verdict"].isin(["OK", "DEFECT"])]
+    judged = recent[recent["verdict"].isin(["OK", "REVIEW", "DEFECT"])]
     lat = judged["latency_ms"].dropna() if "latency_ms" in judged else pd.Series(dtype=float)
     c1, c2, c3, c4, c5, c6 = st.columns(6)
     c1.metric("Images (last 500)", len(recent))
-    c2.metric("DEFECT rate", f"{(judged['verdict'] == 'DEFECT').mean():.1%}" if len(judged) else "–")
+    c2.metric("DEFECT / REVIEW rate", f"{(judged['verdict'] == 'DEFECT').mean():.1%} / "
+              f"{(judged['verdict'] == 'REVIEW').mean():.1%}" if len(judged) else "–")
     c3.metric("Latency p50", f"{lat.quantile(0.5):.0f} ms" if len(lat) else "–")
     c4.metric("Latency p95", f"{lat.quantile(0.95):.0f} ms" if len(lat) else "–")
     age = time.time() - everything["time"].iloc[-1].timestamp()

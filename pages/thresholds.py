@@ -7,6 +7,7 @@ change, and Save / Discard sit at the top, right above the sliders.
 """
 
 import math
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -16,6 +17,7 @@ from core.access import Permission
 from core.models.registry import spec
 from core.scores import metrics
 from core.scores import thresholds as th
+from core.scores.calibration import REVIEW_RATES
 from core.store import lifecycle as det
 from core.types import TrainControl
 from ui import auth, cache, charts, drafts, visits
@@ -64,10 +66,11 @@ cross_f1, cross_thr = metrics.crossfit_f1(labels, scores)
 hist = cache.eval_pixels(model.ref)
 cal = model.calibration
 saved_img, saved_pix = cal.image_threshold, cal.pixel_threshold
+saved_band = cal.review
 default_img, default_pix = cal.defaults
 positive = spec(model.kind).positive_scores  # distances: thresholds stay above 0
-img_range = th.slider_range([float(scores.min()), float(scores.max()), saved_img, default_img, cross_thr], positive,
-                            pad_share=0.05)
+img_range = th.slider_range([float(scores.min()), float(scores.max()), saved_img, default_img, cross_thr,
+                             *(saved_band or ())], positive, pad_share=0.05)
 if hist is not None:
     pix_range = th.slider_range([float(hist.edges[0]), float(hist.edges[-1]), saved_pix, default_pix], positive)
 
@@ -84,6 +87,9 @@ if (visits.is_new_visit() or previous != stamp or "image_thr" not in st.session_
     st.session_state["image_thr"] = float(np.clip(draft.image_threshold, *img_range)) if draft else saved_img
     st.session_state["pixel_thr"] = (float(np.clip(draft.pixel_threshold, *pix_range)) if draft and hist is not None
                                      else saved_pix)
+    band_start = draft.review if draft and draft.review else saved_band
+    if band_start is not None:
+        st.session_state["review_band"] = tuple(float(np.clip(v, *img_range)) for v in band_start)
 
 
 def set_image_threshold(value: float) -> None:
@@ -98,6 +104,9 @@ def restore_defaults() -> None:
     set_image_threshold(default_img)
     if hist is not None:
         set_pixel_threshold(default_pix)
+    if saved_band is not None:
+        band = cal.with_thresholds(default_img, default_pix, "default").default_review()
+        st.session_state["review_band"] = tuple(float(np.clip(v, *img_range)) for v in band)
 
 
 def discard_changes() -> None:
@@ -107,6 +116,8 @@ def discard_changes() -> None:
     st.session_state["image_thr"] = saved_img
     if hist is not None:
         st.session_state["pixel_thr"] = saved_pix
+    if saved_band is not None:
+        st.session_state["review_band"] = saved_band
 
 
 status = st.container(border=True)  # the unsaved state and Save / Discard, filled once the sliders are read
@@ -133,6 +144,22 @@ with c4:
                        "labelled defects; "
                        "the default uses good images only.")
 
+band: tuple[float, float] | None = None
+if saved_band is not None:
+    b1, b2 = st.columns([3, 3])
+    with b1:
+        # a two-ended slider: its value (from session state) is a (low, high) pair
+        picked = cast(tuple[float, float], st.slider(
+            "Review band (raw score): parts inside go to a person (REVIEW)", *img_range, key="review_band",
+            step=(img_range[1] - img_range[0]) / 1000, format="%.4f"))
+    band = (min(float(picked[0]), thr), max(float(picked[1]), thr))  # the band always holds the threshold
+    inside = th.band_counts(labels, scores, thr, band)
+    b2.caption(f"In the band: **{inside.parts} of {len(scores)}** evaluation images ({inside.parts / len(scores):.0%}),"
+               f" holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors. Below it: OK; at "
+               "or above it: DEFECT. The default band lies between the thresholds that would promise "
+               f"{REVIEW_RATES[0]:.0%} and {REVIEW_RATES[1]:.0%} false alarms."
+               + ("" if band == (float(picked[0]), float(picked[1])) else " (widened to hold the threshold)"))
+
 counts = metrics.confusion(labels, scores, thr)
 r = metrics.rates(counts)
 m1, m2, m3, m4, m5 = st.columns(5)
@@ -146,7 +173,7 @@ g1.plotly_chart(charts.roc_figure(img_curve, (r["fpr"], r["recall"]), "Image ROC
 g2.plotly_chart(charts.pr_figure(img_curve, (r["recall"], r["precision"] if counts["tp"] + counts["fp"] else 1.0),
                                  "Image precision-recall"), width="stretch")
 g3.plotly_chart(charts.confusion_figure(counts), width="stretch")
-st.plotly_chart(charts.score_histogram(frame, thr), width="stretch")
+st.plotly_chart(charts.score_histogram(frame, thr, band), width="stretch")
 
 pixel_thr = saved_pix
 if hist is not None:
@@ -176,9 +203,11 @@ else:
     st.caption("No ground-truth masks in the evaluation set, so no pixel-level curves.")
 
 changed = not math.isclose(thr, saved_img, rel_tol=1e-9, abs_tol=1e-12) or (
-    hist is not None and not math.isclose(pixel_thr, saved_pix, rel_tol=1e-9, abs_tol=1e-12))
+    hist is not None and not math.isclose(pixel_thr, saved_pix, rel_tol=1e-9, abs_tol=1e-12)) or (
+    band is not None and saved_band is not None
+    and not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(band, saved_band, strict=True)))
 if changed:
-    drafts.put(ref, ThresholdDraft(float(thr), float(pixel_thr)))
+    drafts.put(ref, ThresholdDraft(float(thr), float(pixel_thr), band))
 else:
     drafts.discard(ref)
 
@@ -198,7 +227,10 @@ with status:
         is_default = (math.isclose(thr, default_img, rel_tol=1e-9)
                       and math.isclose(pixel_thr, default_pix, rel_tol=1e-9))
         try:
-            saved = det.save_calibration(model, cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user"))
+            chosen = cal.with_thresholds(thr, pixel_thr, "default" if is_default else "user")
+            if band is not None:
+                chosen = chosen.with_review(*band, chosen_by=None)
+            saved = det.save_calibration(model, chosen)
         except ValueError as exc:  # the calibration check refused it: nothing was written
             st.error(f"Not saved: {exc}")
             st.stop()
@@ -228,12 +260,15 @@ with status:
 st.divider()
 st.subheader("Saved thresholds")
 who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
-st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}** · calibrated defaults: image "
-           f"{default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
+st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}**"
+           + (f", review band {saved_band[0]:.4f} – {saved_band[1]:.4f}" if saved_band else "")
+           + f" · calibrated defaults: image {default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
+if cal.promise is not None:
+    st.caption(f"Evidence for the default: {cal.promise.statement}.")
 if cal.false_alarm_target is not None:
     observed = metrics.rates(metrics.confusion(labels, scores, default_img))
-    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged (normal "
-               f"tail fit of {cal.num_images} held-out good images, no defects needed); on these evaluation images "
+    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged (from "
+               f"{cal.num_images} good images: {cal.source}; no defects needed); on these evaluation images "
                f"it flags **{observed['fpr']:.1%}** of the good ones and catches {observed['recall']:.1%} of the "
                f"defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
 if st.button("Re-evaluate on the current test images", disabled=not auth.can(Permission.EVALUATE),

@@ -385,7 +385,7 @@ def test_inspect_picked_images(env: Path) -> None:
     at = _pick_all_test_images(page("inspect"))
     table = at.dataframe[0].value
     assert len(table) == 10
-    assert set(table["verdict"]) <= {"OK", "DEFECT"}
+    assert set(table["verdict"]) <= {"OK", "REVIEW", "DEFECT"}
     assert len(at.get("download_button")) == 11  # CSV + one overlay per image
 
 

@@ -41,8 +41,9 @@ def pr_figure(curve: Curve, point: tuple[float, float], title: str) -> go.Figure
     return fig
 
 
-def score_histogram(frame: pd.DataFrame, threshold: float) -> go.Figure:
-    """Histograms of raw image scores per defect type (good first) with the threshold line."""
+def score_histogram(frame: pd.DataFrame, threshold: float, review: tuple[float, float] | None = None) -> go.Figure:
+    """Histograms of raw image scores per defect type (good first) with the threshold line and the review band
+    shaded (``review``: ``(low, high)``, None: no band)."""
     fig = go.Figure()
     groups = ["good"] + sorted(g for g in frame["defect"].unique() if g != "good")
     for i, group in enumerate(groups):
@@ -51,6 +52,9 @@ def score_histogram(frame: pd.DataFrame, threshold: float) -> go.Figure:
             fig.add_trace(go.Histogram(x=values, name=f"{group} ({len(values)})", opacity=0.6, nbinsx=40,
                                        marker_color=PALETTE[i % len(PALETTE)]))
     fig.add_vline(x=threshold, line=dict(color="#000", dash="dash"), annotation_text="threshold")
+    if review is not None:
+        fig.add_vrect(x0=review[0], x1=review[1], fillcolor="#ef6c00", opacity=0.12, line_width=0,
+                      annotation_text="REVIEW", annotation_position="top left")
     fig.update_layout(barmode="overlay", title="Image scores: good vs each defect type", xaxis_title="raw score",
                       yaxis_title="images", **LAYOUT)
     return fig
@@ -79,7 +83,7 @@ def compare_scatter(frame: pd.DataFrame, x_label: str, y_label: str) -> go.Figur
 
 def counts_per_hour(frame: pd.DataFrame) -> go.Figure:
     """Stacked bars: images per hour and verdict (``frame``: hour, verdict, images)."""
-    colors = {"OK": "#2e7d32", "DEFECT": "#c62828", "NO VERDICT": "#9e9e9e", "REJECTED": "#6d4c41"}
+    colors = {"OK": "#2e7d32", "REVIEW": "#ef6c00", "DEFECT": "#c62828", "NO VERDICT": "#9e9e9e", "REJECTED": "#6d4c41"}
     fig = go.Figure()
     for verdict, part in frame.groupby("verdict"):
         fig.add_trace(go.Bar(x=part["hour"], y=part["images"], name=str(verdict),

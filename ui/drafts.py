@@ -17,10 +17,12 @@ _KEY = "_threshold_drafts"
 
 @dataclass(frozen=True)
 class ThresholdDraft:
-    """Thresholds moved on the Thresholds page and not saved yet."""
+    """Thresholds (and the review band ``(low, high)``; None: the model has none) moved on the Thresholds page
+    and not saved yet."""
 
     image_threshold: float
     pixel_threshold: float
+    review: tuple[float, float] | None = None
 
 
 def _drafts() -> dict[ModelRef, ThresholdDraft]:

@@ -135,8 +135,8 @@ class Bundle:
                       None if guard is None else guard.value, found.note)
 
     def verdict(self, score: float) -> str:
-        """OK / DEFECT for a raw score (the size rule and the guard are :meth:`inspect`'s)."""
-        return portable.verdict(score, self.rules.image_threshold)
+        """OK / REVIEW / DEFECT for a raw score (the size rule and the guard are :meth:`inspect`'s)."""
+        return portable.verdict(score, self.rules.image_threshold, self.rules.review)
 
 
 def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:

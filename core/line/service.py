@@ -225,6 +225,7 @@ def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None,
     threshold = cal.image_threshold
     item: dict[str, Any] = {
         "name": name, "score": found.score, "threshold": threshold,
+        "review_band": None if cal.review is None else list(cal.review),
         # score / threshold is defined only for a positive threshold (EfficientAD's may be 0 or negative)
         "normalized_score": None if found.score is None or threshold <= 0 else found.score / threshold,
         "verdict": found.verdict, "familiar": found.familiar, "model": model, "version": loaded.version,

@@ -56,6 +56,7 @@ from typing import Any, BinaryIO
 from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.files import append_line, atomic_write_bytes, copy_durable, fsync_dir, write_synced
 from core.line import results_log as line_log
+from core.portable import DEFECT, OK, REVIEW
 from core.verdict.inspection import NO_VERDICT, inspect
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,11 @@ class WatchConfig:
     poll: float = 0.5
     line_log: Path | None = None
     max_wait: float = 30.0  # seconds a stable but unreadable file is retried before it is rejected
+    review_dir: Path | None = None  # REVIEW images (in the review band: a person decides); None: <ok_dir>/../review
+
+    @property
+    def review_folder(self) -> Path:
+        return self.review_dir if self.review_dir is not None else self.ok_dir.parent / "review"
 
 
 def crash_hook_from_env() -> Hook | None:
@@ -153,7 +159,7 @@ class Watcher:
         self.config = config
         self.model_for = model_for
         self.hook = hook if hook is not None else crash_hook_from_env()
-        for folder in (config.ok_dir, config.defect_dir, config.rejected_dir):
+        for folder in (config.ok_dir, config.defect_dir, config.review_folder, config.rejected_dir):
             folder.mkdir(parents=True, exist_ok=True)
         self.journal = config.in_dir / JOURNAL
         self.claims_dir = config.in_dir / CLAIMS
@@ -217,7 +223,8 @@ class Watcher:
         return str(entry.get("id") or f"{entry.get('file')}:{entry.get('sha1')}")
 
     def _folder_for(self, verdict: Any) -> Path:
-        return {"OK": self.config.ok_dir, "DEFECT": self.config.defect_dir}.get(verdict, self.config.rejected_dir)
+        return {OK: self.config.ok_dir, DEFECT: self.config.defect_dir,
+                REVIEW: self.config.review_folder}.get(verdict, self.config.rejected_dir)
 
     def _claim_problem(self, entry: dict[str, Any]) -> str | None:
         """Why a journalled "claimed" entry cannot be trusted, or None."""
@@ -236,8 +243,8 @@ class Watcher:
         sha1 = entry.get("sha1")
         if not (isinstance(sha1, str) and len(sha1) == 40 and all(c in "0123456789abcdef" for c in sha1)):
             return f"expected a SHA-1 hex digest, found {sha1!r}"
-        if entry.get("verdict") not in ("OK", "DEFECT", REJECTED, NO_VERDICT):
-            return f"expected a verdict OK, DEFECT, {REJECTED} or {NO_VERDICT}, found {entry.get('verdict')!r}"
+        if entry.get("verdict") not in (OK, REVIEW, DEFECT, REJECTED, NO_VERDICT):
+            return f"expected a verdict OK, REVIEW, DEFECT, {REJECTED} or {NO_VERDICT}, found {entry.get('verdict')!r}"
         moved_to = entry.get("moved_to")
         folder = self._folder_for(entry["verdict"])
         if not isinstance(moved_to, str) or not _plain_name(Path(moved_to).name):

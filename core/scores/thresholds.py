@@ -47,6 +47,26 @@ def verdict_flips(scores: np.ndarray, old: float, new: float) -> int:
     return int(((s >= old) != (s >= new)).sum())
 
 
+@dataclass(frozen=True)
+class BandCounts:
+    """What a review band does on labelled images: ``parts`` inside it, ``errors`` the plain threshold makes
+    (good parts at or above it, defective ones below it) and ``errors_caught``: those of them inside the band."""
+
+    parts: int
+    errors: int
+    errors_caught: int
+
+
+def band_counts(labels: np.ndarray, scores: np.ndarray, threshold: float, band: tuple[float, float]) -> BandCounts:
+    """:class:`BandCounts` of ``scores`` ``[N]`` with ``labels`` ``[N]`` (1 defective) for the band
+    ``[low, high)`` around ``threshold``."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    inside = (s >= band[0]) & (s < band[1])
+    errors = (s >= threshold) != y
+    return BandCounts(int(inside.sum()), int(errors.sum()), int((errors & inside).sum()))
+
+
 def pixel_threshold_at_fpr(hist: metrics.PixelHistogram, fpr: float) -> float:
     """Lowest bin-edge threshold whose pixel FPR is at most ``fpr``."""
     c = hist.curve()
