@@ -5,8 +5,12 @@
     GET  /v1/models               every model in the store: current version, thresholds
     GET  /health                  the process answers
     GET  /ready                   the current models are loaded and every watch folder runs (503 with the problems)
-    GET  /metrics                 Prometheus: latency histogram, verdicts per category
+    GET  /metrics                 Prometheus: latency histogram, verdicts per category, drift watch gauges
+                                  (inspect_drift_cusum, inspect_drift_alarm per category and model)
     GET  /docs                    OpenAPI
+
+An inspect answer carries ``drift`` (core.verdict.drift_status: ``alarm``, ``median_z``, ``cusum``, ``message``)
+for the model version that judged it, computed at most every few seconds per version from the results database.
 
 State lives in the model store only (plus the line log), so several instances can share one store; a version
 made current in the store (Models page, CLI) is used by the next request, without a restart. Scoring runs in a
@@ -65,7 +69,7 @@ from fastapi.exception_handlers import http_exception_handler, request_validatio
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core import logs, settings
@@ -73,9 +77,11 @@ from core.data.imageio import ImageLoadError, ImageTooLarge, load_image
 from core.line import results_log as line_log
 from core.line.watch import WatchConfig, Watcher
 from core.models.registry import KINDS
+from core.store.history import History
 from core.store.lifecycle import LoadedModel
 from core.store.model_cache import ModelCache
 from core.store.model_store import ModelNotFound, ModelStore, ModelStoreError, validate_name
+from core.verdict.drift_status import DriftWatch
 from core.verdict.inspection import inspect
 from core.verdict.overlay import bounded, defect_mask, overlay_png, png_bytes
 
@@ -252,6 +258,13 @@ def create_app(config: ServiceConfig) -> FastAPI:
                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5))
     verdicts = Counter("inspect_verdicts", "Verdicts given", ["category", "model", "verdict"], registry=registry)
     busy = Counter("inspect_busy", "Requests refused with 503 because the queue was full", registry=registry)
+    # drift watch (core.verdict.drift_status): per model version, computed at most every few seconds
+    drift = DriftWatch(lambda: History.open(root, line_log=log_path),
+                       refresh=lambda history: history.import_logs(root, log_path))
+    drift_cusum = Gauge("inspect_drift_cusum", "Drift watch CUSUM of the current version, in calibration spreads",
+                        ["category", "model"], registry=registry)
+    drift_alarm = Gauge("inspect_drift_alarm", "1 while the drift watch of the current version alarms",
+                        ["category", "model"], registry=registry)
     state: dict[str, Any] = {"ready": False, "errors": []}
     pending = [0]  # inspect requests admitted now (touched on the event loop only)
     roots = sorted({str(root), os.path.abspath(config.store)}, key=len, reverse=True)  # both absolute
@@ -294,7 +307,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
         while not stop_watching.is_set():
             try:
-                Watcher(config_, lambda: models.current(spec.category, spec.model)).run(
+                Watcher(config_, lambda: models.current(spec.category, spec.model), drift=drift).run(
                     stop=stop_watching.is_set, on_poll=polled)
             except Exception as exc:  # any failure: report, wait, start again
                 logger.exception("%s (%s/%s) failed; starting it again in %.1f s", label, spec.category,
@@ -311,6 +324,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             threading.Thread(target=watch, args=(spec,), daemon=True, name=f"watch-{spec.category}").start()
         yield
         stop_watching.set()
+        drift.close()
 
     app = FastAPI(title="Inspector service", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None,
@@ -420,8 +434,18 @@ def create_app(config: ServiceConfig) -> FastAPI:
         logger.info("error %s: not ready: %s", error_id, body["problems"] or "models still loading")
         return server_error(503, "not ready", error_id, ready=body["ready"], problems=body["problems"])
 
+    def drift_gauges() -> None:
+        """The drift gauges of every current model this process has loaded (cached per version)."""
+        for record in store.list_models():
+            if record.ok and record.ref is not None and models.is_loaded(record.ref):
+                drift.answer(models.get(record.ref))
+        for status in drift.latest():
+            drift_cusum.labels(status.category, status.kind).set(status.report.cusum)
+            drift_alarm.labels(status.category, status.kind).set(1.0 if status.alarm else 0.0)
+
     @app.get("/metrics", dependencies=[Depends(check_key)])
     async def metrics() -> PlainTextResponse:
+        await anyio.to_thread.run_sync(drift_gauges, limiter=log_limiter)
         return PlainTextResponse(generate_latest(registry).decode(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(check_key)])
@@ -512,7 +536,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if status == 415:
             return JSONResponse({"detail": "expected images, found none that could be read", "results": results},
                                 status_code=415)
-        return JSONResponse({"category": category, "results": results})
+        answer = await anyio.to_thread.run_sync(drift.answer, loaded, limiter=log_limiter)
+        return JSONResponse({"category": category, "results": results, "drift": answer})
 
     return app
 

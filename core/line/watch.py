@@ -57,6 +57,8 @@ from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.files import append_line, atomic_write_bytes, copy_durable, fsync_dir, write_synced
 from core.line import results_log as line_log
 from core.portable import DEFECT, OK, REVIEW
+from core.store.history import History
+from core.verdict.drift_status import DriftWatch
 from core.verdict.inspection import NO_VERDICT, inspect
 
 logger = logging.getLogger(__name__)
@@ -153,10 +155,15 @@ def _cut_partial_row(handle: BinaryIO) -> None:
 
 class Watcher:
     """One watch folder. ``model_for()`` returns the model to judge with (the store's current version);
-    ``hook`` (default: :func:`crash_hook_from_env`) is called with each step boundary's name."""
+    ``hook`` (default: :func:`crash_hook_from_env`) is called with each step boundary's name. With a line log,
+    ``drift`` (default: one over the model store's results database, the line log imported into it) is checked
+    after every poll that judged images: a WARNING in the log once per drift alarm."""
 
-    def __init__(self, config: WatchConfig, model_for: Callable[[], Any], hook: Hook | None = None) -> None:
+    def __init__(self, config: WatchConfig, model_for: Callable[[], Any], hook: Hook | None = None,
+                 drift: DriftWatch | None = None) -> None:
         self.config = config
+        self.drift = drift
+        self._warned: set[int] = set()  # drift alarms (ids) this watcher logged
         self.model_for = model_for
         self.hook = hook if hook is not None else crash_hook_from_env()
         for folder in (config.ok_dir, config.defect_dir, config.review_folder, config.rejected_dir):
@@ -578,6 +585,8 @@ class Watcher:
             judged += polled
             logger.log(logging.INFO if polled else logging.DEBUG, "watch folder %s: poll: %d judged",
                        self.config.in_dir, polled)
+            if polled:
+                self.watch_drift()
             if on_poll is not None:
                 on_poll()
             if once and not self._pending():
@@ -585,6 +594,24 @@ class Watcher:
             time.sleep(self.config.poll)
         logger.info("watch folder %s: stopped (%d judged)", self.config.in_dir, judged)
         return judged
+
+    def watch_drift(self) -> None:
+        """Log a WARNING when the drift watch of the model judging this folder alarms, once per alarm (only
+        with a line log: the watch reads the results it logs)."""
+        log = self.config.line_log
+        if log is None:
+            return
+        model = self.model_for()
+        if self.drift is None:
+            store = Path(model.ref.store)
+            self.drift = DriftWatch(lambda: History.open(store, line_log=log),
+                                    refresh=lambda history: history.import_logs(store, log))
+        status = self.drift.check(model)
+        if status is None or status.open_alarm is None or status.open_alarm.id in self._warned:
+            return
+        self._warned.add(status.open_alarm.id)
+        logger.warning("watch folder %s: %s/%s v%d: %s", self.config.in_dir, status.category, status.kind,
+                       status.version, status.open_alarm.message)
 
     def _pending(self) -> bool:
         """Whether an image file in the input folder (or a claimed one) still waits for a verdict."""

@@ -1,0 +1,283 @@
+"""Drift status of a model version on the line: the drift watch (:mod:`core.scores.drift`) run over the results
+database (:class:`core.store.history.History`), its alarm recorded there once, and the answer to it
+(*recalibrate from the line*, :func:`recalibrate_from_history`).
+
+What is watched: the raw scores of the images the version judged (verdicts OK / REVIEW / DEFECT; refused and
+NO VERDICT rows are no parts of the product), oldest first, in units of the version's calibration (mean and
+standard deviation of its good scores). A version starts with an empty run: a new version (thresholds saved,
+recalibrated, retrained) has judged nothing yet. A resolved alarm of the version starts its run again at the
+resolution time (a person decided the line is fine as it is: the watch then asks whether it drifts from there;
+without this the CUSUM, already over its limit, would alarm again at once).
+
+Once per alarm: when the rule alarms and the database holds no unresolved alarm for the category, kind and
+version, one is recorded (rule ``cusum``, statistic: the CUSUM, limit: the rule's). The check and the write are
+made under a lock of the process; two processes checking the same version at the same instant may each record
+one (the history keeps both; resolving is per alarm).
+
+:class:`DriftWatch` is what the service and the watch folder hold: the status per model version, computed at
+most every ``interval_s`` seconds (not per request), the line log imported into the database first so rows only
+written to the JSONL log are counted too.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from core.data.imageio import ImageLoadError, load_image
+from core.portable import DEFECT, OK, REVIEW
+from core.scores.drift import DriftReport, DriftRule, watch
+from core.store.history import AlarmRow, History, ResultRow
+from core.store.lifecycle import LoadedModel, read_calibration
+from core.store.model_store import ModelRef
+from core.types import Prediction
+from core.verdict.recalibrate import MIN_CONFIRMED, recalibrate_from_line
+
+logger = logging.getLogger(__name__)
+
+JUDGED = (OK, REVIEW, DEFECT)  # the verdicts whose scores the drift watch reads
+RULE = "cusum"  # the rule name recorded with an alarm
+DEFAULT_INTERVAL_S = 5.0  # DriftWatch: seconds a version's status is reused before it is computed again
+DEFAULT_RULE = DriftRule()
+RECALIBRATE_FROM = 20  # confirmed good images the page's "Recalibrate from the line" takes (newest first)
+
+
+@dataclass(frozen=True)
+class DriftStatus:
+    """Where the drift watch of one model version stands.
+
+    ``report``: the rule over the version's run of scores (``report.n`` scores since ``since``, epoch s; None:
+    since the version's first row); ``center``/``spread``: the calibration's good-score mean and std the scores
+    were standardized with; ``open_alarm``: the unresolved alarm of this version in the database (None: none);
+    ``recorded``: this call recorded it."""
+
+    category: str
+    kind: str
+    version: int
+    report: DriftReport
+    center: float
+    spread: float
+    since: float | None
+    open_alarm: AlarmRow | None
+    recorded: bool
+
+    @property
+    def alarm(self) -> bool:
+        """The line has drifted: the rule alarms on this run, or an alarm of this version is still open."""
+        return self.report.alarm or self.open_alarm is not None
+
+    @property
+    def message(self) -> str:
+        return self.report.describe()
+
+    def answer(self) -> dict[str, Any]:
+        """The JSON the service answers with: ``alarm``, ``median_z`` (None before a window is in), ``cusum``,
+        ``limit``, ``n``, ``version``, ``message``."""
+        return {"alarm": self.alarm, "median_z": self.report.median_z, "cusum": self.report.cusum,
+                "limit": self.report.rule.limit, "n": self.report.n, "version": self.version,
+                "message": self.message}
+
+
+_record_lock = threading.Lock()  # check-then-record of an alarm, once per process
+
+
+def run_start(history: History, category: str, kind: str, version: int) -> float | None:
+    """Where the version's run of scores starts: the latest resolution time of one of its alarms, else None (its
+    first row)."""
+    resolved = [a.resolved_time for a in history.alarms(category=category, kind=kind, version=version, limit=None)
+                if a.resolved_time is not None]
+    return max(resolved) if resolved else None
+
+
+def judged_scores(history: History, category: str, kind: str, version: int,
+                  since: float | None = None) -> list[float]:
+    """The raw scores ``[n]`` of the images ``version`` judged OK, REVIEW or DEFECT at or after ``since``,
+    oldest first."""
+    rows = history.results(category=category, kind=kind, version=version, verdict=JUDGED, since=since,
+                           limit=None, newest_first=False)
+    return [float(r.score) for r in rows if r.score is not None and np.isfinite(r.score)]
+
+
+def drift_status(history: History, model: LoadedModel, rule: DriftRule = DEFAULT_RULE) -> DriftStatus:
+    """The drift watch of ``model``'s version (see the module docstring), recording its alarm once."""
+    category, kind, version = model.category, model.kind, model.version
+    cal = model.calibration
+    center, spread = float(cal.good_score_mean), float(cal.good_score_std)
+    since = run_start(history, category, kind, version)
+    report = watch(judged_scores(history, category, kind, version, since), center, spread, rule)
+    with _record_lock:
+        open_alarms = history.alarms(category=category, kind=kind, version=version, open_only=True, limit=1)
+        open_alarm = open_alarms[0] if open_alarms else None
+        recorded = False
+        if report.alarm and open_alarm is None:
+            open_alarm = history.record_alarm(category=category, kind=kind, version=version, rule=RULE,
+                                              statistic=report.cusum, limit=rule.limit,
+                                              message=report.describe())
+            recorded = True
+            logger.warning("%s/%s v%d: %s", category, kind, version, report.describe())
+    return DriftStatus(category, kind, version, report, center, spread, since, open_alarm, recorded)
+
+
+class DriftWatch:
+    """:func:`drift_status` per model version, reused for ``interval_s`` seconds (thread-safe).
+
+    ``open_history`` is called once, at the first check (again after a failure); ``refresh(history)`` before each
+    computation (the service and the watch folder import the line log there). A database that cannot be read
+    makes :meth:`answer` say so instead of failing the caller."""
+
+    def __init__(self, open_history: Callable[[], History], rule: DriftRule = DEFAULT_RULE,
+                 interval_s: float = DEFAULT_INTERVAL_S, refresh: Callable[[History], object] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._open = open_history
+        self.rule = rule
+        self.interval_s = interval_s
+        self._refresh = refresh
+        self._clock = clock
+        self._history: History | None = None
+        self._lock = threading.Lock()
+        self._cached: dict[ModelRef, tuple[float, DriftStatus]] = {}
+        self._failed: dict[ModelRef, tuple[float, dict[str, Any]]] = {}  # an unreadable database: not retried
+        # on every request either
+
+    def status(self, model: LoadedModel) -> DriftStatus:
+        """The version's status, computed again once ``interval_s`` passed since the last computation.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError, OSError: the database (or the line log) could not be read.
+        """
+        with self._lock:
+            now = self._clock()
+            held = self._cached.get(model.ref)
+            if held is not None and now - held[0] < self.interval_s:
+                return held[1]
+            if self._history is None:
+                self._history = self._open()
+            if self._refresh is not None:
+                self._refresh(self._history)
+            found = drift_status(self._history, model, self.rule)
+            self._cached = {ref: v for ref, v in self._cached.items()
+                            if (ref.category, ref.kind) != (model.category, model.kind)}  # older versions go
+            self._cached[model.ref] = (now, found)
+            return found
+
+    def check(self, model: LoadedModel) -> DriftStatus | None:
+        """:meth:`status`, or None (logged) when the database or the line log cannot be read."""
+        try:
+            return self.status(model)
+        except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
+            logger.warning("%s: drift watch unavailable: %s", model.ref.label, exc)
+            return None
+
+    def answer(self, model: LoadedModel) -> dict[str, Any]:
+        """:meth:`DriftStatus.answer`, or when the database cannot be read ``alarm`` False, the readings None and
+        the reason in ``message`` (that answer is reused for ``interval_s`` too)."""
+        failed = self._failed.get(model.ref)
+        if failed is not None and self._clock() - failed[0] < self.interval_s:
+            return failed[1]
+        try:
+            found = self.status(model).answer()
+        except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
+            logger.warning("%s: drift watch unavailable: %s", model.ref.label, exc)
+            found = {"alarm": False, "median_z": None, "cusum": None, "limit": self.rule.limit, "n": None,
+                     "version": model.version, "message": f"drift watch unavailable: {exc}"}
+            self._failed[model.ref] = (self._clock(), found)
+            return found
+        self._failed.pop(model.ref, None)
+        return found
+
+    def latest(self) -> list[DriftStatus]:
+        """The last status computed per (category, kind), its newest version, sorted by category and kind."""
+        with self._lock:
+            found = [status for _, status in self._cached.values()]
+        return sorted(found, key=lambda s: (s.category, s.kind))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._history is not None:
+                self._history.close()
+                self._history = None
+
+
+# -- the answer: recalibrate from the line ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfirmedGood:
+    """A line image a person confirmed good: its result row and the stored image's path."""
+
+    result: ResultRow
+    path: Path
+
+
+@dataclass(frozen=True)
+class LineRecalibration:
+    """What *Recalibrate from the line* did: ``new`` (now current) made from ``images`` confirmed goods of
+    ``old``; the image thresholds before and after; the drift alarms it resolved (ids)."""
+
+    old: ModelRef
+    new: ModelRef
+    images: int
+    old_threshold: float
+    new_threshold: float
+    resolved: tuple[int, ...]
+
+    def describe(self) -> str:
+        return (f"{self.new.category}/{self.new.kind} v{self.old.version} -> v{self.new.version} from {self.images} "
+                f"images confirmed good: image threshold {self.old_threshold:.4g} -> {self.new_threshold:.4g}"
+                + (f"; {len(self.resolved)} drift alarm(s) resolved" if self.resolved else ""))
+
+
+def confirmed_good(history: History, category: str, kind: str, limit: int = RECALIBRATE_FROM) -> list[ConfirmedGood]:
+    """The newest ``limit`` line images of ``category``/``kind`` whose latest review says OK and whose stored
+    image is still on disk (newest review first; a result reviewed again counts by its latest decision)."""
+    out: list[ConfirmedGood] = []
+    decided: set[int] = set()
+    for review in history.reviews(category=category, kind=kind, limit=None):
+        if review.result_id in decided:
+            continue
+        decided.add(review.result_id)
+        if review.decision != OK:
+            continue
+        row = history.result(review.result_id)
+        if row is None or not row.path or not Path(row.path).is_file():
+            continue
+        out.append(ConfirmedGood(row, Path(row.path)))
+        if len(out) >= limit:
+            break
+    return out
+
+
+def recalibrate_from_history(history: History, model: LoadedModel,
+                             measure: Callable[[Sequence[np.ndarray]], list[Prediction]], by: str,
+                             limit: int = RECALIBRATE_FROM) -> LineRecalibration:
+    """*Recalibrate from the line*: the newest ``limit`` images confirmed good (:func:`confirmed_good`) scored by
+    ``measure`` (``model``'s raw predictions, maps at full size) make a new version
+    (:func:`core.verdict.recalibrate.recalibrate_from_line`); the open drift alarms of the category and kind are
+    resolved by ``by``.
+
+    Raises:
+        ValueError: fewer than :data:`MIN_CONFIRMED` confirmed images that can be read.
+    """
+    goods = confirmed_good(history, model.category, model.kind, limit)
+    images: list[np.ndarray] = []
+    for good in goods:
+        try:
+            images.append(load_image(str(good.path)))
+        except (ImageLoadError, OSError) as exc:
+            logger.warning("recalibrate from the line: %s skipped: %s", good.path, exc)
+    if len(images) < MIN_CONFIRMED:
+        raise ValueError(f"expected at least {MIN_CONFIRMED} line images confirmed good (reviewed OK, image still "
+                         f"stored) for {model.category}/{model.kind} to recalibrate from, found {len(images)}")
+    new = recalibrate_from_line(model, measure(images))
+    resolved = tuple(history.resolve_alarm(a.id, by).id
+                     for a in history.alarms(category=model.category, kind=model.kind, open_only=True, limit=None))
+    return LineRecalibration(model.ref, new, len(images), float(model.calibration.image_threshold),
+                             float(read_calibration(new).image_threshold), resolved)
