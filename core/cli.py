@@ -32,6 +32,7 @@ EXAMPLES = """examples:
   python -m core list
   python -m core feedback --category demo_metal part_0042.png      # mark OK: PatchCore learns it
   python -m core serve --port 8600
+  python -m core report --category demo_metal --out shift.pdf   # the current shift's report
 
 The model store is INSPECT_MODEL_STORE when set, else models/ in the repository (the dashboard's too).
 Exit codes: 0 ok, 1 done but some inputs were unusable, 2 bad arguments / missing data / broken model,
@@ -317,6 +318,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """The shift report of one category and time range (default: the current shift), as HTML or PDF."""
+    from core.files import atomic_write_bytes
+    from core.line import report as shift
+    from core.line import results_log as line_log
+    from core.store.history import History
+
+    category = validate_name(args.category, "category name")
+    since, until = shift.report_range(args.since, args.until)
+    store = ModelStore(args.store)
+    fmt = args.format or ("pdf" if args.out.suffix.lower() == ".pdf" else "html")
+    with History.open(store.root, line_log=line_log.default_path(store.root)) as history:
+        made = shift.shift_report(history, store, category, since, until, kind=args.kind,
+                                  thumbnailer=None if args.heatmaps else shift.plain_thumbnailer())
+    data = shift.render_pdf(made) if fmt == "pdf" else shift.render_html(made).encode("utf-8")
+    atomic_write_bytes(args.out, data)
+    said = shift.EMPTY if made.empty else f"{made.judged} part(s) judged, {len(made.alarms)} drift alarm(s)"
+    print(f"{made.title}: {said}; {fmt.upper()} written to {args.out}", file=sys.stderr)
+    return 0
+
+
 def _read_password(name: str) -> str:
     """The new password, never from argv: asked twice on a terminal, else the first line of stdin."""
     import getpass
@@ -371,6 +393,15 @@ def _int_at_least_1(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a version number >= 1, found {value}")
     return value
+
+
+def _iso_time(text: str) -> float:
+    from core.line.report import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -485,6 +516,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
     p.add_argument("--out", type=Path, required=True, help="the .zip to write")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="the shift report of a category (HTML or PDF): verdicts, the promise vs the "
+                       "reviews, drift alarms, review outcomes, the worst images")
+    store_option(p)
+    p.add_argument("--category", required=True)
+    p.add_argument("--kind", choices=kinds(), help="one model kind (default: every kind that judged)")
+    p.add_argument("--since", type=_iso_time, help="start, ISO date/time, local unless it has an offset "
+                   "(default: the start of the current shift, or of the shift --until ends in)")
+    p.add_argument("--until", type=_iso_time, help="end, excluded (default: the current shift's end; now with --since)")
+    p.add_argument("--format", choices=("html", "pdf"), help="default: pdf when --out ends in .pdf, else html")
+    p.add_argument("--no-heatmaps", dest="heatmaps", action="store_false",
+                   help="thumbnails of the worst images without the model's heatmap (no model is loaded)")
+    p.add_argument("--out", type=Path, required=True, help="the file to write")
+    p.set_defaults(func=cmd_report)
 
     users_default = app_settings.users_file()
     p = sub.add_parser("users", help="the dashboard's users and roles (operator, engineer); passwords from stdin")

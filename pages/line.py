@@ -102,3 +102,7 @@ def rejected(frame: pd.DataFrame) -> None:
 
 
 live()
+
+from ui import report_view  # noqa: E402  (the shift report keeps to this one block at the end of the page)
+
+report_view.shift_report_section(sel.store, sel.category, sel.trained_kinds)
