@@ -97,6 +97,23 @@ def test_drift_watch_computes_at_most_once_per_interval(history: History, tmp_pa
     assert [s.version for s in watch.latest()] == [1]
 
 
+def test_drift_watch_in_the_background_answers_the_stale_status_at_once(history: History, tmp_path: Path) -> None:
+    import time
+
+    now = [0.0]
+    watch = DriftWatch(lambda: history, RULE, interval_s=5.0, clock=lambda: now[0], background=True)
+    model = _model(tmp_path)
+    assert watch.answer(model)["n"] == 0  # the first status: computed by the caller
+    _judge(history, [14.0] * 10)
+    now[0] = 6.0
+    assert watch.answer(model)["n"] == 0  # stale: answered at once, a thread computes the next
+    for _ in range(200):
+        if watch.answer(model)["n"] == 10:
+            break
+        time.sleep(0.05)
+    assert watch.answer(model)["n"] == 10 and watch.answer(model)["alarm"] is True
+
+
 def test_drift_watch_says_when_the_database_cannot_be_read(tmp_path: Path) -> None:
     def broken() -> History:
         raise OSError("disk gone")

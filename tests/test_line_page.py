@@ -1,4 +1,5 @@
-"""The Line page (AppTest): what the service and the watch folder rejected is shown with the reason."""
+"""The Line page (AppTest) on the results database: filters, trends per hour and shift, the drift alarm banner,
+*Recalibrate from the line*, and what the service and the watch folder rejected, shown with the reason."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.line import results_log as line_log
+from core.scores.calibration import Calibration
+from core.store import lifecycle
+from core.store.history import History
+from core.store.model_store import ModelStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,6 +37,25 @@ def line_page(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch:
         return at
 
     return open_page, tmp_path / "line.jsonl"
+
+
+@pytest.fixture()
+def history(line_page, tmp_path: Path):
+    """The store's results database, as the page opens it (the line log imported)."""
+    with History.open(tmp_path / "models", line_log=tmp_path / "line.jsonl") as opened:
+        yield opened
+
+
+def _current(tmp_path: Path, kind: str = "patchcore") -> tuple[int, Calibration]:
+    ref = ModelStore(tmp_path / "models").current("demo_metal", kind)
+    return ref.version, lifecycle.read_calibration(ref)
+
+
+def _row(history: History, when: float, verdict: str, score: float, kind: str = "patchcore", version: int = 1,
+         path: str | None = None, name: str = "x.png") -> int:
+    return history.record_result(time=when, source="watch", category="demo_metal", kind=kind, version=version,
+                                 verdict=verdict, score=score, threshold=1.0, name=name, path=path,
+                                 journal_id=f"{kind}-{version}-{when}-{name}", latency_ms=5.0).id
 
 
 def test_rejected_requests_and_files_are_shown_with_the_reason(line_page, tmp_path: Path) -> None:
@@ -62,7 +86,7 @@ def test_rejected_requests_and_files_are_shown_with_the_reason(line_page, tmp_pa
     assert set(rejected["reason"]) == {"image data is damaged or truncated", "expected a trained model for nope",
                                        "expected at most 50 bytes"}
     assert "nope" in set(rejected["category"])
-    images = next(t for t in tables if "status" not in t.columns)
+    images = _table(at, "line_results")
     assert len(images) == 3 and set(images["verdict"]) == {"OK"}
 
 
@@ -73,3 +97,117 @@ def test_a_log_with_only_rejected_requests_still_draws(line_page) -> None:
     at = open_page()
     assert {m.label: m.value for m in at.metric}["Rejected (last 500)"] == "1"
     assert [list(d.value["reason"]) for d in at.dataframe] == [["expected images, found none"]]
+
+
+def _table(at: AppTest, which: str):
+    """The page's table ``which``: ``line_results``, ``line_trend_hour`` or ``line_trend_shift`` (told apart by
+    their columns and bucket labels)."""
+    tables = [d.value for d in at.dataframe]
+    if which == "line_results":
+        return next(t for t in tables if "threshold" in t.columns)
+    trends = [t for t in tables if "drift CUSUM" in t.columns]
+    shift = which == "line_trend_shift"
+    return next(t for t in trends if t["bucket"].str.contains("shift").all() == shift)
+
+
+def test_filters_choose_the_rows(line_page, history: History, tmp_path: Path) -> None:
+    open_page, _ = line_page
+    version, _ = _current(tmp_path)
+    now = time.time()
+    for i, verdict in enumerate(["OK", "OK", "REVIEW", "DEFECT"]):
+        _row(history, now - 60 * i, verdict, 0.1 * i, version=version, name=f"p{i}.png")
+    _row(history, now - 3 * 86400, "OK", 0.1, version=version, name="old.png")  # outside the last 24 hours
+    _row(history, now - 30, "REVIEW", 0.5, kind="efficientad", version=1, name="e.png")
+    at = open_page()
+    results = _table(at, "line_results")
+    assert sorted(results["name"]) == ["p0.png", "p1.png", "p2.png", "p3.png"]  # demo_metal/patchcore, 24 h
+    at.multiselect(key="line_verdicts").set_value(["REVIEW"]).run()
+    assert list(_table(at, "line_results")["name"]) == ["p2.png"]
+    at.selectbox(key="line_kind").set_value("efficientad").run()
+    assert list(_table(at, "line_results")["name"]) == ["e.png"]
+    at.selectbox(key="line_kind").set_value("patchcore").run()
+    at.multiselect(key="line_verdicts").set_value(["OK"]).run()
+    at.selectbox(key="line_range").set_value("Everything").run()
+    assert not at.exception, at.exception
+    assert sorted(_table(at, "line_results")["name"]) == ["old.png", "p0.png", "p1.png"]
+
+
+def test_trends_per_hour_and_shift(line_page, history: History, tmp_path: Path) -> None:
+    open_page, _ = line_page
+    version, _ = _current(tmp_path)
+    hour = (time.time() // 3600 - 2) * 3600  # two whole hours ago, one bucket of its own
+    for i, verdict in enumerate(["OK", "OK", "REVIEW", "DEFECT"]):
+        _row(history, hour + 60 * i, verdict, float(i), version=version, name=f"h{i}.png")
+    at = open_page()
+    per_hour = _table(at, "line_trend_hour")
+    first = per_hour.iloc[0]
+    assert first["images"] == 4 and first["REVIEW rate"] == pytest.approx(0.25)
+    assert first["DEFECT rate"] == pytest.approx(0.25) and first["score median"] == pytest.approx(1.5)
+    assert "drift CUSUM" in per_hour.columns  # 4 images: no window yet, CUSUM 0
+    assert per_hour.iloc[0]["drift CUSUM"] == pytest.approx(0.0)
+    per_shift = _table(at, "line_trend_shift")
+    assert per_shift["images"].sum() == 4 and "shift" in per_shift.iloc[0]["bucket"]
+
+
+def test_drift_alarm_banner(line_page, history: History, tmp_path: Path) -> None:
+    open_page, _ = line_page
+    version, cal = _current(tmp_path)
+    at = open_page()
+    assert not at.error and any("no reading yet" in c.value for c in at.caption)
+    now = time.time()
+    shifted = cal.good_score_mean + 3 * max(cal.good_score_std, 1e-6)
+    for i in range(40):
+        _row(history, now - 400 + i, "REVIEW", shifted, version=version, name=f"s{i}.png")
+    at = open_page()
+    banner = [e.value for e in at.error]
+    assert len(banner) == 1 and "Drift alarm" in banner[0] and "DRIFT" in banner[0]
+    assert "+3.00 calibration spreads" in banner[0]
+    assert len(history.alarms(category="demo_metal", kind="patchcore", open_only=True)) == 1
+
+
+def _confirmed(history: History, tmp_path: Path, demo_root: Path, n: int, version: int) -> None:
+    """``n`` line images (the demo's good ones, copied) judged REVIEW and confirmed OK by a reviewer."""
+    kept = tmp_path / "kept"
+    kept.mkdir(exist_ok=True)
+    goods = sorted((demo_root / "demo_metal" / "train" / "good").glob("*.png"))
+    now = time.time()
+    for i in range(n):
+        path = kept / f"{i}.png"
+        shutil.copy(goods[i % len(goods)], path)
+        result = _row(history, now - 100 + i, "REVIEW", 1.0, version=version, path=str(path), name=f"c{i}.png")
+        history.record_review(result, "OK", "reviewer")
+
+
+def test_recalibrate_from_the_line(line_page, history: History, tmp_path: Path, demo_root: Path) -> None:
+    open_page, _ = line_page
+    version, cal = _current(tmp_path)
+    shifted = cal.good_score_mean + 3 * max(cal.good_score_std, 1e-6)
+    for i in range(40):
+        _row(history, time.time() - 1000 + i, "REVIEW", shifted, version=version, name=f"s{i}.png")
+    _confirmed(history, tmp_path, demo_root, 12, version)
+    at = open_page()
+    assert at.error  # the alarm
+    at.button(key="line_recalibrate").click().run()
+    assert not at.exception, at.exception
+    store = ModelStore(tmp_path / "models")
+    ref = store.current("demo_metal", "patchcore")
+    assert ref.version == version + 1 and store.read_manifest(ref)["reason"] == "recalibrated from line"
+    assert lifecycle.read_calibration(ref).num_images == 12
+    done = [s.value for s in at.success]
+    assert len(done) == 1 and f"v{version} -> v{version + 1}" in done[0] and "image threshold" in done[0]
+    assert "1 drift alarm(s) resolved" in done[0]
+    assert history.alarms(open_only=True) == [] and not at.error  # the new version starts fresh
+
+
+def test_recalibrate_refused_below_ten_confirmed_images(line_page, history: History, tmp_path: Path,
+                                                        demo_root: Path) -> None:
+    open_page, _ = line_page
+    version, _ = _current(tmp_path)
+    _confirmed(history, tmp_path, demo_root, 5, version)
+    at = open_page()
+    at.button(key="line_recalibrate").click().run()
+    assert not at.exception, at.exception
+    refused = [e.value for e in at.error]
+    assert len(refused) == 1 and "expected at least 10 line images confirmed good" in refused[0]
+    assert "found 5" in refused[0]
+    assert ModelStore(tmp_path / "models").current("demo_metal", "patchcore").version == version

@@ -27,7 +27,9 @@ from core.models.similarity import SimilarityIndex, open_client
 from core.scores.metrics import PixelHistogram
 from core.store import lifecycle as det
 from core.store import model_cache
+from core.store.history import History
 from core.store.model_store import ModelRef, ModelStore
+from core.types import Prediction
 from core.verdict.inspection import Measurement, Measurer
 from ui.display import display_map
 
@@ -127,6 +129,25 @@ def predict_one(ref: ModelRef, inference: str, image: np.ndarray) -> tuple[float
     """(raw score, map at display size, latency ms) of one image, through the same cache as :func:`measurer`."""
     found = measurer(ref, inference)([image])[0]
     return found.score, found.anomaly_map, found.latency_ms
+
+
+def predictions(ref: ModelRef, inference: str, images: list[np.ndarray]) -> list[Prediction]:
+    """Raw predictions (maps at full size, not cached) of ``images`` by the cached model ``ref``: what a
+    calibration is fitted from (a display-size map would lower its maxima)."""
+    return load_model(ref, inference).detector.predict(images)
+
+
+@st.cache_resource(show_spinner=False)
+def _history(store_root: str, line_log: str) -> History:
+    return History.open(Path(store_root), line_log=Path(line_log))
+
+
+def line_history(store_root: Path, line_log: Path) -> History:
+    """The results database of the store (one per process), with what is new in the JSONL line log imported
+    (nothing when the service and the watch folder wrote their rows there directly)."""
+    history = _history(str(Path(store_root).resolve()), str(Path(line_log).resolve()))
+    history.import_logs(Path(store_root), Path(line_log))
+    return history
 
 
 def digest(data: bytes | np.ndarray) -> str:

@@ -260,7 +260,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     busy = Counter("inspect_busy", "Requests refused with 503 because the queue was full", registry=registry)
     # drift watch (core.verdict.drift_status): per model version, computed at most every few seconds
     drift = DriftWatch(lambda: History.open(root, line_log=log_path),
-                       refresh=lambda history: history.import_logs(root, log_path))
+                       refresh=lambda history: history.import_logs(root, log_path), background=True)
     drift_cusum = Gauge("inspect_drift_cusum", "Drift watch CUSUM of the current version, in calibration spreads",
                         ["category", "model"], registry=registry)
     drift_alarm = Gauge("inspect_drift_alarm", "1 while the drift watch of the current version alarms",

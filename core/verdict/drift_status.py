@@ -34,8 +34,10 @@ import sqlalchemy as sa
 
 from core.data.imageio import ImageLoadError, load_image
 from core.portable import DEFECT, OK, REVIEW
+from core.scores.calibration import Calibration
 from core.scores.drift import DriftReport, DriftRule, watch
-from core.store.history import AlarmRow, History, ResultRow
+from core.store import history as hist
+from core.store.history import AlarmRow, History, ResultRow, TrendBucket
 from core.store.lifecycle import LoadedModel, read_calibration
 from core.store.model_store import ModelRef
 from core.types import Prediction
@@ -97,22 +99,40 @@ def run_start(history: History, category: str, kind: str, version: int) -> float
     return max(resolved) if resolved else None
 
 
-def judged_scores(history: History, category: str, kind: str, version: int,
-                  since: float | None = None) -> list[float]:
-    """The raw scores ``[n]`` of the images ``version`` judged OK, REVIEW or DEFECT at or after ``since``,
-    oldest first."""
-    rows = history.results(category=category, kind=kind, version=version, verdict=JUDGED, since=since,
-                           limit=None, newest_first=False)
-    return [float(r.score) for r in rows if r.score is not None and np.isfinite(r.score)]
+def judged_run(history: History, category: str, kind: str, version: int,
+               since: float | None = None) -> tuple[list[float], list[float]]:
+    """(times, raw scores), both ``[n]``, of the images ``version`` judged OK, REVIEW or DEFECT at or after
+    ``since``, oldest first."""
+    t = hist.line_results
+    where = [t.c.category == category, t.c.kind == kind, t.c.version == version, t.c.verdict.in_(list(JUDGED)),
+             t.c.score.is_not(None)]
+    if since is not None:
+        where.append(t.c.time >= since)
+    query = sa.select(t.c.time, t.c.score).where(*where).order_by(t.c.time, t.c.id)
+    with history.engine.connect() as conn:
+        kept = [(float(when), float(score)) for when, score in conn.execute(query) if np.isfinite(score)]
+    return [when for when, _ in kept], [score for _, score in kept]
 
 
 def drift_status(history: History, model: LoadedModel, rule: DriftRule = DEFAULT_RULE) -> DriftStatus:
     """The drift watch of ``model``'s version (see the module docstring), recording its alarm once."""
-    category, kind, version = model.category, model.kind, model.version
-    cal = model.calibration
-    center, spread = float(cal.good_score_mean), float(cal.good_score_std)
+    return drift_status_for(history, model.ref, model.calibration, rule)
+
+
+def drift_status_for(history: History, ref: ModelRef, calibration: Calibration,
+                     rule: DriftRule = DEFAULT_RULE) -> DriftStatus:
+    """:func:`drift_status` for version ``ref`` with its ``calibration`` (no network loaded: the dashboard)."""
+    return _status(history, ref, calibration, rule)[0]
+
+
+def _status(history: History, ref: ModelRef, calibration: Calibration,
+            rule: DriftRule) -> tuple[DriftStatus, list[float]]:
+    """The status and the times ``[n]`` of the scores its report ran over."""
+    category, kind, version = ref.category, ref.kind, ref.version
+    center, spread = float(calibration.good_score_mean), float(calibration.good_score_std)
     since = run_start(history, category, kind, version)
-    report = watch(judged_scores(history, category, kind, version, since), center, spread, rule)
+    times, scores = judged_run(history, category, kind, version, since)
+    report = watch(scores, center, spread, rule)
     with _record_lock:
         open_alarms = history.alarms(category=category, kind=kind, version=version, open_only=True, limit=1)
         open_alarm = open_alarms[0] if open_alarms else None
@@ -123,7 +143,21 @@ def drift_status(history: History, model: LoadedModel, rule: DriftRule = DEFAULT
                                               message=report.describe())
             recorded = True
             logger.warning("%s/%s v%d: %s", category, kind, version, report.describe())
-    return DriftStatus(category, kind, version, report, center, spread, since, open_alarm, recorded)
+    return DriftStatus(category, kind, version, report, center, spread, since, open_alarm, recorded), times
+
+
+def drift_trend(history: History, ref: ModelRef, calibration: Calibration, buckets: Sequence[TrendBucket],
+                rule: DriftRule = DEFAULT_RULE) -> list[float | None]:
+    """The drift CUSUM of version ``ref`` at the end of each of ``buckets`` ``[b]`` (``History.trends``): its value
+    after the bucket's last image of the version's run, None for a bucket without one (the CUSUM reads the
+    version's run only, whatever rows the buckets count)."""
+    status, times = _status(history, ref, calibration, rule)
+    trace = status.report.cusum_trace
+    out: list[float | None] = []
+    for bucket in buckets:
+        inside = [i for i, t in enumerate(times) if bucket.start <= t < bucket.end]
+        out.append(trace[inside[-1]] if inside else None)
+    return out
 
 
 class DriftWatch:
@@ -131,18 +165,26 @@ class DriftWatch:
 
     ``open_history`` is called once, at the first check (again after a failure); ``refresh(history)`` before each
     computation (the service and the watch folder import the line log there). A database that cannot be read
-    makes :meth:`answer` say so instead of failing the caller."""
+    makes :meth:`answer` say so instead of failing the caller. ``background``: once a version has a status, a
+    stale one is answered at once while a thread computes the next (the service: a long run of scores costs
+    seconds to read, which no request should wait for); else the caller computes it.
+
+    Measured (2 shared CPU cores, SQLite): a version with 20,000 judged rows takes about 0.7 s to compute (0.3 s
+    the query, most of the rest the rule's loop, :func:`core.scores.drift.watch`)."""
 
     def __init__(self, open_history: Callable[[], History], rule: DriftRule = DEFAULT_RULE,
                  interval_s: float = DEFAULT_INTERVAL_S, refresh: Callable[[History], object] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, background: bool = False) -> None:
         self._open = open_history
         self.rule = rule
         self.interval_s = interval_s
         self._refresh = refresh
         self._clock = clock
         self._history: History | None = None
-        self._lock = threading.Lock()
+        self.background = background
+        self._lock = threading.Lock()  # the cache
+        self._compute_lock = threading.Lock()  # opening the history and computing
+        self._computing: set[ModelRef] = set()
         self._cached: dict[ModelRef, tuple[float, DriftStatus]] = {}
         self._failed: dict[ModelRef, tuple[float, dict[str, Any]]] = {}  # an unreadable database: not retried
         # on every request either
@@ -154,19 +196,39 @@ class DriftWatch:
             sqlalchemy.exc.SQLAlchemyError, OSError: the database (or the line log) could not be read.
         """
         with self._lock:
-            now = self._clock()
             held = self._cached.get(model.ref)
-            if held is not None and now - held[0] < self.interval_s:
+            if held is not None and self._clock() - held[0] < self.interval_s:
                 return held[1]
+            if held is not None and self.background:
+                if model.ref not in self._computing:  # one refresh at a time per version, off the caller
+                    self._computing.add(model.ref)
+                    threading.Thread(target=self._refresh_quietly, args=(model,), daemon=True,
+                                     name=f"drift-{model.ref.label}").start()
+                return held[1]
+        return self._compute(model)
+
+    def _compute(self, model: LoadedModel) -> DriftStatus:
+        with self._compute_lock:
+            started = self._clock()
             if self._history is None:
                 self._history = self._open()
             if self._refresh is not None:
                 self._refresh(self._history)
             found = drift_status(self._history, model, self.rule)
+        with self._lock:
             self._cached = {ref: v for ref, v in self._cached.items()
                             if (ref.category, ref.kind) != (model.category, model.kind)}  # older versions go
-            self._cached[model.ref] = (now, found)
-            return found
+            self._cached[model.ref] = (started, found)
+        return found
+
+    def _refresh_quietly(self, model: LoadedModel) -> None:
+        try:
+            self._compute(model)
+        except (sa.exc.SQLAlchemyError, OSError, ValueError) as exc:
+            logger.warning("%s: drift watch unavailable: %s", model.ref.label, exc)
+        finally:
+            with self._lock:
+                self._computing.discard(model.ref)
 
     def check(self, model: LoadedModel) -> DriftStatus | None:
         """:meth:`status`, or None (logged) when the database or the line log cannot be read."""
