@@ -435,19 +435,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "store (stopped by Cancel or Ctrl-C; its state is saved every 250 steps) with its own settings")
     p.set_defaults(func=cmd_train)
 
+    def scoring(p: argparse.ArgumentParser) -> None:
+        """The flags of a command that scores with one model version: category, inference path, version."""
+        p.add_argument("--category", required=True)
+        p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
+        p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
+
     p = sub.add_parser("evaluate", help="score the test set and save metrics beside the model")
     common(p)
-    p.add_argument("--category", required=True)
-    p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
-    p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
+    scoring(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="score images or folders; CSV on stdout")
     common(p, need_data=False)
-    p.add_argument("--category", required=True)
+    scoring(p)
     p.add_argument("--overlays", type=Path, help="write heatmap overlay PNGs here")
-    p.add_argument("--inference", choices=INFERENCE_PATHS, default="fast", help=INFERENCE_HELP)
-    p.add_argument("--version", type=_int_at_least_1, help="model version (default: the current one)")
     p.add_argument("images", type=Path, nargs="+", metavar="IMAGE_OR_FOLDER",
                    help="image files or folders to score (folders are searched recursively)")
     p.set_defaults(func=cmd_predict)

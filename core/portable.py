@@ -184,7 +184,7 @@ THRESHOLDS: tuple[str, ...] = ("image_threshold", "pixel_threshold")
 _POSITIVE_WHEN_SCORES_ARE = THRESHOLDS + ("default_image_threshold", "default_pixel_threshold")
 _OPTIONAL_NUMBERS: tuple[str, ...] = (
     "default_image_threshold", "default_pixel_threshold", "familiarity_limit", "good_score_mean", "good_score_std",
-    "good_score_max", "good_map_max_mean", "good_map_max_std", "review_low", "review_high")
+    "good_score_max", "good_map_max_mean", "good_map_max_std", "review_below", "review_above")
 
 
 def check_calibration(data: Mapping[str, Any], positive: bool = False) -> None:
@@ -222,12 +222,12 @@ def check_calibration(data: Mapping[str, Any], positive: bool = False) -> None:
     side = data.get("min_side")
     if side is not None and (not isinstance(side, int) or isinstance(side, bool) or side < 1):
         raise ValueError(f"expected a whole number of pixels of at least 1 for min_side, found {side!r}")
-    low, high, threshold = data.get("review_low"), data.get("review_high"), data["image_threshold"]
-    if (low is None) != (high is None):
-        raise ValueError(f"expected both review_low and review_high, or neither, found {low!r} and {high!r}")
-    if low is not None and not low <= threshold <= high:
-        raise ValueError(f"expected review_low <= image_threshold <= review_high (the review band around the "
-                         f"threshold), found {low!r}, {threshold!r}, {high!r}")
+    below, above = data.get("review_below"), data.get("review_above")
+    if (below is None) != (above is None):
+        raise ValueError(f"expected both review_below and review_above, or neither, found {below!r} and {above!r}")
+    for key, value in (("review_below", below), ("review_above", above)):
+        if value is not None and value < 0:
+            raise ValueError(f"expected a review band width of 0 or more for {key}, found {value!r}")
 
 
 # ------------------------------------------------------------------------------------------------ verdict rules
@@ -243,6 +243,14 @@ def verdict(score: float, threshold: float, review: tuple[float, float] | None =
     if review is not None:
         return DEFECT if score >= review[1] else REVIEW if score >= review[0] else OK
     return DEFECT if score >= threshold else OK
+
+
+def review_band(threshold: float, below: float | None, above: float | None) -> tuple[float, float] | None:
+    """The review band ``[threshold - below, threshold + above)`` of a calibration (its widths are saved, so the
+    band moves with the threshold, also when ``calibration.json`` is edited by hand), or None when it has none."""
+    if below is None or above is None:
+        return None
+    return threshold - float(below), threshold + float(above)
 
 
 def review_side(score: float, threshold: float) -> str:
@@ -311,11 +319,11 @@ class Rules:
         """The rules of a calibration's fields (``calibration.json``, or ``Calibration.to_dict()``)."""
         lo, hi = calibration.get("aspect_min"), calibration.get("aspect_max")
         limit = calibration.get("familiarity_limit")
-        low, high = calibration.get("review_low"), calibration.get("review_high")
-        return cls(float(calibration["image_threshold"]), int(calibration.get("min_side") or MIN_SIDE_FLOOR),
+        threshold = float(calibration["image_threshold"])
+        return cls(threshold, int(calibration.get("min_side") or MIN_SIDE_FLOOR),
                    None if limit is None else float(limit),
                    (float(lo), float(hi)) if lo is not None and hi is not None else None,
-                   (float(low), float(high)) if low is not None and high is not None else None)
+                   review_band(threshold, calibration.get("review_below"), calibration.get("review_above")))
 
     def size_problem(self, shape: tuple[int, ...]) -> str | None:
         """Why an image of ``shape`` (H, W, ...) is too small for a verdict, or None."""

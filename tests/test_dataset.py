@@ -106,3 +106,23 @@ def test_every_image_has_a_category_relative_key(demo_root: Path) -> None:
 ])
 def test_key_of_a_legacy_path(path: str, key: str) -> None:
     assert legacy_key(path) == key
+
+
+def test_read_batches_names_unreadable_files_and_keeps_order(tmp_path):
+    from core.data.dataset import Sample, read_batches
+    from core.data.imageio import save_png_atomic
+
+    samples = []
+    for i in range(5):
+        path = tmp_path / f"{i}.png"
+        if i == 3:
+            path.write_bytes(b"not an image")
+        else:
+            save_png_atomic(np.full((8, 8, 3), i, dtype=np.uint8), path)
+        samples.append(Sample(path, "test", "good", 0, None, f"test/good/{i}.png"))
+    batches = list(read_batches(samples, 2))
+    assert [b.start for b in batches] == [0, 2, 4]
+    assert [[s.key for s in b.samples] for b in batches] == [["test/good/0.png", "test/good/1.png"],
+                                                             ["test/good/2.png"], ["test/good/4.png"]]
+    assert [int(b.images[0][0, 0, 0]) for b in batches] == [0, 2, 4]
+    assert [len(b.problems) for b in batches] == [0, 1, 0] and "3.png" in batches[1].problems[0]

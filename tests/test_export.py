@@ -54,8 +54,11 @@ def test_bundle_scores_equal_the_apps(trained_store: Path, demo_root: Path, tmp_
     rows = [line.split(",") for line in proc.stdout.strip().splitlines()[1:]]
     bundle_scores = [float(r[1]) for r in rows]
     assert np.allclose(bundle_scores, app, rtol=rtol, atol=1e-5), (bundle_scores, app)
-    threshold = store.read_calibration(ref)["image_threshold"]
-    assert [r[3] for r in rows] == ["DEFECT" if s >= threshold else "OK" for s in app]
+    cal = store.read_calibration(ref)
+    threshold, low, high = cal["image_threshold"], cal["image_threshold"] - cal["review_below"], \
+        cal["image_threshold"] + cal["review_above"]
+    assert low <= threshold <= high
+    assert [r[3] for r in rows] == ["DEFECT" if s >= high else "REVIEW" if s >= low else "OK" for s in app]
 
 
 def test_bundle_maps_match(trained_store: Path, demo_root: Path, tmp_path: Path) -> None:

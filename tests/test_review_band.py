@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.portable import DEFECT, OK, REVIEW, Rules, check_calibration, verdict
-from core.scores.calibration import REVIEW_RATES, Calibration, calibrate, threshold_for
+from core.scores.calibration import REVIEW_RATES, Calibration, calibrate, tail_threshold, threshold_for
 from core.types import Prediction
 
 
@@ -27,17 +27,17 @@ def test_rules_note_says_which_side_of_the_threshold():
     below, above = rules.decide((64, 64, 3), 1.5, None), rules.decide((64, 64, 3), 2.5, None)
     assert (below.verdict, above.verdict) == (REVIEW, REVIEW)
     assert "below the threshold" in below.note and "above the threshold" in above.note
-    assert Rules.from_calibration({"image_threshold": 2.0, "review_low": 1.0, "review_high": 3.0}).review == (1.0, 3.0)
+    assert Rules.from_calibration({"image_threshold": 2.0, "review_below": 1.0, "review_above": 0.5}).review == (1.0, 2.5)
     assert Rules.from_calibration({"image_threshold": 2.0}).review is None
 
 
 @pytest.mark.parametrize(("fields", "message"), [
-    ({"review_low": 2.5, "review_high": 3.0}, r"review_low <= image_threshold <= review_high"),
-    ({"review_low": 1.0, "review_high": 1.5}, r"review_low <= image_threshold <= review_high"),
-    ({"review_low": 1.0}, "both review_low and review_high"),
-    ({"review_low": float("nan"), "review_high": 3.0}, "finite number for review_low"),
+    ({"review_below": -0.5, "review_above": 1.0}, "width of 0 or more for review_below"),
+    ({"review_below": 0.5, "review_above": -1.0}, "width of 0 or more for review_above"),
+    ({"review_below": 1.0}, "both review_below and review_above"),
+    ({"review_below": float("nan"), "review_above": 3.0}, "finite number for review_below"),
 ])
-def test_band_must_hold_the_threshold(fields, message):
+def test_band_widths_are_checked(fields, message):
     with pytest.raises(ValueError, match=message):
         check_calibration({"image_threshold": 2.0, "pixel_threshold": 1.0, **fields})
 
@@ -52,30 +52,40 @@ def test_calibrate_sets_the_default_band_from_the_review_rates():
     low = threshold_for(scores, REVIEW_RATES[0], cal.rule or "max")
     high = threshold_for(scores, REVIEW_RATES[1], cal.rule or "max")
     assert cal.review == pytest.approx((low, high))
-    assert cal.review_low < cal.image_threshold < cal.review_high
+    low, high = cal.review
+    assert low < cal.image_threshold < high
     # the band's share of good scores is about the difference of its rates (10% - 1%)
-    inside = np.mean([(cal.review_low <= s < cal.review_high) for s in scores])
+    inside = np.mean([(low <= s < high) for s in scores])
     assert 0.05 <= inside <= 0.12
 
 
-def test_moving_the_threshold_widens_a_band_that_no_longer_holds_it():
+def test_the_band_moves_with_the_threshold_and_must_hold_it():
     cal = calibrate(_goods([float(x) for x in np.linspace(1.0, 2.0, 200)]), "test")
     low, high = cal.review
-    moved = cal.with_thresholds(high + 1.0, cal.pixel_threshold, "user")
-    assert moved.review == (low, high + 1.0)
+    moved = cal.with_thresholds(cal.image_threshold + 1.0, cal.pixel_threshold, "user")
+    assert moved.review == pytest.approx((low + 1.0, high + 1.0))
     with pytest.raises(ValueError, match="review band around the image threshold"):
         cal.with_review(cal.image_threshold + 0.1, high)
-    assert cal.with_review(low - 1, high + 1).review == (low - 1, high + 1)
+    assert cal.with_review(low - 1, high + 1).review == pytest.approx((low - 1, high + 1))
+    # a threshold edited by hand in calibration.json takes the band with it
+    edited = {**cal.to_dict(), "image_threshold": 10.0}
+    assert Calibration.from_dict(edited).review == pytest.approx((10.0 - (cal.image_threshold - low),
+                                                                  10.0 + (high - cal.image_threshold)))
 
 
 def test_a_file_saved_before_the_band_gets_the_default_band_around_its_threshold():
-    saved = calibrate(_goods([float(x) for x in np.linspace(1.0, 2.0, 50)]), "test").to_dict()
-    for key in ("review_low", "review_high", "rule", "good_scores", "good_map_maxes", "promise"):
+    made = calibrate(_goods([float(x) for x in np.linspace(1.0, 2.0, 50)]), "test")
+    saved = made.to_dict()
+    for key in ("review_below", "review_above", "rule", "good_scores", "good_map_maxes", "promise"):
         saved.pop(key)
     saved["image_threshold"] = 3.0  # chosen by a person, above the whole default band
     saved["chosen_by"] = "user"
     cal = Calibration.from_dict(saved)
-    assert cal.review is not None and cal.review_low < 3.0 and cal.review_high == 3.0
+    # as wide around 3.0 as the default band (from the saved statistics) is around the default threshold
+    assert cal.review is not None and cal.review[0] < 3.0 < cal.review[1]
+    # (a file without raw scores: the Gaussian tail of its saved statistics)
+    tail = tail_threshold(made.good_score_mean, made.good_score_std, 50, 0.10)
+    assert cal.review_below == pytest.approx(made.image_threshold - tail)
 
 
 def test_band_counts_by_hand():

@@ -61,6 +61,7 @@ def _images(demo_root: Path) -> dict[str, np.ndarray]:
 
 
 REGULAR = ("good0", "good1", "scratch0", "scratch1")
+BAND: dict[str, float] = {}  # review band widths that put the middle two regular images in REVIEW (_calibrate)
 
 
 def _calibrate(store: ModelStore, ref: ModelRef, images: dict[str, np.ndarray]) -> ModelRef:
@@ -72,8 +73,12 @@ def _calibrate(store: ModelStore, ref: ModelRef, images: dict[str, np.ndarray]) 
     typical = {n: float(found[n].typical_anomaly) for n in (*REGULAR, "board", "wide")}  # type: ignore[arg-type]
     regular_top = max(typical[n] for n in (*REGULAR, "wide"))
     assert typical["board"] > regular_top, typical  # the other product's map is unlike the training images'
-    data = {**store.read_calibration(ref), "image_threshold": (scores[1] + scores[2]) / 2,
-            "familiarity_limit": (regular_top + typical["board"]) / 2}
+    threshold = (scores[1] + scores[2]) / 2
+    data = {**store.read_calibration(ref), "image_threshold": threshold,
+            "familiarity_limit": (regular_top + typical["board"]) / 2,
+            "review_below": 0.0, "review_above": 0.0}  # two verdicts; the band is a case of its own below
+    global BAND  # noqa: PLW0603 - the band case needs these scores
+    BAND = {"review_below": threshold - (scores[0] + scores[1]) / 2, "review_above": (scores[2] + scores[3]) / 2 - threshold}
     return det.save_calibration(model, Calibration.from_dict(data))
 
 
@@ -110,7 +115,8 @@ def test_bundle_and_inspection_give_the_same_verdict_of_every_kind(store: ModelS
     import runner as bundle_runner  # type: ignore[import-not-found]
 
     cases = {"with the guard": None,
-             "without the guard": {"familiarity_limit": None},
+             "with a review band": BAND,  # the middle two regular images in it: REVIEW
+             "without the guard": {**BAND, "familiarity_limit": None},
              "without an aspect range": {"aspect_min": None, "aspect_max": None}}
     seen: set[tuple[str, bool | None, str]] = set()
     problems: list[str] = []
@@ -128,7 +134,7 @@ def test_bundle_and_inspection_give_the_same_verdict_of_every_kind(store: ModelS
                        "median" if "unlike the training images" in app[name].note else "")
             seen.add((app[name].verdict, app[name].familiar, kind_of))
     assert not problems, problems
-    assert {("OK", True, ""), ("DEFECT", True, ""),  # familiar verdicts
+    assert {("OK", True, ""), ("DEFECT", True, ""), ("REVIEW", True, ""),  # familiar verdicts
             (NO_VERDICT, None, ""),  # too small
             ("OK", None, ""), ("DEFECT", None, ""),  # no guard in the calibration
             } <= seen, seen

@@ -53,7 +53,7 @@ def test_images_are_judged_once_and_moved_by_verdict(setup) -> None:
     assert sorted(rows) == ["broken.png", "g.png", "s.png"]
     stored = {name: Path(row["moved_to"]) for name, row in rows.items()}
     assert stored["s.png"].parent == config.defect_dir and stored["s.png"].is_file()
-    assert stored["g.png"].parent in (config.ok_dir, config.defect_dir) and stored["g.png"].is_file()
+    assert stored["g.png"].parent in (config.ok_dir, config.review_folder, config.defect_dir) and stored["g.png"].is_file()
     assert stored["broken.png"].parent == config.rejected_dir and stored["broken.png"].is_file()
     assert (config.rejected_dir / f"{stored['broken.png'].name}.reason.txt").read_text().strip()
     # a second watcher on the same folder judges nothing again
@@ -110,7 +110,7 @@ def _sha1(path: Path) -> str:
 
 
 def _stored(config: WatchConfig) -> list[Path]:
-    return sorted(p for d in (config.ok_dir, config.defect_dir, config.rejected_dir) if d.is_dir()
+    return sorted(p for d in (config.ok_dir, config.review_folder, config.defect_dir, config.rejected_dir) if d.is_dir()
                   for p in d.iterdir() if p.suffix == ".png" and not p.name.startswith("."))
 
 
@@ -272,8 +272,8 @@ def test_a_camera_rewriting_the_name_between_the_read_and_the_link(setup) -> Non
         stored = Path(row["moved_to"])
         assert stored.is_file() and _sha1(stored) == row["sha1"]  # the row names the file holding its image
         verdict = inspect(current, [load_image(data, name="cam.png")])[0].verdict
-        assert row["verdict"] == verdict and stored.parent == (config.ok_dir if verdict == "OK" else
-                                                               config.defect_dir)
+        assert row["verdict"] == verdict and stored.parent == {"OK": config.ok_dir, "REVIEW": config.review_folder,
+                                                               "DEFECT": config.defect_dir}[verdict]
     assert {_sha1(p) for p in _stored(config)} == digests and not cam.exists()
 
 

@@ -11,10 +11,13 @@ A plain folder of images is a category with only good training images and no tes
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from core.data.imageio import SUPPORTED_SUFFIXES
+import numpy as np
+
+from core.data.imageio import SUPPORTED_SUFFIXES, load_many
 
 GOOD = "good"
 
@@ -58,6 +61,26 @@ class CategoryData:
     @property
     def has_masks(self) -> bool:
         return any(s.mask_path is not None for s in self.test)
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """One batch of samples read from disk: ``start`` (index of its first sample in the whole sequence), the
+    readable ``samples`` and their ``images`` (uint8 RGB ``[H, W, 3]`` each, same order), and one message per
+    unreadable file in ``problems``."""
+
+    start: int
+    samples: list[Sample]
+    images: list[np.ndarray]
+    problems: list[str]
+
+
+def read_batches(samples: Sequence[Sample], size: int) -> Iterator[ReadBatch]:
+    """``samples`` read ``size`` at a time (never fails on a bad file: it is named in the batch's problems)."""
+    for start in range(0, len(samples), size):
+        part = samples[start:start + size]
+        kept, images, problems = load_many([s.path for s in part])
+        yield ReadBatch(start, [part[i] for i in kept], images, problems)
 
 
 def image_files(directory: Path) -> list[Path]:

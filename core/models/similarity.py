@@ -14,8 +14,7 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client.http import models as qm
 
-from core.data.dataset import CategoryData, Sample, legacy_key
-from core.data.imageio import load_many
+from core.data.dataset import CategoryData, Sample, legacy_key, read_batches
 from core.types import NO_CONTROL, TrainControl
 
 BATCH = 16
@@ -70,15 +69,13 @@ class SimilarityIndex:
         problems: list[str] = []
         created = False
         point_id = 0
-        for start in range(0, len(samples), BATCH):
-            control.report(f"indexing {start}/{len(samples)}", start / max(1, len(samples)))
-            part = samples[start:start + BATCH]
-            kept, images, unreadable = load_many([s.path for s in part])
-            problems.extend(unreadable)
-            chunk = [part[i] for i in kept]
-            if not images:
+        for batch in read_batches(samples, BATCH):
+            control.report(f"indexing {batch.start}/{len(samples)}", batch.start / max(1, len(samples)))
+            problems.extend(batch.problems)
+            chunk = batch.samples
+            if not batch.images:
                 continue
-            vectors = np.asarray(embed(images), dtype=np.float32)
+            vectors = np.asarray(embed(batch.images), dtype=np.float32)
             if not created:
                 if self.client.collection_exists(name):
                     self.client.delete_collection(name)

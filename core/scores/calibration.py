@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from core.portable import check_calibration
+from core.portable import check_calibration, review_band
 from core.portable import verdict as _verdict
 from core.types import Prediction
 
@@ -86,8 +86,10 @@ class Calibration:
     promise: Promise | None = None  # the evidence behind the default image threshold; None: older files
     good_scores: tuple[float, ...] | None = None  # raw image scores of the calibration images [n]
     good_map_maxes: tuple[float, ...] | None = None  # per-image maximum of their maps [n]
-    review_low: float | None = None  # the review band [low, high) around image_threshold: REVIEW inside it
-    review_high: float | None = None
+    # the review band [image_threshold - review_below, image_threshold + review_above): REVIEW inside it (its
+    # widths are kept, so the band moves with the threshold); None: two verdicts only
+    review_below: float | None = None
+    review_above: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,7 +136,7 @@ class Calibration:
                 pix = cal.good_map_max_mean + SIGMAS * cal.good_map_max_std
             cal = replace(cal, default_image_threshold=float(img), default_pixel_threshold=float(pix))
             check_calibration(cal.to_dict(), positive)  # the defaults derived from the statistics, too
-        if cal.review_low is None and cal.num_images > 1 and cal.good_score_std > 0:
+        if cal.review_below is None and cal.num_images > 1 and cal.good_score_std > 0:
             # saved before the review band: the default band from the saved statistics, around the saved threshold
             cal = cal.with_review(*cal.default_review(), chosen_by=None)
             check_calibration(cal.to_dict(), positive)
@@ -142,20 +144,20 @@ class Calibration:
 
     @property
     def review(self) -> tuple[float, float] | None:
-        """The review band ``(low, high)`` (None: two verdicts only)."""
-        if self.review_low is None or self.review_high is None:
-            return None
-        return float(self.review_low), float(self.review_high)
+        """The review band ``(low, high)``, widened to hold the image threshold (None: two verdicts only)."""
+        return review_band(self.image_threshold, self.review_below, self.review_above)
 
     def default_review(self) -> tuple[float, float]:
-        """The default review band: the image thresholds promising :data:`REVIEW_RATES`, widened to hold the
-        image threshold."""
-        low = self.defaults_for(REVIEW_RATES[0])[0]
-        high = self.defaults_for(REVIEW_RATES[1])[0]
-        return min(low, self.image_threshold), max(high, self.image_threshold)
+        """The default review band around the image threshold: as wide below and above it as the thresholds
+        promising :data:`REVIEW_RATES` lie below and above the default threshold."""
+        default = self.defaults[0]
+        below = max(default - self.defaults_for(REVIEW_RATES[0])[0], 0.0)
+        above = max(self.defaults_for(REVIEW_RATES[1])[0] - default, 0.0)
+        return self.image_threshold - below, self.image_threshold + above
 
     def with_review(self, low: float, high: float, chosen_by: str | None = "user") -> Calibration:
-        """This calibration with the review band ``[low, high)``; the band must hold the image threshold.
+        """This calibration with the review band ``[low, high)`` (raw scores); the band must hold the image
+        threshold (it is saved as its widths below and above it).
 
         Raises:
             ValueError: ``low > image_threshold`` or ``high < image_threshold`` (names the three values).
@@ -163,7 +165,7 @@ class Calibration:
         if not (math.isfinite(low) and math.isfinite(high)) or not low <= self.image_threshold <= high:
             raise ValueError(f"expected a review band around the image threshold (low <= {self.image_threshold:.6g} "
                              f"<= high), found low {low!r} and high {high!r}")
-        cal = replace(self, review_low=float(low), review_high=float(high))
+        cal = replace(self, review_below=float(self.image_threshold - low), review_above=float(high - self.image_threshold))
         return cal if chosen_by is None else replace(cal, chosen_by=chosen_by)
 
     @property
@@ -184,13 +186,9 @@ class Calibration:
                 tail_threshold(self.good_map_max_mean, self.good_map_max_std, self.num_images, false_alarm))
 
     def with_thresholds(self, image_threshold: float, pixel_threshold: float, chosen_by: str) -> Calibration:
-        """New thresholds; a review band that no longer holds the image threshold is widened to it."""
-        cal = replace(self, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
-                      chosen_by=chosen_by)
-        band = cal.review
-        if band is not None:
-            cal = replace(cal, review_low=min(band[0], cal.image_threshold), review_high=max(band[1], cal.image_threshold))
-        return cal
+        """New thresholds; the review band keeps its widths, so it moves with the image threshold."""
+        return replace(self, image_threshold=float(image_threshold), pixel_threshold=float(pixel_threshold),
+                       chosen_by=chosen_by)
 
 
 def tail_threshold(mean: float, std: float, n: int, false_alarm: float) -> float:
@@ -260,8 +258,8 @@ def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_
     m_mean, m_std = float(map_max.mean()), float(map_max.std())
     image_threshold = threshold_for(scores, false_alarm, rule)
     pixel_threshold = threshold_for(map_max, false_alarm, rule)
-    low = min(threshold_for(scores, REVIEW_RATES[0], rule), image_threshold) if len(good) > 1 else None
-    high = max(threshold_for(scores, REVIEW_RATES[1], rule), image_threshold) if len(good) > 1 else None
+    below = max(image_threshold - threshold_for(scores, REVIEW_RATES[0], rule), 0.0) if len(good) > 1 else None
+    above = max(threshold_for(scores, REVIEW_RATES[1], rule) - image_threshold, 0.0) if len(good) > 1 else None
     return Calibration(
         image_threshold=image_threshold, pixel_threshold=pixel_threshold,
         good_score_mean=s_mean, good_score_std=s_std, good_score_max=float(scores.max()),
@@ -269,7 +267,7 @@ def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_
         default_image_threshold=image_threshold, default_pixel_threshold=pixel_threshold,
         false_alarm_target=false_alarm, rule=rule, promise=promise_for(scores.tolist(), image_threshold, false_alarm),
         good_scores=tuple(float(x) for x in scores), good_map_maxes=tuple(float(x) for x in map_max),
-        review_low=low, review_high=high,
+        review_below=below, review_above=above,
     )
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from core.data.dataset import GOOD, CategoryData, Sample
-from core.data.imageio import ImageLoadError, load_many, load_mask
+from core.data.dataset import GOOD, CategoryData, Sample, read_batches
+from core.data.imageio import ImageLoadError, load_mask
 from core.scores import metrics
 from core.scores.calibration import Calibration
 from core.types import NO_CONTROL, Prediction, TrainControl
@@ -112,15 +112,12 @@ def evaluate(detector: Any, data: CategoryData, calibration: Calibration | None,
     test = list(data.test)
     if not test:
         raise ValueError(f"expected test images under {data.root / data.name / 'test'}, found none")
-    for start in range(0, len(test), CHUNK):
-        control.report(f"scoring {start}/{len(test)}", SCORING_SHARE * start / len(test))
-        part = test[start:start + CHUNK]
-        kept, images, problems = load_many([s.path for s in part])
-        unreadable.extend(problems)
-        chunk = [part[i] for i in kept]
-        if not images:
+    for batch in read_batches(test, CHUNK):
+        control.report(f"scoring {batch.start}/{len(test)}", SCORING_SHARE * batch.start / len(test))
+        unreadable.extend(batch.problems)
+        if not batch.images:
             continue
-        for s, image, p in zip(chunk, images, detector.predict(images), strict=True):
+        for s, image, p in zip(batch.samples, batch.images, detector.predict(batch.images), strict=True):
             samples.append(s)
             preds.append(p)
             if s.defect == GOOD:
