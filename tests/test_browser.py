@@ -79,7 +79,7 @@ def test_upload_shows_score(server: str, demo_root: Path, tmp_path: Path) -> Non
         page.get_by_text("Drop images here").first.wait_for(timeout=90_000)
         nav = page.locator('[data-testid="stSidebarNav"] a')
         assert [t.strip().splitlines()[-1] for t in nav.all_inner_texts()] == ["Models", "Inspect", "Thresholds", "Compare",
-                                                               "Similar", "Annotate", "Line"]
+                                                               "Similar", "Annotate", "Line", "Review"]
         assert page.get_by_text("Model in use: demo_metal/patchcore v1").count() == 1
         assert page.get_by_role("button", name="Deploy").count() == 0
         page.locator("input[type=file]").first.set_input_files(str(image))
@@ -106,7 +106,7 @@ const record = () => {
 };
 new MutationObserver(record).observe(document, {childList: true, subtree: true, characterData: true});
 """
-TITLES = ["Models", "Inspect", "Thresholds", "Compare", "Similar", "Annotate", "Line"]
+TITLES = ["Models", "Inspect", "Thresholds", "Compare", "Similar", "Annotate", "Line", "Review"]
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian chromium is not installed (apt-get install chromium)")

@@ -34,6 +34,7 @@ PAGES: tuple[tuple[str, str, str], ...] = (
     ("pages/similar.py", "Similar", ":material/image_search:"),
     ("pages/annotate.py", "Annotate", ":material/draw:"),
     ("pages/line.py", "Line", ":material/factory:"),
+    ("pages/review.py", "Review", ":material/rule:"),
 )
 ROOT = Path(__file__).resolve().parents[1]  # page paths are absolute: the frame runs from any entry script
 _RUN = threading.local()  # the selection of the run in progress on this script thread

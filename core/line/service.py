@@ -74,9 +74,11 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from core import logs, settings
 from core.data.imageio import ImageLoadError, ImageTooLarge, load_image
+from core.line import line_history
 from core.line import results_log as line_log
 from core.line.watch import WatchConfig, Watcher
 from core.models.registry import KINDS
+from core.portable import DEFECT, REVIEW
 from core.store.history import History
 from core.store.lifecycle import LoadedModel
 from core.store.model_cache import ModelCache
@@ -178,6 +180,7 @@ class _Judged:
     rejected: dict[str, Any] | None
     over_budget: bool
     seconds: float
+    kept: str | None = None  # where a REVIEW or DEFECT upload's bytes are kept (line_history.keep_image)
 
 
 class _BodyTooLarge(MultiPartException):
@@ -236,13 +239,15 @@ def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None,
         "normalized_score": None if found.score is None or threshold <= 0 else found.score / threshold,
         "verdict": found.verdict, "familiar": found.familiar, "model": model, "version": loaded.version,
         "latency_ms": found.latency_ms, "note": found.note}
+    # REVIEW and DEFECT uploads are kept for the review queue (the row's path; the answer names no server path)
+    kept = line_history.keep_image(config.store, data, name) if found.verdict in (REVIEW, DEFECT) else None
     if want and found.anomaly_map is not None:
         small, small_map = bounded(image, found.anomaly_map, config.overlay_max_side)
         del image, found  # the full-size image and map are not kept past this point
         png = (overlay_png(small, small_map, cal) if want == "overlay"
                else png_bytes(defect_mask(small_map, cal.pixel_threshold).astype("uint8") * 255))
         item[f"{want}_png_base64"] = base64.b64encode(png).decode()
-    return _Judged(item, None, False, seconds)
+    return _Judged(item, None, False, seconds, None if kept is None else str(kept))
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -349,6 +354,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         def write() -> None:
             for row in rows:
                 line_log.append(log_path, row)
+                line_history.record(root, log_path, row)  # a database failure is logged: the log keeps the row
 
         if rows:
             await anyio.to_thread.run_sync(write, limiter=log_limiter)
@@ -525,7 +531,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
             judged_rows.append({"time": time.time(), "source": "service", "category": category,
                                 **{k: item[k] for k in ("name", "score", "threshold", "verdict", "model",
                                                         "version", "latency_ms", "familiar")},
-                                "reason": item["note"]})
+                                "reason": item["note"], "path": judged.kept})
         status = 200
         if len(unreadable) == len(results):
             status = 413 if over_budget else 415

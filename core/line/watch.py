@@ -55,6 +55,7 @@ from typing import Any, BinaryIO
 
 from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.files import append_line, atomic_write_bytes, copy_durable, fsync_dir, write_synced
+from core.line import line_history
 from core.line import results_log as line_log
 from core.portable import DEFECT, OK, REVIEW
 from core.store.history import History
@@ -177,6 +178,7 @@ class Watcher:
         self.results: dict[str, dict[str, Any]] = {}  # entry id -> unfinished "scored" entry
         self.done: set[tuple[str, str]] = set()  # (file, sha1) of every finished image
         self._reserved: set[str] = set()  # targets of unfinished entries (not on disk yet)
+        self._store: str | None = None  # the model store of the models judging here (its results database)
         self._read_journal()
 
     def _step(self, name: str) -> None:
@@ -449,6 +451,7 @@ class Watcher:
             except ImageLoadError as exc:
                 problem = exc.reason + (late if looked is not None and looked[0] == sha1 else "")
         model = self.model_for()
+        self._store = getattr(getattr(model, "ref", None), "store", self._store)
         entry: dict[str, Any] = {"state": "scored", "id": uuid.uuid4().hex, "claim_id": claim["id"],
                                  "claim": claim["claim"], "time": time.time(), "file": name, "sha1": sha1,
                                  "category": model.category, "model": model.kind, "version": model.version,
@@ -484,6 +487,8 @@ class Watcher:
         if self.config.line_log is not None and (line_ids is None or entry["id"] not in line_ids):
             line_log.append(self.config.line_log, self._line_record(entry),
                             between=None if self.hook is None else lambda: self._step("line_partial"))
+        if self.config.line_log is not None:
+            self._record_history(entry)
         self._step("line")
         self._journal_append({"state": "done", "id": entry["id"], "claim_id": entry.get("claim_id"),
                               "file": entry["file"], "sha1": entry["sha1"]}, "done_partial")
@@ -563,6 +568,18 @@ class Watcher:
                 **{k: entry.get(k) for k in ("category", "score", "threshold", "verdict", "model", "version",
                                              "latency_ms")},
                 "reason": entry.get("note") or "", "path": entry["moved_to"]}
+
+    def _record_history(self, entry: dict[str, Any]) -> None:
+        """The line-log row of ``entry`` into the store's results database too (once: keyed by the entry's id;
+        a database failure is logged and the line log keeps the row for the next import)."""
+        if self._store is None:  # recovering before anything was judged: the model names the store
+            try:
+                self._store = self.model_for().ref.store
+            except Exception as exc:  # no model now: the row waits in the line log for the next import
+                logger.warning("watch folder %s: row %s not written to the results database (no model to name "
+                               "the store: %s); the line log keeps it", self.config.in_dir, entry["id"], exc)
+                return
+        line_history.record(str(self._store), self.config.line_log, self._line_record(entry))
 
     # -- the loop ------------------------------------------------------------------------------------------
 

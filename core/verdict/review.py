@@ -1,0 +1,289 @@
+"""The review queue: line results a person still has to look at (REVIEW and DEFECT), and their decisions.
+
+:func:`pending` lists the line results (service and watch folder, from :class:`core.store.history.History`) that
+nobody has reviewed yet, newest first. :func:`decide` takes a person's answer on one of them:
+
+- **OK** (a good part): for a kind that learns from feedback (``spec(kind).learns_from_feedback``, PatchCore) the
+  stored image is marked OK on the model's *current* version (:func:`core.verdict.feedback.mark_ok`: the bank
+  grows, a new version). An image the current version scores far above its threshold
+  (:func:`core.verdict.feedback.far_above`, for every kind: it would also join the recalibration set) is not
+  taken without ``force``: the answer is a :class:`ReviewOutcome` with ``needs_confirmation`` set and nothing
+  written, and the caller asks (as Inspect does). The result counts as a confirmed good part for
+  *Recalibrate from the line* (:func:`confirmed_good`), whether the kind learns from it or not.
+- **DEFECT** (with a defect type): the stored image is filed under ``<data_root>/<category>/test/<defect>/``
+  (:func:`core.verdict.feedback.mark_defect`) for the next evaluation.
+
+Every decision is one audit row in ``history.reviews()`` (who, when, the version that judged the image, what it
+said, and in ``note`` what was done with it).
+
+What is written when something is wrong (the rule): a decision the person could not have based on the image, or
+whose action cannot be carried out, writes **nothing** and raises :class:`ReviewError` saying what was expected
+and found: the stored image is missing or is not an image, the result names no model or one of no trained kind,
+no version of its kind exists any more, a DEFECT has no defect type (or ``good``), the data root has no folder
+for the category, the result was reviewed already. The item stays in the queue (the page offers Skip). A model
+*version* that no longer exists is no obstacle as long as the kind has a current version: feedback always goes to
+the current version, and the audit row still names the version that judged the image. When the model refuses to
+learn an OK image (it does not look like the product's images, it gives no verdict) the decision is still a
+person's word on a good part: the audit row is written, its note and the outcome say that nothing was taught.
+
+The feedback action runs before the audit row is written: a crash between the two leaves the item in the queue
+with the model already taught (answering it again adds the image's patches to the bank once more, or files the
+same file again, which is harmless), never an audited decision whose action did not happen.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+
+from core.data.imageio import ImageLoadError, load_image
+from core.models.registry import spec
+from core.portable import DEFECT, OK, REVIEW
+from core.store import history as hist
+from core.store import lifecycle as det
+from core.store.history import History, ResultRow, ReviewRow, Time
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name
+from core.verdict import feedback
+from core.verdict.feedback import FarAbove, FeedbackError, FeedbackResult, NeedsConfirmation
+from core.verdict.inspection import inspect
+
+logger = logging.getLogger(__name__)
+
+DECISIONS = hist.DECISIONS  # ("OK", "DEFECT")
+QUEUED = (REVIEW, DEFECT)  # the verdicts a person reviews by default
+QUEUE_LIMIT = 500
+
+Loader = Callable[[ModelRef], det.LoadedModel]
+
+
+class ReviewError(ValueError):
+    """A decision that cannot be taken (nothing was written); the message says what was expected and found."""
+
+
+@dataclass(frozen=True)
+class ReviewOutcome:
+    """What :func:`decide` did with one answer.
+
+    ``review``: the audit row written (None: nothing was written, see ``needs_confirmation``). ``feedback``: the
+    feedback action taken (None for an OK the kind does not learn from, or one the model refused: ``message``
+    says which). ``needs_confirmation``: the image scores far above the threshold, so it was not marked OK; ask
+    the person and call :func:`decide` again with ``force=True``.
+    """
+
+    result: ResultRow
+    decision: str
+    review: ReviewRow | None
+    feedback: FeedbackResult | None
+    needs_confirmation: FarAbove | None
+    message: str
+
+    @property
+    def recorded(self) -> bool:
+        return self.review is not None
+
+
+@dataclass(frozen=True)
+class ConfirmedGood:
+    """A line result a person confirmed OK, with its stored image (``path``, a file that exists)."""
+
+    result: ResultRow
+    review: ReviewRow
+
+    @property
+    def path(self) -> Path:
+        return Path(str(self.result.path))
+
+
+def _result_row(mapping: Any) -> ResultRow:
+    fields = {k: v for k, v in dict(mapping).items() if k != "dedup"}
+    fields["extra"] = fields.get("extra") or {}
+    return ResultRow(**fields)
+
+
+def pending(history: History, category: str | None = None, kind: str | None = None,
+            verdicts: Sequence[str] = QUEUED, since: Time | None = None, limit: int | None = QUEUE_LIMIT, *,
+            source: str | None = None, until: Time | None = None, skip: Collection[int] = ()) -> list[ResultRow]:
+    """Line results with a verdict in ``verdicts`` that nobody reviewed yet, newest first (time, then id), at
+    most ``limit`` (None: all); filtered by ``category``, ``kind``, ``source`` (``service``, ``watch``), the time
+    window ``since <= time < until``, and without the ids in ``skip`` (the ones a person skipped)."""
+    t, r = hist.line_results, hist.reviews
+    where: list[sa.ColumnElement[bool]] = [t.c.verdict.in_(list(verdicts)),
+                                           ~sa.exists().where(r.c.result_id == t.c.id)]
+    for column, value in ((t.c.category, category), (t.c.kind, kind), (t.c.source, source)):
+        if value is not None:
+            where.append(column == value)
+    if since is not None:
+        where.append(t.c.time >= _epoch(since))
+    if until is not None:
+        where.append(t.c.time < _epoch(until))
+    if skip:
+        where.append(t.c.id.not_in(list(skip)))
+    query = sa.select(t).where(*where).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)
+    with history.engine.connect() as conn:
+        return [_result_row(m) for m in conn.execute(query).mappings()]
+
+
+def confirmed_good(history: History, category: str, kind: str, limit: int | None = None) -> list[ConfirmedGood]:
+    """The line results of ``category``/``kind`` a person confirmed OK, newest decision first, at most ``limit``,
+    only those whose stored image is still on disk (what *Recalibrate from the line* fits thresholds from)."""
+    t, r = hist.line_results, hist.reviews
+    query = (sa.select(t, *[c.label(f"review_{c.name}") for c in r.c])
+             .join(r, r.c.result_id == t.c.id)
+             .where(r.c.decision == OK, t.c.category == category, t.c.kind == kind, t.c.path.is_not(None))
+             .order_by(r.c.time.desc(), r.c.id.desc()))
+    found: list[ConfirmedGood] = []
+    with history.engine.connect() as conn:
+        for mapping in conn.execute(query).mappings():
+            row = dict(mapping)
+            review = ReviewRow(**{c.name: row.pop(f"review_{c.name}") for c in r.c})
+            result = _result_row(row)
+            if not Path(str(result.path)).is_file():
+                continue
+            found.append(ConfirmedGood(result, review))
+            if limit is not None and len(found) >= limit:
+                break
+    return found
+
+
+def stored_image(result: ResultRow) -> np.ndarray:
+    """The image a line result kept (uint8 RGB ``[H, W, 3]``).
+
+    Raises:
+        ReviewError: the result kept no image, its file is gone, or the file is not an image.
+    """
+    if not result.path:
+        raise ReviewError(f"{_label(result)}: expected a stored image to review, found none: the row keeps no path "
+                          "(the service keeps REVIEW and DEFECT uploads only since the review queue exists)")
+    path = Path(result.path)
+    if not path.is_file():
+        raise ReviewError(f"{_label(result)}: expected its stored image at {path}, found nothing there (moved or "
+                          "deleted); nothing recorded")
+    try:
+        return load_image(path)
+    except ImageLoadError as exc:
+        raise ReviewError(f"{_label(result)}: expected an image at {path}, found {exc.reason}; nothing recorded") \
+            from None
+
+
+def model_for(store: ModelStore, result: ResultRow, load: Loader = det.load) -> tuple[det.LoadedModel, str]:
+    """The model feedback on ``result`` goes to: the current version of its category and kind (the one that
+    judged it may be older, or gone), and a note when that is not the version that judged it.
+
+    Raises:
+        ReviewError: the result names no model, a kind the product does not know, or a kind with no version now.
+    """
+    if not result.kind:
+        raise ReviewError(f"{_label(result)}: expected the model that judged it, found none in the row")
+    try:
+        spec(result.kind)
+        ref = store.current(result.category, result.kind)
+        model = load(ref)
+    except (ValueError, ModelStoreError) as exc:
+        raise ReviewError(f"{_label(result)}: expected a trained {result.category}/{result.kind} model to take the "
+                          f"decision to, found: {exc}; nothing recorded") from None
+    note = ""
+    if result.version is not None and result.version != ref.version:
+        gone = result.version not in store.version_numbers(result.category, result.kind)
+        note = (f" (v{result.version} that judged it {'no longer exists' if gone else 'is not current'}: "
+                f"taken to {ref.label})")
+    return model, note
+
+
+def decide(history: History, store: ModelStore, data_root: Path, result: ResultRow, decision: str, reviewer: str,
+           defect: str | None = None, force: bool = False, load: Loader = det.load) -> ReviewOutcome:
+    """Take ``reviewer``'s ``decision`` (``OK`` or ``DEFECT`` with the type ``defect``) on line result ``result``:
+    the feedback action, then the audit row (see the module docstring for what happens and what is written when
+    something is wrong). ``force``: the person confirmed OK for an image far above the threshold. ``load``: how a
+    model version is loaded (the dashboard passes its cache).
+
+    Raises:
+        ReviewError: the decision cannot be taken; nothing was written.
+    """
+    if decision not in DECISIONS:
+        raise ReviewError(f"expected a decision of {' or '.join(DECISIONS)}, found {decision!r}")
+    if not reviewer.strip():
+        raise ReviewError("expected the reviewer's name, found an empty one")
+    if decision == OK and defect:
+        raise ReviewError(f"expected no defect type with an OK decision, found {defect!r}")
+    if decision == DEFECT:
+        _check_defect(defect)
+    done = history.reviews(result_id=result.id, limit=1)
+    if done:
+        raise ReviewError(f"{_label(result)}: expected a result nobody reviewed, found {done[0].reviewer}'s "
+                          f"{done[0].decision} of {dt.datetime.fromtimestamp(done[0].time):%Y-%m-%d %H:%M:%S}")
+    image = stored_image(result)
+    model, moved = model_for(store, result, load)
+    name = result.name or Path(str(result.path)).name
+    if decision == OK:
+        return _confirm_ok(history, model, image, name, result, reviewer, force, moved)
+    try:
+        action = feedback.mark_defect(model, image, name, data_root, str(defect))
+    except (FeedbackError, ModelStoreError) as exc:
+        raise ReviewError(f"{_label(result)}: not filed as a {defect!r} defect: {exc}; nothing recorded") from None
+    note = f"filed as {action.filed_as}{moved}"
+    row = history.record_review(result.id, DEFECT, reviewer, defect=defect, note=note)
+    logger.info("review %s by %s: DEFECT %r, %s", _label(result), reviewer, defect, note)
+    return ReviewOutcome(result, DEFECT, row, action, None, f"{name}: DEFECT ({defect}) recorded, {note}")
+
+
+def _confirm_ok(history: History, model: det.LoadedModel, image: np.ndarray, name: str, result: ResultRow,
+                reviewer: str, force: bool, moved: str) -> ReviewOutcome:
+    action: FeedbackResult | None = None
+    kind = spec(model.kind)
+    try:  # the safeguard holds for every kind: a confirmed good also joins the recalibration set
+        far = feedback.needs_confirmation(model, inspect(model, [image])[0].score)
+    except ModelStoreError as exc:
+        raise ReviewError(f"{_label(result)}: {exc}; nothing recorded") from None
+    if far is not None and not force:
+        return _ask(result, name, far)
+    if not kind.learns_from_feedback:
+        note = f"{kind.label} does not learn from one image: kept as a confirmed good for recalibration"
+    else:
+        try:
+            action = feedback.mark_ok(model, image, name, confirm_far_above=force)
+        except NeedsConfirmation as exc:  # another version became current meanwhile, and it scores it far above
+            return _ask(result, name, exc.far)
+        except (FeedbackError, ModelStoreError) as exc:
+            note = f"not taught to the model: {exc}"
+        else:
+            note = f"marked OK: {action.before.label} -> {action.after.label}"
+    note += moved
+    row = history.record_review(result.id, OK, reviewer, note=note)
+    logger.info("review %s by %s: OK, %s", _label(result), reviewer, note)
+    return ReviewOutcome(result, OK, row, action, None, f"{name}: OK recorded, {note}")
+
+
+def _ask(result: ResultRow, name: str, far: FarAbove) -> ReviewOutcome:
+    return ReviewOutcome(result, OK, None, None, far,
+                         f"{name}: not recorded yet: {far.describe()}. It looks like a clear defect: confirm OK to "
+                         "record it as a good part (and teach the model that it is normal)")
+
+
+def _check_defect(defect: str | None) -> None:
+    if not defect or not defect.strip():
+        raise ReviewError("expected a defect type with a DEFECT decision (e.g. scratch), found none")
+    try:
+        validate_name(defect, "defect type")
+    except ModelStoreError as exc:
+        raise ReviewError(str(exc)) from None
+    if defect == "good":
+        raise ReviewError("expected a defect type, found 'good': answer OK for a good part")
+
+
+def _label(result: ResultRow) -> str:
+    return f"line result {result.id} ({result.name or 'unnamed'}, {result.category}, {result.source})"
+
+
+def _epoch(value: Time) -> float:
+    return value.timestamp() if isinstance(value, dt.datetime) else float(value)
+
+
+__all__ = ["DECISIONS", "QUEUED", "ConfirmedGood", "ReviewError", "ReviewOutcome", "confirmed_good", "decide",
+           "model_for", "pending", "stored_image"]
