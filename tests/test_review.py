@@ -465,3 +465,13 @@ def test_a_role_without_the_mark_permission_cannot_answer(page_queue, exposed: N
     with History.open(store) as history:
         assert history.reviews() == []
     assert ModelStore(store).current("demo_metal", "patchcore").version == 1
+
+
+def test_a_result_decided_again_counts_by_its_latest_decision(queue) -> None:
+    history, _store, _data, kept = queue
+    first = _record(history, kept / "good_001.png", "REVIEW", time.time() - 10, kind="efficientad")
+    second = _record(history, kept / "good_000.png", "REVIEW", time.time() - 5, kind="efficientad")
+    history.record_review(first.id, "OK", "ana", time=time.time() - 4)
+    history.record_review(second.id, "OK", "ana", time=time.time() - 3)
+    history.record_review(first.id, "DEFECT", "bo", defect="scratch", time=time.time() - 2)  # bo overrules ana
+    assert [g.result.id for g in review.confirmed_good(history, "demo_metal", "efficientad", 5)] == [second.id]

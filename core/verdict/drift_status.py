@@ -26,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,11 +36,12 @@ from core.portable import DEFECT, OK, REVIEW
 from core.scores.calibration import Calibration
 from core.scores.drift import DriftReport, DriftRule, watch
 from core.store import history as hist
-from core.store.history import AlarmRow, History, ResultRow, TrendBucket
+from core.store.history import AlarmRow, History, TrendBucket
 from core.store.lifecycle import LoadedModel, read_calibration
 from core.store.model_store import ModelRef
 from core.types import Prediction
 from core.verdict.recalibrate import MIN_CONFIRMED, recalibrate_from_line
+from core.verdict.review import confirmed_good
 
 logger = logging.getLogger(__name__)
 
@@ -272,14 +272,6 @@ class DriftWatch:
 
 
 @dataclass(frozen=True)
-class ConfirmedGood:
-    """A line image a person confirmed good: its result row and the stored image's path."""
-
-    result: ResultRow
-    path: Path
-
-
-@dataclass(frozen=True)
 class LineRecalibration:
     """What *Recalibrate from the line* did: ``new`` (now current) made from ``images`` confirmed goods of
     ``old``; the image thresholds before and after; the drift alarms it resolved (ids)."""
@@ -297,30 +289,10 @@ class LineRecalibration:
                 + (f"; {len(self.resolved)} drift alarm(s) resolved" if self.resolved else ""))
 
 
-def confirmed_good(history: History, category: str, kind: str, limit: int = RECALIBRATE_FROM) -> list[ConfirmedGood]:
-    """The newest ``limit`` line images of ``category``/``kind`` whose latest review says OK and whose stored
-    image is still on disk (newest review first; a result reviewed again counts by its latest decision)."""
-    out: list[ConfirmedGood] = []
-    decided: set[int] = set()
-    for review in history.reviews(category=category, kind=kind, limit=None):
-        if review.result_id in decided:
-            continue
-        decided.add(review.result_id)
-        if review.decision != OK:
-            continue
-        row = history.result(review.result_id)
-        if row is None or not row.path or not Path(row.path).is_file():
-            continue
-        out.append(ConfirmedGood(row, Path(row.path)))
-        if len(out) >= limit:
-            break
-    return out
-
-
 def recalibrate_from_history(history: History, model: LoadedModel,
                              measure: Callable[[Sequence[np.ndarray]], list[Prediction]], by: str,
                              limit: int = RECALIBRATE_FROM) -> LineRecalibration:
-    """*Recalibrate from the line*: the newest ``limit`` images confirmed good (:func:`confirmed_good`) scored by
+    """*Recalibrate from the line*: the newest ``limit`` images confirmed good (:func:`core.verdict.review.confirmed_good`) scored by
     ``measure`` (``model``'s raw predictions, maps at full size) make a new version
     (:func:`core.verdict.recalibrate.recalibrate_from_line`); the open drift alarms of the category and kind are
     resolved by ``by``.

@@ -132,19 +132,24 @@ def pending(history: History, category: str | None = None, kind: str | None = No
 
 def confirmed_good(history: History, category: str, kind: str, limit: int | None = None) -> list[ConfirmedGood]:
     """The line results of ``category``/``kind`` a person confirmed OK, newest decision first, at most ``limit``,
-    only those whose stored image is still on disk (what *Recalibrate from the line* fits thresholds from)."""
+    only those whose stored image is still on disk (what *Recalibrate from the line* fits thresholds from). A
+    result reviewed more than once counts by its latest decision (OK, then DEFECT: not a confirmed good)."""
     t, r = hist.line_results, hist.reviews
     query = (sa.select(t, *[c.label(f"review_{c.name}") for c in r.c])
              .join(r, r.c.result_id == t.c.id)
-             .where(r.c.decision == OK, t.c.category == category, t.c.kind == kind, t.c.path.is_not(None))
+             .where(t.c.category == category, t.c.kind == kind, t.c.path.is_not(None))
              .order_by(r.c.time.desc(), r.c.id.desc()))
     found: list[ConfirmedGood] = []
+    decided: set[int] = set()
     with history.engine.connect() as conn:
         for mapping in conn.execute(query).mappings():
             row = dict(mapping)
             review = ReviewRow(**{c.name: row.pop(f"review_{c.name}") for c in r.c})
+            if review.result_id in decided:
+                continue  # an older decision on a result decided again since
+            decided.add(review.result_id)
             result = _result_row(row)
-            if not Path(str(result.path)).is_file():
+            if review.decision != OK or not Path(str(result.path)).is_file():
                 continue
             found.append(ConfirmedGood(result, review))
             if limit is not None and len(found) >= limit:
