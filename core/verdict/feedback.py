@@ -223,6 +223,23 @@ def _mark_ok_on(store: ModelStore, model: det.LoadedModel, image: np.ndarray, na
                           f"(threshold {model.calibration.image_threshold:.4g}); now {after.label}{moved}")
 
 
+def check_defect_name(defect: str | None) -> str:
+    """``defect`` when it can name a folder under ``test/``: a plain folder name other than ``good``.
+
+    Raises:
+        FeedbackError: none given, not a plain folder name, or ``good`` (the message says what was found).
+    """
+    if not defect or not defect.strip():
+        raise FeedbackError("expected a defect type (e.g. scratch), found none")
+    try:
+        validate_name(defect, "defect name")
+    except ModelStoreError as exc:
+        raise FeedbackError(str(exc)) from None
+    if defect == "good":
+        raise FeedbackError("expected a defect name, found 'good': use Mark as OK for good parts")
+    return defect
+
+
 def mark_defect(model: det.LoadedModel, image: np.ndarray, name: str, data_root: Path, defect: str) -> FeedbackResult:
     """File ``image`` under ``<data_root>/<category>/test/<defect>/`` as a PNG (never overwriting a file).
 
@@ -232,12 +249,7 @@ def mark_defect(model: det.LoadedModel, image: np.ndarray, name: str, data_root:
     """
     store = ModelStore(model.ref.store)
     store.read_feedback(model.category, model.kind)
-    try:
-        validate_name(defect, "defect name")
-    except ModelStoreError as exc:
-        raise FeedbackError(str(exc)) from None
-    if defect == "good":
-        raise FeedbackError("expected a defect name, found 'good': use Mark as OK for good parts")
+    check_defect_name(defect)
     category_dir = Path(data_root) / model.category
     if not category_dir.is_dir():
         raise FeedbackError(f"expected the category folder {category_dir}, found nothing there")

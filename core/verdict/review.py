@@ -49,7 +49,7 @@ from core.portable import DEFECT, OK, REVIEW
 from core.store import history as hist
 from core.store import lifecycle as det
 from core.store.history import History, ResultRow, ReviewRow, Time
-from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name
+from core.store.model_store import ModelRef, ModelStore, ModelStoreError
 from core.verdict import feedback
 from core.verdict.feedback import FarAbove, FeedbackError, FeedbackResult, NeedsConfirmation
 from core.verdict.inspection import inspect
@@ -272,14 +272,10 @@ def _ask(result: ResultRow, name: str, far: FarAbove) -> ReviewOutcome:
 
 
 def _check_defect(defect: str | None) -> None:
-    if not defect or not defect.strip():
-        raise ReviewError("expected a defect type with a DEFECT decision (e.g. scratch), found none")
     try:
-        validate_name(defect, "defect type")
-    except ModelStoreError as exc:
-        raise ReviewError(str(exc)) from None
-    if defect == "good":
-        raise ReviewError("expected a defect type, found 'good': answer OK for a good part")
+        feedback.check_defect_name(defect)
+    except FeedbackError as exc:
+        raise ReviewError(f"a DEFECT decision needs a defect type: {exc}") from None
 
 
 def _label(result: ResultRow) -> str:
