@@ -242,3 +242,22 @@ def test_bundle_refuses_a_calibration_no_verdict_can_use(trained_store: Path, tm
         sys.path.remove(str(tmp_path / "b"))
         for name in ("runner", "portable"):
             sys.modules.pop(name, None)
+
+
+def test_a_model_saved_before_the_review_band_exports_the_band_the_app_uses(trained_store: Path,
+                                                                             tmp_path: Path) -> None:
+    import shutil
+
+    from core.line.export import export_bundle
+
+    store_dir = tmp_path / "models"
+    shutil.copytree(trained_store, store_dir)
+    store = ModelStore(store_dir)
+    ref = store.current("demo_metal", "patchcore")
+    old = {k: v for k, v in store.read_calibration(ref).items() if k not in ("review_below", "review_above")}
+    store.write_calibration(ref, old)  # as saved before the band existed
+    app = det.read_calibration(ref)
+    assert app.review is not None  # the app derives a band for it
+    with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
+        exported = json.loads(bundle.read("calibration.json"))
+    assert (exported["review_below"], exported["review_above"]) == pytest.approx((app.review_below, app.review_above))

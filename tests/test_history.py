@@ -407,3 +407,16 @@ def test_an_empty_store_imports_nothing(url: str, tmp_path: Path, monkeypatch: p
     with History.open(tmp_path / "nothing-here") as opened:
         assert opened.import_logs(tmp_path / "nothing-here") == hist.ImportReport(0, 0, 0)
         assert opened.results() == []
+
+
+def test_a_crafted_long_model_name_is_stored_cut_and_does_not_jam_the_history(history: History) -> None:
+    """A refused request names its ?model= (the service clips it to 64 characters + "…"): longer than the kind
+    column (60). PostgreSQL refused the row, and every later import batch with it."""
+    long = "m" * 64 + "…"
+    first = history.record_line_record({"time": BASE, "source": "service", "category": "demo", "model": long,
+                                        "verdict": "REJECTED", "reason": "no such model", "name": "x" * 5000})
+    history.record_result(time=BASE + 1, source="service", category="demo", verdict="OK", kind="patchcore")
+    assert first is not None and first.new
+    rows = {r.verdict: r for r in history.results()}
+    assert set(rows) == {"REJECTED", "OK"}
+    assert rows["REJECTED"].kind == "m" * 59 + "…" and rows["REJECTED"].name == "x" * 5000  # name is TEXT

@@ -111,3 +111,13 @@ def test_the_watch_folder_files_review_images_in_their_own_folder(tmp_path):
     assert watcher._folder_for(OK) == tmp_path / "ok" and watcher._folder_for(DEFECT) == tmp_path / "defect"
     chosen = WatchConfig(**{**config.__dict__, "review_dir": tmp_path / "people"})
     assert Watcher(chosen, lambda: None)._folder_for(REVIEW) == tmp_path / "people"
+
+
+def test_the_promise_follows_the_threshold_in_use():
+    scores = [float(x) for x in np.linspace(1.0, 2.0, 100)]
+    cal = calibrate(_goods(scores), "test")
+    assert cal.promise_at_threshold() == cal.promise
+    lower = cal.with_thresholds(1.5, cal.pixel_threshold, "user")  # half the good scores at or above it
+    promise = lower.promise_at_threshold()
+    assert promise is not None and promise.bound == pytest.approx((100 + 1 - 50) / 101)
+    assert "does not keep the promise" in promise.statement and lower.promise == cal.promise

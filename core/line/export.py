@@ -66,7 +66,9 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
             bundle.writestr(name, data)
         bundle.writestr("params.json", json.dumps(params, indent=2))
         # the version's own files, under the names they have in the store
-        bundle.writestr(CALIBRATION, json.dumps(store.read_calibration(ref), indent=2))
+        # the calibration as the app reads it (a file saved before the review band gets the band the app
+        # derives for it, so the bundle judges as the app does)
+        bundle.writestr(CALIBRATION, json.dumps(det.read_calibration(ref).to_dict(), indent=2, default=float))
         bundle.writestr(MANIFEST, json.dumps(store.read_manifest(ref), indent=2, default=float))
         bundle.writestr("runner.py", RUNNER.read_text())
         bundle.writestr("portable.py", PORTABLE.read_text())

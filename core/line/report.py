@@ -344,7 +344,7 @@ def _promise_of(store: ModelStore, category: str, kind: str,
         calibration = read_calibration(store.ref(category, kind, version))
     except (ModelStoreError, ValueError, KeyError) as exc:
         return None, None, None, f"calibration not readable: {exc}", None
-    promise = calibration.promise
+    promise = calibration.promise_at_threshold()  # the threshold the version judged with, not only the default
     if promise is None:
         target = calibration.false_alarm_target
         said = (f"calibrated for {target:.0%} from n={calibration.num_images} images; no bound stated (saved before "

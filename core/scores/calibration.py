@@ -142,6 +142,14 @@ class Calibration:
             check_calibration(cal.to_dict(), positive)
         return cal
 
+    def promise_at_threshold(self) -> Promise | None:
+        """The evidence for the image threshold in use now (``promise`` is the default threshold's: a threshold
+        saved on the Thresholds page keeps or breaks the promise by its own rank among the good scores); None
+        for files saved before raw good scores were kept."""
+        if self.good_scores is None or self.false_alarm_target is None:
+            return self.promise if self.image_threshold == self.default_image_threshold else None
+        return promise_for(self.good_scores, self.image_threshold, self.false_alarm_target)
+
     @property
     def review(self) -> tuple[float, float] | None:
         """The review band ``(low, high)``, widened to hold the image threshold (None: two verdicts only)."""

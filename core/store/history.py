@@ -442,6 +442,18 @@ def _float_or_none(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def fit_columns(table: sa.Table, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with every text longer than its column clipped to the column's length (ending in "…"), so a
+    crafted name (a 5,000-character ``?model=``) is stored cut instead of failing the write: PostgreSQL enforces
+    VARCHAR lengths (SQLite does not), and one failing row would fail every import batch after it."""
+    out = dict(values)
+    for key, value in values.items():
+        length = getattr(table.c[key].type, "length", None) if key in table.c else None
+        if isinstance(value, str) and length is not None and len(value) > length:
+            out[key] = value[: length - 1] + "…"
+    return out
+
+
 def _str_or_none(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -553,6 +565,7 @@ class History:
 
     def _insert_once(self, conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> Recorded:
         """Insert ``values`` unless a row with the same ``dedup`` is there; answers that row's id."""
+        values = fit_columns(table, values)
         statement = (self._dialect.insert(table).values(**values)
                      .on_conflict_do_nothing(index_elements=["dedup"]).returning(table.c.id))
         new_id = conn.execute(statement).scalar()
@@ -565,7 +578,7 @@ class History:
         """Insert the rows of ``values`` whose ``dedup`` is not there yet (one statement); returns how many."""
         statement = (self._dialect.insert(table).on_conflict_do_nothing(index_elements=["dedup"])
                      .returning(table.c.id))
-        return len(conn.execute(statement, values).all())
+        return len(conn.execute(statement, [fit_columns(table, v) for v in values]).all())
 
     # -- line results -------------------------------------------------------------------------------------------
 
@@ -699,7 +712,8 @@ class History:
                 "result_id": result_id, "time": when, "host": self.host, "reviewer": reviewer, "decision": decision,
                 "defect": defect, "note": note, "category": judged["category"], "kind": judged["kind"],
                 "version": judged["version"], "model_verdict": judged["verdict"], "model_score": judged["score"]}
-            new_id = conn.execute(sa.insert(reviews).values(**values).returning(reviews.c.id)).scalar_one()
+            new_id = conn.execute(sa.insert(reviews).values(**fit_columns(reviews, values))
+                                  .returning(reviews.c.id)).scalar_one()
         return ReviewRow(id=int(new_id), **values)
 
     def reviews(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
@@ -727,7 +741,8 @@ class History:
                                   "limit": _float_or_none(limit), "message": message, "resolved_time": None,
                                   "resolved_by": None}
         with self._write() as conn:
-            new_id = conn.execute(sa.insert(drift_alarms).values(**values).returning(drift_alarms.c.id)).scalar_one()
+            new_id = conn.execute(sa.insert(drift_alarms).values(**fit_columns(drift_alarms, values))
+                                  .returning(drift_alarms.c.id)).scalar_one()
         return AlarmRow(id=int(new_id), **values)
 
     def resolve_alarm(self, alarm_id: int, by: str, time: Time | None = None) -> AlarmRow:
