@@ -475,3 +475,50 @@ def test_a_result_decided_again_counts_by_its_latest_decision(queue) -> None:
     history.record_review(second.id, "OK", "ana", time=time.time() - 3)
     history.record_review(first.id, "DEFECT", "bo", defect="scratch", time=time.time() - 2)  # bo overrules ana
     assert [g.result.id for g in review.confirmed_good(history, "demo_metal", "efficientad", 5)] == [second.id]
+
+
+def test_two_reviewers_answering_at_once_make_one_decision(queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decision is claimed before its action runs (one transaction): a second reviewer answering while the
+    first one's image is being filed (seconds, on a real line) is refused, and the action runs once."""
+    history, store, data, kept = queue
+    row = _record(history, kept / "scratch_000.png", "REVIEW", time.time())
+    filed = feedback.mark_defect
+    seen: list[str] = []
+
+    def slow_mark_defect(*args, **kwargs):  # the second reviewer answers while the first one's action runs
+        with pytest.raises(review.ReviewError, match="found ana's DEFECT"):
+            review.decide(history, store, data, row, "OK", "bo")
+        seen.append("refused")
+        return filed(*args, **kwargs)
+
+    monkeypatch.setattr(feedback, "mark_defect", slow_mark_defect)
+    outcome = review.decide(history, store, data, row, "DEFECT", "ana", defect="scratch")
+    assert seen == ["refused"] and outcome.recorded
+    [audit] = history.reviews(result_id=row.id)
+    assert (audit.reviewer, audit.decision) == ("ana", "DEFECT") and str(audit.note).startswith("filed as")
+    assert store.current("demo_metal", "patchcore").version == 1  # bo's OK taught nothing
+
+
+def test_a_decision_whose_action_fails_is_withdrawn(queue, monkeypatch: pytest.MonkeyPatch) -> None:
+    history, store, data, kept = queue
+    row = _record(history, kept / "scratch_001.png", "REVIEW", time.time())
+
+    def broken(*_args, **_kwargs):
+        raise feedback.FeedbackError("expected a writable test folder, found a read-only one")
+
+    monkeypatch.setattr(feedback, "mark_defect", broken)
+    with pytest.raises(review.ReviewError, match="read-only one; nothing recorded"):
+        review.decide(history, store, data, row, "DEFECT", "ana", defect="scratch")
+    assert history.reviews(result_id=row.id) == []  # the claim was withdrawn: the part is still in the queue
+    assert [r.id for r in review.pending(history, "demo_metal")] == [row.id]
+
+
+def test_only_the_first_decision_is_taken_when_asked(queue) -> None:
+    from core.store.history import AlreadyReviewed
+
+    history, _store, _data, kept = queue
+    row = _record(history, kept / "good_002.png", "REVIEW", time.time())
+    history.record_review(row.id, "OK", "ana", first=True)
+    with pytest.raises(AlreadyReviewed, match="found ana's OK"):
+        history.record_review(row.id, "DEFECT", "bo", defect="scratch", first=True)
+    assert len(history.reviews(result_id=row.id)) == 1

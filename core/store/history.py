@@ -490,6 +490,15 @@ def _time_window(column: sa.ColumnElement[Any], since: Time | None, until: Time 
 # -- the history ---------------------------------------------------------------------------------------------------
 
 
+class AlreadyReviewed(ValueError):
+    """A decision was to be the first on a line result that has one: ``earlier`` (who, when, what)."""
+
+    def __init__(self, earlier: ReviewRow) -> None:
+        super().__init__(f"expected a result nobody reviewed, found {earlier.reviewer}'s {earlier.decision} of "
+                         f"{dt.datetime.fromtimestamp(earlier.time):%Y-%m-%d %H:%M:%S} (review {earlier.id})")
+        self.earlier = earlier
+
+
 class History:
     """The line's history in the database at ``url``, migrated to head when opened.
 
@@ -690,11 +699,15 @@ class History:
     # -- reviews ----------------------------------------------------------------------------------------------
 
     def record_review(self, result_id: int, decision: str, reviewer: str, *, defect: str | None = None,
-                      note: str | None = None, time: Time | None = None) -> ReviewRow:
+                      note: str | None = None, time: Time | None = None, first: bool = False) -> ReviewRow:
         """A person's decision (``OK`` or ``DEFECT``, with the defect type) on line result ``result_id``; what the
-        model said (version, verdict, score) is copied from the result, so the audit row stands alone.
+        model said (version, verdict, score) is copied from the result, so the audit row stands alone. ``first``:
+        only if nobody decided on the result yet, checked and written in one transaction with the result's row
+        locked (SQLite: one writer at a time; PostgreSQL: ``FOR UPDATE``), so two reviewers answering the same
+        part at once make one decision, and the other gets :class:`AlreadyReviewed`.
 
         Raises:
+            AlreadyReviewed: ``first`` and the result has a decision already (the error carries it).
             ValueError: an unknown decision, a defect type with OK, an empty reviewer, or no such result.
         """
         if decision not in DECISIONS:
@@ -705,9 +718,15 @@ class History:
             raise ValueError("expected the reviewer's name, found an empty one")
         when = _epoch(time) if time is not None else dt.datetime.now(dt.UTC).timestamp()
         with self._write() as conn:
-            judged = conn.execute(sa.select(line_results).where(line_results.c.id == result_id)).mappings().first()
+            judged = conn.execute(sa.select(line_results).where(line_results.c.id == result_id)
+                                  .with_for_update()).mappings().first()
             if judged is None:
                 raise ValueError(f"expected the id of a recorded line result, found {result_id}: no such result")
+            if first:
+                earlier = conn.execute(sa.select(reviews).where(reviews.c.result_id == result_id)
+                                       .order_by(reviews.c.time.desc(), reviews.c.id.desc()).limit(1)).mappings().first()
+                if earlier is not None:
+                    raise AlreadyReviewed(ReviewRow(**_fields(earlier)))
             values: dict[str, Any] = {
                 "result_id": result_id, "time": when, "host": self.host, "reviewer": reviewer, "decision": decision,
                 "defect": defect, "note": note, "category": judged["category"], "kind": judged["kind"],
@@ -715,6 +734,16 @@ class History:
             new_id = conn.execute(sa.insert(reviews).values(**fit_columns(reviews, values))
                                   .returning(reviews.c.id)).scalar_one()
         return ReviewRow(id=int(new_id), **values)
+
+    def set_review_note(self, review_id: int, note: str) -> None:
+        """Replace the note of review ``review_id`` (what the decision did, written once it is done)."""
+        with self._write() as conn:
+            conn.execute(sa.update(reviews).where(reviews.c.id == review_id).values(note=note))
+
+    def withdraw_review(self, review_id: int) -> None:
+        """Remove review ``review_id``: a decision recorded first whose action then failed (nothing was done)."""
+        with self._write() as conn:
+            conn.execute(sa.delete(reviews).where(reviews.c.id == review_id))
 
     def reviews(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
                 reviewer: str | None = None, decision: str | None = None, result_id: int | None = None,

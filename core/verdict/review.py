@@ -33,6 +33,7 @@ same file again, which is harmless), never an audited decision whose action did 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Callable, Collection, Sequence
@@ -220,22 +221,43 @@ def decide(history: History, store: ModelStore, data_root: Path, result: ResultR
     if decision == DEFECT:
         _check_defect(defect)
     done = history.reviews(result_id=result.id, limit=1)
-    if done:
-        raise ReviewError(f"{_label(result)}: expected a result nobody reviewed, found {done[0].reviewer}'s "
-                          f"{done[0].decision} of {dt.datetime.fromtimestamp(done[0].time):%Y-%m-%d %H:%M:%S}")
+    if done:  # a quick refusal; the claim below is the one that holds when two reviewers answer at once
+        raise ReviewError(f"{_label(result)}: {hist.AlreadyReviewed(done[0])}")
     image = stored_image(result)
     model, moved = model_for(store, result, load)
     name = result.name or Path(str(result.path)).name
     if decision == OK:
         return _confirm_ok(history, model, image, name, result, reviewer, force, moved)
+    row = _claim(history, result, DEFECT, reviewer, defect)
     try:
         action = feedback.mark_defect(model, image, name, data_root, str(defect))
     except (FeedbackError, ModelStoreError) as exc:
+        history.withdraw_review(row.id)
         raise ReviewError(f"{_label(result)}: not filed as a {defect!r} defect: {exc}; nothing recorded") from None
+    except BaseException:
+        history.withdraw_review(row.id)
+        raise
     note = f"filed as {action.filed_as}{moved}"
-    row = history.record_review(result.id, DEFECT, reviewer, defect=defect, note=note)
+    row = _done(history, row, note)
     logger.info("review %s by %s: DEFECT %r, %s", _label(result), reviewer, defect, note)
     return ReviewOutcome(result, DEFECT, row, action, None, f"{name}: DEFECT ({defect}) recorded, {note}")
+
+
+CLAIMED = "deciding: the action is being taken"  # the note of a decision whose action has not finished
+
+
+def _claim(history: History, result: ResultRow, decision: str, reviewer: str, defect: str | None) -> ReviewRow:
+    """Record the decision first, refused when another reviewer's came first (one transaction), so its action
+    (teaching the model, filing the image) runs once whatever the number of reviewers answering."""
+    try:
+        return history.record_review(result.id, decision, reviewer, defect=defect, note=CLAIMED, first=True)
+    except hist.AlreadyReviewed as exc:
+        raise ReviewError(f"{_label(result)}: {exc}; nothing done") from None
+
+
+def _done(history: History, row: ReviewRow, note: str) -> ReviewRow:
+    history.set_review_note(row.id, note)
+    return dataclasses.replace(row, note=note)
 
 
 def _confirm_ok(history: History, model: det.LoadedModel, image: np.ndarray, name: str, result: ResultRow,
@@ -248,19 +270,24 @@ def _confirm_ok(history: History, model: det.LoadedModel, image: np.ndarray, nam
         raise ReviewError(f"{_label(result)}: {exc}; nothing recorded") from None
     if far is not None and not force:
         return _ask(result, name, far)
+    claim = _claim(history, result, OK, reviewer, None)
     if not kind.learns_from_feedback:
         note = f"{kind.label} does not learn from one image: kept as a confirmed good for recalibration"
     else:
         try:
             action = feedback.mark_ok(model, image, name, confirm_far_above=force)
         except NeedsConfirmation as exc:  # another version became current meanwhile, and it scores it far above
+            history.withdraw_review(claim.id)
             return _ask(result, name, exc.far)
         except (FeedbackError, ModelStoreError) as exc:
             note = f"not taught to the model: {exc}"
+        except BaseException:
+            history.withdraw_review(claim.id)
+            raise
         else:
             note = f"marked OK: {action.before.label} -> {action.after.label}"
     note += moved
-    row = history.record_review(result.id, OK, reviewer, note=note)
+    row = _done(history, claim, note)
     logger.info("review %s by %s: OK, %s", _label(result), reviewer, note)
     return ReviewOutcome(result, OK, row, action, None, f"{name}: OK recorded, {note}")
 
