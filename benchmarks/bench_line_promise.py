@@ -36,6 +36,7 @@ from core.data.demo import DEMO_CATEGORY, make_demo_dataset
 from core.data.imageio import load_image
 from core.scores import metrics
 from core.scores.drift import DriftRule, watch
+from core.scores.thresholds import band_counts
 from core.store import lifecycle
 from core.store.model_store import ModelStore
 from core.types import Prediction
@@ -101,8 +102,8 @@ def score_all(model: lifecycle.LoadedModel, data: CategoryData) -> list[Scored]:
 
 
 def verdict(model: lifecycle.LoadedModel, item: Scored) -> str:
-    """The verdict of the one pipeline (only the image's shape is read from the image)."""
-    return inspection.judge(model, np.broadcast_to(np.uint8(0), item.shape), item.prediction).verdict
+    """The verdict of the one pipeline for a scored test image."""
+    return inspection.judge(model, item.shape, inspection.Measurement.of(item.prediction)).verdict
 
 
 def stream(model: lifecycle.LoadedModel, items: list[Scored], rule: DriftRule) -> dict:
@@ -184,6 +185,50 @@ def f1s(items: list[Scored], threshold: float) -> tuple[float, float]:
     return f1, float(metrics.f1_max(labels, scores)[0])
 
 
+def band_frontier(items: list[Scored], threshold: float, share: float = 0.10, caught: float = 0.90) -> dict:
+    """What any review band around ``threshold`` could do on these labelled images: the largest share of the plain
+    threshold's errors a band holding at most ``share`` of the parts catches, and the smallest share of parts a
+    band catching ``caught`` of the errors holds (bands are runs of consecutive scores that hold the threshold)."""
+    scores = np.array([i.prediction.score for i in items])
+    good = np.array([i.good for i in items])
+    order = np.argsort(scores, kind="stable")
+    s, g = scores[order], good[order]
+    errors = (s >= threshold) == g
+    n, total = len(s), int(errors.sum())
+    cut = int(np.searchsorted(s, threshold))  # parts [cut:] are at or above the threshold
+    cum = np.concatenate([[0], np.cumsum(errors)])
+    best_caught, fewest_parts = 0.0, 1.0
+    for lo in range(0, cut + 1):
+        for hi in range(max(cut, lo), n + 1):
+            parts, got = (hi - lo) / n, (cum[hi] - cum[lo]) / max(total, 1)
+            if parts <= share:
+                best_caught = max(best_caught, got)
+            if got >= caught:
+                fewest_parts = min(fewest_parts, parts)
+                break
+    return {"errors": total, "best_caught_within_share": best_caught, "parts_for_caught": fewest_parts}
+
+
+BAND_RATES = ((0.10, 0.01), (0.15, 0.01), (0.20, 0.01), (0.30, 0.01), (0.20, 0.005), (0.30, 0.005))
+
+
+def band_sweep(model: lifecycle.LoadedModel, items: list[Scored]) -> dict[str, dict]:
+    """The default band for other promised rates at its edges (the training calibration's rule), on these images:
+    share of parts inside, share of the plain threshold's errors caught."""
+    cal = model.calibration
+    default = cal.defaults[0]
+    labels = np.array([0 if i.good else 1 for i in items])
+    scores = np.array([i.prediction.score for i in items])
+    out = {}
+    for low_rate, high_rate in BAND_RATES:
+        band = (cal.image_threshold - max(default - cal.defaults_for(low_rate)[0], 0.0),
+                cal.image_threshold + max(cal.defaults_for(high_rate)[0] - default, 0.0))
+        found = band_counts(labels, scores, cal.image_threshold, band)
+        out[f"{low_rate:g}-{high_rate:g}"] = {"parts": found.parts / len(items),
+                                              "caught": found.errors_caught / max(found.errors, 1)}
+    return out
+
+
 def run_set(name: str, kind: str, fresh: bool, rule: DriftRule) -> dict:
     data = dataset(name)
     model, fit_s = trained(name, data, kind, fresh)
@@ -192,12 +237,16 @@ def run_set(name: str, kind: str, fresh: bool, rule: DriftRule) -> dict:
     cal = model.calibration
     f1, f1max = f1s(items, cal.image_threshold)
     promise = cal.false_alarm_target
-    evidence = getattr(cal, "promise", None)
+    evidence = None if cal.promise is None else {"n": cal.promise.n, "lower": cal.promise.lower,
+                                                  "bound": cal.promise.bound, "text": cal.promise.statement}
     return {"set": name, "kind": kind, "fit_s": fit_s, "promise": promise, "n": cal.num_images,
             "bound": evidence, "source": cal.source, "alarm_at": result["alarm_at"],
             "before": rates(result["rows"]["before"]), "after": rates(result["rows"]["after"]),
             "all": rates(result["rows"]["before"] + result["rows"]["after"]),
-            "f1": f1, "f1_max": f1max, "drift": drift_checks(model, data, items, rule), "n_test": len(items)}
+            "f1": f1, "f1_max": f1max, "drift": drift_checks(model, data, items, rule), "n_test": len(items),
+            "test_goods_flagged": float(np.mean([i.prediction.score >= cal.image_threshold for i in items if i.good])),
+            "n_test_goods": sum(1 for i in items if i.good), "defect_share": float(np.mean([not i.good for i in items])),
+            "frontier": band_frontier(items, cal.image_threshold), "band_sweep": band_sweep(model, items)}
 
 
 def pct(x: float | None) -> str:
@@ -211,24 +260,38 @@ def table(results: list[dict], command: str) -> str:
              f"{CONFIRMED} images the ground truth calls good recalibrate the model; the rest is measured with the new "
              "calibration. False alarms = DEFECT verdicts on good parts (REVIEW goes to a person). Errors = what the "
              "plain threshold gets wrong; caught = the share of them in the REVIEW band.", "",
-             "| set | promise | n | bound | observed false alarms before / after | alarm at | REVIEW share | "
-             "errors caught | F1 at default / F1-max | 1,000 goods: alarm | shift: delay |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| set | promise | n | bound | false alarms on all test goods (training calibration) | observed false "
+             "alarms before alarm / after recalibration | alarm at (defect share of the stream) | REVIEW share | "
+             "errors caught | best band: caught within 10% of parts / parts to catch 90% | F1 at default / F1-max | "
+             "1,000 goods: alarm | shift: delay |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         before, after, all_ = r["before"], r["after"], r["all"]
         d = r["drift"]
         bound = r["bound"]
-        bound_text = "–" if not bound else (bound.get("text") or json.dumps(bound))
+        bound_text = "–" if not bound else f"{bound['lower']:.1%}–{bound['bound']:.1%}"
+        front = r["frontier"]
         lines.append(
             f"| {r['set']} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
+            f"{pct(r['test_goods_flagged'])} (of {r['n_test_goods']}) | "
             f"{pct(before.get('false_alarms'))} (of {before.get('n_good', 0)}) / "
             f"{pct(after.get('false_alarms')) if after.get('n') else '–'} (of {after.get('n_good', 0)}) | "
-            f"{'none' if r['alarm_at'] is None else r['alarm_at'] + 1} | {pct(all_.get('review_share'))} | "
-            f"{pct(all_.get('errors_caught'))} of {all_.get('errors', 0)} | {r['f1']:.3f} / {r['f1_max']:.3f} | "
+            f"{'none' if r['alarm_at'] is None else r['alarm_at'] + 1} ({pct(r['defect_share'])}) | "
+            f"{pct(all_.get('review_share'))} | "
+            f"{pct(all_.get('errors_caught'))} of {all_.get('errors', 0)} | "
+            f"{pct(front['best_caught_within_share'])} / {pct(front['parts_for_caught'])} | "
+            f"{r['f1']:.3f} / {r['f1_max']:.3f} | "
             f"{'none' if d['quiet_alarm_at'] is None else 'at ' + str(d['quiet_alarm_at'] + 1)} | "
             f"{'none' if d['shift_delay'] is None else str(d['shift_delay']) + ' images'}"
             f"{' (alarm before the shift)' if d['false_alarm_before_shift'] else ''} "
             f"(median z {d['shifted_median_z']:+.2f}) |")
+    lines += ["", "The review band's default edges, measured (the band from the threshold promising the first rate up "
+              "to the one promising the second; share of parts inside / share of the plain threshold's errors caught):",
+              "", "| set | " + " | ".join(f"{a:.0%}–{b:.1%}" for a, b in BAND_RATES) + " |",
+              "|---|" + "---|" * len(BAND_RATES)]
+    for r in results:
+        lines.append(f"| {r['set']} | " + " | ".join(
+            f"{pct(v['parts'])} / {pct(v['caught'])}" for v in r["band_sweep"].values()) + " |")
     return "\n".join(lines)
 
 
