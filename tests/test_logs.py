@@ -184,3 +184,18 @@ def test_the_global_flags_leave_the_commands_log_options_alone(tmp_path: Path) -
     args = build_parser().parse_args(["watch", "--category", "c", "--in", "i", "--ok", "o", "--defect", "d",
                                       "--log", str(tmp_path / "r.csv")])
     assert args.log == tmp_path / "r.csv" and args.log_level is None
+
+
+def test_the_dashboard_process_logs_as_configured(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The dashboard's jobs log at INFO (training started, finished): its process reads the same settings."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui import frame
+
+    monkeypatch.setenv("INSPECT_LOG_LEVEL", "INFO")
+    monkeypatch.setenv("INSPECT_MODEL_STORE", str(tmp_path / "models"))
+    monkeypatch.setenv("INSPECT_DATA_ROOT", str(tmp_path / "data"))
+    monkeypatch.setattr(frame, "_LOGGING", [])
+    logging.getLogger().setLevel(logging.WARNING)
+    AppTest.from_file(str(Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    assert logging.getLogger().level == logging.INFO and len(_ours()) == 1

@@ -47,9 +47,23 @@ def _navigate(menu: bool = True) -> st.Page:
     return st.navigation(pages, position="sidebar" if menu else "hidden")
 
 
+_LOGGING: list[bool] = []  # configured in this process (the frame module lives as long as the server)
+
+
+def _configure_logging() -> None:
+    """The dashboard's process logs as the CLI and the service do (INSPECT_LOG_LEVEL, INSPECT_LOG_JSON), once."""
+    if not _LOGGING:
+        from core import logs, settings
+
+        logs.configure(settings.log_level(), settings.log_json())
+        _LOGGING.append(True)
+
+
 def run() -> None:
     """The whole frame: the login gate, config, navigation, sidebar (once), visit tracking, then the chosen page."""
     from ui import auth
+
+    _configure_logging()
 
     gate = auth.check()  # nobody signed in: no menu and no page, only the sign-in (or the refusal)
     page = _navigate(menu=gate.user is not None)  # first: the menu reaches the browser before the heavy imports
