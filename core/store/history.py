@@ -735,6 +735,50 @@ class History:
                                   .returning(reviews.c.id)).scalar_one()
         return ReviewRow(id=int(new_id), **values)
 
+    def unreviewed(self, verdicts: Sequence[str], *, category: str | None = None, kind: str | None = None,
+                   source: str | None = None, since: Time | None = None, until: Time | None = None,
+                   skip: Sequence[int] = (), limit: int | None = 1000) -> list[ResultRow]:
+        """Line results with a verdict in ``verdicts`` and no review yet, newest first (time, then id), at most
+        ``limit`` (None: all), filtered by every argument given (``skip``: ids left out)."""
+        t, r = line_results, reviews
+        where = [t.c.verdict.in_(list(verdicts)), ~sa.exists().where(r.c.result_id == t.c.id),
+                 *_conditions([(t.c.category, category), (t.c.kind, kind), (t.c.source, source)]),
+                 *_time_window(t.c.time, since, until)]
+        if skip:
+            where.append(t.c.id.not_in(list(skip)))
+        query = sa.select(t).where(*where).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)
+        with self.engine.connect() as conn:
+            return [ResultRow(**_fields(m)) for m in conn.execute(query).mappings()]
+
+    def latest_decisions(self, category: str, kind: str) -> Iterator[tuple[ResultRow, ReviewRow]]:
+        """(result, its latest review) of every reviewed line result of ``category``/``kind`` that kept an image
+        (``path``), newest decision first; an older decision on a result decided again since is left out."""
+        t, r = line_results, reviews
+        query = (sa.select(t, *[c.label(f"review_{c.name}") for c in r.c])
+                 .join(r, r.c.result_id == t.c.id)
+                 .where(t.c.category == category, t.c.kind == kind, t.c.path.is_not(None))
+                 .order_by(r.c.time.desc(), r.c.id.desc()))
+        decided: set[int] = set()
+        with self.engine.connect() as conn:
+            for mapping in conn.execute(query).mappings():
+                row = dict(mapping)
+                review = ReviewRow(**{c.name: row.pop(f"review_{c.name}") for c in r.c})
+                if review.result_id in decided:
+                    continue
+                decided.add(review.result_id)
+                yield ResultRow(**_fields(row)), review
+
+    def scores_of_version(self, category: str, kind: str, version: int, verdicts: Sequence[str],
+                          since: float | None = None) -> list[tuple[float, float]]:
+        """(time, raw score) of the finite-scored results ``version`` judged with a verdict in ``verdicts`` at or
+        after ``since``, oldest first (a light query: two columns)."""
+        t = line_results
+        where = [t.c.category == category, t.c.kind == kind, t.c.version == version, t.c.verdict.in_(list(verdicts)),
+                 t.c.score.is_not(None), *_time_window(t.c.time, since, None)]
+        query = sa.select(t.c.time, t.c.score).where(*where).order_by(t.c.time, t.c.id)
+        with self.engine.connect() as conn:
+            return [(float(when), float(score)) for when, score in conn.execute(query) if math.isfinite(score)]
+
     def set_review_note(self, review_id: int, note: str) -> None:
         """Replace the note of review ``review_id`` (what the decision did, written once it is done)."""
         with self._write() as conn:

@@ -35,7 +35,6 @@ from core.data.imageio import ImageLoadError, load_image
 from core.portable import DEFECT, OK, REVIEW
 from core.scores.calibration import Calibration
 from core.scores.drift import DriftReport, DriftRule, watch
-from core.store import history as hist
 from core.store.history import AlarmRow, History, TrendBucket
 from core.store.lifecycle import LoadedModel, read_calibration
 from core.store.model_store import ModelRef
@@ -103,14 +102,7 @@ def judged_run(history: History, category: str, kind: str, version: int,
                since: float | None = None) -> tuple[list[float], list[float]]:
     """(times, raw scores), both ``[n]``, of the images ``version`` judged OK, REVIEW or DEFECT at or after
     ``since``, oldest first."""
-    t = hist.line_results
-    where = [t.c.category == category, t.c.kind == kind, t.c.version == version, t.c.verdict.in_(list(JUDGED)),
-             t.c.score.is_not(None)]
-    if since is not None:
-        where.append(t.c.time >= since)
-    query = sa.select(t.c.time, t.c.score).where(*where).order_by(t.c.time, t.c.id)
-    with history.engine.connect() as conn:
-        kept = [(float(when), float(score)) for when, score in conn.execute(query) if np.isfinite(score)]
+    kept = history.scores_of_version(category, kind, version, JUDGED, since)
     return [when for when, _ in kept], [score for _, score in kept]
 
 

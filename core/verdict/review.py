@@ -34,15 +34,12 @@ same file again, which is harmless), never an audited decision whose action did 
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from core.data.imageio import ImageLoadError, load_image
 from core.models.registry import spec
@@ -102,59 +99,27 @@ class ConfirmedGood:
         return Path(str(self.result.path))
 
 
-def _result_row(mapping: Any) -> ResultRow:
-    fields = {k: v for k, v in dict(mapping).items() if k != "dedup"}
-    fields["extra"] = fields.get("extra") or {}
-    return ResultRow(**fields)
-
-
 def pending(history: History, category: str | None = None, kind: str | None = None,
             verdicts: Sequence[str] = QUEUED, since: Time | None = None, limit: int | None = QUEUE_LIMIT, *,
             source: str | None = None, until: Time | None = None, skip: Collection[int] = ()) -> list[ResultRow]:
     """Line results with a verdict in ``verdicts`` that nobody reviewed yet, newest first (time, then id), at
     most ``limit`` (None: all); filtered by ``category``, ``kind``, ``source`` (``service``, ``watch``), the time
     window ``since <= time < until``, and without the ids in ``skip`` (the ones a person skipped)."""
-    t, r = hist.line_results, hist.reviews
-    where: list[sa.ColumnElement[bool]] = [t.c.verdict.in_(list(verdicts)),
-                                           ~sa.exists().where(r.c.result_id == t.c.id)]
-    for column, value in ((t.c.category, category), (t.c.kind, kind), (t.c.source, source)):
-        if value is not None:
-            where.append(column == value)
-    if since is not None:
-        where.append(t.c.time >= _epoch(since))
-    if until is not None:
-        where.append(t.c.time < _epoch(until))
-    if skip:
-        where.append(t.c.id.not_in(list(skip)))
-    query = sa.select(t).where(*where).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)
-    with history.engine.connect() as conn:
-        return [_result_row(m) for m in conn.execute(query).mappings()]
+    return history.unreviewed(verdicts, category=category, kind=kind, source=source, since=since, until=until,
+                              skip=list(skip), limit=limit)
 
 
 def confirmed_good(history: History, category: str, kind: str, limit: int | None = None) -> list[ConfirmedGood]:
     """The line results of ``category``/``kind`` a person confirmed OK, newest decision first, at most ``limit``,
     only those whose stored image is still on disk (what *Recalibrate from the line* fits thresholds from). A
     result reviewed more than once counts by its latest decision (OK, then DEFECT: not a confirmed good)."""
-    t, r = hist.line_results, hist.reviews
-    query = (sa.select(t, *[c.label(f"review_{c.name}") for c in r.c])
-             .join(r, r.c.result_id == t.c.id)
-             .where(t.c.category == category, t.c.kind == kind, t.c.path.is_not(None))
-             .order_by(r.c.time.desc(), r.c.id.desc()))
     found: list[ConfirmedGood] = []
-    decided: set[int] = set()
-    with history.engine.connect() as conn:
-        for mapping in conn.execute(query).mappings():
-            row = dict(mapping)
-            review = ReviewRow(**{c.name: row.pop(f"review_{c.name}") for c in r.c})
-            if review.result_id in decided:
-                continue  # an older decision on a result decided again since
-            decided.add(review.result_id)
-            result = _result_row(row)
-            if review.decision != OK or not Path(str(result.path)).is_file():
-                continue
-            found.append(ConfirmedGood(result, review))
-            if limit is not None and len(found) >= limit:
-                break
+    for result, latest in history.latest_decisions(category, kind):
+        if latest.decision != OK or not Path(str(result.path)).is_file():
+            continue
+        found.append(ConfirmedGood(result, latest))
+        if limit is not None and len(found) >= limit:
+            break
     return found
 
 
@@ -307,10 +272,6 @@ def _check_defect(defect: str | None) -> None:
 
 def _label(result: ResultRow) -> str:
     return f"line result {result.id} ({result.name or 'unnamed'}, {result.category}, {result.source})"
-
-
-def _epoch(value: Time) -> float:
-    return value.timestamp() if isinstance(value, dt.datetime) else float(value)
 
 
 __all__ = ["DECISIONS", "QUEUED", "ConfirmedGood", "ReviewError", "ReviewOutcome", "confirmed_good", "decide",
