@@ -51,7 +51,7 @@ verdicts = f4.multiselect("Verdict", [v for v in VERDICTS if v != REJECTED], def
                           key="line_verdicts")
 span = f5.selectbox("Time", list(RANGES), index=2, key="line_range")
 flt_category = None if category == ALL else str(category)
-flt_kind = None if kind == ALL else str(kind)
+flt_kind = str(kind) if kind != ALL else None
 flt_version = None if version == ALL else int(version)
 
 

@@ -97,7 +97,7 @@ kind = f1.selectbox("Model", [ALL, *KINDS], key="review_kind")
 verdicts = f2.multiselect("Verdict", [REVIEW, DEFECT], default=[REVIEW, DEFECT], key="review_verdicts")
 source = f3.selectbox("Source", SOURCES, key="review_source")
 window = WINDOWS[f4.selectbox("Time", list(WINDOWS), key="review_window")]
-queue = review.pending(history, category, kind=None if kind == ALL else kind, verdicts=verdicts or (REVIEW, DEFECT),
+queue = review.pending(history, category, kind=kind if kind != ALL else None, verdicts=verdicts or (REVIEW, DEFECT),
                        since=None if window is None else time.time() - window, limit=review.QUEUE_LIMIT,
                        source=None if source == ALL else source, skip=state[SKIPPED])
 shown = state.get(CURRENT)

@@ -28,7 +28,7 @@ from core.types import Prediction
 def _calibration(threshold: float = 2.0) -> dict[str, Any]:
     return Calibration(image_threshold=threshold, pixel_threshold=3.0, good_score_mean=1.0, good_score_std=0.2,
                        good_score_max=1.5, good_map_max_mean=1.2, good_map_max_std=0.3, num_images=8,
-                       source="test").to_dict()
+                       source="test", review_below=0.0, review_above=0.0).to_dict()  # two verdicts
 
 
 def _manifest(category: str) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def shift_report_section(store: ModelStore, category: str | None, kinds: Sequenc
         st.error(f"Expected the end after the start, found {begin:%Y-%m-%d %H:%M} to {finish:%Y-%m-%d %H:%M}.")
         return
     since, until = begin.timestamp(), finish.timestamp()
-    chosen = None if kind == ALL_KINDS else str(kind)
+    chosen = str(kind) if kind != ALL_KINDS else None
     name = f"shift-report-{category}-{begin:%Y%m%d-%H%M}"
     b1, b2 = st.columns(2)
     b1.download_button("Download HTML", data=report_file(store, category, since, until, chosen, "html"),

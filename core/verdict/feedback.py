@@ -230,7 +230,7 @@ def check_defect_name(defect: str | None) -> str:
         FeedbackError: none given, not a plain folder name, or ``good`` (the message says what was found).
     """
     if not defect or not defect.strip():
-        raise FeedbackError("expected a defect type (e.g. scratch), found none")
+        raise FeedbackError("expected a defect name (e.g. scratch), found none")
     try:
         validate_name(defect, "defect name")
     except ModelStoreError as exc:

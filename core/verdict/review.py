@@ -267,7 +267,7 @@ def _check_defect(defect: str | None) -> None:
     try:
         feedback.check_defect_name(defect)
     except FeedbackError as exc:
-        raise ReviewError(f"a DEFECT decision needs a defect type: {exc}") from None
+        raise ReviewError(f"expected a defect type with a DEFECT decision: {exc}") from None
 
 
 def _label(result: ResultRow) -> str:
