@@ -47,9 +47,11 @@ with right:
     opacity = st.slider("Heatmap opacity", 0.0, 1.0, 0.5, 0.05)
     cmap = st.selectbox("Colormap", COLORMAPS)
     show_contour = st.toggle("Outline predicted defect", value=True)
-    origin = "set on the Thresholds page" if cal.chosen_by == "user" else "default from held-out good images" + (
+    origin = "set on the Thresholds page" if cal.chosen_by == "user" else "default from the good images" + (
         f", promising about {cal.false_alarm_target:.0%} false alarms on good parts" if cal.false_alarm_target else "")
-    st.caption(f"Image threshold **{cal.image_threshold:.4g}** · pixel threshold **{cal.pixel_threshold:.4g}** "
+    band = "" if cal.review is None else (f" · REVIEW from **{cal.review[0]:.6g}** to **{cal.review[1]:.6g}** "
+                                          "(a person decides)")
+    st.caption(f"Image threshold **{cal.image_threshold:.6g}**{band} · pixel threshold **{cal.pixel_threshold:.4g}** "
                f"({origin})")
     guard = "on" if cal.familiarity_limit is not None else "off (model trained before the guard existed: retrain)"
     st.caption(f"Model warm-up at load: {model.warmup_ms:.0f} ms (not counted in the latencies below) · "

@@ -129,7 +129,8 @@ def recalibrate_section() -> None:
     ref = current_ref()
     if ref is None:
         return
-    if st.button(f"Recalibrate from the line (last {drift.RECALIBRATE_FROM} images confirmed good)",
+    if st.button(f"Recalibrate from the line (the last {drift.RECALIBRATE_FROM} images confirmed good on the "
+                 f"Review page; at least {drift.MIN_CONFIRMED})",
                  key="line_recalibrate", disabled=not auth.can(Permission.THRESHOLDS),
                  help=auth.only_for(Permission.THRESHOLDS) or
                  "A new version whose thresholds come from line images a person confirmed OK; the drift alarm is "

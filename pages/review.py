@@ -181,7 +181,9 @@ with top:
     st.caption("Keys: **O** = OK · **D** = DEFECT (of the type chosen) · **S** = Skip. The answer is recorded with "
                "your name, the version that judged the image and what it said.")
     if item is None:
-        st.info(f"Nothing to review in {category} with these filters.")
+        st.info(f"Nothing to review in {category} with these filters. The queue fills with the REVIEW and DEFECT "
+                "results of the line: the service (`python -m core serve`) and watch folders (`python -m core "
+                "watch`); images judged on the Inspect page are marked there directly.")
     else:
         state[CURRENT] = item.id
         confirm = state.get(CONFIRM)

@@ -54,7 +54,7 @@ def score_histogram(frame: pd.DataFrame, threshold: float, review: tuple[float, 
     fig.add_vline(x=threshold, line=dict(color="#000", dash="dash"), annotation_text="threshold")
     if review is not None:
         fig.add_vrect(x0=review[0], x1=review[1], fillcolor="#ef6c00", opacity=0.12, line_width=0,
-                      annotation_text="REVIEW", annotation_position="top left")
+                      annotation_text="REVIEW band", annotation_position="bottom left")
     fig.update_layout(barmode="overlay", title="Image scores: good vs each defect type", xaxis_title="raw score",
                       yaxis_title="images", **LAYOUT)
     return fig

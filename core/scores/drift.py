@@ -66,7 +66,7 @@ class DriftReport:
 
     def describe(self) -> str:
         if self.n < self.rule.window:
-            return f"drift watch: {self.n} of {self.rule.window} images in, no reading yet"
+            return f"{self.n} of {self.rule.window} images in, no reading yet"
         state = ("no drift" if self.alarm_at is None else
                  f"DRIFT: the line's parts score higher than the good parts at calibration (alarm at image "
                  f"{self.alarm_at + 1}): the line changed (lighting, a new batch, the camera) or most recent parts "
