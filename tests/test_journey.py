@@ -94,7 +94,7 @@ def _journey(first_run: dict[str, object]) -> None:
         assert (store / "demo_metal" / kind / "v1" / "eval_images.csv").is_file(), kind
 
     good, defect = category / "test" / "good" / "000.png", category / "test" / "scratch" / "000.png"
-    broken = Path(str(shots)) / "broken.png"
+    broken = data.parent / "broken.png"  # an input, not a screenshot: beside the data, never in docs/
     broken.write_bytes(b"\x89PNG\r\n\x1a\n this file was cut short")
     inspect_url = f"{first_run['service']}/v1/inspect/demo_metal"
     assert _post(inspect_url, good.read_bytes(), "cam_good.png") == 200
