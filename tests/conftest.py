@@ -45,6 +45,22 @@ def trained_store(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return store.root
 
 
+def dashboard_env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Copies of the trained store (returned) and of the data root, named by the dashboard's settings; the
+    settings a test machine may carry (users file, database, line log, Qdrant server) cleared."""
+    import shutil
+
+    store = tmp_path / "models"
+    shutil.copytree(trained_store, store)
+    data = tmp_path / "data"
+    shutil.copytree(demo_root, data)
+    monkeypatch.setenv("INSPECT_DATA_ROOT", str(data))
+    monkeypatch.setenv("INSPECT_MODEL_STORE", str(store))
+    for name in ("INSPECT_USERS_FILE", "INSPECT_DATABASE_URL", "INSPECT_LINE_LOG", "QDRANT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return store
+
+
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import os
-import shutil
 import stat
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from core.access import AccessDenied, AccessMode, LoginThrottle, Permission, Rol
 from core.store import lifecycle as det
 from core.store import model_store as store_module
 from core.store.model_store import ModelStore
+from tests.conftest import dashboard_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -318,14 +318,7 @@ def test_the_dashboard_binds_to_loopback_by_default() -> None:
 
 @pytest.fixture()
 def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    store = tmp_path / "models"
-    shutil.copytree(trained_store, store)
-    data = tmp_path / "data"
-    shutil.copytree(demo_root, data)
-    monkeypatch.setenv("INSPECT_DATA_ROOT", str(data))
-    monkeypatch.setenv("INSPECT_MODEL_STORE", str(store))
-    monkeypatch.delenv("INSPECT_USERS_FILE", raising=False)
-    monkeypatch.delenv("QDRANT_URL", raising=False)
+    store = dashboard_env(demo_root, trained_store, tmp_path, monkeypatch)
     from ui import auth
 
     monkeypatch.setattr(auth, "THROTTLE", LoginThrottle(delay_s=0.0))

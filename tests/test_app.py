@@ -17,7 +17,7 @@ from streamlit.testing.v1 import AppTest
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
 from core.types import ResumePoint
-from tests.conftest import rgb
+from tests.conftest import dashboard_env, rgb
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -25,14 +25,7 @@ TIMEOUT = 120
 
 @pytest.fixture()
 def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    store = tmp_path / "models"
-    shutil.copytree(trained_store, store)
-    data = tmp_path / "data"
-    shutil.copytree(demo_root, data)
-    monkeypatch.setenv("INSPECT_DATA_ROOT", str(data))
-    monkeypatch.setenv("INSPECT_MODEL_STORE", str(store))
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    return store
+    return dashboard_env(demo_root, trained_store, tmp_path, monkeypatch)
 
 
 def app() -> AppTest:

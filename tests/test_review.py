@@ -30,6 +30,7 @@ from core.store.model_cache import ModelCache
 from core.store.model_store import ModelStore
 from core.verdict import feedback, review
 from core.verdict.inspection import inspect
+from tests.conftest import dashboard_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -45,17 +46,7 @@ def _fresh_histories() -> Iterator[None]:
 @pytest.fixture()
 def env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A copy of the trained store (returned) and of the data root, named by the dashboard's settings."""
-    store = tmp_path / "models"
-    shutil.copytree(trained_store, store)
-    data = tmp_path / "data"
-    shutil.copytree(demo_root, data)
-    monkeypatch.setenv("INSPECT_DATA_ROOT", str(data))
-    monkeypatch.setenv("INSPECT_MODEL_STORE", str(store))
-    monkeypatch.delenv("INSPECT_USERS_FILE", raising=False)
-    monkeypatch.delenv("INSPECT_DATABASE_URL", raising=False)
-    monkeypatch.delenv("INSPECT_LINE_LOG", raising=False)
-    monkeypatch.delenv("QDRANT_URL", raising=False)
-    return store
+    return dashboard_env(demo_root, trained_store, tmp_path, monkeypatch)
 
 
 def _line_rows(history: History, **filters) -> list[ResultRow]:
