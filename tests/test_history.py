@@ -70,7 +70,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
             assert not sa.inspect(conn).get_table_names()
         History(url).close()
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == hist.head_revision() == "0001"
+            assert hist.current_revision(conn) == hist.head_revision() == "0002"
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     hist.metadata) == []
             # the comparison sees a difference when there is one (so the empty list above means something)
@@ -82,7 +82,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
                        for d in compare_metadata(MigrationContext.configure(conn), other))
         History(url).close()  # a second open finds head and changes nothing
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == "0001"
+            assert hist.current_revision(conn) == "0002"
     finally:
         engine.dispose()
 
@@ -134,7 +134,7 @@ def test_a_retried_write_makes_no_second_row(history: History) -> None:
     again = result(history, journal_id="j-1", score=9.0)  # a retry after a crash: the first row stands
     assert first.new and not again.new and again.id == first.id
     by_hash = result(history, sha1="cd" * 20, t=BASE + 1)
-    assert not result(history, sha1="cd" * 20, t=BASE + 2).new  # same image, same model version
+    assert not result(history, sha1="cd" * 20, t=BASE + 1, score=9.0).new  # the same record written again
     assert result(history, sha1="cd" * 20, t=BASE + 3, version=2).new  # judged again by another version
     assert result(history, sha1="cd" * 20, t=BASE + 4, kind="efficientad").new  # ... or another kind
     row = {"time": BASE + 5, "source": "service", "category": "demo", "name": "b.png", "score": 1.2,
@@ -399,7 +399,7 @@ def test_jsonl_logs_are_imported_once_and_a_grown_file_only_adds_its_new_lines(
         assert len(second.results(limit=None)) == 7
         with second.engine.connect() as conn:
             imported = {row.path: (row.size, row.rows) for row in conn.execute(sa.select(hist.imported_logs))}
-        assert imported[str(log.resolve())] == (log.stat().st_size, 2)
+        assert imported[str(log.resolve())] == (log.stat().st_size, 1)  # rows made from it: j-4, not 2 parsed
 
 
 def test_an_empty_store_imports_nothing(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -420,3 +420,62 @@ def test_a_crafted_long_model_name_is_stored_cut_and_does_not_jam_the_history(hi
     rows = {r.verdict: r for r in history.results()}
     assert set(rows) == {"REJECTED", "OK"}
     assert rows["REJECTED"].kind == "m" * 59 + "…" and rows["REJECTED"].name == "x" * 5000  # name is TEXT
+
+
+# -- gaps of issue 24 (item 4): identities and counts --------------------------------------------------------------
+
+
+def test_the_same_bytes_sent_at_two_times_are_two_results_and_a_retry_one(history: History, tmp_path: Path) -> None:
+    """The service's rows have no journal id: the same bytes uploaded again later (a client resending a frame it
+    could not read, the same unreadable file twice) are two requests the service answered, so two rows; the same
+    record written directly and imported from the JSONL log stays one."""
+    digest = "ef" * 20
+    rows = [{"time": BASE + t, "source": "service", "category": "demo", "name": "x.bin", "sha1": digest,
+             "verdict": "REJECTED", "reason": "not an image", "model": "patchcore"} for t in (0.0, 60.0)]
+    first, second = (history.record_line_record(r) for r in rows)
+    assert first is not None and second is not None and first.new and second.new and first.id != second.id
+    log = tmp_path / "line.jsonl"
+    log.write_text("".join(_line(r) for r in rows))
+    assert history.import_logs(tmp_path, log).rows == 0  # recorded directly already: each once
+    assert [r.time for r in history.results(verdict="REJECTED", newest_first=False)] == [BASE, BASE + 60.0]
+    judged = {**rows[0], "verdict": "OK", "score": 1.0, "version": 1, "time": BASE + 120}
+    assert history.record_line_record(judged).new and history.record_line_record({**judged, "time": BASE + 180}).new
+    assert not history.record_line_record(dict(judged)).new
+
+
+def test_imported_logs_count_the_rows_made_not_the_rows_read(history: History, tmp_path: Path) -> None:
+    records = [{"time": BASE + i, "source": "watch", "id": f"j-{i}", "category": "demo", "verdict": "OK",
+                "model": "patchcore", "version": 1, "score": 1.0} for i in range(3)]
+    history.record_line_record(records[0])  # written directly before the log is imported
+    log = tmp_path / "line.jsonl"
+    log.write_text("".join(_line(r) for r in records))
+    assert history.import_logs(tmp_path, log) == hist.ImportReport(files=1, lines=3, rows=2)
+    with history.engine.connect() as conn:
+        assert conn.execute(sa.select(hist.imported_logs.c.rows)).scalar_one() == 2
+
+
+def test_an_older_database_keeps_its_service_rows_once_after_the_upgrade(url: str, tmp_path: Path) -> None:
+    """A row a version before 0002 wrote directly (keyed by its image hash alone) is not made a second time when
+    the JSONL log is imported after the upgrade (0002 gives the old rows the new identity)."""
+    from alembic import command
+
+    engine = hist.make_engine(url)
+    try:
+        with engine.begin() as conn:
+            config = hist.alembic_config()
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0001")
+            old_ref = "sha1:" + "ab" * 20
+            conn.execute(sa.insert(hist.line_results).values(
+                dedup=hist._digest(["service", old_ref, "demo", "patchcore", 1]), ref=old_ref, time=BASE + 0.25,
+                host="old", source="service", category="demo", kind="patchcore", version=1, verdict="OK", score=1.0,
+                image_sha1="ab" * 20, extra={}))
+    finally:
+        engine.dispose()
+    record = {"time": BASE + 0.25, "source": "service", "category": "demo", "name": "a.png", "sha1": "ab" * 20,
+              "verdict": "OK", "score": 1.0, "model": "patchcore", "version": 1}
+    log = tmp_path / "line.jsonl"
+    log.write_text(_line(record) + _line({**record, "time": BASE + 30}))
+    with History(url) as upgraded:
+        assert upgraded.import_logs(tmp_path, log).rows == 1  # only the later upload is new
+        assert [r.time for r in upgraded.results(newest_first=False)] == [BASE + 0.25, BASE + 30]

@@ -322,3 +322,20 @@ def test_the_line_page_ends_with_the_shift_report_and_its_two_downloads(demo_roo
     assert report_view.report_file(store, "demo_metal", since, until, "patchcore", "pdf")().startswith(b"%PDF-")
     at.date_input(key="shift_report_to_day").set_value(dt.date.fromtimestamp(since) - dt.timedelta(days=2)).run()
     assert any("Expected the end after the start" in e.value for e in at.error)
+
+
+
+def test_the_report_takes_the_history_shift_rule_by_its_public_name() -> None:
+    """One shift rule (core.store.history.shift_bucket), imported by its public name: no module of core/ reaches
+    into another's private names."""
+    import ast
+
+    from core.store import history as hist
+
+    source = Path(rep.__file__).read_text()
+    private = [f"{node.module}.{alias.name}" for node in ast.walk(ast.parse(source))
+               if isinstance(node, ast.ImportFrom) for alias in node.names if alias.name.startswith("_")]
+    assert private == []
+    assert "shift_bucket" in hist.__all__ and "hour_bucket" in hist.__all__
+    start, end, label = hist.shift_bucket(dt.datetime(2026, 3, 2, 3, 0).timestamp(), None, (6, 14, 22))
+    assert rep.current_shift(dt.datetime(2026, 3, 2, 3, 0)) == (start, end) and label.endswith("shift 3")

@@ -41,8 +41,16 @@ import numpy as np
 from PIL import Image
 
 from core.data.imageio import ImageLoadError, load_image
-from core.store.history import DEFAULT_SHIFT_STARTS, AlarmRow, History, ResultRow, ReviewRow, Time, TrendBucket
-from core.store.history import _shift_bucket as _history_shift  # the history's own shift rule (one definition)
+from core.store.history import (  # shift_bucket: the history's own shift rule (one definition)
+    DEFAULT_SHIFT_STARTS,
+    AlarmRow,
+    History,
+    ResultRow,
+    ReviewRow,
+    Time,
+    TrendBucket,
+    shift_bucket,
+)
 from core.store.model_store import ModelStore, ModelStoreError
 from core.verdict.overlay import png_bytes
 
@@ -220,7 +228,7 @@ def current_shift(now: Time | None = None, tz: dt.tzinfo | None = None,
     """``(start, end)`` (epoch s) of the shift holding ``now`` (default: now); shifts begin at the local hours
     ``starts`` (the history's trend rule)."""
     when = dt.datetime.now(dt.UTC).timestamp() if now is None else _epoch(now)
-    start, end, _ = _history_shift(when, tz, sorted({int(h) for h in starts}))
+    start, end, _ = shift_bucket(when, tz, sorted({int(h) for h in starts}))
     return start, end
 
 

@@ -20,8 +20,9 @@ Tables (see :data:`metadata`)::
                    and a grown file only its new lines
 
 **Exactly once.** A result row's identity is (source, reference, category, kind, version), where the reference is
-the watch folder's journal id, else ``sha1:<content hash>``, else a hash of the record's own fields (a service row
-without either): it is stored as the unique ``dedup`` column, and a write that finds it there inserts nothing and
+the watch folder's journal id, else ``sha1:<content hash>@<time>`` (the service: the same bytes sent again later
+are another request it answered, so another row), else a hash of the record's own fields (a service row without
+either): it is stored as the unique ``dedup`` column, and a write that finds it there inserts nothing and
 answers the existing row's id (:class:`Recorded` ``new=False``). A retried write, or a line of the JSONL log imported
 after the same result was recorded directly, never makes a second row. Feedback rows are keyed the same way by
 their content.
@@ -459,13 +460,19 @@ def _str_or_none(value: Any) -> str | None:
 
 
 def result_ref(journal_id: str | None, image_sha1: str | None, fields: Mapping[str, Any]) -> str:
-    """A result's reference: the journal id, else ``sha1:<hash>``, else ``row:<hash of fields>`` (the same for the
-    same record, so a line imported after it was recorded directly is known)."""
+    """A result's reference: the journal id, else ``sha1:<hash>@<time>`` (``fields["time"]``, epoch s, as
+    ``repr`` writes it: the same bytes judged at two times are two results), else ``row:<hash of fields>`` (the
+    same for the same record, so a line imported after it was recorded directly is known)."""
     if journal_id:
         return str(journal_id)
     if image_sha1:
-        return f"sha1:{image_sha1}"
+        return sha1_ref(image_sha1, float(fields["time"]))
     return "row:" + _digest([[k, fields[k]] for k in sorted(fields)])[:40]
+
+
+def sha1_ref(image_sha1: str, when: float) -> str:
+    """The reference of a result known by its image hash and time (migration 0002 gives older rows this form)."""
+    return f"sha1:{image_sha1}@{float(when)!r}"
 
 
 def _result_dedup(source: str, ref: str, category: str, kind: str | None, version: int | None) -> str:
@@ -658,6 +665,32 @@ class History:
         query = sa.select(t).where(*where).order_by(*order).limit(limit)
         with self.engine.connect() as conn:
             return [ResultRow(**_fields(r)) for r in conn.execute(query).mappings()]
+
+    def record_line_records(self, records: Sequence[Mapping[str, Any]]) -> int:
+        """Record many rows as :meth:`record_line_record` reads them, in one transaction, each once (by its
+        ``dedup`` key); records without a time, category or verdict are skipped. Returns how many rows were new
+        (the batch re-inspection's write: a chunk of verdicts is in the database entirely or not at all)."""
+        values = [v for v in (self._line_values(r) for r in records) if v is not None]
+        if not values:
+            return 0
+        with self._write() as conn:
+            return self._insert_many(conn, line_results, values)
+
+    def verdicts_by_hash(self, category: str, kind: str, version: int, sha1s: Sequence[str],
+                         source: str | None = None) -> dict[str, str]:
+        """``{image sha1: verdict}`` for the images among ``sha1s`` that ``version`` of ``category``/``kind`` judged
+        (of ``source`` when given; where several rows judged one image, the newest), 500 hashes per query."""
+        t = line_results
+        found: dict[str, str] = {}
+        wanted = list(dict.fromkeys(sha1s))
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 500):
+                where = [t.c.category == category, t.c.kind == kind, t.c.version == version,
+                         t.c.image_sha1.in_(wanted[start:start + 500]),
+                         *_conditions([(t.c.source, source)])]
+                query = sa.select(t.c.image_sha1, t.c.verdict).where(*where).order_by(t.c.time, t.c.id)
+                found.update({str(sha1): str(verdict) for sha1, verdict in conn.execute(query)})
+        return found
 
     def result(self, result_id: int) -> ResultRow | None:
         with self.engine.connect() as conn:
@@ -958,8 +991,8 @@ class History:
                     if job is not None:
                         per_table.setdefault(job[0].name, (job[0], []))[1].append(job[1])
                 for table, values in per_table.values():
-                    made += self._insert_many(conn, table, values)
-                    total += len(values)
+                    inserted = self._insert_many(conn, table, values)
+                    made, total = made + inserted, total + inserted  # rows made from the file, not rows read
                 lines += len(batch)
                 conn.execute(sa.update(t).where(t.c.host == self.host, t.c.path == key)
                              .values(size=end, head_sha256=_head_hash(path, end), rows=total,
@@ -1010,15 +1043,18 @@ def _local(when: float, tz: dt.tzinfo | None) -> dt.datetime:
     return dt.datetime.fromtimestamp(when, tz)
 
 
-def _hour_bucket(when: float, tz: dt.tzinfo | None, _starts: Sequence[int]) -> tuple[float, float, str]:
+def hour_bucket(when: float, tz: dt.tzinfo | None, _starts: Sequence[int] = ()) -> tuple[float, float, str]:
+    """The local hour holding ``when``: (start, end, label), epoch s."""
     local = _local(when, tz).replace(minute=0, second=0, microsecond=0)
     start = local.timestamp()
     return start, start + 3600.0, local.strftime("%Y-%m-%d %H:00")
 
 
-def _shift_bucket(when: float, tz: dt.tzinfo | None, starts: Sequence[int]) -> tuple[float, float, str]:
-    """The shift holding ``when``: from the latest start hour at or before it (yesterday's last one before the
-    day's first) to the next start."""
+def shift_bucket(when: float, tz: dt.tzinfo | None,
+                 starts: Sequence[int] = DEFAULT_SHIFT_STARTS) -> tuple[float, float, str]:
+    """The shift holding ``when``: (start, end, label), epoch s, from the latest start hour (``starts``: local
+    hours, sorted) at or before it (yesterday's last one before the day's first) to the next start. The one shift
+    rule: trends, the shift report and its default range use it."""
     local = _local(when, tz)
     zone = local.tzinfo
     day = local.date()
@@ -1034,10 +1070,10 @@ def _shift_bucket(when: float, tz: dt.tzinfo | None, starts: Sequence[int]) -> t
 
 
 _BUCKETS: dict[str, Callable[[float, dt.tzinfo | None, Sequence[int]], tuple[float, float, str]]] = {
-    "hour": _hour_bucket,
-    "shift": _shift_bucket,
+    "hour": hour_bucket,
+    "shift": shift_bucket,
 }
 
 __all__ = ["DIALECTS", "AlarmRow", "FeedbackRow", "History", "ImportReport", "Recorded", "ResultRow", "ReviewRow",
-           "TrendBucket", "alembic_config", "head_revision", "make_engine", "metadata", "normalise_url",
-           "store_url"]
+           "TrendBucket", "alembic_config", "head_revision", "hour_bucket", "make_engine", "metadata", "normalise_url",
+           "sha1_ref", "shift_bucket", "store_url"]
