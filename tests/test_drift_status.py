@@ -3,6 +3,7 @@ file, a hand-made calibration (good scores mean 10, std 1)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from core.store.lifecycle import LoadedModel
 from core.store.model_store import ModelRef
 from core.types import Prediction
 from core.verdict.drift_status import DriftWatch, drift_status
+from tests.test_history import new_database
 
 RULE = DriftRule(window=5, allowance=0.5, limit=4.0)
 
@@ -206,3 +208,71 @@ def test_watch_folder_warns_once_per_drift_alarm(store: Path, tmp_path: Path, de
             watcher.drift.interval_s = 0.0  # the next check computes again and finds the same open alarm
     warned = [r.getMessage() for r in caplog.records if r.name == "core.line.watch" and "DRIFT" in r.getMessage()]
     assert len(warned) == 1 and "demo_metal/patchcore" in warned[0]
+
+
+# -- issue 24 gap 3: one alarm per episode across processes (the database decides, not a lock of the process) -----
+
+
+def _stale_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every process checks for an open alarm before any records one (the race two hosts run at the same
+    instant): the check for open alarms finds none."""
+    real = History.alarms
+
+    def stale(self: History, **filters):
+        return [] if filters.get("open_only") else real(self, **filters)
+
+    monkeypatch.setattr(History, "alarms", stale)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_processes_alarming_at_once_record_one_alarm_per_episode(
+        backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    with contextlib.ExitStack() as stack:
+        url = (f"sqlite:///{tmp_path / 'h.sqlite3'}" if backend == "sqlite"
+               else stack.enter_context(new_database(request.getfixturevalue("postgres_server"))))
+        _race_once(url, tmp_path, monkeypatch)
+
+
+def _race_once(url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = _model(tmp_path)
+    with History(url, host="a") as a, History(url, host="b") as b:
+        _judge(a, [14.0] * 10)
+        _stale_check(monkeypatch)
+        first, second = drift_status(a, model, RULE), drift_status(b, model, RULE)
+        assert first.recorded and not second.recorded  # the second finds the episode's alarm in the database
+        assert second.open_alarm == first.open_alarm and second.alarm
+        [alarm] = a.alarms()
+        # resolved: a new episode, whose alarm is recorded once again
+        monkeypatch.undo()
+        a.resolve_alarm(alarm.id, "qe", time=2000.0)
+        _judge(a, [14.0] * 10, start=2001.0)
+        _stale_check(monkeypatch)
+        third, fourth = drift_status(b, model, RULE), drift_status(a, model, RULE)
+        assert third.recorded and not fourth.recorded and third.open_alarm == fourth.open_alarm
+        assert len(a.alarms()) == 2 and len(a.alarms(open_only=False)) == 2
+
+
+def test_threads_of_two_histories_racing_record_one_alarm(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'h.sqlite3'}"
+    model = _model(tmp_path)
+    histories = [History(url, host=f"h{i}") for i in range(4)]
+    try:
+        _judge(histories[0], [14.0] * 10)
+        go = threading.Barrier(len(histories))
+        found: list[bool] = []
+
+        def check(history: History) -> None:
+            go.wait()
+            found.append(drift_status(history, model, RULE).recorded)
+
+        threads = [threading.Thread(target=check, args=(h,)) for h in histories]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert sorted(found) == [False, False, False, True] and len(histories[0].alarms()) == 1
+    finally:
+        for history in histories:
+            history.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import subprocess
@@ -29,7 +30,13 @@ def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'history.sqlite3'}"
         return
-    server = request.getfixturevalue("postgres_server")
+    with new_database(request.getfixturevalue("postgres_server")) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def new_database(server: str) -> Iterator[str]:
+    """A new, empty database on the PostgreSQL ``server`` (the session's ``postgres_server``), dropped after."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
     try:
@@ -70,7 +77,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
             assert not sa.inspect(conn).get_table_names()
         History(url).close()
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == hist.head_revision() == "0002"
+            assert hist.current_revision(conn) == hist.head_revision() == "0003"
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     hist.metadata) == []
             # the comparison sees a difference when there is one (so the empty list above means something)
@@ -82,7 +89,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
                        for d in compare_metadata(MigrationContext.configure(conn), other))
         History(url).close()  # a second open finds head and changes nothing
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == "0002"
+            assert hist.current_revision(conn) == "0003"
     finally:
         engine.dispose()
 

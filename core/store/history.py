@@ -14,7 +14,8 @@ Tables (see :data:`metadata`)::
                    latency, reason, HTTP status of a refusal, extra fields as JSON
     reviews        a person's decision on a line result: who, when, OK or DEFECT (+ defect type), and what the
                    model said (the version that judged it, its verdict and score)
-    drift_alarms   an alarm of the drift watch: rule, statistic, limit, message; resolved by whom and when
+    drift_alarms   an alarm of the drift watch: rule, statistic, limit, message; resolved by whom and when; the
+                   episode it belongs to (one alarm per category, kind, version and episode: ``dedup``)
     feedback       the feedback actions of the models' ``feedback.jsonl`` logs (Mark as OK, defect, undo)
     imported_logs  each JSONL file imported: bytes consumed and a hash of its head, so a second open imports nothing
                    and a grown file only its new lines
@@ -147,6 +148,8 @@ drift_alarms = sa.Table(
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("resolved_time", sa.Double),
     sa.Column("resolved_by", sa.String(200)),
+    sa.Column("episode", sa.Integer),
+    sa.Column("dedup", sa.String(64), unique=True),  # NULL: an alarm recorded without an episode (never deduplicated)
     sa.Index(None, "category", "kind", "time"),
 )
 
@@ -239,7 +242,8 @@ class ReviewRow:
 
 @dataclass(frozen=True)
 class AlarmRow:
-    """A drift alarm: ``rule`` saw ``statistic`` beyond ``limit``; ``resolved_time`` is None while it is open."""
+    """A drift alarm: ``rule`` saw ``statistic`` beyond ``limit``; ``resolved_time`` is None while it is open.
+    ``episode``: the run of scores it was raised on (:meth:`History.record_alarm_once`; None: not given)."""
 
     id: int
     time: float
@@ -253,6 +257,7 @@ class AlarmRow:
     message: str
     resolved_time: float | None
     resolved_by: str | None
+    episode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -840,16 +845,35 @@ class History:
     def record_alarm(self, *, category: str, kind: str, rule: str, message: str, version: int | None = None,
                      statistic: float | None = None, limit: float | None = None,
                      time: Time | None = None) -> AlarmRow:
-        """A drift alarm: ``rule`` (e.g. ``"cusum"``) saw ``statistic`` beyond ``limit``."""
-        when = _epoch(time) if time is not None else dt.datetime.now(dt.UTC).timestamp()
-        values: dict[str, Any] = {"time": when, "host": self.host, "category": category, "kind": kind,
-                                  "version": version, "rule": rule, "statistic": _float_or_none(statistic),
-                                  "limit": _float_or_none(limit), "message": message, "resolved_time": None,
-                                  "resolved_by": None}
+        """A drift alarm: ``rule`` (e.g. ``"cusum"``) saw ``statistic`` beyond ``limit`` (always a new row; the
+        drift watch records through :meth:`record_alarm_once`)."""
+        values = self._alarm_values(category, kind, rule, message, version, statistic, limit, time, None)
         with self._write() as conn:
             new_id = conn.execute(sa.insert(drift_alarms).values(**fit_columns(drift_alarms, values))
                                   .returning(drift_alarms.c.id)).scalar_one()
-        return AlarmRow(id=int(new_id), **values)
+        return AlarmRow(id=int(new_id), **_fields(values))
+
+    def record_alarm_once(self, *, category: str, kind: str, version: int, episode: int, rule: str, message: str,
+                          statistic: float | None = None, limit: float | None = None,
+                          time: Time | None = None) -> tuple[AlarmRow, bool]:
+        """The alarm of ``episode`` (a run of scores of the version: the drift watch passes the id of the alarm
+        whose resolution began the run, 0 for the version's first run), recorded unless that episode has one:
+        the database's unique ``dedup`` decides, so two processes or hosts alarming at once record one row.
+        Returns (the episode's alarm, whether this call recorded it); the alarm may be resolved already."""
+        values = self._alarm_values(category, kind, rule, message, version, statistic, limit, time, episode)
+        with self._write() as conn:
+            made = self._insert_once(conn, drift_alarms, values)
+            row = conn.execute(sa.select(drift_alarms).where(drift_alarms.c.id == made.id)).mappings().one()
+        return AlarmRow(**_fields(row)), made.new
+
+    def _alarm_values(self, category: str, kind: str, rule: str, message: str, version: int | None,
+                      statistic: float | None, limit: float | None, time: Time | None,
+                      episode: int | None) -> dict[str, Any]:
+        when = _epoch(time) if time is not None else dt.datetime.now(dt.UTC).timestamp()
+        return {"time": when, "host": self.host, "category": category, "kind": kind, "version": version,
+                "rule": rule, "statistic": _float_or_none(statistic), "limit": _float_or_none(limit),
+                "message": message, "resolved_time": None, "resolved_by": None, "episode": episode,
+                "dedup": None if episode is None else _digest(["alarm", category, kind, version, int(episode)])}
 
     def resolve_alarm(self, alarm_id: int, by: str, time: Time | None = None) -> AlarmRow:
         """Mark alarm ``alarm_id`` resolved (a second call keeps the first resolution).

@@ -9,10 +9,12 @@ recalibrated, retrained) has judged nothing yet. A resolved alarm of the version
 resolution time (a person decided the line is fine as it is: the watch then asks whether it drifts from there;
 without this the CUSUM, already over its limit, would alarm again at once).
 
-Once per alarm: when the rule alarms and the database holds no unresolved alarm for the category, kind and
-version, one is recorded (rule ``cusum``, statistic: the CUSUM, limit: the rule's). The check and the write are
-made under a lock of the process; two processes checking the same version at the same instant may each record
-one (the history keeps both; resolving is per alarm).
+Once per alarm, across processes and hosts: when the rule alarms and the database holds no unresolved alarm for
+the category, kind and version, the alarm of the run's *episode* is recorded (rule ``cusum``, statistic: the
+CUSUM, limit: the rule's). The episode is the id of the resolved alarm whose resolution began the run (0: the
+version's first run); :meth:`History.record_alarm_once` keeps one alarm per category, kind, version and episode
+(a unique key in the database), so the service and a watch folder, or two hosts sharing one PostgreSQL, that
+alarm at the same instant record one row, and each answers with it.
 
 :class:`DriftWatch` is what the service and the watch folder hold: the status per model version, computed at
 most every ``interval_s`` seconds (not per request), the line log imported into the database first so rows only
@@ -87,15 +89,18 @@ class DriftStatus:
                 "message": self.message}
 
 
-_record_lock = threading.Lock()  # check-then-record of an alarm, once per process
-
-
 def run_start(history: History, category: str, kind: str, version: int) -> float | None:
     """Where the version's run of scores starts: the latest resolution time of one of its alarms, else None (its
     first row)."""
-    resolved = [a.resolved_time for a in history.alarms(category=category, kind=kind, version=version, limit=None)
-                if a.resolved_time is not None]
-    return max(resolved) if resolved else None
+    return run_episode(history, category, kind, version)[0]
+
+
+def run_episode(history: History, category: str, kind: str, version: int) -> tuple[float | None, int]:
+    """(where the version's run of scores starts, its episode): the latest resolution of one of its alarms (time,
+    alarm id), else (None, 0): the version's first run."""
+    resolved = [(a.resolved_time, a.id) for a in history.alarms(category=category, kind=kind, version=version,
+                                                                 limit=None) if a.resolved_time is not None]
+    return max(resolved) if resolved else (None, 0)
 
 
 def judged_run(history: History, category: str, kind: str, version: int,
@@ -122,18 +127,18 @@ def _status(history: History, ref: ModelRef, calibration: Calibration,
     """The status and the times ``[n]`` of the scores its report ran over."""
     category, kind, version = ref.category, ref.kind, ref.version
     center, spread = float(calibration.good_score_mean), float(calibration.good_score_std)
-    since = run_start(history, category, kind, version)
+    since, episode = run_episode(history, category, kind, version)
     times, scores = judged_run(history, category, kind, version, since)
     report = watch(scores, center, spread, rule)
-    with _record_lock:
-        open_alarms = history.alarms(category=category, kind=kind, version=version, open_only=True, limit=1)
-        open_alarm = open_alarms[0] if open_alarms else None
-        recorded = False
-        if report.alarm and open_alarm is None:
-            open_alarm = history.record_alarm(category=category, kind=kind, version=version, rule=RULE,
-                                              statistic=report.cusum, limit=rule.limit,
-                                              message=report.describe())
-            recorded = True
+    open_alarms = history.alarms(category=category, kind=kind, version=version, open_only=True, limit=1)
+    open_alarm = open_alarms[0] if open_alarms else None
+    recorded = False
+    if report.alarm and open_alarm is None:
+        found, recorded = history.record_alarm_once(category=category, kind=kind, version=version, episode=episode,
+                                                    rule=RULE, statistic=report.cusum, limit=rule.limit,
+                                                    message=report.describe())
+        open_alarm = None if found.resolved_time is not None else found  # resolved meanwhile: the next check
+        if recorded:  # begins the next episode
             logger.warning("%s/%s v%d: %s", category, kind, version, report.describe())
     return DriftStatus(category, kind, version, report, center, spread, since, open_alarm, recorded), times
 
