@@ -4,7 +4,8 @@
 
 Per set: ``core.store.lifecycle.train`` with default settings (calibration from the training images only), then
 the test images are streamed as the line would see them, in a fixed random order (seed 0), each judged by the one
-verdict pipeline (``core.verdict.inspection.judge``) and fed to the drift watch (``core.scores.drift``). When the
+verdict pipeline (``core.verdict.inspection.judge``) and fed to the drift watch (``core.scores.drift``) as the
+product reads it (a DEFECT at most at its threshold: ``core.verdict.drift_status.CAPPED``). When the
 watch alarms, the first 20 images a reviewer would confirm good (the ground truth plays the reviewer) after the
 alarm recalibrate the model (``core.verdict.recalibrate``); the rest of the stream is measured with the new
 calibration. Reported per set: the promise (false-alarm rate a), n and the bound of the calibration, the observed
@@ -12,7 +13,9 @@ false-alarm rate before an alarm and after recalibration, the REVIEW band's shar
 plain threshold's errors that fall in it, F1 at the default vs F1-max, and two drift checks on resampled test goods:
 1,000 unshifted (no alarm expected) and 100 unshifted followed by shifted ones (brightness +15%, slight blur,
 5 px offset; alarm expected within 50). Trained models and scores are kept under benchmarks/out/line_promise/
-(a rerun reuses them; ``--fresh`` retrains). Written to the ``line_promise`` section of RESULTS.md.
+(a rerun reuses them; ``--fresh`` retrains). A second table measures the drift statistic's variants (:data:`VARIANTS`:
+which judged images the watch reads, the window's quantile) on the same streams and runs. Written to the
+``line_promise`` section of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +46,31 @@ from core.store.model_store import ModelStore
 from core.types import Prediction
 from core.verdict import inspection
 from core.verdict.recalibrate import recalibrate_from_line
+
+# the drift statistic, measured (issue 24 gap 5): which judged images the watch reads, and the window's statistic.
+# A variant maps (raw score, verdict, image threshold) to the value the watch reads (None: not read).
+Counted = Callable[[float, str, float], float | None]
+
+
+def _all(score: float, _verdict: str, _threshold: float) -> float | None:
+    return score
+
+
+def _non_defect(score: float, verdict: str, _threshold: float) -> float | None:
+    return None if verdict == "DEFECT" else score
+
+
+def _defect_at_threshold(score: float, verdict: str, threshold: float) -> float | None:
+    return min(score, threshold) if verdict == "DEFECT" else score
+
+
+VARIANTS: dict[str, tuple[DriftRule, Counted]] = {
+    "median of all judged (before)": (DriftRule(), _all),
+    "median of non-DEFECT": (DriftRule(), _non_defect),
+    "median, a DEFECT counted at the threshold (product)": (DriftRule(), _defect_at_threshold),
+    "lower quartile of all judged": (DriftRule(quantile=0.25), _all),
+}
+PRODUCT = _defect_at_threshold  # what core.verdict.drift_status reads (CAPPED: a DEFECT at most at its threshold)
 
 SEED = 0
 CONFIRMED = 20  # images a reviewer confirms good after an alarm; the recalibration uses them
@@ -106,8 +135,10 @@ def verdict(model: lifecycle.LoadedModel, item: Scored) -> str:
     return inspection.judge(model, item.shape, inspection.Measurement.of(item.prediction)).verdict
 
 
-def stream(model: lifecycle.LoadedModel, items: list[Scored], rule: DriftRule) -> dict:
-    """Judge ``items`` in a fixed random order; recalibrate after an alarm; measure before and after."""
+def stream(model: lifecycle.LoadedModel, items: list[Scored], rule: DriftRule,
+           counted: Counted = PRODUCT) -> dict:
+    """Judge ``items`` in a fixed random order; recalibrate after an alarm; measure before and after. The drift
+    watch reads ``counted(score, verdict, threshold)`` of each judged image (None: not read)."""
     order = np.random.default_rng(SEED).permutation(len(items))
     trained_model = model
     center, spread = model.calibration.good_score_mean, model.calibration.good_score_std
@@ -128,7 +159,10 @@ def stream(model: lifecycle.LoadedModel, items: list[Scored], rule: DriftRule) -
             continue
         rows[phase].append((item.good, v, item.prediction.score, model.calibration.image_threshold))
         if phase == "before":
-            scores.append(item.prediction.score)
+            value = counted(item.prediction.score, v, model.calibration.image_threshold)
+            if value is None:
+                continue
+            scores.append(value)
             if watch(scores, center, spread, rule).alarm:
                 alarm_at, phase = position, "collecting"
     return {"rows": rows, "alarm_at": alarm_at, "recalibrated": model is not trained_model}
@@ -153,12 +187,13 @@ def rates(rows: list[tuple[bool, str, float, float]]) -> dict:
     }
 
 
-def drift_checks(model: lifecycle.LoadedModel, data: CategoryData, items: list[Scored], rule: DriftRule) -> dict:
+def drift_runs(model: lifecycle.LoadedModel, data: CategoryData, items: list[Scored]) -> dict:
+    """The two drift runs on resampled test goods, (score, verdict) per image: 1,000 unshifted, and 100 unshifted
+    followed by 100 shifted ones (:func:`shifted`)."""
     rng = np.random.default_rng(SEED + 1)
     goods = [i for i in items if i.good]
-    cal = model.calibration
-    quiet = rng.choice([g.prediction.score for g in goods], RESAMPLED, replace=True)
-    quiet_report = watch(quiet, cal.good_score_mean, cal.good_score_std, rule)
+    quiet_picks = rng.choice(len(goods), RESAMPLED, replace=True)
+    quiet = [(goods[p].prediction.score, verdict(model, goods[p])) for p in quiet_picks]
     good_samples = [s for s in data.test if s.defect == GOOD]
     picks = rng.choice(len(good_samples), SHIFT_AT + SHIFT_LEN, replace=True)
     run = []
@@ -166,13 +201,31 @@ def drift_checks(model: lifecycle.LoadedModel, data: CategoryData, items: list[S
         image = load_image(good_samples[pick].path)
         if position >= SHIFT_AT:
             image = shifted(image)
-        run.append(model.detector.predict([image])[0].score)
-    shift_report = watch(run, cal.good_score_mean, cal.good_score_std, rule)
-    before = shift_report.alarm_at is not None and shift_report.alarm_at < SHIFT_AT
-    return {"quiet_alarm_at": quiet_report.alarm_at, "shift_alarm_at": shift_report.alarm_at,
-            "shift_delay": None if shift_report.alarm_at is None or before else shift_report.alarm_at - SHIFT_AT,
+        found = Scored(good_samples[pick].key, True, model.detector.predict([image])[0], image.shape)
+        run.append((found.prediction.score, verdict(model, found)))
+    return {"quiet": quiet, "shift": run}
+
+
+def drift_checks(model: lifecycle.LoadedModel, runs: dict, rule: DriftRule, counted: Counted = PRODUCT) -> dict:
+    cal = model.calibration
+
+    def read(pairs: list[tuple[float, str]]) -> tuple[list[float], list[int]]:
+        """The values the watch reads and, for each, its position in the run."""
+        kept = [(counted(score, v, cal.image_threshold), i) for i, (score, v) in enumerate(pairs)]
+        return [x for x, _ in kept if x is not None], [i for x, i in kept if x is not None]
+
+    quiet, _ = read(runs["quiet"])
+    quiet_report = watch(quiet, cal.good_score_mean, cal.good_score_std, rule)
+    shift_values, positions = read(runs["shift"])
+    shift_report = watch(shift_values, cal.good_score_mean, cal.good_score_std, rule)
+    alarm_at = None if shift_report.alarm_at is None else positions[shift_report.alarm_at]
+    before = alarm_at is not None and alarm_at < SHIFT_AT
+    shifted_scores = np.array([score for score, _ in runs["shift"][SHIFT_AT:]])
+    return {"quiet_alarm_at": quiet_report.alarm_at, "shift_alarm_at": alarm_at,
+            "shift_delay": None if alarm_at is None or before else alarm_at - SHIFT_AT,
             "false_alarm_before_shift": before,
-            "shifted_median_z": float(np.median((np.array(run[SHIFT_AT:]) - cal.good_score_mean)
+            "shifted_defect_share": float(np.mean([v == "DEFECT" for _, v in runs["shift"][SHIFT_AT:]])),
+            "shifted_median_z": float(np.median((shifted_scores - cal.good_score_mean)
                                                 / max(cal.good_score_std, 1e-12)))}
 
 
@@ -229,11 +282,18 @@ def band_sweep(model: lifecycle.LoadedModel, items: list[Scored]) -> dict[str, d
     return out
 
 
-def run_set(name: str, kind: str, fresh: bool, rule: DriftRule) -> dict:
+def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted = PRODUCT) -> dict:
     data = dataset(name)
     model, fit_s = trained(name, data, kind, fresh)
     items = score_all(model, data)
-    result = stream(model, items, rule)
+    result = stream(model, items, rule, counted)
+    runs = drift_runs(model, data, items)
+    variants = {}
+    for label, (v_rule, v_counted) in VARIANTS.items():
+        v_stream = stream(model, items, v_rule, v_counted)
+        variants[label] = {"alarm_at": v_stream["alarm_at"], "after": rates(v_stream["rows"]["after"]),
+                           "before": rates(v_stream["rows"]["before"]),
+                           **drift_checks(model, runs, v_rule, v_counted)}
     cal = model.calibration
     f1, f1max = f1s(items, cal.image_threshold)
     promise = cal.false_alarm_target
@@ -243,7 +303,8 @@ def run_set(name: str, kind: str, fresh: bool, rule: DriftRule) -> dict:
             "bound": evidence, "source": cal.source, "alarm_at": result["alarm_at"],
             "before": rates(result["rows"]["before"]), "after": rates(result["rows"]["after"]),
             "all": rates(result["rows"]["before"] + result["rows"]["after"]),
-            "f1": f1, "f1_max": f1max, "drift": drift_checks(model, data, items, rule), "n_test": len(items),
+            "f1": f1, "f1_max": f1max, "drift": drift_checks(model, runs, rule, counted), "n_test": len(items),
+            "variants": variants,
             "test_goods_flagged": float(np.mean([i.prediction.score >= cal.image_threshold for i in items if i.good])),
             "n_test_goods": sum(1 for i in items if i.good), "defect_share": float(np.mean([not i.good for i in items])),
             "frontier": band_frontier(items, cal.image_threshold), "band_sweep": band_sweep(model, items)}
@@ -292,6 +353,20 @@ def table(results: list[dict], command: str) -> str:
     for r in results:
         lines.append(f"| {r['set']} | " + " | ".join(
             f"{pct(v['parts'])} / {pct(v['caught'])}" for v in r["band_sweep"].values()) + " |")
+    lines += ["", "The drift statistic, measured (the same streams and runs; alarm at: image of the test stream / "
+              "of the 1,000 unshifted goods; shift: images after it began, and the share of shifted goods judged "
+              "DEFECT):", "", "| set | statistic | test stream: alarm at | false alarms after recalibration | "
+              "1,000 goods: alarm | shift: delay |", "|---|---|---|---|---|---|"]
+    for r in results:
+        for label, v in r["variants"].items():
+            after = v["after"]
+            lines.append(
+                f"| {r['set']} | {label} | {'none' if v['alarm_at'] is None else v['alarm_at'] + 1} | "
+                f"{pct(after.get('false_alarms')) if after.get('n') else '–'} (of {after.get('n_good', 0)}) | "
+                f"{'none' if v['quiet_alarm_at'] is None else 'at ' + str(v['quiet_alarm_at'] + 1)} | "
+                f"{'none' if v['shift_delay'] is None else str(v['shift_delay']) + ' images'}"
+                f"{' (alarm before the shift)' if v['false_alarm_before_shift'] else ''} "
+                f"({pct(v['shifted_defect_share'])} DEFECT) |")
     return "\n".join(lines)
 
 

@@ -52,6 +52,7 @@ def test_no_reading_before_a_full_window():
     ({"window": 0}, "window of 1 image or more"),
     ({"allowance": -1.0}, "allowance of 0 or more"),
     ({"limit": 0.0}, "limit above 0"),
+    ({"quantile": 1.0}, "quantile between 0 and 1"),
 ])
 def test_rule_refuses_bad_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -73,3 +74,12 @@ def test_defaults_quiet_on_good_parts_and_quick_on_a_shift():
         shifted[rng.random(60) < 0.1] = 8.0
         report = watch(np.concatenate([rng.normal(0, 1, 100), shifted]), 0.0, 1.0)
         assert report.alarm_at is not None and 100 <= report.alarm_at < 150, report.alarm_at
+
+
+def test_a_lower_quantile_reads_the_window_lower():
+    """quantile 0.25 of a window of 5 (linear, as numpy): [0, 0, 4, 4, 4] -> 0, so S stays 0 where the median
+    (4) would alarm; [0, 4, 4, 4, 4] -> 4 - 0.5 = 3.5."""
+    rule = DriftRule(window=5, allowance=0.5, limit=1.0, quantile=0.25)
+    assert watch([0, 0, 4, 4, 4], 0.0, 1.0, rule).cusum == 0.0
+    assert watch([0, 0, 4, 4, 4], 0.0, 1.0, DriftRule(window=5, allowance=0.5, limit=1.0)).alarm
+    assert watch([0, 4, 4, 4, 4], 0.0, 1.0, rule).cusum_trace[-1] == 3.5

@@ -276,3 +276,16 @@ def test_threads_of_two_histories_racing_record_one_alarm(tmp_path: Path) -> Non
     finally:
         for history in histories:
             history.close()
+
+
+def test_a_defect_counts_at_its_threshold(history: History, tmp_path: Path) -> None:
+    """Issue 24 gap 5: a DEFECT verdict's score is read at most at the threshold it was judged against (13.0 =
+    3 spreads), so a burst of defects moves the windowed median no further than the threshold; OK and REVIEW
+    scores count as they are. Hand-computed: six DEFECT rows scoring 30 read as z = 3: S = 2.5 at the fifth,
+    5.0 at the sixth (alarm there); uncapped, z = 20 would give S = 19.5, 39.0."""
+    _judge(history, [30.0] * 6, verdict="DEFECT")
+    status = drift_status(history, _model(tmp_path), RULE)
+    assert status.report.cusum_trace == pytest.approx((0, 0, 0, 0, 2.5, 5.0))
+    assert status.report.alarm_at == 5 and status.report.median_z == pytest.approx(3.0)
+    _judge(history, [15.0] * 5, verdict="REVIEW", start=2000.0)  # not capped: z = 5
+    assert drift_status(history, _model(tmp_path), RULE).report.median_z == pytest.approx(5.0)

@@ -10,7 +10,10 @@ CUSUM on the *median* of the last ``window`` values of ``z``::
 
 The median makes the rule blind to defective parts as long as they are fewer than half of the window (a defect's
 score is far above the good ones; a drifted line moves *all* good parts up); a run of mostly defective parts raises
-it too, and the alarm says so. One-sided on purpose: line goods that score *lower* than the calibration's are
+it too, and the alarm says so. The caller reads a DEFECT verdict's score at most at its threshold
+(``core.verdict.drift_status.CAPPED``), so such a run lifts the median only to the threshold: measured on test
+streams with 61-72% defects, it kept the injected-shift delays and removed the demo's alarm, but the sets whose
+windows hold mostly defects still alarm (a defect majority and a shift look alike to a score). One-sided on purpose: line goods that score *lower* than the calibration's are
 common and harmless to the promise (measured, benchmarks/bench_line_promise.py: a downward side alarmed on
 1,000 unshifted test goods of every dev set: leave-one-out calibration scores sit above those of new good parts).
 The CUSUM adds up a small steady shift that no single window shows. With the defaults (window 25, allowance 0.5,
@@ -32,11 +35,13 @@ MIN_SPREAD_FRACTION = 1e-6  # of |center|: a calibration whose good scores all a
 @dataclass(frozen=True)
 class DriftRule:
     """The drift watch's settings: ``window`` images per median, ``allowance`` and ``limit`` in calibration
-    spreads (see the module docstring)."""
+    spreads (see the module docstring); ``quantile``: the window's statistic (0.5: the median; a lower one is
+    blind to more defective parts per window, measured in benchmarks/bench_line_promise.py)."""
 
     window: int = 25
     allowance: float = 0.5
     limit: float = 4.0
+    quantile: float = 0.5
 
     def __post_init__(self) -> None:
         if not isinstance(self.window, int) or self.window < 1:
@@ -45,6 +50,8 @@ class DriftRule:
             raise ValueError(f"expected a drift allowance of 0 or more spreads, found {self.allowance!r}")
         if not (np.isfinite(self.limit) and self.limit > 0):
             raise ValueError(f"expected a drift limit above 0 spreads, found {self.limit!r}")
+        if not (np.isfinite(self.quantile) and 0.0 < self.quantile < 1.0):
+            raise ValueError(f"expected a drift quantile between 0 and 1, found {self.quantile!r}")
 
 
 @dataclass(frozen=True)
@@ -96,7 +103,7 @@ def watch(scores: Sequence[float], center: float, spread: float, rule: DriftRule
     s, alarm_at, median = 0.0, None, None
     for t in range(len(z)):
         if t + 1 >= rule.window:
-            median = float(np.median(z[t + 1 - rule.window: t + 1]))
+            median = float(np.quantile(z[t + 1 - rule.window: t + 1], rule.quantile))
             s = max(0.0, s + median - rule.allowance)
             if alarm_at is None and s > rule.limit:
                 alarm_at = t

@@ -807,13 +807,18 @@ class History:
                 yield ResultRow(**_fields(row)), review
 
     def scores_of_version(self, category: str, kind: str, version: int, verdicts: Sequence[str],
-                          since: float | None = None) -> list[tuple[float, float]]:
+                          since: float | None = None, capped: Sequence[str] = ()) -> list[tuple[float, float]]:
         """(time, raw score) of the finite-scored results ``version`` judged with a verdict in ``verdicts`` at or
-        after ``since``, oldest first (a light query: two columns)."""
+        after ``since``, oldest first (a light query: two columns). A result with a verdict in ``capped`` reads
+        at most its row's threshold (the drift watch's DEFECT rule)."""
         t = line_results
         where = [t.c.category == category, t.c.kind == kind, t.c.version == version, t.c.verdict.in_(list(verdicts)),
                  t.c.score.is_not(None), *_time_window(t.c.time, since, None)]
-        query = sa.select(t.c.time, t.c.score).where(*where).order_by(t.c.time, t.c.id)
+        score: sa.ColumnElement[Any] = t.c.score
+        if capped:
+            score = sa.case((sa.and_(t.c.verdict.in_(list(capped)), t.c.threshold.is_not(None),
+                                     t.c.threshold < t.c.score), t.c.threshold), else_=t.c.score)
+        query = sa.select(t.c.time, score).where(*where).order_by(t.c.time, t.c.id)
         with self.engine.connect() as conn:
             return [(float(when), float(score)) for when, score in conn.execute(query) if math.isfinite(score)]
 

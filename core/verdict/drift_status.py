@@ -4,7 +4,10 @@ database (:class:`core.store.history.History`), its alarm recorded there once, a
 
 What is watched: the raw scores of the images the version judged (verdicts OK / REVIEW / DEFECT; refused and
 NO VERDICT rows are no parts of the product), oldest first, in units of the version's calibration (mean and
-standard deviation of its good scores). A version starts with an empty run: a new version (thresholds saved,
+standard deviation of its good scores); a DEFECT counts at most at the threshold it was judged against
+(:data:`CAPPED`: a burst of defects lifts the windowed median no further than the threshold, while a shift that
+makes good parts DEFECT still reads as the threshold, well above the allowance; measured in
+benchmarks/bench_line_promise.py, RESULTS.md ``line_promise``). A version starts with an empty run: a new version (thresholds saved,
 recalibrated, retrained) has judged nothing yet. A resolved alarm of the version starts its run again at the
 resolution time (a person decided the line is fine as it is: the watch then asks whether it drifts from there;
 without this the CUSUM, already over its limit, would alarm again at once).
@@ -47,6 +50,7 @@ from core.verdict.review import confirmed_good
 logger = logging.getLogger(__name__)
 
 JUDGED = (OK, REVIEW, DEFECT)  # the verdicts whose scores the drift watch reads
+CAPPED = (DEFECT,)  # ... of which these count at most at their row's threshold
 RULE = "cusum"  # the rule name recorded with an alarm
 DEFAULT_INTERVAL_S = 5.0  # DriftWatch: seconds a version's status is reused before it is computed again
 DEFAULT_RULE = DriftRule()
@@ -106,8 +110,8 @@ def run_episode(history: History, category: str, kind: str, version: int) -> tup
 def judged_run(history: History, category: str, kind: str, version: int,
                since: float | None = None) -> tuple[list[float], list[float]]:
     """(times, raw scores), both ``[n]``, of the images ``version`` judged OK, REVIEW or DEFECT at or after
-    ``since``, oldest first."""
-    kept = history.scores_of_version(category, kind, version, JUDGED, since)
+    ``since``, oldest first; a DEFECT's score at most its threshold (:data:`CAPPED`)."""
+    kept = history.scores_of_version(category, kind, version, JUDGED, since, capped=CAPPED)
     return [when for when, _ in kept], [score for _, score in kept]
 
 
