@@ -12,6 +12,7 @@ import csv
 import json
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,8 @@ EXAMPLES = """examples:
   python -m core feedback --category demo_metal part_0042.png      # mark OK: PatchCore learns it
   python -m core serve --port 8600
   python -m core report --category demo_metal --out shift.pdf   # the current shift's report
+  python -m core batch --category demo_metal archive/ "more/*.png" list.csv [--ray HOST:6379]  # re-inspect
+  python -m core train-all --data demo_data [--ray HOST:6379]   # every category, one Ray task each
 
 The model store is INSPECT_MODEL_STORE when set, else models/ in the repository (the dashboard's too).
 Exit codes: 0 ok, 1 done but some inputs were unusable, 2 bad arguments / missing data / broken model,
@@ -339,6 +342,78 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_progress() -> Callable[[Any], None]:
+    """Prints a batch run's progress on stderr, at most once a second (and the last one)."""
+    import time
+
+    last = [0.0]
+
+    def show(progress: Any) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or progress.done == progress.total:
+            last[0] = now
+            print(progress.describe(), file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_batch(args: argparse.Namespace) -> int:
+    """Re-inspect images with one model version into the results database, each image once (core/line/batch.py);
+    on Ray actors with ``--ray``, else in this process."""
+    from core.line import batch
+    from core.line import results_log as line_log
+    from core.store.history import History
+
+    paths = batch.expand_sources(args.sources)
+    store = ModelStore(args.store)
+    ref = store.ref(validate_name(args.category, "category name"), args.model, args.version)
+    runner: batch.Runner
+    if args.ray is None:
+        runner = batch.LocalRunner(ref, args.inference)
+    else:
+        from core.line import ray_cluster
+
+        runner = ray_cluster.RayRunner(ref, args.inference, args.ray, workers=args.workers)
+    print(f"{ref.label}: {len(paths)} image(s) to re-inspect on {runner.workers} worker(s)"
+          f"{'' if args.ray is None else f' (Ray {args.ray})'}", file=sys.stderr, flush=True)
+    try:
+        with History.open(store.root, line_log=line_log.default_path(store.root)) as history:
+            summary = batch.run_batch(ref, paths, runner, history, chunk_size=args.chunk,
+                                      progress=_batch_progress())
+    finally:
+        runner.close()
+    print(summary.describe(), file=sys.stderr)
+    return 1 if summary.rejected else 0
+
+
+def cmd_train_all(args: argparse.Namespace) -> int:
+    """Train every category under ``--data`` (core/line/train_all.py): one Ray task each with ``--ray``, else one
+    after the other here; a failed category is reported and the others go on (exit code 1 if any failed)."""
+    from core.line import train_all
+
+    settings = _settings_from_args(args)
+    where = "this process" if args.ray is None else f"Ray {args.ray}"
+    jobs = train_all.jobs_for(args.data, args.model, settings, args.store, where)
+    print(f"train-all: {len(jobs)} categor{'y' if len(jobs) == 1 else 'ies'} ({args.model}) on {where}; job "
+          f"records in {args.store / train_all.JOBS / jobs[0].run}", file=sys.stderr, flush=True)
+
+    def done(outcome: train_all.TrainOutcome) -> None:
+        said = f"v{outcome.version}" if outcome.ok else f"FAILED: {outcome.error}"
+        print(f"{outcome.category}/{outcome.kind}: {said} ({outcome.seconds:.1f} s on {outcome.host or '?'})",
+              file=sys.stderr, flush=True)
+
+    if args.ray is None:
+        outcomes = train_all.run_local(jobs, done)
+    else:
+        from core.line import ray_cluster
+
+        outcomes = ray_cluster.run_train(jobs, args.ray, done)
+    failed = [o for o in outcomes if not o.ok]
+    print(json.dumps({"trained": [f"{o.category}/{o.kind} v{o.version}" for o in outcomes if o.ok],
+                      "failed": {f"{o.category}/{o.kind}": o.error for o in failed}}, indent=2))
+    return 1 if failed else 0
+
+
 def _read_password(name: str) -> str:
     """The new password, never from argv: asked twice on a terminal, else the first line of stdin."""
     import getpass
@@ -532,6 +607,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="thumbnails of the worst images without the model's heatmap (no model is loaded)")
     p.add_argument("--out", type=Path, required=True, help="the file to write")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("train-all", help="train every category under --data (one Ray task each with --ray); a "
+                       "failed category is reported, the others go on")
+    common(p)
+    _add_train_options(p)
+    p.add_argument("--ray", metavar="ADDRESS", help="one Ray task per category on this cluster (host:port, "
+                   "ray://host:10001, auto, or local); EfficientAD asks for a GPU where the cluster has one")
+    p.set_defaults(func=cmd_train_all)
+
+    p = sub.add_parser("batch", help="re-inspect images (folders, globs, a CSV of paths) with one model version "
+                       "into the results database, each image once; on a Ray cluster with --ray")
+    common(p, need_data=False)
+    scoring(p)
+    p.add_argument("--ray", metavar="ADDRESS", help="run on Ray actors: a cluster's address (host:port, "
+                   "ray://host:10001), auto (the cluster started on this machine) or local (a new one in this process)")
+    p.add_argument("--workers", type=int, help="Ray actors, each with the model loaded once (default: one per CPU "
+                   "of the cluster)")
+    p.add_argument("--chunk", type=int, default=16, help="images per chunk, judged and written together (default 16)")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="image files, folders (searched recursively), globs "
+                   "(quoted), or a .csv whose first column holds paths")
+    p.set_defaults(func=cmd_batch)
 
     users_default = app_settings.users_file()
     p = sub.add_parser("users", help="the dashboard's users and roles (operator, engineer); passwords from stdin")
