@@ -10,6 +10,8 @@ bundle cannot drift from the app (tests/test_export.py holds both to the same ve
   alpha dropped, EXIF orientation applied. Anything else raises :class:`ImageLoadError` naming the source.
 - **Calibration checks** (:func:`check_calibration`): the thresholds and guard values a verdict reads are
   finite numbers, positive where the model's scores are (PatchCore's are distances).
+- **Tiles** (:func:`tile_boxes`, :func:`crop_tiles`, :func:`stitch_tiles`): the grid a tiled model cuts an image
+  into and how its tiles' maps are stitched, so a tiled model's bundle tiles as the app does.
 - **Verdict rules** (:class:`Rules`): below the minimum side NO VERDICT; otherwise DEFECT at or above the image
   threshold, else OK; the unfamiliar-image guard (map median over its limit, or an aspect ratio outside the
   training range) keeps the verdict and flags the image.
@@ -177,6 +179,64 @@ def _interpolation_matrix(size_in: int, size_out: int) -> np.ndarray:
     np.add.at(out, (idx, low), 1.0 - frac)
     np.add.at(out, (idx, high), frac)
     return out
+
+
+# ------------------------------------------------------------------------------------------------------- tiles
+# Tiled models (PatchCore ``input_mode="tiles"``) cut each image into overlapping tiles and stitch the tiles' maps;
+# the app (core/models/tiling.py) and the bundle (bundle_runner.py) cut and stitch with these same functions.
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Tile start offsets along one axis of ``length`` pixels: stride ``int(tile * (1 - overlap))``, the last
+    tile shifted back to end at the border (one tile when ``length <= tile``)."""
+    if tile < 1 or not 0.0 <= overlap < 1.0:
+        raise ValueError(f"expected a tile of at least 1 px and an overlap in [0, 1), found {tile} and {overlap}")
+    if length <= tile:
+        return [0]
+    stride = max(1, int(tile * (1.0 - overlap)))
+    count = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(count)})
+
+
+def tile_boxes(shape: tuple[int, ...], tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
+    """(top, left, height, width) of each tile of an image of ``shape`` (H, W, ...), row by row; every pixel is
+    covered, no tile is padded (a side shorter than a tile is one tile of that side)."""
+    h, w = shape[0], shape[1]
+    return [(y, x, min(tile, h), min(tile, w))
+            for y in tile_starts(h, tile, overlap) for x in tile_starts(w, tile, overlap)]
+
+
+def crop_tiles(image: np.ndarray, tile: int, overlap: float) -> list[np.ndarray]:
+    """The tiles of ``image`` ``[H, W, 3]`` (uint8) as ``[tile, tile, 3]`` arrays, in :func:`tile_boxes` order; a
+    box cut short by a small image is resized up to ``tile`` (bilinear)."""
+    out = []
+    for y, x, h, w in tile_boxes(image.shape, tile, overlap):
+        crop = image[y:y + h, x:x + w]
+        if (h, w) != (tile, tile):
+            crop = np.asarray(Image.fromarray(crop).resize((tile, tile), Image.Resampling.BILINEAR))
+        out.append(np.ascontiguousarray(crop))
+    return out
+
+
+def stitch_tiles(shape: tuple[int, ...], boxes: list[tuple[int, int, int, int]], maps: np.ndarray) -> np.ndarray:
+    """One map ``[H, W]`` (float32) for an image of ``shape`` from its tiles' maps ``[T, t, t]`` (one per box of
+    :func:`tile_boxes`): each resized to its box (:func:`resize_map`) and averaged where boxes overlap."""
+    if len(boxes) != len(maps):
+        raise ValueError(f"expected one map per tile ({len(boxes)}), found {len(maps)}")
+    total = np.zeros(shape[:2], np.float32)
+    count = np.zeros(shape[:2], np.float32)
+    for (y, x, h, w), amap in zip(boxes, maps, strict=True):
+        total[y:y + h, x:x + w] += resize_map(amap, (h, w))
+        count[y:y + h, x:x + w] += 1.0
+    return total / np.maximum(count, 1.0)
+
+
+def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` ``[H, W, 3]`` resized by ``scale`` (bilinear, sides rounded, at least 1 px); 1.0 returns it."""
+    if scale == 1.0:
+        return image
+    h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 
 # ------------------------------------------------------------------------------------------- calibration checks

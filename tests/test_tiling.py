@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from anomalib.models.image.patchcore.torch_model import PatchcoreModel
+from PIL import Image
 
 from core.data.dataset import load_category
 from core.data.imageio import load_image
 from core.models import tiling
 from core.models.patchcore import PatchCore, PatchCoreConfig
+from core.models.preprocess import to_tensor
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap", "expected"), [
@@ -38,7 +47,7 @@ def test_tiles_cover_every_pixel_without_padding(shape: tuple[int, int, int]) ->
 def test_stitching_averages_overlaps_and_takes_the_top_tile_score() -> None:
     image = np.zeros((4, 6, 3), np.uint8)  # tiles of 4x4 at x = 0 and 2: columns 2-3 are covered twice
 
-    def forward(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(batch: torch.Tensor, rows: object) -> tuple[torch.Tensor, torch.Tensor]:
         n = batch.shape[0]
         return torch.arange(n, dtype=torch.float32), torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, 4, 4)
 
@@ -56,3 +65,195 @@ def test_patchcore_on_tiles(demo_root: Path) -> None:
     preds = model.predict([load_image(s.path) for s in data.test[:2]] + [np.full((50, 90, 3), 100, np.uint8)])
     assert [p.anomaly_map.shape for p in preds] == [(64, 64), (64, 64), (50, 90)]
     assert all(np.isfinite(p.score) for p in preds)
+
+
+# ------------------------------------------------------------------ the fast path, leave-one-out, feedback, export
+TILED = {"input_mode": "tiles", "tile": 64, "tile_overlap": 0.25, "coreset_ratio": 0.1, "batch_size": 4}
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A category ``big`` of 150 x 200 px images: 64 px tiles, 3 x 4 of them, the last row and column shifted."""
+    from core.data.demo import make_demo_dataset
+
+    root = tmp_path_factory.mktemp("big")
+    make_demo_dataset(root, n_train=6, n_test_good=2, n_per_defect=1, size=200, seed=11, category="big")
+    for path in root.rglob("*.png"):  # 200 x 200 -> 150 x 200: not square, not a multiple of the stride
+        Image.fromarray(np.asarray(Image.open(path))[:150]).save(path)
+    return root
+
+
+@pytest.fixture(scope="module")
+def big_images(big_root: Path) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    data = load_category(big_root, "big")
+    return [load_image(s.path) for s in data.train], [load_image(s.path) for s in data.test]
+
+
+def _fitted(train: list[np.ndarray]) -> PatchCore:
+    model = PatchCore(PatchCoreConfig(**TILED))
+    model.fit(train)
+    return model
+
+
+def _old_per_tile(model: PatchCore, image: np.ndarray, owner: int | None = None) -> tuple[float, np.ndarray]:
+    """The path before the fast one: every tile on its own through the network and the search (``owner``: the
+    leave-one-image-out search of before, one tile at a time), maps stitched with torch."""
+    cfg = model.config
+    total = np.zeros(image.shape[:2], np.float32)
+    count = np.zeros(image.shape[:2], np.float32)
+    scores = []
+    for (y, x, h, w), tile in zip(tiling.tile_boxes(image.shape, cfg.tile, cfg.tile_overlap),
+                                  tiling.crop_tiles(image, cfg.tile, cfg.tile_overlap), strict=True):
+        batch = to_tensor([tile], cfg.input_spec)
+        if owner is None:
+            s, maps = model.forward(batch)
+            score, amap = float(s[0]), maps[0]
+        else:
+            emb = model.embed(batch)
+            gh, gw = emb.shape[-2:]
+            flat = PatchcoreModel.reshape_embedding(emb)
+            skip = model.image_entries(owner)
+            dist, loc = model.search_index().leave_out_search(flat, skip)
+            score = float(model._left_out_score(dist, loc, flat, skip))
+            amap = model._smoother(dist.reshape(1, 1, gh, gw), (cfg.tile, cfg.tile))[0, 0]
+        m = torch.nn.functional.interpolate(torch.as_tensor(amap)[None, None], size=(h, w), mode="bilinear",
+                                            align_corners=False)[0, 0]
+        total[y:y + h, x:x + w] += m.numpy()
+        count[y:y + h, x:x + w] += 1.0
+        scores.append(score)
+    return max(scores), total / np.maximum(count, 1.0)
+
+
+# ONNX Runtime rounds a batch of 12 tiles a little differently from 12 batches of one: 1e-4 relative.
+RTOL = 1e-4
+
+
+def test_fast_tiles_equal_the_old_per_tile_path(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    train, test = big_images
+    model = _fitted(train)
+    assert len(tiling.tile_boxes(test[0].shape, 64, 0.25)) == 12 > model.config.batch_size
+    calls: list[int] = []
+    forward = model.forward
+
+    def counting(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(int(batch.shape[0]))
+        return forward(batch)
+
+    model.forward = counting  # type: ignore[method-assign]
+    preds = model.predict(test)
+    assert calls == [12] * len(test)  # all tiles of an image in one call, though batch_size is 4
+    del model.forward
+    for image, pred in zip(test, preds, strict=True):
+        score, amap = _old_per_tile(model, image)
+        assert pred.score == pytest.approx(score, rel=RTOL)
+        assert np.allclose(pred.anomaly_map, amap, rtol=RTOL, atol=RTOL * float(amap.max()))
+
+
+def test_tiled_leave_one_out_equals_one_tile_at_a_time(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    train, _ = big_images
+    model = _fitted(train)
+    preds = model.predict_left_out(train)
+    own = model.predict(train)
+    for i, (image, pred) in enumerate(zip(train, preds, strict=True)):
+        score, amap = _old_per_tile(model, image, owner=i)
+        assert pred.score == pytest.approx(score, rel=RTOL)
+        assert np.allclose(pred.anomaly_map, amap, rtol=RTOL, atol=RTOL * float(amap.max()))
+        assert pred.score > own[i].score  # its own patches are skipped
+
+
+def test_marking_a_tiled_image_ok_puts_its_tiles_in_the_bank(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    train, test = big_images
+    model = _fitted(train)
+    before = model.predict(test[-1:])[0]
+    added = model.add_to_bank(test[-1:])
+    assert added == 12 * 8 * 8  # 12 tiles of 8 x 8 patches, not the image squashed into one tile
+    after = model.predict(test[-1:])[0]  # its own patches are in the bank now: distances 0 up to float rounding
+    assert after.score < 1e-2 * before.score
+    assert float(after.anomaly_map.max()) < 1e-2 * float(before.anomaly_map.max())
+
+
+@pytest.fixture(scope="module")
+def tiled_store(big_root: Path, tmp_path_factory: pytest.TempPathFactory) -> ModelStore:
+    store = ModelStore(tmp_path_factory.mktemp("tiled_models"))
+    det.train(load_category(big_root, "big"), "patchcore", TILED, store)
+    return store
+
+
+def test_a_tiled_model_round_trips_through_the_store(tiled_store: ModelStore,
+                                                     big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    train, test = big_images
+    loaded = det.load(tiled_store.current("big", "patchcore"))
+    assert loaded.detector.config.input_mode == "tiles" and loaded.manifest["data"]["calibration"] == "leave_one_image_out"
+    fresh = _fitted(train)  # the same images and seed: the same bank
+    assert torch.equal(loaded.detector.memory_bank, fresh.memory_bank)
+    saved = [p.score for p in loaded.detector.predict(test)]
+    assert saved == [p.score for p in fresh.predict(test)]
+    assert loaded.calibration.familiarity_limit is not None  # the guard is fitted on the tiled maps
+
+
+def test_a_tiled_model_through_the_service(tiled_store: ModelStore, big_root: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from core.line.service import ServiceConfig, create_app
+
+    path = next((big_root / "big" / "test").rglob("*.png"))
+    expected = det.load(tiled_store.current("big", "patchcore")).detector.predict([load_image(path)])[0].score
+    app = create_app(ServiceConfig(tiled_store.root, line_log=tmp_path / "line.jsonl"))
+    with TestClient(app) as client:
+        for _ in range(600):
+            if client.get("/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        r = client.post("/v1/inspect/big", content=path.read_bytes(), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200, r.text
+    item = r.json()["results"][0]
+    assert item["score"] == pytest.approx(expected, rel=1e-6)
+    assert item["verdict"] in ("OK", "REVIEW", "DEFECT")
+
+
+def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled_store: ModelStore, big_root: Path,
+                                                                 tmp_path: Path) -> None:
+    from core.line.export import export_bundle
+    from core.verdict.inspection import inspect
+
+    ref = tiled_store.current("big", "patchcore")
+    with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
+        bundle.extractall(tmp_path / "b")
+    params = json.loads((tmp_path / "b" / "params.json").read_text())
+    assert params["tiles"] == {"tile": 64, "overlap": 0.25, "scale": 1.0} and params["height"] == 64
+    paths = sorted((big_root / "big" / "test").rglob("*.png"))
+    images = [load_image(p) for p in paths] + [np.asarray(Image.open(paths[0]).convert("RGB"))[:40, :50]]
+    model = det.load(ref)
+    app = inspect(model, images)
+    sys.path.insert(0, str(tmp_path / "b"))
+    try:
+        import runner
+
+        found = [runner.Bundle(tmp_path / "b").inspect(image) for image in images]
+    finally:
+        sys.path.remove(str(tmp_path / "b"))
+        for name in ("runner", "portable"):
+            sys.modules.pop(name, None)
+    for a, b in zip(app, found, strict=True):
+        assert b.verdict == a.verdict
+        assert b.score == pytest.approx(a.score, rel=RTOL)
+        assert b.anomaly_map.shape == a.anomaly_map.shape
+        assert np.allclose(b.anomaly_map, a.anomaly_map, rtol=1e-3, atol=1e-3 * float(np.abs(a.anomaly_map).max()))
+
+
+def test_grouped_coreset_covers_like_one_pass() -> None:
+    from core.models.coreset import grouped_kcenter, kcenter_greedy
+
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 16, generator=gen) * 20
+    groups = torch.arange(10).repeat_interleave(400)  # 10 "images", each 400 patches around 2 of the 20 centres
+    x = centres[(groups * 2 + torch.randint(2, (4000,), generator=gen))] + torch.randn(4000, 16, generator=gen)
+    picked = grouped_kcenter(x, groups, 40, first_share=0.1, projection_dim=0)
+    assert picked.dtype == torch.int64 and len(set(picked.tolist())) == 40
+    assert torch.equal(picked, grouped_kcenter(x, groups, 40, first_share=0.1, projection_dim=0))
+
+    def radius(idx: torch.Tensor) -> float:
+        return float(torch.cdist(x, x[idx]).min(dim=1).values.max())
+
+    assert radius(picked) <= 2.0 * radius(kcenter_greedy(x, 40, projection_dim=0))  # composable: within 2x
+    assert {int(g) for g in groups[picked]} == set(range(10))  # every image keeps some entries

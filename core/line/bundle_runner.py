@@ -6,7 +6,8 @@
 The bundle folder holds: model.onnx (and model.xml/.bin, OpenVINO IR, when OpenVINO was installed at export:
 used when params.json says it was faster on the exporting CPU and OpenVINO is installed here), params.json,
 calibration.json, manifest.json, portable.py, and for PatchCore the memory bank (bank.npy) and the map
-operators (map_h.npy, map_w_t.npy).
+operators (map_h.npy, map_w_t.npy). A tiled PatchCore model (params.json "tiles": tile, overlap, scale) is run on
+the image's tiles, cut and stitched by portable.py as the app does.
 
 portable.py is the app's own module (core/portable.py) for decoding images and for the verdict rules, so the
 bundle decodes as the app does (PNG/JPEG/BMP/TIFF only; 16-bit rescaled, alpha dropped, EXIF orientation
@@ -139,8 +140,8 @@ class Bundle:
         return portable.verdict(score, self.rules.image_threshold, self.rules.review)
 
 
-def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
-    emb = bundle.run(_preprocess(image, bundle.params))[0][0]  # [D, h, w]
+def _patch_scores(bundle: Bundle, emb: np.ndarray) -> tuple[float, np.ndarray]:
+    """PatchCore's image score and map ``[height, width]`` for one input's patch embeddings ``emb: [D, h, w]``."""
     d, h, w = emb.shape
     flat = np.ascontiguousarray(emb.reshape(d, h * w).T)  # [h*w, D]
     dist = _distances(flat, bundle.bank, bundle.bank_sq)
@@ -155,8 +156,23 @@ def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
         dists = _distances(flat[top][None], bundle.bank[support], bundle.bank_sq[support])[0].astype(np.float64)
         soft = np.exp(dists - dists.max())
         score *= float(1.0 - (soft / soft.sum())[0])
-    amap = bundle.map_h @ patch.reshape(h, w) @ bundle.map_w_t
-    return score, portable.resize_map(amap, image.shape[:2])
+    return score, bundle.map_h @ patch.reshape(h, w) @ bundle.map_w_t
+
+
+def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
+    tiles = bundle.params.get("tiles")
+    if tiles is None:  # the whole image, resized to the network's input
+        score, amap = _patch_scores(bundle, bundle.run(_preprocess(image, bundle.params))[0][0])
+        return score, portable.resize_map(amap, image.shape[:2])
+    # a tiled model: cut as the app cuts (portable.py), all tiles in one network call, the top tile's score and
+    # the tiles' maps stitched, then resized back to the image
+    scaled = portable.scale_image(image, float(tiles["scale"]))
+    tile, overlap = int(tiles["tile"]), float(tiles["overlap"])
+    batch = np.concatenate([_preprocess(t, bundle.params) for t in portable.crop_tiles(scaled, tile, overlap)])
+    found = [_patch_scores(bundle, emb) for emb in bundle.run(batch)[0]]
+    amap = portable.stitch_tiles(scaled.shape, portable.tile_boxes(scaled.shape, tile, overlap),
+                                 np.stack([m for _, m in found]))
+    return max(s for s, _ in found), portable.resize_map(amap, image.shape[:2])
 
 
 def _efficientad(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:

@@ -47,7 +47,7 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
 
     Raises:
         ModelStoreError: the version is missing or damaged.
-        ValueError: the model cannot be exported (e.g. native-size or tiled input).
+        ValueError: the model cannot be exported (native-size input: one network per image size).
     """
     store = ModelStore(ref.store)
     model = det.load(ref)

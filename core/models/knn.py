@@ -140,10 +140,12 @@ class NearestNeighbourIndex:
         dist = np.sqrt(np.maximum(sq_dist[:, 0], 0.0))
         return torch.from_numpy(dist), torch.from_numpy(idx[:, 0].astype(np.int64))
 
-    def leave_out_search(self, queries: torch.Tensor, skip: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`patch_search` for ONE image's patches (``queries: [n, D]``) against the bank without entries
-        ``skip = (lo, hi)`` (that image's own, see :func:`kept_ranges`): distances ``[n]`` and indices ``[n]``
-        into the whole bank, exact at the largest distance (elsewhere 0 for exact search; HNSW may over-estimate).
+    def leave_out_search(self, queries: torch.Tensor, skip: tuple[int, int],
+                         groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`patch_search` for ONE image's patches (``queries: [G*n, D]``: ``groups`` = G of its tiles of n
+        patches each, or the whole image with G = 1) against the bank without entries ``skip = (lo, hi)`` (that
+        image's own, see :func:`kept_ranges`): distances ``[G*n]`` and indices ``[G*n]`` into the whole bank, exact
+        at each group's largest distance (elsewhere 0 for exact search; HNSW may over-estimate).
 
         Raises:
             ValueError: the range leaves no bank entry to compare with.
@@ -169,14 +171,14 @@ class NearestNeighbourIndex:
             if not found.all():  # a graph cut off by the selector: those patches exactly
                 rows = torch.from_numpy(np.flatnonzero(~found))
                 dist[rows], index[rows] = exact(queries[rows])
-            return self.exact_maximum(queries, dist, index, 1, exact)
+            return self.exact_maximum(queries, dist, index, groups, exact)
         if self.augmented is None:
             self.augmented = augment_bank(self.bank, bank_sq)
         augmented = self.augmented
         dist = torch.stack([nearest_distances(queries, augmented[a:b]) for a, b in ranges]).amin(dim=0)
-        row = int(dist.argmax())
+        rows = dist.view(groups, -1).argmax(dim=1) + torch.arange(groups) * (dist.numel() // groups)
         index = torch.zeros(dist.numel(), dtype=torch.int64)
-        index[row] = exact(queries[row:row + 1])[1][0]
+        index[rows] = exact(queries[rows])[1]
         return dist, index
 
     def exact_maximum(self, queries: torch.Tensor, dist: torch.Tensor, index: torch.Tensor, groups: int,

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
-from PIL import Image
 
 from core.models.backbone import (
     LITE_MEAN,
@@ -37,7 +36,7 @@ from core.models.backbone import (
     load_state_into,
     read_weights_file,
 )
-from core.models.coreset import coreset_size, kcenter_greedy
+from core.models.coreset import coreset_size, grouped_kcenter, kcenter_greedy
 from core.models.device import compute_device
 from core.models.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index, kept_ranges
 from core.models.mapsmooth import MapSmoother
@@ -51,12 +50,18 @@ from core.models.preprocess import (
     to_tensor,
 )
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx
-from core.models.tiling import crop_tiles, predict_tiled
+from core.models.tiling import TileScorer, crop_tiles, predict_tiled
+from core.portable import scale_image
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 KIND = "patchcore"
 BACKBONE_PREFIX = "backbone."  # keys of a user's backbone inside weights.pt
 NORMALIZATIONS = ("imagenet", "backbone")
+# Tiles mode (benchmarks/bench_tiles.py, RESULTS.md "tiles_speed"): the bank keeps this share of ``coreset_ratio``
+# (a tiled image has ~9x the patches of a resized one, and the bank search is most of a tiled image's time), and
+# the coreset's first stage keeps this share of each training image's patches.
+TILE_BANK_SHARE = 0.25
+TILE_FIRST_SHARE = 0.02
 
 
 @dataclass(frozen=True)
@@ -264,9 +269,7 @@ class PatchCore:
             self._load_backbone_file()
         owner = list(range(len(images)))  # training image of each input (tiles: of each tile)
         if self.config.input_mode == "tiles":
-            tiled = [crop_tiles(self._scaled(image), self.config.tile, self.config.tile_overlap) for image in images]
-            owner = [i for i, tiles in enumerate(tiled) for _ in tiles]
-            images = [t for tiles in tiled for t in tiles]
+            images, owner = self._tiles(images)
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
@@ -286,7 +289,8 @@ class PatchCore:
         feature_image = torch.cat(owners)
         del chunks
         t1 = time.perf_counter()
-        k = coreset_size(features.shape[0], self.config.coreset_ratio)
+        tiled = self.config.input_mode == "tiles"
+        k = coreset_size(features.shape[0], self.config.coreset_ratio * (TILE_BANK_SHARE if tiled else 1.0))
 
         def on_progress(done: int, total: int) -> None:
             control.report(f"coreset {done}/{total}", 0.5 + 0.5 * done / total)
@@ -299,6 +303,10 @@ class PatchCore:
             with torch.no_grad():
                 picked = KCenterGreedy(embedding=features, sampling_ratio=k / features.shape[0]).select_coreset_idxs()
             chosen = torch.tensor(picked, dtype=torch.int64)
+        elif self.config.coreset == "fast" and tiled:  # a million patches and more: two stages, image by image
+            first = min(1.0, max(TILE_FIRST_SHARE, 4.0 * k / features.shape[0]))  # the union: at least 4 k
+            chosen = grouped_kcenter(features, feature_image, k, first, self.config.projection_dim, self.config.seed,
+                                     on_progress)
         elif self.config.coreset == "fast":
             chosen = kcenter_greedy(features, k, self.config.projection_dim, self.config.seed, on_progress)
         else:
@@ -320,7 +328,10 @@ class PatchCore:
 
     def add_to_bank(self, images: Sequence[np.ndarray]) -> int:
         """Append every patch feature of ``images`` to the memory bank (feedback: "this is OK"); returns how
-        many entries were added. No coreset: the point is that these exact patches stop looking anomalous."""
+        many entries were added. No coreset: the point is that these exact patches stop looking anomalous (tiles
+        mode: the patches of every tile of each image)."""
+        if self.config.input_mode == "tiles":
+            images = self._tiles(images)[0]
         added = [PatchcoreModel.reshape_embedding(self.embed(batch)).clone()
                  for _, batch in batches(images, self.config.input_spec, self.config.batch_size)]
         new = torch.cat(added)
@@ -331,18 +342,26 @@ class PatchCore:
 
     def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
         """Files and parameters of an export bundle (core/line/export.py; run by core/line/bundle_runner.py): the
-        embedder as ONNX, the memory bank and the map operators (the map is linear in the patch scores)."""
-        if self.config.input_mode != "squash":
-            raise ValueError(f"expected a model with squashed input to export, found input_mode {self.config.input_mode!r}")
-        h, w = self.config.height, self.config.width
+        embedder as ONNX, the memory bank and the map operators (the map is linear in the patch scores). A tiled
+        model exports its tile-sized network and ``params["tiles"]`` (tile, overlap, scale): the runner cuts and
+        stitches with the app's own functions (core/portable.py)."""
+        tiles = self.config.input_mode == "tiles"
+        if self.config.input_mode not in ("squash", "tiles"):
+            raise ValueError(f"expected a model with squashed or tiled input to export (one network input size), "
+                             f"found input_mode {self.config.input_mode!r}: each image size would need a network "
+                             f"of its own; retrain with --input-mode squash or tiles to export")
+        h, w = (self.config.tile, self.config.tile) if tiles else (self.config.height, self.config.width)
         with torch.inference_mode():
             grid = self._embedder(torch.zeros(1, 3, h, w)).shape[-2:]
         a_h, a_w_t = self._smoother.operators(int(grid[0]), int(grid[1]), h, w)
         spec = self.config.input_spec
         files = {"model.onnx": export_onnx(self._embedder, h, w, 1), "bank.npy": _npy(self.model.memory_bank),
                  "map_h.npy": _npy(a_h), "map_w_t.npy": _npy(a_w_t)}
-        return files, {"kind": KIND, "height": h, "width": w, "mean": list(spec.mean), "std": list(spec.std),
-                       "num_neighbors": self.config.num_neighbors}
+        params: dict[str, Any] = {"kind": KIND, "height": h, "width": w, "mean": list(spec.mean), "std": list(spec.std),
+                                  "num_neighbors": self.config.num_neighbors}
+        if tiles:
+            params["tiles"] = {"tile": self.config.tile, "overlap": self.config.tile_overlap, "scale": self.config.scale}
+        return files, params
 
     # ---------------------------------------------------------------- inference
     def prepare(self) -> None:
@@ -376,11 +395,7 @@ class PatchCore:
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for uint8 RGB images; maps are resized to each image's original size."""
         if self.config.input_mode == "tiles":
-            spec = self.config.input_spec
-            preds = predict_tiled(self.forward, lambda tiles: to_tensor(tiles, spec), [self._scaled(im) for im in images],
-                                  self.config.tile, self.config.tile_overlap, self.config.batch_size)
-            return [Prediction(p.score, resize_map(p.anomaly_map, im.shape[:2]), p.latency_ms)
-                    for p, im in zip(preds, images, strict=True)]
+            return self._predict_tiles(images, lambda batch, _rows: self.forward(batch))
         return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
 
     def predict_left_out(self, images: Sequence[np.ndarray]) -> list[Prediction]:
@@ -394,17 +409,8 @@ class PatchCore:
         """
         if self.bank_image is None:
             self.image_entries(0)  # raises the explanation
-        if self.config.input_mode == "tiles":
-            spec = self.config.input_spec
-            out = []
-            for i, image in enumerate(images):
-                def forward(batch: torch.Tensor, owner: int = i) -> tuple[torch.Tensor, torch.Tensor]:
-                    return self._forward_left_out(batch, [owner] * int(batch.shape[0]))
-
-                pred = predict_tiled(forward, lambda tiles: to_tensor(tiles, spec), [self._scaled(image)],
-                                     self.config.tile, self.config.tile_overlap, self.config.batch_size)[0]
-                out.append(Prediction(pred.score, resize_map(pred.anomaly_map, image.shape[:2]), pred.latency_ms))
-            return out
+        if self.config.input_mode == "tiles":  # each tile without the bank entries of its own image
+            return self._predict_tiles(images, self._forward_left_out)
         results: list[Prediction | None] = [None] * len(images)
         for idx, batch in batches(images, self.config.input_spec, self.config.batch_size):
             t0 = time.perf_counter()
@@ -416,7 +422,7 @@ class PatchCore:
 
     def _forward_left_out(self, batch: torch.Tensor, owners: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with row b of ``batch: [B, 3, H, W]`` scored without the bank entries of training
-        image ``owners[b]``: scores ``[B]``, maps ``[B, H, W]``."""
+        image ``owners[b]``: scores ``[B]``, maps ``[B, H, W]``. Rows of one image (its tiles) share one search."""
         with torch.inference_mode():
             emb = self.embed(batch)
             b, _, h, w = emb.shape
@@ -424,11 +430,14 @@ class PatchCore:
             index = self.search_index()
             patch_scores = torch.empty(b, h * w)
             scores = torch.empty(b)
-            for row, owner in enumerate(owners):
-                skip = self.image_entries(int(owner))
-                dist, loc = index.leave_out_search(flat[row], skip)
-                patch_scores[row] = dist
-                scores[row] = self._left_out_score(dist, loc, flat[row], skip)
+            for owner in dict.fromkeys(int(o) for o in owners):
+                rows = [r for r, o in enumerate(owners) if int(o) == owner]
+                skip = self.image_entries(owner)
+                dist, loc = index.leave_out_search(flat[rows].reshape(len(rows) * h * w, -1), skip, len(rows))
+                for j, row in enumerate(rows):
+                    part = slice(j * h * w, (j + 1) * h * w)
+                    patch_scores[row] = dist[part]
+                    scores[row] = self._left_out_score(dist[part], loc[part], flat[row], skip)
             maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
             return scores, maps[:, 0]
 
@@ -452,10 +461,21 @@ class PatchCore:
 
     def _scaled(self, image: np.ndarray) -> np.ndarray:
         """``image`` resized by ``config.scale`` (tiles mode: 1.0 keeps native resolution)."""
-        if self.config.scale == 1.0:
-            return image
-        h, w = (max(1, round(image.shape[0] * self.config.scale)), max(1, round(image.shape[1] * self.config.scale)))
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
+        return scale_image(image, self.config.scale)
+
+    def _predict_tiles(self, images: Sequence[np.ndarray], score: TileScorer) -> list[Prediction]:
+        """Tiles mode: ``images`` scaled, cut, scored tile by tile with ``score`` (all tiles of an image in one
+        call, core/models/tiling.py), stitched, and the maps resized back to each image's size."""
+        spec = self.config.input_spec
+        preds = predict_tiled(score, lambda tiles: to_tensor(tiles, spec), [self._scaled(im) for im in images],
+                              self.config.tile, self.config.tile_overlap, self.config.batch_size)
+        return [Prediction(p.score, resize_map(p.anomaly_map, im.shape[:2]), p.latency_ms)
+                for p, im in zip(preds, images, strict=True)]
+
+    def _tiles(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+        """Tiles mode: every tile of ``images`` (scaled), and the index of the image each came from."""
+        tiled = [crop_tiles(self._scaled(image), self.config.tile, self.config.tile_overlap) for image in images]
+        return [t for tiles in tiled for t in tiles], [i for i, tiles in enumerate(tiled) for _ in tiles]
 
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, torch.Tensor]:

@@ -2,70 +2,69 @@
 
 A tile grid covers the image with tiles of ``tile x tile`` pixels overlapping by at least ``overlap`` of a
 tile; the last row/column is shifted back to end at the border, so every pixel is covered and no tile is
-padded. An image smaller than a tile in one dimension is one tile along it (resized up to the tile).
+padded. An image smaller than a tile in one dimension is one tile along it (resized up to the tile). The grid,
+the crops and the stitching are :mod:`core.portable`'s, so an export bundle of a tiled model tiles the same way.
+
+:func:`predict_tiled` puts all tiles of an image through ONE call of the scorer (the backbone once on a batch of
+tiles, the bank searched once for all their patches); several images share a call up to ``batch_size`` tiles.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
+from core.portable import crop_tiles, stitch_tiles, tile_boxes, tile_starts
 from core.types import Prediction
 
+__all__ = ["TileScorer", "crop_tiles", "image_groups", "predict_tiled", "starts", "stitch_tiles", "tile_boxes"]
 
-def starts(length: int, tile: int, overlap: float) -> list[int]:
-    """Tile start offsets along one axis of ``length`` pixels (hand-checked in tests/test_tiling.py)."""
-    if length <= tile:
-        return [0]
-    stride = max(1, int(tile * (1.0 - overlap)))
-    count = math.ceil((length - tile) / stride) + 1
-    return sorted({min(i * stride, length - tile) for i in range(count)})
+starts = tile_starts  # the name tests and callers have used
+
+# (tiles [T, 3, t, t], image index of each tile [T]) -> tile scores [T], tile maps [T, t, t]
+TileScorer = Callable[[torch.Tensor, Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
 
 
-def tile_boxes(shape: tuple[int, ...], tile: int, overlap: float) -> list[tuple[int, int, int, int]]:
-    """(top, left, height, width) of each tile of an image of ``shape`` (H, W, ...)."""
-    h, w = shape[0], shape[1]
-    return [(y, x, min(tile, h), min(tile, w)) for y in starts(h, tile, overlap) for x in starts(w, tile, overlap)]
+def image_groups(counts: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Images (by index) grouped for one scorer call each: whole images only, as many as fit in ``batch_size``
+    tiles (``counts[i]``: tiles of image i), at least one image per call whatever its tile count."""
+    groups: list[list[int]] = []
+    used = 0
+    for i, n in enumerate(counts):
+        if groups and used + n <= batch_size:
+            groups[-1].append(i)
+            used += n
+        else:
+            groups.append([i])
+            used = n
+    return groups
 
 
-def crop_tiles(image: np.ndarray, tile: int, overlap: float) -> list[np.ndarray]:
-    """The tiles of ``image`` ``[H, W, 3]`` as uint8 ``[tile, tile, 3]`` arrays (short sides resized up)."""
-    out = []
-    for y, x, h, w in tile_boxes(image.shape, tile, overlap):
-        crop = image[y:y + h, x:x + w]
-        if (h, w) != (tile, tile):
-            crop = np.asarray(Image.fromarray(crop).resize((tile, tile), Image.Resampling.BILINEAR))
-        out.append(np.ascontiguousarray(crop))
-    return out
-
-
-def predict_tiled(forward: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                  to_batch: Callable[[list[np.ndarray]], torch.Tensor], images: Sequence[np.ndarray],
-                  tile: int, overlap: float, batch_size: int) -> list[Prediction]:
+def predict_tiled(score: TileScorer, to_batch: Callable[[list[np.ndarray]], torch.Tensor],
+                  images: Sequence[np.ndarray], tile: int, overlap: float, batch_size: int) -> list[Prediction]:
     """Score each image by its tiles: the image score is the highest tile score; the map is the tile maps
-    ``[tile, tile]`` placed back at their boxes (resized to a tile's true extent) and averaged where they overlap."""
-    results = []
-    for image in images:
+    ``[tile, tile]`` placed back at their boxes (resized to a tile's true extent) and averaged where they overlap.
+
+    All tiles of an image go through one ``score`` call (with the index of its image in ``images`` per tile, for
+    leave-one-image-out scoring); the latency of a call is shared by its images."""
+    boxes = [tile_boxes(image.shape, tile, overlap) for image in images]
+    results: list[Prediction] = []
+    for group in image_groups([len(b) for b in boxes], batch_size):
         t0 = time.perf_counter()
-        boxes = tile_boxes(image.shape, tile, overlap)
-        tiles = crop_tiles(image, tile, overlap)
-        scores: list[float] = []
-        total = np.zeros(image.shape[:2], np.float32)
-        count = np.zeros(image.shape[:2], np.float32)
-        for start in range(0, len(tiles), batch_size):
-            s, maps = forward(to_batch(tiles[start:start + batch_size]))
-            scores += [float(v) for v in s]
-            for (y, x, h, w), amap in zip(boxes[start:start + batch_size], maps, strict=True):
-                m = torch.as_tensor(amap, dtype=torch.float32)
-                if tuple(m.shape) != (h, w):
-                    m = torch.nn.functional.interpolate(m[None, None], size=(h, w), mode="bilinear",
-                                                        align_corners=False)[0, 0]
-                total[y:y + h, x:x + w] += m.numpy()
-                count[y:y + h, x:x + w] += 1.0
-        results.append(Prediction(max(scores), total / np.maximum(count, 1.0), (time.perf_counter() - t0) * 1000.0))
+        tiles = [t for i in group for t in crop_tiles(images[i], tile, overlap)]
+        rows = [i for i in group for _ in boxes[i]]
+        scores, maps = score(to_batch(tiles), rows)
+        maps_np = maps.detach().float().cpu().numpy()
+        stitched = []
+        start = 0
+        for i in group:
+            n = len(boxes[i])
+            stitched.append((float(scores[start:start + n].max()),
+                             stitch_tiles(images[i].shape, boxes[i], maps_np[start:start + n])))
+            start += n
+        ms = (time.perf_counter() - t0) * 1000.0 / len(group)
+        results += [Prediction(s, m, ms) for s, m in stitched]
     return results
