@@ -32,12 +32,14 @@ SERVICE_WORKERS_ENV = "INSPECT_SERVICE_WORKERS"
 SERVICE_QUEUE_ENV = "INSPECT_SERVICE_QUEUE"
 QDRANT_URL_ENV = "QDRANT_URL"
 DATABASE_URL_ENV = "INSPECT_DATABASE_URL"
+SPOT_CHECK_ENV = "INSPECT_SPOT_CHECK"
 WATCH_CRASH_ENV = "INSPECT_WATCH_CRASH_AT"  # test-only; read by core/line/watch.py's crash_hook_from_env
 JOURNEY_SHOTS_ENV = "INSPECT_JOURNEY_SHOTS"  # test-only; read by tests/test_journey.py
 
 DEFAULT_MODEL_CACHE_SIZE = 4
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_SERVICE_WORKERS = 2
+DEFAULT_SPOT_CHECK = 20
 DEFAULT_LOG_LEVEL = "WARNING"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -93,6 +95,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(DATABASE_URL_ENV, "none (`.line/history.sqlite3` in the model store)",
              "`database_url()`: the line's history (`core/store/history.py`)",
              "a PostgreSQL URL (`postgresql://user@host/db`) so several hosts share one history"),
+    Variable(SPOT_CHECK_ENV, "`20`", "`spot_check_every()`: the line's history (`core/store/history.py`)",
+             "1 in N OK verdicts (chosen by image hash) also goes to the review queue as a spot check, the unbiased "
+             "sample *Recalibrate from the line* fits from; `0`: none"),
     Variable(WATCH_CRASH_ENV, "none", "test-only: `core/line/watch.py` (`crash_hook_from_env`)",
              "fault injection `STEP[:N]`: the watch folder exits at step STEP the N-th time"),
     Variable(JOURNEY_SHOTS_ENV, "none (a temporary folder)", "test-only: `tests/test_journey.py`",
@@ -234,6 +239,14 @@ def qdrant_url() -> str | None:
     """``QDRANT_URL`` (a Qdrant server), else None: embedded Qdrant under the model store."""
     return _text(QDRANT_URL_ENV) or None
 
+
+
+def spot_check_every() -> int:
+    """``INSPECT_SPOT_CHECK`` (a whole number, 0: no spot checks), else 20: 1 in N OK verdicts is spot-checked."""
+    value = _text(SPOT_CHECK_ENV)
+    if value == "0":
+        return 0
+    return _positive_int(SPOT_CHECK_ENV, DEFAULT_SPOT_CHECK)
 
 
 def database_url() -> str | None:

@@ -33,6 +33,7 @@ SOURCES = (ALL, "service", "watch")
 WINDOWS: dict[str, float | None] = {"Any time": None, "Last hour": 3600.0, "Last 8 hours": 8 * 3600.0,
                                     "Last 24 hours": 86400.0, "Last 7 days": 7 * 86400.0}
 BADGES = {OK: ":green[OK]", REVIEW: ":orange[REVIEW]", DEFECT: ":red[DEFECT]"}
+SPOT = ":blue[OK · spot check]"  # an OK verdict sent to the queue too (1 in INSPECT_SPOT_CHECK, by image hash)
 KEYS = {"OK": "O", "DEFECT": "D", "Skip": "S"}
 TABLE_ROWS = 200
 ANSWER, CURRENT, SKIPPED, CONFIRM, MESSAGE = ("review_answer", "review_current", "review_skipped", "review_confirm",
@@ -92,14 +93,18 @@ top = st.container()  # the answers and the current item, drawn once the filters
 
 # -- filters and the queue -----------------------------------------------------------------------------------------
 st.divider()
-f1, f2, f3, f4 = st.columns([2, 3, 2, 2])
+f1, f2, f3, f4, f5 = st.columns([2, 3, 2, 2, 2], vertical_alignment="bottom")
 kind = f1.selectbox("Model", [ALL, *KINDS], key="review_kind")
 verdicts = f2.multiselect("Verdict", [REVIEW, DEFECT], default=[REVIEW, DEFECT], key="review_verdicts")
 source = f3.selectbox("Source", SOURCES, key="review_source")
 window = WINDOWS[f4.selectbox("Time", list(WINDOWS), key="review_window")]
+spot_checks = f5.checkbox("Spot checks", value=True, key="review_spot",
+                          help="1 in INSPECT_SPOT_CHECK OK verdicts (chosen by image hash) is shown too: the goods "
+                               "you confirm there are the unbiased sample Recalibrate from the line fits from")
 queue = review.pending(history, category, kind=kind if kind != ALL else None, verdicts=verdicts or (REVIEW, DEFECT),
                        since=None if window is None else time.time() - window, limit=review.QUEUE_LIMIT,
-                       source=None if source == ALL else source, skip=state[SKIPPED])
+                       source=None if source == ALL else source, skip=state[SKIPPED], store=sel.store,
+                       spot_checks=spot_checks)
 shown = state.get(CURRENT)
 item = next((r for r in queue if r.id == shown), queue[0] if queue else None)
 st.caption(f"{len(queue)}{'+' if len(queue) >= review.QUEUE_LIMIT else ''} waiting in {category}, newest first"
@@ -107,7 +112,8 @@ st.caption(f"{len(queue)}{'+' if len(queue) >= review.QUEUE_LIMIT else ''} waiti
            + f". Results database: `{history.label}`.")
 if queue:
     st.dataframe(pd.DataFrame([{"id": r.id, "time": dt.datetime.fromtimestamp(r.time), "name": r.name,
-                                "verdict": r.verdict, "score": r.score, "threshold": r.threshold, "model": r.kind,
+                                "verdict": r.verdict + (" (spot check)" if r.spot_check else ""),
+                                "score": r.score, "threshold": r.threshold, "model": r.kind,
                                 "version": r.version, "source": r.source} for r in queue[:TABLE_ROWS]]),
                  hide_index=True, width="stretch",
                  column_config={"score": st.column_config.NumberColumn(format="%.4f"),
@@ -196,7 +202,12 @@ with top:
             if problem is not None:
                 st.error(f"{problem} Skip it (key S).")
         with right:
-            st.markdown(f"### {BADGES.get(item.verdict, item.verdict)} · {item.name or 'unnamed'}")
+            badge = SPOT if item.spot_check else BADGES.get(item.verdict, item.verdict)
+            st.markdown(f"### {badge} · {item.name or 'unnamed'}")
+            if item.spot_check:
+                st.caption("Spot check: the model judged this part OK; it is shown because 1 in "
+                           "INSPECT_SPOT_CHECK OK verdicts is. Your OK makes it part of the unbiased sample of good "
+                           "parts that Recalibrate from the line fits thresholds from.")
             score = "–" if item.score is None else f"{item.score:.4g}"
             threshold = "–" if item.threshold is None else f"{item.threshold:.4g}"
             st.markdown(f"Score **{score}** (threshold {threshold}) from **{item.category}/{item.kind} "

@@ -289,3 +289,46 @@ def test_a_defect_counts_at_its_threshold(history: History, tmp_path: Path) -> N
     assert status.report.alarm_at == 5 and status.report.median_z == pytest.approx(3.0)
     _judge(history, [15.0] * 5, verdict="REVIEW", start=2000.0)  # not capped: z = 5
     assert drift_status(history, _model(tmp_path), RULE).report.median_z == pytest.approx(5.0)
+
+
+def test_recalibration_fits_from_spot_checks_when_there_are_enough(history: History, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 gap 2: the goods confirmed in the queue from REVIEW/DEFECT verdicts are the high-scoring ones; the
+    recalibration takes the confirmed spot checks (OK verdicts sent to the queue by image hash) once there are
+    MIN_CONFIRMED, else every confirmed good, and says which it used."""
+    from PIL import Image
+
+    from core.verdict import drift_status as ds
+
+    monkeypatch.setenv("INSPECT_SPOT_CHECK", "1")  # every OK verdict with a hash is a spot check
+    model = _model(tmp_path)
+
+    def confirm(verdict: str, value: int, i: int) -> None:
+        path = tmp_path / "line" / f"{verdict}-{i}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(np.full((8, 8, 3), value, dtype=np.uint8)).save(path)
+        made = history.record_line_record({"time": 1000.0 + i, "source": "watch", "id": f"r-{i}", "sha1": f"{i:040x}",
+                                           "category": "cat", "model": "patchcore", "version": 1, "verdict": verdict,
+                                           "score": 11.0, "threshold": 13.0, "path": str(path)})
+        assert made is not None
+        history.record_review(made.id, "OK", "qe", time=2000.0 + i)
+
+    seen: list[int] = []
+
+    def measure(images):
+        seen[:] = [int(im.mean()) for im in images]
+        return [Prediction(10.0, np.zeros((4, 4), np.float32), 1.0) for _ in images]
+
+    monkeypatch.setattr(ds, "recalibrate_from_line", lambda loaded, predictions: loaded.ref)
+    monkeypatch.setattr(ds, "read_calibration", lambda ref: model.calibration)
+    for i in range(12):
+        confirm("REVIEW", 200, i)
+    for i in range(ds.MIN_CONFIRMED - 1):
+        confirm("OK", 50, 100 + i)
+    few = ds.recalibrate_from_history(history, model, measure, by="qe")
+    assert few.images == ds.RECALIBRATE_FROM and sorted(set(seen)) == [50, 200]
+    assert "biased toward high scores: only 9 spot checks confirmed, 10 needed" in few.describe()
+    confirm("OK", 50, 200)
+    enough = ds.recalibrate_from_history(history, model, measure, by="qe")
+    assert enough.images == ds.MIN_CONFIRMED and set(seen) == {50}
+    assert "10 spot checks of OK verdicts, an unbiased sample" in enough.describe()

@@ -77,7 +77,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
             assert not sa.inspect(conn).get_table_names()
         History(url).close()
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == hist.head_revision() == "0003"
+            assert hist.current_revision(conn) == hist.head_revision() == "0004"
             assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}),
                                     hist.metadata) == []
             # the comparison sees a difference when there is one (so the empty list above means something)
@@ -89,7 +89,7 @@ def test_an_empty_database_migrates_to_head_and_matches_the_tables(url: str) -> 
                        for d in compare_metadata(MigrationContext.configure(conn), other))
         History(url).close()  # a second open finds head and changes nothing
         with engine.connect() as conn:
-            assert hist.current_revision(conn) == "0003"
+            assert hist.current_revision(conn) == "0004"
     finally:
         engine.dispose()
 
@@ -486,3 +486,27 @@ def test_an_older_database_keeps_its_service_rows_once_after_the_upgrade(url: st
     with History(url) as upgraded:
         assert upgraded.import_logs(tmp_path, log).rows == 1  # only the later upload is new
         assert [r.time for r in upgraded.results(newest_first=False)] == [BASE + 0.25, BASE + 30]
+
+
+def test_spot_checks_are_one_in_n_ok_verdicts_by_image_hash(history: History,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 gap 2: 1 in INSPECT_SPOT_CHECK OK verdicts (the first 8 hex digits of the image hash modulo N
+    are 0: the same on every host and at every import) are spot checks, which the review queue lists too."""
+    chosen, other = "00000004" + "a" * 32, "00000005" + "a" * 32  # 4 % 4 == 0, 5 % 4 == 1
+    assert hist.spot_checked("OK", chosen, 4) and not hist.spot_checked("OK", other, 4)
+    assert not hist.spot_checked("REVIEW", chosen, 4) and not hist.spot_checked("OK", chosen, 0)
+    assert not hist.spot_checked("OK", None, 4) and not hist.spot_checked("OK", "not-hex", 4)
+    monkeypatch.setenv(settings.SPOT_CHECK_ENV, "4")
+    made = [history.record_line_record({"time": BASE + i, "source": "watch", "id": f"s-{i}", "sha1": sha,
+                                        "category": "demo", "verdict": verdict, "model": "patchcore", "version": 1,
+                                        "score": 1.0, "path": None if i == 3 else f"/line/{i}.png"})
+            for i, (sha, verdict) in enumerate([(chosen, "OK"), (other, "OK"), (chosen, "REVIEW"), (chosen, "OK")])]
+    ids = [m.id for m in made if m is not None]
+    assert [r.spot_check for r in history.results(newest_first=False)] == [True, False, False, True]
+    # the queue: REVIEW plus the spot check that kept its image (the one without a path cannot be looked at)
+    assert [r.id for r in history.unreviewed(["REVIEW"], spot_checks=True)] == [ids[2], ids[0]]
+    assert [r.id for r in history.unreviewed(["REVIEW"])] == [ids[2]]
+    monkeypatch.setenv(settings.SPOT_CHECK_ENV, "0")
+    none = history.record_result(time=BASE + 9, source="watch", category="demo", verdict="OK", image_sha1=chosen,
+                                 journal_id="s-9")
+    assert history.result(none.id).spot_check is False  # type: ignore[union-attr]

@@ -513,3 +513,26 @@ def test_only_the_first_decision_is_taken_when_asked(queue) -> None:
     with pytest.raises(AlreadyReviewed, match="found ana's OK"):
         history.record_review(row.id, "DEFECT", "bo", defect="scratch", first=True)
     assert len(history.reviews(result_id=row.id)) == 1
+
+
+def test_review_page_shows_spot_checks_of_ok_verdicts(page_queue, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24 gap 2: an OK verdict whose image hash is in the spot-check share is in the queue, marked so, and
+    the 'Spot checks' box hides it."""
+    store, rows = page_queue
+    monkeypatch.setenv("INSPECT_SPOT_CHECK", "1")
+    kept = tmp_path / "line_images" / "spot.png"
+    shutil.copy(tmp_path / "data" / "demo_metal" / "test" / "good" / "002.png", kept)
+    with History.open(store) as history:
+        made = history.record_line_record({"time": time.time(), "source": "service", "name": "spot.png",
+                                           "sha1": hashlib.sha1(kept.read_bytes()).hexdigest(),
+                                           "category": "demo_metal", "model": "patchcore", "version": 1,
+                                           "verdict": "OK", "score": 0.5, "threshold": 1.0, "path": str(kept)})
+    assert made is not None
+    at = _goto_review(_app().run())
+    table = at.dataframe[0].value
+    assert list(table["id"]) == [made.id, rows[2].id, rows[1].id, rows[0].id]
+    assert table["verdict"].iloc[0] == "OK (spot check)"
+    assert "OK · spot check" in _texts(at) and "Spot check: the model judged this part OK" in _texts(at)
+    at.checkbox(key="review_spot").uncheck().run()
+    assert list(at.dataframe[0].value["id"]) == [rows[2].id, rows[1].id, rows[0].id]

@@ -79,7 +79,7 @@ from core.line import results_log as line_log
 from core.line.watch import WatchConfig, Watcher
 from core.models.registry import KINDS
 from core.portable import DEFECT, REVIEW
-from core.store.history import History
+from core.store.history import History, spot_checked
 from core.store.lifecycle import LoadedModel
 from core.store.model_cache import ModelCache
 from core.store.model_store import ModelNotFound, ModelStore, ModelStoreError, validate_name
@@ -240,7 +240,8 @@ def _judge(loaded: LoadedModel, name: str | None, data: bytes, want: str | None,
         "verdict": found.verdict, "familiar": found.familiar, "model": model, "version": loaded.version,
         "latency_ms": found.latency_ms, "note": found.note}
     # REVIEW and DEFECT uploads are kept for the review queue (the row's path; the answer names no server path)
-    kept = line_history.keep_image(config.store, data, name) if found.verdict in (REVIEW, DEFECT) else None
+    spot = spot_checked(str(found.verdict), hashlib.sha1(data).hexdigest(), settings.spot_check_every())
+    kept = line_history.keep_image(config.store, data, name) if found.verdict in (REVIEW, DEFECT) or spot else None
     if want and found.anomaly_map is not None:
         small, small_map = bounded(image, found.anomaly_map, config.overlay_max_side)
         del image, found  # the full-size image and map are not kept past this point

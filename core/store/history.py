@@ -111,6 +111,7 @@ line_results = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("status", sa.Integer),
     sa.Column("extra", sa.JSON),
+    sa.Column("spot_check", sa.Boolean),  # an OK verdict a person also looks at (spot_checked)
     sa.Index(None, "time"),
     sa.Index(None, "category", "kind", "time"),
 )
@@ -218,6 +219,7 @@ class ResultRow:
     reason: str | None
     status: int | None
     extra: dict[str, Any]
+    spot_check: bool | None = None  # an OK verdict sent to the review queue too (spot_checked)
 
 
 @dataclass(frozen=True)
@@ -475,6 +477,19 @@ def result_ref(journal_id: str | None, image_sha1: str | None, fields: Mapping[s
     return "row:" + _digest([[k, fields[k]] for k in sorted(fields)])[:40]
 
 
+def spot_checked(verdict: str, image_sha1: str | None, every: int) -> bool:
+    """Whether an image judged ``verdict`` is a spot check: an OK verdict whose content hash falls in the 1 in
+    ``every`` share (the first 8 hex digits modulo ``every`` are 0: the same image is always chosen or never, on
+    every host; ``every`` 0: none). A person looks at spot checks too, so the goods confirmed from them are an
+    unbiased sample of the line's OK parts (the REVIEW and DEFECT ones are the high-scoring ones)."""
+    if verdict != "OK" or not image_sha1 or every <= 0:
+        return False
+    try:
+        return int(image_sha1[:8], 16) % every == 0
+    except ValueError:
+        return False
+
+
 def sha1_ref(image_sha1: str, when: float) -> str:
     """The reference of a result known by its image hash and time (migration 0002 gives older rows this form)."""
     return f"sha1:{image_sha1}@{float(when)!r}"
@@ -618,7 +633,8 @@ class History:
                   "host": self.host, "source": source, "category": category, "kind": kind, "version": version,
                   "verdict": verdict, "score": _float_or_none(score), "threshold": _float_or_none(threshold),
                   "name": name, "image_sha1": image_sha1, "path": path, "latency_ms": _float_or_none(latency_ms),
-                  "reason": reason, "status": status, "extra": dict(extra or {})}
+                  "reason": reason, "status": status, "extra": dict(extra or {}),
+                  "spot_check": spot_checked(verdict, image_sha1, settings.spot_check_every())}
         with self._write() as conn:
             return self._insert_once(conn, line_results, values)
 
@@ -654,7 +670,8 @@ class History:
                 "image_sha1": _str_or_none(record.get("sha1")), "path": _str_or_none(record.get("path")),
                 "latency_ms": _float_or_none(record.get("latency_ms")), "reason": _str_or_none(record.get("reason")),
                 "status": _int_or_none(record.get("status")),
-                "extra": {k: v for k, v in record.items() if k not in known}}
+                "extra": {k: v for k, v in record.items() if k not in known},
+                "spot_check": spot_checked(str(verdict), _str_or_none(record.get("sha1")), settings.spot_check_every())}
 
     def results(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
                 verdict: str | Sequence[str] | None = None, source: str | None = None, since: Time | None = None,
@@ -775,11 +792,16 @@ class History:
 
     def unreviewed(self, verdicts: Sequence[str], *, category: str | None = None, kind: str | None = None,
                    source: str | None = None, since: Time | None = None, until: Time | None = None,
-                   skip: Sequence[int] = (), limit: int | None = 1000) -> list[ResultRow]:
-        """Line results with a verdict in ``verdicts`` and no review yet, newest first (time, then id), at most
-        ``limit`` (None: all), filtered by every argument given (``skip``: ids left out)."""
+                   skip: Sequence[int] = (), limit: int | None = 1000,
+                   spot_checks: bool = False) -> list[ResultRow]:
+        """Line results with a verdict in ``verdicts`` (``spot_checks``: or a spot check that kept its image) and
+        no review yet, newest first (time, then id), at most ``limit`` (None: all), filtered by every argument
+        given (``skip``: ids left out)."""
         t, r = line_results, reviews
-        where = [t.c.verdict.in_(list(verdicts)), ~sa.exists().where(r.c.result_id == t.c.id),
+        wanted: sa.ColumnElement[bool] = t.c.verdict.in_(list(verdicts))
+        if spot_checks:
+            wanted = sa.or_(wanted, sa.and_(t.c.spot_check.is_(True), t.c.path.is_not(None)))
+        where = [wanted, ~sa.exists().where(r.c.result_id == t.c.id),
                  *_conditions([(t.c.category, category), (t.c.kind, kind), (t.c.source, source)]),
                  *_time_window(t.c.time, since, until)]
         if skip:
@@ -835,11 +857,12 @@ class History:
     def reviews(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
                 reviewer: str | None = None, decision: str | None = None, result_id: int | None = None,
                 since: Time | None = None, until: Time | None = None, limit: int | None = 1000,
-                newest_first: bool = True) -> list[ReviewRow]:
-        """Review decisions matching every filter given, newest first unless asked."""
+                newest_first: bool = True, note: str | None = None) -> list[ReviewRow]:
+        """Review decisions matching every filter given (``note``: exactly), newest first unless asked."""
         t = reviews
         where = _conditions([(t.c.category, category), (t.c.kind, kind), (t.c.version, version),
-                             (t.c.reviewer, reviewer), (t.c.decision, decision), (t.c.result_id, result_id)])
+                             (t.c.reviewer, reviewer), (t.c.decision, decision), (t.c.result_id, result_id),
+                             (t.c.note, note)])
         order = (t.c.time.desc(), t.c.id.desc()) if newest_first else (t.c.time, t.c.id)
         query = sa.select(t).where(*where, *_time_window(t.c.time, since, until)).order_by(*order).limit(limit)
         with self.engine.connect() as conn:
@@ -1105,4 +1128,4 @@ _BUCKETS: dict[str, Callable[[float, dt.tzinfo | None, Sequence[int]], tuple[flo
 
 __all__ = ["DIALECTS", "AlarmRow", "FeedbackRow", "History", "ImportReport", "Recorded", "ResultRow", "ReviewRow",
            "TrendBucket", "alembic_config", "head_revision", "hour_bucket", "make_engine", "metadata", "normalise_url",
-           "sha1_ref", "shift_bucket", "store_url"]
+           "sha1_ref", "shift_bucket", "spot_checked", "store_url"]

@@ -275,7 +275,8 @@ class DriftWatch:
 @dataclass(frozen=True)
 class LineRecalibration:
     """What *Recalibrate from the line* did: ``new`` (now current) made from ``images`` confirmed goods of
-    ``old``; the image thresholds before and after; the drift alarms it resolved (ids)."""
+    ``old``; the image thresholds before and after; the drift alarms it resolved (ids); ``sample``: which
+    confirmed goods it used, in words (spot checks, or the review queue's goods and why)."""
 
     old: ModelRef
     new: ModelRef
@@ -283,10 +284,12 @@ class LineRecalibration:
     old_threshold: float
     new_threshold: float
     resolved: tuple[int, ...]
+    sample: str = ""
 
     def describe(self) -> str:
         return (f"{self.new.category}/{self.new.kind} v{self.old.version} -> v{self.new.version} from {self.images} "
-                f"images confirmed good: image threshold {self.old_threshold:.4g} -> {self.new_threshold:.4g}"
+                f"images confirmed good ({self.sample or 'confirmed goods'}): image threshold "
+                f"{self.old_threshold:.4g} -> {self.new_threshold:.4g}"
                 + (f"; {len(self.resolved)} drift alarm(s) resolved" if self.resolved else ""))
 
 
@@ -296,12 +299,21 @@ def recalibrate_from_history(history: History, model: LoadedModel,
     """*Recalibrate from the line*: the newest ``limit`` images confirmed good (:func:`core.verdict.review.confirmed_good`) scored by
     ``measure`` (``model``'s raw predictions, maps at full size) make a new version
     (:func:`core.verdict.recalibrate.recalibrate_from_line`); the open drift alarms of the category and kind are
-    resolved by ``by``.
+    resolved by ``by``. The goods are the confirmed *spot checks* (OK verdicts sent to the queue by image hash:
+    an unbiased sample of the line's good parts) when at least :data:`MIN_CONFIRMED` are there; else every
+    confirmed good, most of them REVIEW and DEFECT verdicts (the high-scoring goods: thresholds fitted from them
+    sit high), and the answer's ``sample`` says so.
 
     Raises:
         ValueError: fewer than :data:`MIN_CONFIRMED` confirmed images that can be read.
     """
-    goods = confirmed_good(history, model.category, model.kind, limit)
+    goods = confirmed_good(history, model.category, model.kind, limit, spot_checked=True)
+    sample = f"{len(goods)} spot checks of OK verdicts, an unbiased sample"
+    if len(goods) < MIN_CONFIRMED:
+        spot = len(goods)
+        goods = confirmed_good(history, model.category, model.kind, limit)
+        sample = (f"goods confirmed in the review queue, {len(goods) - spot} of them REVIEW/DEFECT verdicts "
+                  f"(biased toward high scores: only {spot} spot checks confirmed, {MIN_CONFIRMED} needed)")
     images: list[np.ndarray] = []
     for good in goods:
         try:
@@ -314,5 +326,6 @@ def recalibrate_from_history(history: History, model: LoadedModel,
     new = recalibrate_from_line(model, measure(images))
     resolved = tuple(history.resolve_alarm(a.id, by).id
                      for a in history.alarms(category=model.category, kind=model.kind, open_only=True, limit=None))
+    logger.info("recalibrated from the line from %s", sample)
     return LineRecalibration(model.ref, new, len(images), float(model.calibration.image_threshold),
-                             float(read_calibration(new).image_threshold), resolved)
+                             float(read_calibration(new).image_threshold), resolved, sample)

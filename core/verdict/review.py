@@ -26,21 +26,32 @@ the current version, and the audit row still names the version that judged the i
 learn an OK image (it does not look like the product's images, it gives no verdict) the decision is still a
 person's word on a good part: the audit row is written, its note and the outcome say that nothing was taught.
 
-The feedback action runs before the audit row is written: a crash between the two leaves the item in the queue
-with the model already taught (answering it again adds the image's patches to the bank once more, or files the
-same file again, which is harmless), never an audited decision whose action did not happen.
+**Once, whatever the number of reviewers and crashes.** A decision is *claimed* before its action runs
+(:meth:`History.record_review` ``first=True``: checked and written in one transaction), so of two reviewers
+answering the same part at once one acts and the other is refused; a decision whose action fails is withdrawn.
+The claim's note says :data:`CLAIMED` until the action is done. A process killed in between leaves a claim that
+nobody finishes: once it is older than :data:`CLAIM_LEASE_S` it is *settled* (:func:`settle_claims`, run by
+:func:`pending` and :func:`decide`) from what the model's feedback log says happened: an action logged for the
+image since the claim (the mark was done): the claim is kept, its note says so; none: the claim is withdrawn and
+the part is back in the queue, to be answered again. So after a crash at any step the part is either decided with
+its action done once, or waiting with nothing done (tests/test_review_race.py kills the decision at every step;
+benchmarks/bench_review_race.py repeats the race). Crash tests stop the decision between its steps through
+``core.files.STEP_HOOK`` (:data:`STEPS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import files
 from core.data.imageio import ImageLoadError, load_image
 from core.models.registry import spec
 from core.portable import DEFECT, OK, REVIEW
@@ -57,6 +68,10 @@ logger = logging.getLogger(__name__)
 DECISIONS = hist.DECISIONS  # ("OK", "DEFECT")
 QUEUED = (REVIEW, DEFECT)  # the verdicts a person reviews by default
 QUEUE_LIMIT = 500
+CLAIMED = "deciding: the action is being taken"  # the note of a decision whose action has not finished
+CLAIM_LEASE_S = 300.0  # a claim still unfinished after this long was left by a process that died (an action takes s)
+STEPS = ("review claimed", "review action done", "review noted")  # the decision's steps (core.files.step)
+ACTIONS = {OK: feedback.MARK_OK, DEFECT: feedback.MARK_DEFECT}  # the feedback action a decision logs
 
 Loader = Callable[[ModelRef], det.LoadedModel]
 
@@ -101,21 +116,95 @@ class ConfirmedGood:
 
 def pending(history: History, category: str | None = None, kind: str | None = None,
             verdicts: Sequence[str] = QUEUED, since: Time | None = None, limit: int | None = QUEUE_LIMIT, *,
-            source: str | None = None, until: Time | None = None, skip: Collection[int] = ()) -> list[ResultRow]:
+            source: str | None = None, until: Time | None = None, skip: Collection[int] = (),
+            store: ModelStore | None = None, spot_checks: bool = True) -> list[ResultRow]:
     """Line results with a verdict in ``verdicts`` that nobody reviewed yet, newest first (time, then id), at
     most ``limit`` (None: all); filtered by ``category``, ``kind``, ``source`` (``service``, ``watch``), the time
-    window ``since <= time < until``, and without the ids in ``skip`` (the ones a person skipped)."""
+    window ``since <= time < until``, and without the ids in ``skip`` (the ones a person skipped). ``store``:
+    abandoned claims are settled first (:func:`settle_claims`), so a part whose decision a crash cut short is
+    back in the queue. ``spot_checks``: the spot-checked OK verdicts (``ResultRow.spot_check``: 1 in
+    ``INSPECT_SPOT_CHECK`` by image hash) are in the queue too; a person's OK on one of them is an unbiased
+    confirmed good for *Recalibrate from the line*."""
+    if store is not None:
+        settle_claims(history, store, category=category)
     return history.unreviewed(verdicts, category=category, kind=kind, source=source, since=since, until=until,
-                              skip=list(skip), limit=limit)
+                              skip=list(skip), limit=limit, spot_checks=spot_checks)
 
 
-def confirmed_good(history: History, category: str, kind: str, limit: int | None = None) -> list[ConfirmedGood]:
+@dataclass(frozen=True)
+class Settled:
+    """An abandoned claim settled: ``kept`` (its action had been done: the note says so) or withdrawn."""
+
+    review: ReviewRow
+    kept: bool
+    note: str
+
+
+def settle_claims(history: History, store: ModelStore, *, category: str | None = None,
+                  result_id: int | None = None, now: float | None = None) -> list[Settled]:
+    """Settle the claims older than :data:`CLAIM_LEASE_S` whose action never reported done (their process died):
+    kept when the model's feedback log holds the decision's action for the image since the claim (or the
+    decision has no action: an OK for a kind that does not learn), else withdrawn (the part is back in the
+    queue). ``now``: epoch s (tests)."""
+    before = (time.time() if now is None else now) - CLAIM_LEASE_S
+    settled = []
+    for claim in history.reviews(category=category, result_id=result_id, note=CLAIMED, until=before, limit=None):
+        result = history.result(claim.result_id)
+        done = None if result is None else _action_logged(store, result, claim)
+        if done is None:
+            history.withdraw_review(claim.id)
+            settled.append(Settled(claim, False, "withdrawn: its action was not done"))
+            logger.warning("review %d of %s by %s: abandoned before its action; withdrawn, the part is back in the "
+                           "queue", claim.id, claim.result_id, claim.reviewer)
+            continue
+        note = f"settled after an interruption: {done}"
+        history.set_review_note(claim.id, note)
+        settled.append(Settled(dataclasses.replace(claim, note=note), True, note))
+        logger.warning("review %d of %s by %s: abandoned after its action; kept (%s)", claim.id, claim.result_id,
+                       claim.reviewer, done)
+    return settled
+
+
+def _action_logged(store: ModelStore, result: ResultRow, claim: ReviewRow) -> str | None:
+    """What the feedback log says the claimed decision did (None: nothing, or the image cannot be read)."""
+    if claim.decision == OK and result.kind and not _learns(result.kind):
+        return "kept as a confirmed good for recalibration (nothing to teach)"
+    try:
+        digest = feedback.image_sha1(stored_image(result))
+        entries = store.read_feedback(result.category, str(result.kind))
+    except (ReviewError, ModelStoreError, OSError):
+        return None
+    for entry in reversed(entries):
+        when = entry.get("time")
+        try:
+            logged = dt.datetime.fromisoformat(str(when)).timestamp()
+        except ValueError:
+            continue
+        if (entry.get("action") == ACTIONS[claim.decision] and entry.get("sha1") == digest
+                and logged >= claim.time - 1.0):  # the log's times are whole seconds
+            return f"{entry['action']} logged at {when}" + (f" ({entry['filed_as']})" if entry.get("filed_as") else "")
+    return None
+
+
+def _learns(kind: str) -> bool:
+    try:
+        return spec(kind).learns_from_feedback
+    except ValueError:
+        return False
+
+
+def confirmed_good(history: History, category: str, kind: str, limit: int | None = None,
+                   spot_checked: bool | None = None) -> list[ConfirmedGood]:
     """The line results of ``category``/``kind`` a person confirmed OK, newest decision first, at most ``limit``,
     only those whose stored image is still on disk (what *Recalibrate from the line* fits thresholds from). A
-    result reviewed more than once counts by its latest decision (OK, then DEFECT: not a confirmed good)."""
+    result reviewed more than once counts by its latest decision (OK, then DEFECT: not a confirmed good).
+    ``spot_checked``: True, only spot checks (the unbiased sample of OK verdicts); False, only the others (REVIEW
+    and DEFECT verdicts, the high-scoring goods); None: both."""
     found: list[ConfirmedGood] = []
     for result, latest in history.latest_decisions(category, kind):
         if latest.decision != OK or not Path(str(result.path)).is_file():
+            continue
+        if spot_checked is not None and bool(result.spot_check) != spot_checked:
             continue
         found.append(ConfirmedGood(result, latest))
         if limit is not None and len(found) >= limit:
@@ -185,6 +274,7 @@ def decide(history: History, store: ModelStore, data_root: Path, result: ResultR
         raise ReviewError(f"expected no defect type with an OK decision, found {defect!r}")
     if decision == DEFECT:
         _check_defect(defect)
+    settle_claims(history, store, result_id=result.id)
     done = history.reviews(result_id=result.id, limit=1)
     if done:  # a quick refusal; the claim below is the one that holds when two reviewers answer at once
         raise ReviewError(f"{_label(result)}: {hist.AlreadyReviewed(done[0])}")
@@ -196,6 +286,7 @@ def decide(history: History, store: ModelStore, data_root: Path, result: ResultR
     row = _claim(history, result, DEFECT, reviewer, defect)
     try:
         action = feedback.mark_defect(model, image, name, data_root, str(defect))
+        files.step(STEPS[1])
     except (FeedbackError, ModelStoreError) as exc:
         history.withdraw_review(row.id)
         raise ReviewError(f"{_label(result)}: not filed as a {defect!r} defect: {exc}; nothing recorded") from None
@@ -208,20 +299,21 @@ def decide(history: History, store: ModelStore, data_root: Path, result: ResultR
     return ReviewOutcome(result, DEFECT, row, action, None, f"{name}: DEFECT ({defect}) recorded, {note}")
 
 
-CLAIMED = "deciding: the action is being taken"  # the note of a decision whose action has not finished
-
 
 def _claim(history: History, result: ResultRow, decision: str, reviewer: str, defect: str | None) -> ReviewRow:
     """Record the decision first, refused when another reviewer's came first (one transaction), so its action
     (teaching the model, filing the image) runs once whatever the number of reviewers answering."""
     try:
-        return history.record_review(result.id, decision, reviewer, defect=defect, note=CLAIMED, first=True)
+        claimed = history.record_review(result.id, decision, reviewer, defect=defect, note=CLAIMED, first=True)
     except hist.AlreadyReviewed as exc:
         raise ReviewError(f"{_label(result)}: {exc}; nothing done") from None
+    files.step(STEPS[0])
+    return claimed
 
 
 def _done(history: History, row: ReviewRow, note: str) -> ReviewRow:
     history.set_review_note(row.id, note)
+    files.step(STEPS[2])
     return dataclasses.replace(row, note=note)
 
 
@@ -251,6 +343,7 @@ def _confirm_ok(history: History, model: det.LoadedModel, image: np.ndarray, nam
             raise
         else:
             note = f"marked OK: {action.before.label} -> {action.after.label}"
+    files.step(STEPS[1])
     note += moved
     row = _done(history, claim, note)
     logger.info("review %s by %s: OK, %s", _label(result), reviewer, note)
@@ -274,5 +367,5 @@ def _label(result: ResultRow) -> str:
     return f"line result {result.id} ({result.name or 'unnamed'}, {result.category}, {result.source})"
 
 
-__all__ = ["DECISIONS", "QUEUED", "ConfirmedGood", "ReviewError", "ReviewOutcome", "confirmed_good", "decide",
-           "model_for", "pending", "stored_image"]
+__all__ = ["CLAIM_LEASE_S", "DECISIONS", "QUEUED", "STEPS", "ConfirmedGood", "ReviewError", "ReviewOutcome",
+           "Settled", "confirmed_good", "decide", "model_for", "pending", "settle_claims", "stored_image"]
