@@ -141,12 +141,75 @@ def measure(name: str, ours, lightning, images: list[np.ndarray], paths: list[Pa
     return row
 
 
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load {one:.1f} (1 min) / {five:.1f} (5 min)"
+
+
+def cpu_speed(images: list[np.ndarray], train: list[np.ndarray], folder: Path) -> list[str]:
+    """Issue 25's inference rows: batch-1 latency before (ONNX Runtime, fp32 search: the fast path until then) and
+    after (``runtime="auto"``, ``precision="auto"``), with the stock TorchInferencer in the same run, and the scores'
+    largest relative difference from the fp32 reference path (torch runtime, fp32 search)."""
+    from core.models.knn import build_index
+
+    rows = []
+    load_before = _load()
+    pc = PatchCore(PatchCoreConfig(coreset_ratio=0.01, input_mode="squash", runtime="onnx"))
+    report = pc.fit(train)
+    after = PatchCore(PatchCoreConfig(coreset_ratio=0.01, input_mode="squash", runtime="auto"))
+    after.load_state(pc.state())
+    after.prepare()
+    reference = PatchCore(PatchCoreConfig(coreset_ratio=0.01, input_mode="squash", runtime="torch"))
+    reference.load_state(pc.state())
+    pc._index = build_index(pc.memory_bank, "exact", precision="fp32")  # the path before: fp32 search
+    stock = stock_inferencer(stock_patchcore(pc), folder / "pc")
+
+    def one(model):
+        return lambda image: model.predict([image])[0]
+
+    ref_scores = [p.score for p in reference.predict(images)]
+    ms = {"stock": per_image_ms(stock.predict, images), "before": per_image_ms(one(pc), images),
+          "after": per_image_ms(one(after), images)}
+    diff = max(abs(p.score - r) / abs(r) for p, r in zip(after.predict(images), ref_scores, strict=True))
+    graph = after._graph
+    runtime = ", ".join(f"{c.runtime} ({c.how})" for c in graph.choices.values()) if graph is not None else "torch"
+    rows.append(f"| PatchCore latency, batch 1, 256², 1% bank ({report.memory_bank:,} entries), magnetic_tile: "
+                f"<= 12 ms | {ms['before']:.1f} ms | **{ms['after']:.1f} ms** (runtime {runtime}, search "
+                f"{after.search_index().precision}); TorchInferencer {ms['stock']:.1f} ms; scores within "
+                f"{diff:.1e} of fp32 | `python benchmarks/bench_inference.py --cpu-speed` | {machine()} | "
+                f"{load_before}, after {_load()} |")
+    print(rows[-1], file=sys.stderr, flush=True)
+    for width in (64, 128):
+        base = EfficientAD(EfficientADConfig(steps=3, student_width=width, runtime="onnx"))
+        base.fit(train[:40], train[40:60])
+        fast = EfficientAD(EfficientADConfig(steps=3, student_width=width, runtime="auto"))
+        fast.load_state(base.state())
+        ref = EfficientAD(EfficientADConfig(steps=3, student_width=width, runtime="torch"))
+        ref.load_state(base.state())
+        ref_scores = [p.score for p in ref.predict(images)]
+        load_before = _load()
+        ms = {"before": per_image_ms(one(base), images), "after": per_image_ms(one(fast), images)}
+        diff = max(abs(p.score - r) / max(abs(r), 1e-12)
+                   for p, r in zip(fast.predict(images), ref_scores, strict=True))
+        graph = fast._inference_graph()
+        runtime = ", ".join(f"{c.runtime} ({c.how})" for c in graph.choices.values()) if graph is not None else ""
+        default = " (the default at commit)" if EfficientADConfig().student_width == width else ""
+        rows.append(f"| EfficientAD latency, batch 1, 256², lite, student width {width}{default}: <= 12 ms | "
+                    f"{ms['before']:.1f} ms | **{ms['after']:.1f} ms** (runtime {runtime}); scores within {diff:.1e} "
+                    f"of fp32 torch | `python benchmarks/bench_inference.py --cpu-speed` | {machine()} | "
+                    f"{load_before}, after {_load()} |")
+        print(rows[-1], file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--latency-images", type=int, default=40)
     parser.add_argument("--efficientad-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--smoke", action="store_true", help="tiny subset to check the script; writes nothing")
+    parser.add_argument("--cpu-speed", action="store_true",
+                        help="only issue 25's inference rows (RESULTS.md cpu_speed_inference)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = load_category(DATA, "magnetic_tile")
@@ -156,6 +219,13 @@ def main() -> int:
         train, paths = train[:40], paths[::60]
     step = max(1, len(paths) // args.latency_images)
     images = [load_image(p) for p in paths[::step][:args.latency_images]]
+    if args.cpu_speed:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = cpu_speed(images, train, Path(tmp))
+        if not args.smoke:
+            head = ["| target | before | after | command | CPU | load |", "|---|---|---|---|---|---|"]
+            write_section("cpu_speed_inference", "### Inference rows\n\n" + "\n".join(head + rows))
+        return 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for ratio in (0.001, 0.01):

@@ -32,6 +32,7 @@ SERVICE_WORKERS_ENV = "INSPECT_SERVICE_WORKERS"
 SERVICE_QUEUE_ENV = "INSPECT_SERVICE_QUEUE"
 QDRANT_URL_ENV = "QDRANT_URL"
 DATABASE_URL_ENV = "INSPECT_DATABASE_URL"
+RUNTIME_CHOICE_ENV = "INSPECT_RUNTIME_CHOICE"
 SPOT_CHECK_ENV = "INSPECT_SPOT_CHECK"
 WATCH_CRASH_ENV = "INSPECT_WATCH_CRASH_AT"  # test-only; read by core/line/watch.py's crash_hook_from_env
 JOURNEY_SHOTS_ENV = "INSPECT_JOURNEY_SHOTS"  # test-only; read by tests/test_journey.py
@@ -95,6 +96,9 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(DATABASE_URL_ENV, "none (`.line/history.sqlite3` in the model store)",
              "`database_url()`: the line's history (`core/store/history.py`)",
              "a PostgreSQL URL (`postgresql://user@host/db`) so several hosts share one history"),
+    Variable(RUNTIME_CHOICE_ENV, "`~/.cache/inspector/runtime_choice.json`",
+             "`runtime_choice_file()`: the networks' `runtime=auto` (`core/models/runtime.py`)",
+             "where the network runtime measured fastest on this machine (OpenVINO or ONNX Runtime) is recorded"),
     Variable(SPOT_CHECK_ENV, "`20`", "`spot_check_every()`: the line's history (`core/store/history.py`)",
              "1 in N OK verdicts (chosen by image hash) also goes to the review queue as a spot check, the unbiased "
              "sample *Recalibrate from the line* fits from; `0`: none"),
@@ -124,6 +128,11 @@ def _path(name: str) -> Path | None:
 def model_store() -> Path:
     """``INSPECT_MODEL_STORE`` (``~`` expanded), else the repository's ``models/``."""
     return _path(MODEL_STORE_ENV) or REPO / "models"
+
+
+def runtime_choice_file() -> Path:
+    """``INSPECT_RUNTIME_CHOICE`` (``~`` expanded), else ``~/.cache/inspector/runtime_choice.json``."""
+    return _path(RUNTIME_CHOICE_ENV) or Path.home() / ".cache" / "inspector" / "runtime_choice.json"
 
 
 def users_file() -> Path:

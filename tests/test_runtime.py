@@ -151,9 +151,9 @@ def test_onnx_efficientad_equals_torch() -> None:
 
 @pytest.mark.parametrize(("kind", "inference", "expected"),
                          [("patchcore", "stock", {"runtime": "torch", "search": "stock"}),
-                          ("patchcore", "fast", {"runtime": "onnx", "search": "auto"}),
+                          ("patchcore", "fast", {"runtime": "auto", "search": "auto"}),
                           ("efficientad", "stock", {"runtime": "torch"}),
-                          ("efficientad", "fast", {"runtime": "onnx"})])
+                          ("efficientad", "fast", {"runtime": "auto"})])
 def test_inference_path_settings(kind: str, inference: str, expected: dict) -> None:
     saved = {"search": "stock", "runtime": "onnx", "steps": 3} if kind == "patchcore" else {"steps": 3}
     out = det.inference_settings(kind, saved, inference)
@@ -171,7 +171,7 @@ def test_fast_and_stock_paths_agree_on_a_saved_model(trained_store, demo_root) -
     for kind in det.KINDS:
         fast = det.load(store.current("demo_metal", kind), "fast").detector
         stock = det.load(store.current("demo_metal", kind), "stock").detector
-        assert fast.config.runtime == "onnx" and stock.config.runtime == "torch"
+        assert fast.config.runtime == "auto" and stock.config.runtime == "torch"
         if kind == "patchcore":  # loaded ready to score: the search index is built by load, not by the first image
             assert fast._index is not None and fast._index.kind == "exact" and stock._index is None
         for a, b in zip(fast.predict(images), stock.predict(images), strict=True):
@@ -222,3 +222,219 @@ def test_exports_from_several_threads_do_not_collide() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+# ------------------------------------------------------------------ the runtime choice (OpenVINO or ONNX Runtime)
+def _has_openvino() -> bool:
+    from core.models.runtime import available
+
+    return "openvino" in available()
+
+
+needs_openvino = pytest.mark.skipif(not _has_openvino(), reason="OpenVINO is not installed")
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
+
+
+@pytest.fixture()
+def choice_file(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    from core.models import runtime
+
+    path = tmp_path / "cache" / "runtime_choice.json"
+    monkeypatch.setenv("INSPECT_RUNTIME_CHOICE", str(path))
+    monkeypatch.setattr(runtime, "busy", lambda: False)  # a busy test machine would not record
+    return path
+
+
+def test_auto_runtime_falls_back_to_onnx_runtime_without_openvino(choice_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from core.models.runtime import OnnxGraph, available
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # ``import openvino`` now raises ImportError
+    assert available() == ("onnx",)
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = _net()(x)
+    for runtime in ("auto", "openvino"):
+        graph = OnnxGraph(_net(), 1, runtime)
+        out = graph(x)[0]
+        assert graph.choices[(16, 16)].runtime == "onnx"
+        assert torch.allclose(out, ref, rtol=1e-4, atol=1e-5)
+    assert not choice_file.exists()  # one backend: nothing measured, nothing recorded
+
+
+@needs_openvino
+def test_auto_runtime_measures_once_and_records_the_choice(choice_file) -> None:
+    import json
+
+    from core.models.runtime import RECORD_VERSION, OnnxGraph
+
+    graph = OnnxGraph(_net(), 1, "auto")
+    graph(torch.rand(1, 3, 16, 16))
+    choice = graph.choices[(16, 16)]
+    assert choice.how == "measured" and set(choice.ms) == {"onnx", "openvino"}
+    assert choice.runtime == min(choice.ms, key=choice.ms.__getitem__)
+    saved = json.loads(choice_file.read_text())
+    assert saved["version"] == RECORD_VERSION and saved["choices"][choice.key]["runtime"] == choice.runtime
+    again = OnnxGraph(_net(), 1, "auto")  # another model of the same network: the record, no timing
+    again(torch.rand(1, 3, 16, 16))
+    assert again.choices[(16, 16)].how == "recorded" and again.choices[(16, 16)].runtime == choice.runtime
+
+
+@needs_openvino
+@pytest.mark.parametrize("recorded", ["onnx", "openvino"])
+def test_a_recorded_choice_is_used_as_recorded(choice_file, recorded: str) -> None:
+    from core.models.runtime import RECORD_VERSION, OnnxGraph, choice_key, network_id
+
+    net = _net()
+    key = choice_key(network_id(net), 16, 16, torch.get_num_threads())
+    from core.files import atomic_write_json
+
+    atomic_write_json(choice_file, {"version": RECORD_VERSION, "choices": {key: {"runtime": recorded, "ms": {}}}})
+    graph = OnnxGraph(net, 1, "auto")
+    x = torch.rand(1, 3, 16, 16)
+    out = graph(x)[0]
+    assert graph.choices[(16, 16)].runtime == recorded and graph.choices[(16, 16)].how == "recorded"
+    with torch.no_grad():
+        assert torch.allclose(out, net(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("content", ["{not json", "[]", '{"version": 99, "choices": {}}',
+                                     '{"version": 1, "choices": {"k": {"runtime": "tensorrt"}}}', ""])
+def test_a_corrupt_choice_file_is_measured_again_and_rewritten(choice_file, content: str, caplog) -> None:
+    import json
+
+    from core.models.runtime import OnnxGraph, available
+
+    choice_file.parent.mkdir(parents=True)
+    choice_file.write_text(content)
+    graph = OnnxGraph(_net(), 1, "auto")
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(graph(x)[0], _net()(x), rtol=1e-4, atol=1e-5)
+    if "openvino" in available():
+        assert graph.choices[(16, 16)].how == "measured"
+        assert json.loads(choice_file.read_text())["choices"]  # rewritten, readable
+        if content not in ("", '{"version": 1, "choices": {"k": {"runtime": "tensorrt"}}}'):
+            assert "unreadable" in caplog.text
+
+
+def test_a_choice_measured_on_a_busy_machine_is_not_recorded(choice_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.models import runtime
+
+    monkeypatch.setattr(runtime, "busy", lambda: True)
+    graph = runtime.OnnxGraph(_net(), 1, "auto")
+    graph(torch.rand(1, 3, 16, 16))
+    assert graph.choices[(16, 16)].runtime in ("onnx", "openvino")
+    assert not choice_file.exists()
+
+
+def test_an_unwritable_choice_file_still_chooses(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.models import runtime
+    from core.models.runtime import OnnxGraph
+
+    monkeypatch.setattr(runtime, "busy", lambda: False)
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("INSPECT_RUNTIME_CHOICE", str(blocker / "sub" / "choice.json"))  # under a file: cannot write
+    graph = OnnxGraph(_net(), 1, "auto")
+    graph(torch.rand(1, 3, 16, 16))
+    assert graph.choices[(16, 16)].runtime in ("onnx", "openvino")
+
+
+@needs_openvino
+@pytest.mark.parametrize("runtime", ["openvino", "onnx", "auto"])
+def test_graph_runtimes_score_within_1e4_of_torch_fp32(runtime: str, choice_file) -> None:
+    """PatchCore's features and EfficientAD's scores and maps: each graph runtime within 1e-4 (relative to the
+    output's magnitude) of the torch fp32 reference path."""
+    from core.models.runtime import max_relative_difference
+
+    fast = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": runtime}))
+    ref = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "torch"}))
+    batch = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert max_relative_difference([fast.embed(batch).numpy()], [ref.embed(batch).numpy()]) <= 1e-4
+    ead = EfficientAD(EfficientADConfig(steps=1, runtime=runtime))
+    with torch.no_grad():
+        for p in ead.model.student.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch_ead = EfficientAD(EfficientADConfig(steps=1, runtime="torch"))
+    torch_ead.load_state(ead.state())
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(2))
+    (sa, ma), (sb, mb) = ead.forward(x), torch_ead.forward(x)
+    assert max_relative_difference([sa.numpy(), ma.numpy()], [sb.numpy(), mb.numpy()]) <= 1e-4
+    assert float(mb.std()) > 0
+
+
+@needs_openvino
+def test_openvino_save_load_gives_identical_scores(choice_file) -> None:
+    from tests.conftest import rgb
+
+    images = [rgb(80, 72, seed) for seed in range(6)]
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "openvino"}))
+    model.fit(images[:4])
+    loaded = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "openvino"}))
+    loaded.load_state(model.state())
+    a, b = model.predict(images[4:]), loaded.predict(images[4:])
+    assert [p.score for p in a] == [p.score for p in b]
+    assert all(np.array_equal(p.anomaly_map, q.anomaly_map) for p, q in zip(a, b, strict=True))
+
+
+# ------------------------------------------------------------------ bf16-screened exact search
+def _clustered(n_bank: int, n_query: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Non-negative features with near neighbours, as PatchCore's are (ReLU features, patches like bank entries)."""
+    gen = torch.Generator().manual_seed(seed)
+    bank = torch.rand(n_bank, dim, generator=gen) * 3
+    queries = bank[torch.randint(0, n_bank, (n_query,), generator=gen)] + 0.3 * torch.rand(n_query, dim, generator=gen)
+    return bank, queries
+
+
+@pytest.mark.parametrize(("n_bank", "n_query", "dim"), [(3000, 500, 152), (50, 40, 8), (1, 5, 4)])
+def test_bf16_screened_distances_stay_within_their_bound(n_bank: int, n_query: int, dim: int) -> None:
+    from core.models.knn import bf16_bank, screened_sq_distances
+
+    bank, queries = _clustered(n_bank, n_query, dim, n_bank)
+    exact_sq = (torch.cdist(queries.double(), bank.double()).min(dim=1).values ** 2)
+    approx, bound = screened_sq_distances(queries, bf16_bank(bank))
+    assert ((approx.double() - exact_sq).abs() <= bound.double()).all()
+    assert (bound.double() <= 0.05 * exact_sq.max()).all()  # tight enough to screen with
+
+
+@pytest.mark.parametrize(("n_bank", "groups", "patches"), [(3000, 2, 400), (2000, 1, 1024), (40, 3, 7)])
+def test_bf16_patch_search_keeps_each_image_maximum_exact(n_bank: int, groups: int, patches: int) -> None:
+    bank, queries = _clustered(n_bank, groups * patches, 152, 7)
+    queries[3] += 2.0  # one clearly anomalous patch in the first image
+    fp32 = build_index(bank, "exact", precision="fp32")
+    bf16 = build_index(bank, "exact", precision="bf16")
+    assert bf16.precision == "bf16" and fp32.precision == "fp32"
+    (d32, i32), (d16, i16) = fp32.patch_search(queries, groups), bf16.patch_search(queries, groups)
+    rows32 = d32.view(groups, -1).argmax(dim=1)
+    rows16 = d16.view(groups, -1).argmax(dim=1)
+    top32, top16 = d32.view(groups, -1).amax(dim=1), d16.view(groups, -1).amax(dim=1)
+    assert torch.allclose(top16, top32, rtol=1e-4)  # fp32 rounding of |b|^2 - 2 q.b + |q|^2 itself
+    assert torch.equal(rows16, rows32)
+    flat = rows32 + torch.arange(groups) * patches
+    assert torch.equal(i16[flat], i32[flat])
+    assert torch.allclose(d16, d32, rtol=1e-2)  # the map: within the bf16 screen's bound
+
+
+def test_patchcore_scores_with_bf16_search_equal_fp32_within_1e4() -> None:
+    from tests.conftest import rgb
+
+    images = [rgb(64, 64, seed) for seed in range(30)]
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "coreset_ratio": 1.0, "runtime": "onnx"}))
+    model.fit(images[:24])
+    assert model.memory_bank.shape[0] >= 1024
+    reference = [p.score for p in model.predict(images[24:])]
+    model._index = build_index(model.memory_bank, "exact", precision="bf16")
+    screened = [p.score for p in model.predict(images[24:])]
+    assert screened == pytest.approx(reference, rel=1e-4)
+
+
+def test_unknown_precision_is_named() -> None:
+    with pytest.raises(ValueError, match="expected precision in .* found 'fp8'"):
+        build_index(torch.zeros(3, 2), "exact", precision="fp8")

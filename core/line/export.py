@@ -14,8 +14,8 @@ from __future__ import annotations
 import io
 import json
 import tempfile
-import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -92,11 +92,11 @@ def openvino_ir(onnx: bytes) -> tuple[bytes, bytes] | None:
 def time_runtimes(onnx: bytes, ir: tuple[bytes, bytes] | None, height: int, width: int,
                   repeats: int = 10) -> dict[str, float]:
     """Median ms per batch-1 run of each available runtime on THIS machine, fp32 (the bundle uses the fastest;
-    bf16 is left out: 0.7-3.7% off on the networks measured in benchmarks/bench_export.py)."""
-    import onnxruntime as ort
+    bf16 is left out: 0.7-3.7% off on the networks measured in benchmarks/bench_export.py). Timed by
+    :func:`core.models.runtime.time_runtimes`, the app's own runtime choice."""
+    from core.models import runtime
 
-    x = np.zeros((1, 3, height, width), np.float32)
-    runs = {"onnxruntime": _ort_runner(ort, onnx)}
+    runs: dict[str, runtime.Runner] = {"onnxruntime": _ort_runner(onnx)}
     if ir is not None:
         import openvino as ov
 
@@ -104,24 +104,18 @@ def time_runtimes(onnx: bytes, ir: tuple[bytes, bytes] | None, height: int, widt
             (Path(tmp) / "model.xml").write_bytes(ir[0])
             (Path(tmp) / "model.bin").write_bytes(ir[1])
             compiled = ov.Core().compile_model(str(Path(tmp) / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        runs["openvino"] = compiled
-    out = {}
-    for name, run in runs.items():
-        run(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run(x)
-            times.append((time.perf_counter() - t0) * 1000)
-        out[name] = float(np.median(times))
-    return out
+        runs["openvino"] = lambda a: [compiled(a)[out] for out in compiled.outputs]
+    return runtime.time_runtimes(onnx, height, width, repeats, runners=runs)
 
 
-def _ort_runner(ort, onnx: bytes):
+def _ort_runner(onnx: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """ONNX Runtime as the bundle's runner uses it (its default threads)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
-    return lambda a: session.run(None, {"input": a})
+    return lambda a: [np.asarray(out) for out in session.run(None, {"input": a})]
 
 
 def _cpu() -> str:

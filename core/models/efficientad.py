@@ -6,8 +6,9 @@ map computation. We replace what would otherwise be downloaded -- the pretrained
 ``assets/penalty``) -- and drive the training loop ourselves (core/models/efficientad_training.py) so it can
 report progress, be cancelled and resumed, and compute the map-normalisation quantiles on held-out GOOD images
 (anomalib uses its validation split).
-Inference runs anomalib's eval forward pass exported to ONNX Runtime (``runtime="onnx"``, the default) or in
-torch (``runtime="torch"``); both give the same scores up to float rounding (tests/test_runtime.py).
+Inference runs anomalib's eval forward pass exported to a graph runtime (``runtime="auto"``, the default: OpenVINO
+or ONNX Runtime, whichever measured faster on this machine; or ``"openvino"``, ``"onnx"``) or in torch
+(``runtime="torch"``); all give the same scores up to float rounding (tests/test_runtime.py).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from core.models.efficientad_lite import (
 )
 from core.models.efficientad_training import SAVE_EVERY, STATE_FILE, load_penalty_images
 from core.models.preprocess import InputSpec, predict_in_batches, to_tensor
-from core.models.runtime import OnnxGraph, check_runtime, export_onnx
+from core.models.runtime import OnnxGraph, check_runtime, export_onnx, uses_graph
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 __all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
@@ -68,7 +69,7 @@ class EfficientADConfig:
     penalty_dir: str = str(DEFAULT_PENALTY_DIR)
     batch_size: int = 8
     seed: int = 0
-    runtime: str = "onnx"
+    runtime: str = "auto"  # "auto": OpenVINO or ONNX Runtime, measured per machine (core/models/runtime.py)
     structure: str = "lite"
     teacher_backbone: str = "tf_efficientnet_lite0"
     student_width: int = 128
@@ -135,9 +136,9 @@ def estimate_for_settings(settings: dict[str, Any], num_images: int) -> float:
 
 
 def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:
-    """``settings`` for the inference ``path``: "fast" (the networks in ONNX Runtime) or "stock" (anomalib's
-    torch forward pass)."""
-    return {**settings, "runtime": "torch" if path == "stock" else "onnx"}
+    """``settings`` for the inference ``path``: "fast" (the networks in the runtime measured fastest on this machine,
+    OpenVINO or ONNX Runtime) or "stock" (anomalib's torch forward pass)."""
+    return {**settings, "runtime": "torch" if path == "stock" else "auto"}
 
 
 def input_size_for(requested: int, structure: str) -> int:
@@ -202,8 +203,8 @@ class EfficientAD:
 
     def _inference_graph(self) -> OnnxGraph | None:
         """The exported eval forward pass (built on first use, after training or loading)."""
-        if self.config.runtime == "onnx" and self._graph is None:
-            self._graph = OnnxGraph(_ScoresAndMaps(self.model), 2)
+        if uses_graph(self.config.runtime) and self._graph is None:
+            self._graph = OnnxGraph(_ScoresAndMaps(self.model), 2, self.config.runtime)
         return self._graph
 
     # ----------------------------------------------------------------- training

@@ -7,6 +7,13 @@ maximum patch (anomalib's score re-weighting), so :meth:`NearestNeighbourIndex.p
 patch's distance from :func:`nearest_distances`: one matrix product per 4,096 entries against the bank stored as
 ``[-2 b, |b|^2]`` (the bias folded into the product) and a min without indices (several times cheaper than a min with
 indices): ~1.3 ms per 1,000 entries per image in ``benchmarks/bench_knn_scaling.py``.
+On CPUs whose bf16 matrix products are fast (AMX), ``precision="bf16"`` screens the distances with one bf16
+product (:func:`screened_sq_distances`: the bank centred and split into high and low bf16 parts, so the error comes
+from the bf16 *output* rounding, with a rigorous bound per query) and then searches exactly, in fp32, every patch
+that could be its image's maximum (its upper bound reaches the largest lower bound): the image's maximum patch,
+its neighbour and the re-weighted image score are those of the fp32 search; the other patches' distances (the map)
+are within the stated bound (~0.2-0.5% relative). ``precision="auto"`` (what :func:`build_index` is given by
+PatchCore) times both on the bank at hand and keeps the faster: never assumed (benchmarks/RESULTS.md, cpu_speed).
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
@@ -41,6 +48,10 @@ QUERY_BLOCK: int = 1024
 BANK_BLOCK: int = 4096
 DISTANCE_BANK_BLOCK: int = 4096
 SEARCHES: tuple[str, ...] = ("exact", "hnsw", "auto")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
+BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
+FP32_UNIT = 2.0 ** -24
+BF16_MIN_BANK = 1024  # below this the product is too small for bf16 to pay for its extra steps: not timed
 
 
 def exact_search(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
@@ -105,6 +116,58 @@ def nearest_distances(queries: torch.Tensor, augmented: torch.Tensor, query_bloc
         return dist
 
 
+@dataclass(frozen=True)
+class Bf16Bank:
+    """The bank for :func:`screened_sq_distances`: ``mean: [D]`` (subtracted from bank and queries: distances are
+    unchanged, the products' magnitudes smaller), ``split_t: [3(D+2), M]`` bf16, the rows ``[hi; lo; hi]`` of
+    ``b' = [-2 (b - mean), |b - mean|^2, 1]`` (hi = bf16(b'), lo = bf16(b' - hi)), and ``max_norm`` = max |b - mean|."""
+
+    mean: torch.Tensor
+    split_t: torch.Tensor
+    max_norm: float
+
+
+def bf16_bank(bank: torch.Tensor) -> Bf16Bank:
+    """:class:`Bf16Bank` of ``bank: [M, D]``."""
+    data = bank.detach().float()
+    mean = data.mean(dim=0)
+    centred = data - mean
+    sq = (centred * centred).sum(dim=1, keepdim=True)
+    full = torch.cat([-2.0 * centred, sq, torch.ones_like(sq)], dim=1)
+    hi = full.bfloat16()
+    lo = (full - hi.float()).bfloat16()
+    return Bf16Bank(mean, torch.cat([hi, lo, hi], dim=1).T.contiguous(), float(centred.norm(dim=1).max()))
+
+
+def screened_sq_distances(queries: torch.Tensor, packed: Bf16Bank,
+                          query_block: int = QUERY_BLOCK) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared L2 distance from each query to its nearest bank entry by one bf16 product per block, and a bound on
+    its error: ``(approx [N], bound [N])`` with ``|approx - exact| <= bound`` (``queries: [N, D]``).
+
+    ``q' = [q - mean, 1, |q - mean|^2]`` split as the bank is (``[hi, hi, lo]`` against ``[hi; lo; hi]``), so
+    ``q'.b'`` is the squared distance up to the split's ``~3 u^2`` and fp32 accumulation, both below
+    ``gamma = 4 u^2 + 2 K u_32`` times ``sum |q'_k b'_k| <= (|q - mean| + max_norm)^2``; the product's output is
+    rounded to bf16 (``u`` of its value). Doubled for safety; tests/test_runtime.py checks it against float64.
+    """
+    if queries.ndim != 2 or queries.shape[1] + 2 != packed.split_t.shape[0] // 3:
+        raise ValueError(f"expected queries [N, {packed.split_t.shape[0] // 3 - 2}], found {tuple(queries.shape)}")
+    u = BF16_UNIT
+    gamma = 4 * u * u + 2 * packed.split_t.shape[0] * FP32_UNIT
+    with torch.inference_mode():
+        centred = queries.float() - packed.mean
+        sq = (centred * centred).sum(dim=1, keepdim=True)
+        full = torch.cat([centred, torch.ones_like(sq), sq], dim=1)
+        hi = full.bfloat16()
+        lo = (full - hi.float()).bfloat16()
+        split = torch.cat([hi, hi, lo], dim=1)
+        approx = torch.empty(queries.shape[0])
+        for qs in range(0, split.shape[0], query_block):
+            approx[qs:qs + query_block] = (split[qs:qs + query_block] @ packed.split_t).amin(dim=1).float()
+        reach = gamma * (sq[:, 0].sqrt() + packed.max_norm) ** 2
+        bound = 2.0 * (reach + u * (approx.abs() + reach)) * (1 + 4 * u)
+        return approx, bound
+
+
 @dataclass
 class NearestNeighbourIndex:
     """A search structure over ``bank: [M, D]``; ``search(queries: [N, D])`` returns L2 distances and indices ``[N]``."""
@@ -115,6 +178,8 @@ class NearestNeighbourIndex:
     bank_sq: torch.Tensor | None = None
     augmented: torch.Tensor | None = None
     ef_search: int = HNSW_EF_SEARCH  # HNSW's search breadth (also for leave-one-out search)
+    precision: str = "fp32"  # exact search's screening: "fp32" or "bf16" (see the module docstring)
+    packed: Bf16Bank | None = None
 
     def patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """PatchCore's search for ``groups`` images of n patches each (``queries: [G*n, D]``): distances ``[G*n]``
@@ -125,11 +190,29 @@ class NearestNeighbourIndex:
         if self.augmented is None:
             self.augmented = augment_bank(self.bank, self.bank_sq if self.bank_sq is not None
                                           else (self.bank * self.bank).sum(dim=1))
+        if self.precision == "bf16":
+            return self._screened_patch_search(queries, groups)
         dist = nearest_distances(queries, self.augmented)
         rows = dist.view(groups, -1).argmax(dim=1) + torch.arange(groups) * (dist.numel() // groups)
         _, row_index = exact_search(queries[rows], self.bank, self.bank_sq)
         index = torch.zeros(dist.numel(), dtype=torch.int64)
         index[rows] = row_index
+        return dist, index
+
+    def _screened_patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`patch_search` screened in bf16: every patch whose upper bound reaches its image's largest lower
+        bound is searched exactly in fp32 (its distance and neighbour), so each image's maximum is exact."""
+        if self.packed is None:
+            self.packed = bf16_bank(self.bank)
+        assert self.augmented is not None
+        approx, bound = screened_sq_distances(queries, self.packed)
+        low = (approx - bound).clamp_min(0).sqrt().view(groups, -1)
+        high = (approx + bound).clamp_min(0).sqrt().view(groups, -1)
+        dist = approx.clamp_min(0).sqrt()
+        rows = torch.nonzero((high >= low.amax(dim=1, keepdim=True)).reshape(-1))[:, 0]
+        dist[rows] = nearest_distances(queries[rows], self.augmented)
+        index = torch.zeros(dist.numel(), dtype=torch.int64)
+        index[rows] = exact_search(queries[rows], self.bank, self.bank_sq)[1]
         return dist, index
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,14 +325,47 @@ def resolve(search: str, bank_size: int) -> str:
     return search
 
 
-def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH) -> NearestNeighbourIndex:
-    """Index ``bank: [M, D]`` for ``search`` in {"exact", "hnsw", "auto"}; ``ef_search`` tunes HNSW's recall."""
+def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH,
+                precision: str = "fp32") -> NearestNeighbourIndex:
+    """Index ``bank: [M, D]`` for ``search`` in {"exact", "hnsw", "auto"}; ``ef_search`` tunes HNSW's recall;
+    ``precision`` ("fp32", "bf16" or "auto": timed here, :func:`faster_precision`) the exact search's screening."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"expected precision in {PRECISIONS}, found {precision!r}")
     data = bank.detach().float().contiguous()
     method = resolve(search, int(data.shape[0]))
     bank_sq = (data * data).sum(dim=1)
     if method == "exact":
-        return NearestNeighbourIndex(data, method, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
+        exact = NearestNeighbourIndex(data, method, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
+        if precision == "auto":
+            precision = faster_precision(exact)
+        if precision == "bf16":
+            exact.precision, exact.packed = "bf16", bf16_bank(data)
+        return exact
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))
     return NearestNeighbourIndex(data, method, hnsw=index, bank_sq=bank_sq, ef_search=int(ef_search))
+
+
+def faster_precision(index: NearestNeighbourIndex, patches: int = 1024, rounds: int = 3) -> str:
+    """"bf16" when the screened search of one image's ``patches`` (bank entries plus noise, so that they have
+    near neighbours as real patches do) measures faster than fp32 on this machine and this bank, else "fp32".
+    Banks below :data:`BF16_MIN_BANK` entries stay fp32 without timing."""
+    import time
+
+    size = int(index.bank.shape[0])
+    if size < BF16_MIN_BANK:
+        return "fp32"
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randint(0, size, (patches,), generator=gen)
+    queries = index.bank[rows] + 0.1 * index.bank.std() * torch.randn(patches, index.bank.shape[1], generator=gen)
+    trial = NearestNeighbourIndex(index.bank, index.kind, bank_sq=index.bank_sq, augmented=index.augmented,
+                                  precision="bf16", packed=bf16_bank(index.bank))
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(rounds + 1):  # in turns; the first round warms both up and is not counted
+        for name, candidate in (("fp32", index), ("bf16", trial)):
+            t0 = time.perf_counter()
+            candidate.patch_search(queries, 1)
+            times[name].append(time.perf_counter() - t0)
+    best = {name: min(values[1:]) for name, values in times.items()}
+    return "bf16" if best["bf16"] < best["fp32"] else "fp32"

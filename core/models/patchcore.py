@@ -49,7 +49,7 @@ from core.models.preprocess import (
     resize_map,
     to_tensor,
 )
-from core.models.runtime import OnnxGraph, check_runtime, export_onnx
+from core.models.runtime import OnnxGraph, export_onnx, uses_graph
 from core.models.tiling import TileScorer, crop_tiles, predict_tiled
 from core.portable import scale_image
 from core.types import NO_CONTROL, Prediction, TrainControl
@@ -69,7 +69,8 @@ class PatchCoreConfig:
     """Settings of a PatchCore model.
 
     ``search`` is ``"exact"``, ``"hnsw"``, ``"auto"`` or ``"stock"`` (anomalib's own forward pass);
-    ``runtime`` runs the backbone through ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
+    ``runtime`` runs the backbone through ``"auto"`` (OpenVINO or ONNX Runtime, whichever measured faster on this
+    machine), ``"openvino"``, ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
     always uses torch, as each image size would need a graph of its own. ``input_mode="tiles"`` splits each image
     (resized by ``scale``) into overlapping ``tile`` x ``tile`` tiles, fits on all tiles and stitches their maps
     (core/models/tiling.py).
@@ -93,7 +94,7 @@ class PatchCoreConfig:
     num_neighbors: int = 9
     search: str = "auto"
     ef_search: int = HNSW_EF_SEARCH
-    runtime: str = "onnx"
+    runtime: str = "auto"  # "auto": OpenVINO or ONNX Runtime, measured per machine (core/models/runtime.py)
     batch_size: int = 16
     seed: int = 0
 
@@ -123,11 +124,11 @@ class PatchCoreConfig:
 
 
 def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:
-    """``settings`` for the inference ``path``: "fast" (ONNX Runtime, our search) or "stock" (anomalib's
+    """``settings`` for the inference ``path``: "fast" (the runtime measured fastest, our search) or "stock" (anomalib's
     torch forward pass and search, kept for comparison). Training settings are untouched."""
     if path == "stock":
         return {**settings, "runtime": "torch", "search": "stock"}
-    fast = {**settings, "runtime": "onnx"}
+    fast = {**settings, "runtime": "auto"}
     if fast.get("search") == "stock":
         fast["search"] = "auto"
     return fast
@@ -258,8 +259,8 @@ class PatchCore:
         self._graph = self._make_graph()
 
     def _make_graph(self) -> OnnxGraph | None:
-        use_graph = check_runtime(self.config.runtime) == "onnx" and self.config.input_mode in ("squash", "tiles")
-        return OnnxGraph(self._embedder, 1) if use_graph else None
+        use_graph = uses_graph(self.config.runtime) and self.config.input_mode in ("squash", "tiles")
+        return OnnxGraph(self._embedder, 1, self.config.runtime) if use_graph else None
 
     def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
         """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each)."""
@@ -372,7 +373,9 @@ class PatchCore:
     def search_index(self) -> NearestNeighbourIndex:
         """The memory bank's search structure, built on first use (HNSW on a 779k bank: about a minute)."""
         if self._index is None:
-            self._index = build_index(self.model.memory_bank, self.config.search, self.config.ef_search)
+            # the torch runtime is the fp32 reference path; the fast path screens in bf16 where that measures faster
+            precision = "fp32" if self.config.runtime == "torch" else "auto"
+            self._index = build_index(self.model.memory_bank, self.config.search, self.config.ef_search, precision)
         return self._index
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,7 +132,7 @@ def _runtime_option() -> Option:
     """``--runtime``, for the kinds whose networks run in ONNX Runtime or PyTorch."""
     from core.models.runtime import RUNTIMES
 
-    return Option("runtime", str, "network runtime (default onnx: ONNX Runtime; torch: PyTorch)", fields=("runtime",),
+    return Option("runtime", str, "network runtime (default auto: OpenVINO or ONNX Runtime, measured per machine; openvino; onnx; torch)", fields=("runtime",),
                   choices=RUNTIMES)
 
 
