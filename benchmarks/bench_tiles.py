@@ -1,0 +1,136 @@
+"""Fast tiles (issue 26): PatchCore on pcb_00041 (640x640 scans, defects a few pixels wide), resized vs tiled, through
+the product path (``core.store.lifecycle.train`` -> ``load`` -> ``run_evaluation``).
+
+    flock /tmp/bench.lock python benchmarks/bench_tiles.py --name tiles --settings '{"input_mode": "tiles", "tile": 256}'
+    python benchmarks/bench_tiles.py --table        # RESULTS.md section "tiles_speed" from the saved rows
+
+One variant per run (each locked run stays short). Measured: fit wall seconds (training + leave-one-image-out
+calibration, image reading included), ms/image at batch 1 on the first ``--latency-images`` test images after two
+warm-up images (median wall, and the median process CPU time, which a busy machine inflates less), image AUROC,
+pixel AUROC, AUPRO and F1 at the default threshold from the evaluation of the whole test set. The load average
+before and after is kept with each row: on shared cores the timings are upper bounds. Rows go to
+benchmarks/results/tiles_<name>.json (committed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, fmt, machine, write_section
+
+from core.data.dataset import load_category
+from core.data.imageio import load_image
+from core.store import lifecycle as det
+from core.store.model_store import ModelStore
+
+ROWS = Path(__file__).resolve().parent / "results"
+CATEGORY = "pcb_00041"
+
+
+def run(name: str, settings: dict, latency_images: int, compare_before: bool) -> dict:
+    data = load_category(DATA, CATEGORY)
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = ModelStore(tmp)
+        t0 = time.perf_counter()
+        c0 = time.process_time()
+        trained = det.train(data, "patchcore", settings, store)
+        fit_s, fit_cpu = time.perf_counter() - t0, time.process_time() - c0
+        train = trained.manifest["train"]
+        model = det.load(store.current(CATEGORY, "patchcore"))
+        images = [load_image(s.path) for s in data.test[:latency_images + 2]]
+        detector = model.detector
+        bank, owners = detector.memory_bank.clone(), detector.bank_image
+        # the bank the same settings had before (coreset_ratio of all patches): random entries of that size, timed
+        # image by image in turn with the trained bank, so both see the same load (search time depends on sizes only)
+        before = (torch.randn(int(round(train["num_patches"] * detector.config.coreset_ratio)), bank.shape[1])
+                  if compare_before else None)
+        wall, cpu, wall_before = [], [], []
+        for i, image in enumerate(images):
+            detector.set_memory_bank(bank, owners)
+            detector.prepare()
+            t1, c1 = time.perf_counter(), time.process_time()
+            detector.predict([image])
+            if i >= 2:
+                wall.append((time.perf_counter() - t1) * 1000)
+                cpu.append((time.process_time() - c1) * 1000)
+            if before is not None:
+                detector.set_memory_bank(before)
+                detector.prepare()
+                t1 = time.perf_counter()
+                detector.predict([image])
+                if i >= 2:
+                    wall_before.append((time.perf_counter() - t1) * 1000)
+        detector.set_memory_bank(bank, owners)
+        result = det.run_evaluation(model, data)
+    o = result.overall
+    return {"name": name, "category": CATEGORY, "settings": settings, "machine": machine(),
+            "load_before": [round(x, 2) for x in load_before], "load_after": [round(x, 2) for x in os.getloadavg()],
+            "fit_s": fit_s, "fit_cpu_s": fit_cpu, "embed_s": train.get("embed_seconds"),
+            "coreset_s": train.get("coreset_seconds"), "memory_bank": train.get("memory_bank"),
+            "num_patches": train.get("num_patches"), "ms_image": float(np.median(wall)),
+            "cpu_ms_image": float(np.median(cpu)),
+            "ms_image_bank_before": float(np.median(wall_before)) if wall_before else None,
+            "bank_before": None if before is None else int(before.shape[0]),
+            **{k: o.get(k) for k in ("image_auroc", "pixel_auroc", "aupro", "f1_at_calibrated", "latency_ms_median")}}
+
+
+def _before(row: dict) -> str:
+    if row.get("ms_image_bank_before") is None:
+        return "–"
+    return f"{row['ms_image_bank_before']:.0f} ({row['bank_before']:,} entries)"
+
+
+def write_table() -> None:
+    lines = ["PatchCore on pcb_00041 (train/good 176, test 45 good + 45 defective, 640x640) through the product path: "
+             "`lifecycle.train` (fit + leave-one-image-out calibration) -> `load` -> `run_evaluation`. ms/image: "
+             "batch 1, median over the first test images after two warm-ups (wall; CPU = process time over both "
+             "threads). Load: 1-minute load average before / after the run (2 cores; above 2 the timings are upper "
+             "bounds). Script: benchmarks/bench_tiles.py.", "",
+             "| variant | settings | fit s (CPU s) | bank | ms/image (CPU ms) | ms/image, bank of before | image AUROC | "
+             "pixel AUROC | AUPRO | F1 at default | load | machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for path in sorted(ROWS.glob("tiles_*.json")):
+        r = json.loads(path.read_text())
+        lines.append(f"| {r['name']} | `{json.dumps(r['settings'])}` | {r['fit_s']:.0f} ({r['fit_cpu_s']:.0f}) | "
+                     f"{r['memory_bank']:,} of {r['num_patches']:,} | {r['ms_image']:.0f} ({r['cpu_ms_image']:.0f}) | "
+                     f"{_before(r)} | "
+                     f"{fmt(r['image_auroc'], 4)} | {fmt(r['pixel_auroc'])} | {fmt(r['aupro'])} | "
+                     f"{fmt(r['f1_at_calibrated'])} | {r['load_before'][0]:.1f} / {r['load_after'][0]:.1f} | "
+                     f"{r['machine'].split(';')[0]} |")
+    notes = ROWS / "tiles_notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    write_section("tiles_speed", "## Fast tiles (issue 26): pcb_00041, resized vs tiled\n\n" + "\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--name", default="")
+    parser.add_argument("--settings", default="{}", help="PatchCore settings as JSON (the product's defaults otherwise)")
+    parser.add_argument("--latency-images", type=int, default=20)
+    parser.add_argument("--table", action="store_true", help="only write the RESULTS.md section")
+    parser.add_argument("--compare-before", action="store_true",
+                        help="also time each latency image with a bank of the size these settings had before")
+    args = parser.parse_args()
+    if not args.table:
+        if not (DATA / CATEGORY).is_dir():
+            sys.exit(f"expected {DATA / CATEGORY} (../shared/data), found none")
+        row = run(args.name, json.loads(args.settings), args.latency_images, args.compare_before)
+        ROWS.mkdir(exist_ok=True)
+        (ROWS / f"tiles_{args.name}.json").write_text(json.dumps(row, indent=2, default=float))
+        print(json.dumps(row, default=float))
+    write_table()
+
+
+if __name__ == "__main__":
+    main()
