@@ -17,7 +17,8 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Small, fast settings used by every test that trains a model.
 PATCHCORE_TEST_SETTINGS = {"height": 64, "width": 64, "coreset_ratio": 0.1, "batch_size": 8}
-EFFICIENTAD_TEST_SETTINGS = {"height": 256, "width": 256, "steps": 3, "batch_size": 8}
+EFFICIENTAD_TEST_SETTINGS = {"height": 256, "width": 256, "steps": 3, "batch_size": 8,
+                             "train_batch": 2, "precision": "fp32"}  # fp32: no timed bf16 trial, same choice each run
 
 
 @pytest.fixture(scope="session")

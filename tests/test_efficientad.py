@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,11 +14,14 @@ import torch
 
 from core.data.dataset import load_category
 from core.data.imageio import load_image
+from core.models import efficientad_training as training
 from core.models.efficientad import (
     DEFAULT_PENALTY_DIR,
     DEFAULT_TEACHER,
+    SECONDS_PER_BATCH_IMAGE_256,
     SECONDS_PER_IMAGE_256,
     SECONDS_PER_STEP_256,
+    SECONDS_PER_TEACHER_IMAGE_256,
     EfficientAD,
     EfficientADConfig,
     expected_training_seconds,
@@ -28,6 +33,9 @@ from core.store import lifecycle as det
 from core.store.model_store import ModelStore
 from core.types import ResumePoint, TrainControl, TrainingCancelled
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS, rgb
+
+OLD: dict[str, Any] = {"schedule": "step", "student_width": 128}  # the defaults until issue 25 (with steps=6000)
+FAST: dict[str, Any] = {"train_batch": 2, "precision": "fp32"}  # small cosine batches, no timed precision trial
 
 
 def test_teacher_ships_with_a_manifest() -> None:
@@ -91,7 +99,7 @@ def test_training_reports_progress_and_cancels() -> None:
         seen.append(fraction)
         cancel.set()  # cancel as soon as training reports anything: the next report must raise
 
-    model = EfficientAD(EfficientADConfig(steps=50))
+    model = EfficientAD(EfficientADConfig(steps=50, **FAST))
     with pytest.raises(TrainingCancelled):
         model.fit([rgb(64, 64, seed=i) for i in range(2)], [], TrainControl(progress=progress, cancel=cancel))
     assert seen == [0.0]  # only "teacher statistics" got through; no step was reported
@@ -100,6 +108,9 @@ def test_training_reports_progress_and_cancels() -> None:
 @pytest.mark.parametrize(("settings", "message"), [({"height": 128}, "at least 256"), ({"steps": 0}, "at least 1"),
                                                   ({"height": 320}, "multiples of 256"),
                                                   ({"structure": "pdn_m"}, "structure in"),
+                                                  ({"schedule": "linear"}, "schedule in"),
+                                                  ({"precision": "fp16"}, "precision in"),
+                                                  ({"train_batch": 0}, "batch of at least 1"),
                                                   ({"hard_quantile": 1.0}, "in \\[0, 1\\)"),
                                                   ({"score_border_cells": 16}, "score border of 0 to 15")])
 def test_bad_config(settings: dict, message: str) -> None:
@@ -113,7 +124,7 @@ def test_missing_teacher_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_checkpoints_evaluate_mid_training_and_training_goes_on() -> None:
-    model = EfficientAD(EfficientADConfig(steps=4))
+    model = EfficientAD(EfficientADConfig(steps=4, **FAST))
     images = [rgb(256, 256, seed=i) for i in range(3)]
     seen: list[tuple[int, float, bool]] = []
 
@@ -131,11 +142,11 @@ def test_checkpoints_evaluate_mid_training_and_training_goes_on() -> None:
 
 def test_stopped_training_resumes_to_the_same_weights(tmp_path: Path) -> None:
     images = [rgb(256, 256, seed=i) for i in range(3)]
-    straight = EfficientAD(EfficientADConfig(steps=4))
+    straight = EfficientAD(EfficientADConfig(steps=4, **FAST))
     straight.fit(images, images[:1], resume_file=tmp_path / "state.pt", save_every=2)
     assert len(straight.step_seconds) == 4
     # the file holds step 2 of that run (the end of training is not saved): a new model continues from there
-    resumed = EfficientAD(EfficientADConfig(steps=4))
+    resumed = EfficientAD(EfficientADConfig(steps=4, **FAST))
     resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt", save_every=2)
     assert resumed.step_seconds[:2] == straight.step_seconds[:2]  # restored from the file, not re-run
     assert resumed.step_seconds[2:] != straight.step_seconds[2:] and len(resumed.step_seconds) == 4
@@ -148,20 +159,30 @@ def test_resume_rejects_foreign_state(tmp_path: Path, content: bytes | None, mes
     images = [rgb(256, 256, seed=i) for i in range(2)]
     path = tmp_path / "state.pt"
     if content is None:
-        EfficientAD(EfficientADConfig(steps=3)).fit(images, [], resume_file=path, save_every=1)
+        EfficientAD(EfficientADConfig(steps=3, **FAST)).fit(images, [], resume_file=path, save_every=1)
     else:
         path.write_bytes(content)
     with pytest.raises(ValueError, match=message):
-        EfficientAD(EfficientADConfig(steps=5)).fit(images, [], resume_file=path)
+        EfficientAD(EfficientADConfig(steps=5, **FAST)).fit(images, [], resume_file=path)
 
 
 @pytest.mark.parametrize(
     ("settings", "num_images", "expected"),
     [
-        ({"steps": 1000}, 0, 1000 * SECONDS_PER_STEP_256["lite"]),
-        ({"steps": 1000}, 100, 1000 * SECONDS_PER_STEP_256["lite"] + 100 * SECONDS_PER_IMAGE_256),
-        ({"steps": 10, "height": 512, "width": 256}, 10, 2 * (10 * SECONDS_PER_STEP_256["lite"] + 10 * SECONDS_PER_IMAGE_256)),
-        ({"steps": 100, "structure": "pdn_s", "lr": 1e-4}, 0, 100 * SECONDS_PER_STEP_256["pdn_s"]),
+        ({"steps": 1000, **OLD}, 0, 1000 * SECONDS_PER_STEP_256["lite"]),
+        ({"steps": 1000, **OLD}, 100, 1000 * SECONDS_PER_STEP_256["lite"] + 100 * SECONDS_PER_IMAGE_256),
+        ({"steps": 10, "height": 512, "width": 256, **OLD}, 10,
+         2 * (10 * SECONDS_PER_STEP_256["lite"] + 10 * SECONDS_PER_IMAGE_256)),
+        ({"steps": 100, "structure": "pdn_s", "lr": 1e-4, **OLD}, 0, 100 * SECONDS_PER_STEP_256["pdn_s"]),
+        # cosine: 1000 images, 200 held out, 800 fitted: min(600 steps, 12 epochs of 800 / 8 = 1200) = 600 steps
+        # of 8 images, the teacher over a pool of 400 augmented images, the per-image passes over all 1000
+        ({}, 1000, 600 * 8 * SECONDS_PER_BATCH_IMAGE_256[64] + 400 * SECONDS_PER_TEACHER_IMAGE_256
+         + 1000 * SECONDS_PER_IMAGE_256),
+        # 40 images, 8 held out: 12 epochs of 32 / 8 = 48 steps; pool 64 (the minimum)
+        ({}, 40, 48 * 8 * SECONDS_PER_BATCH_IMAGE_256[64] + 64 * SECONDS_PER_TEACHER_IMAGE_256
+         + 40 * SECONDS_PER_IMAGE_256),
+        ({"student_width": 128, "train_batch": 4, "max_epochs": 0}, 40,
+         600 * 4 * SECONDS_PER_BATCH_IMAGE_256[128] + 64 * SECONDS_PER_TEACHER_IMAGE_256 + 40 * SECONDS_PER_IMAGE_256),
     ],
 )
 def test_training_estimate_hand_computed(settings: dict, num_images: int, expected: float) -> None:
@@ -184,7 +205,7 @@ def test_lite_builds_and_trains_without_network(monkeypatch: pytest.MonkeyPatch)
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
-    model = EfficientAD(EfficientADConfig(steps=2))
+    model = EfficientAD(EfficientADConfig(steps=2, **FAST))
     assert model.config.structure == "lite" and model.channels == 152
     model.fit([rgb(256, 256, seed=i) for i in range(3)], [rgb(256, 256, seed=9)])
     scores = model.predict([rgb(256, 256, seed=5)])
@@ -316,9 +337,9 @@ def test_a_fresh_run_replaces_an_interrupted_one_and_resume_needs_one(demo_root:
 def test_stopped_on_the_last_step_resumes_without_training_again(tmp_path: Path) -> None:
     images = [rgb(256, 256, seed=i) for i in range(3)]
     with pytest.raises(TrainingCancelled, match="step 2 of 2"):
-        EfficientAD(EfficientADConfig(steps=2)).fit(images, images[:1], _cancel_after("step 1/2"),
+        EfficientAD(EfficientADConfig(steps=2, **FAST)).fit(images, images[:1], _cancel_after("step 1/2"),
                                                     resume_file=tmp_path / "state.pt")
-    resumed = EfficientAD(EfficientADConfig(steps=2))
+    resumed = EfficientAD(EfficientADConfig(steps=2, **FAST))
     info = resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt")
     assert len(resumed.step_seconds) == 2 and info["train_seconds"] > 0
 
@@ -335,3 +356,93 @@ def test_cli_train_resume_continues_the_kept_run(demo_root: Path, tmp_path: Path
     assert main(args) == 0
     assert store.read_manifest(store.current("demo_metal", "efficientad"))["settings"]["steps"] == 3
     assert ResumePoint.read(store.training_state_dir("demo_metal", "efficientad")) is None
+
+
+def test_cached_teacher_trains_the_same_networks_as_running_the_teacher_every_step() -> None:
+    """The cosine recipe's teacher targets computed once give the networks that running the frozen teacher on
+    every batch gives (same seed, tiny data). Tolerance: the cache runs the teacher over batches of
+    ``batch_size`` images, the reference over the step's batch; convolutions round differently by batch size
+    (~1e-7 relative), which a few Adam steps carry into the weights at about 1e-6."""
+    images = [rgb(256, 256, seed=i) for i in range(5)]
+    cached = EfficientAD(EfficientADConfig(steps=4, **FAST))
+    cached.fit(images, images[:1])
+    reference = EfficientAD(EfficientADConfig(steps=4, **FAST))
+    reference.fit(images, images[:1], cache_teacher=False)
+    initial = EfficientAD(EfficientADConfig(steps=4, **FAST)).model.student.state_dict()
+    for key, value in cached.model.student.state_dict().items():
+        assert not torch.equal(value, initial[key]) or value.numel() == 0  # trained, not left at init
+    for (key, a), b in zip(cached.model.state_dict().items(), reference.model.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), key
+    probe = [rgb(256, 256, seed=9)]
+    assert cached.predict(probe)[0].score == pytest.approx(reference.predict(probe)[0].score, rel=1e-4, abs=1e-5)
+
+
+def test_teacher_targets_are_the_normalised_teacher_of_the_image_and_its_fixed_augmentation() -> None:
+    model = EfficientAD(EfficientADConfig(steps=1, **FAST))
+    train = torch.rand(3, 3, 256, 256)
+    targets = training.TeacherTargets.build(model, train, seed=0)
+    assert targets.train.shape == (3, 152, 32, 32) and targets.pool == training.AUG_POOL_MIN
+    assert sorted(set(targets.sources)) == [0, 1, 2] and all(0.8 <= c <= 1.2 for c in targets.coefficients)
+    mean, std = model.model.mean_std["mean"], model.model.mean_std["std"]
+    with torch.no_grad():
+        raw = model.model.teacher(train)
+        assert torch.allclose(mean.flatten(), raw.mean(dim=(0, 2, 3)), atol=1e-4)
+        assert torch.allclose(targets.train, (raw - mean) / std, atol=1e-4)
+        j = 5
+        aug = training.augment(train[targets.sources[j]][None], targets.which[j], targets.coefficients[j])
+        assert torch.allclose(targets.augmented[j], ((model.model.teacher(aug) - mean) / std)[0], atol=1e-4)
+    again = training.TeacherTargets.build(EfficientAD(EfficientADConfig(steps=1, **FAST)), train, seed=0)
+    assert (again.sources, again.which, again.coefficients) == (targets.sources, targets.which, targets.coefficients)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = training.cosine_schedule(opt, 100)  # 5 warm-up steps
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:5] == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert lrs[5] == pytest.approx(1.0) and lrs[52] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 0.01
+    assert all(a >= b for a, b in itertools.pairwise(lrs[5:]))
+
+
+@pytest.mark.parametrize(("settings", "num_images", "steps"), [
+    ({}, 800, 600), ({}, 32, 48), ({"max_epochs": 0}, 32, 600), ({"steps": 20}, 32, 20),
+    ({"train_batch": 1, "max_epochs": 1.5}, 3, 5), ({**OLD, "steps": 6000}, 32, 6000)])
+def test_planned_steps_cap_the_budget_at_the_epochs(settings: dict, num_images: int, steps: int) -> None:
+    assert training.planned_steps(EfficientADConfig(**settings), num_images) == steps
+
+
+@pytest.mark.parametrize(("gain", "expected"), [(0.0, True), (1e9, False)])
+def test_auto_precision_is_chosen_by_a_measurement(monkeypatch: pytest.MonkeyPatch, gain: float,
+                                                   expected: bool) -> None:
+    """"auto" times both precisions and keeps bf16 only when it ran BF16_MIN_GAIN times faster; the trial
+    leaves no gradients and no trace in the random generators."""
+    monkeypatch.setattr(training, "BF16_MIN_GAIN", gain)
+    model = EfficientAD(EfficientADConfig(steps=2, train_batch=1, precision="auto"))
+    images = [rgb(256, 256, seed=i) for i in range(2)]
+    info = model.fit(images, images[:1])
+    assert info["bf16"] == float(expected)
+    for p in model.model.parameters():
+        assert p.dtype == torch.float32  # bf16 is autocast only: the weights stay fp32
+
+
+def test_bf16_training_is_kept_on_resume_and_scores_in_fp32(tmp_path: Path) -> None:
+    images = [rgb(256, 256, seed=i) for i in range(3)]
+    with pytest.raises(TrainingCancelled):
+        EfficientAD(EfficientADConfig(steps=3, train_batch=1, precision="bf16")).fit(
+            images, images[:1], _cancel_after("step 1/3"), resume_file=tmp_path / "state.pt")
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["bf16"] is True
+    resumed = EfficientAD(EfficientADConfig(steps=3, train_batch=1, precision="bf16"))
+    info = resumed.fit(images, images[:1], resume_file=tmp_path / "state.pt")
+    assert info["bf16"] == 1.0 and len(resumed.step_seconds) == 3
+    pred = resumed.predict(images[:1])[0]
+    assert pred.anomaly_map.dtype == np.float32 and np.isfinite(pred.score)
+
+
+def test_settings_saved_before_the_cosine_recipe_keep_anomalibs_loop_and_width() -> None:
+    cfg = EfficientADConfig.from_dict({"structure": "lite", "steps": 6000, "hard_quantile": 0.99})
+    assert (cfg.schedule, cfg.student_width) == ("step", 128)
+    assert (EfficientADConfig().schedule, EfficientADConfig().student_width) == ("cosine", 64)

@@ -53,6 +53,11 @@ MIN_SIZE = 256
 # pdn_s measured by its median).
 SECONDS_PER_STEP_256: dict[str, float] = {"pdn_s": 1.77, "lite": 0.25}
 SECONDS_PER_IMAGE_256 = 0.08  # per good training image: teacher statistics, quantiles, calibration, guard
+# The cosine recipe (issue 25), per image of a training batch at 256x256, by student width (the default, "auto"
+# precision: bf16 on the AMX Xeon it was measured on), and per teacher pass over one augmented image of the pool
+# (benchmarks/RESULTS.md, cpu_speed_training).
+SECONDS_PER_BATCH_IMAGE_256: dict[int, float] = {64: 0.06, 128: 0.1}
+SECONDS_PER_TEACHER_IMAGE_256 = 0.045
 STRUCTURES: tuple[str, ...] = ("lite", "pdn_s")
 
 
@@ -62,7 +67,7 @@ class EfficientADConfig:
 
     height: int = 256
     width: int = 256
-    steps: int = 6000  # the best measured within the 30-minute budget (bench_efficientad.py, lite_6000)
+    steps: int = 600  # optimiser steps (schedule "step", the old default: 6,000 of one image each)
     lr: float = 1e-3  # lite; the pdn_s structure was measured at 1e-4 (anomalib's value)
     weight_decay: float = 1e-5
     teacher_path: str = str(DEFAULT_TEACHER)
@@ -72,11 +77,17 @@ class EfficientADConfig:
     runtime: str = "auto"  # "auto": OpenVINO or ONNX Runtime, measured per machine (core/models/runtime.py)
     structure: str = "lite"
     teacher_backbone: str = "tf_efficientnet_lite0"
-    student_width: int = 128
+    student_width: int = 64  # 128 until issue 25 (64: same accuracy, 60% of the time; RESULTS.md)
     context_cells: int = 2  # lite: mirrored image around the input, in stride-8 cells (16 px)
     border_cells: int = 0  # lite: map border left at zero, in stride-8 cells
     hard_quantile: float = 0.99  # the student learns from distances above this quantile (anomalib: 0.999)
     score_border_cells: int = 2  # image score = map maximum without this border, in stride-8 cells (anomalib: 0)
+    # training recipe (core/models/efficientad_training.py): "cosine" = cached teacher targets, batches of
+    # train_batch, warm-up + cosine; "step" = anomalib's loop, one image per step (the default until issue 25)
+    schedule: str = "cosine"
+    train_batch: int = 8  # cosine: images per step
+    max_epochs: float = 12.0  # cosine: at most this many passes over the images (0: config.steps always)
+    precision: str = "auto"  # cosine: student and autoencoder under bf16 autocast when measured faster ("auto")
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
@@ -92,6 +103,14 @@ class EfficientADConfig:
         if self.score_border_cells < 0 or 2 * self.score_border_cells * STRIDE >= min(self.height, self.width):
             raise ValueError(f"expected a score border of 0 to {min(self.height, self.width) // (2 * STRIDE) - 1} "
                              f"cells, found {self.score_border_cells}")
+        if self.schedule not in training.SCHEDULES:
+            raise ValueError(f"expected an EfficientAD schedule in {tuple(training.SCHEDULES)}, found {self.schedule!r}")
+        if self.precision not in training.PRECISIONS:
+            raise ValueError(f"expected an EfficientAD training precision in {training.PRECISIONS}, found "
+                             f"{self.precision!r}")
+        if self.train_batch < 1 or self.max_epochs < 0:
+            raise ValueError(f"expected a training batch of at least 1 and max_epochs >= 0, found "
+                             f"{self.train_batch} and {self.max_epochs}")
         if self.structure == "lite" and (self.height % 256 or self.width % 256):
             raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
                              f"code is 256 px wide), found {self.height}x{self.width}")
@@ -118,6 +137,8 @@ class EfficientADConfig:
         values.setdefault("structure", "pdn_s")
         values.setdefault("hard_quantile", ANOMALIB_HARD_QUANTILE)
         values.setdefault("score_border_cells", 0)
+        values.setdefault("student_width", 128)
+        values.setdefault("schedule", "step")  # saved before the cosine recipe: trained by anomalib's loop
         return cls(**values)
 
 
@@ -126,7 +147,15 @@ def expected_training_seconds(config: EfficientADConfig, num_images: int = 0) ->
     scaled by input area, plus the per-image passes (teacher statistics, map quantiles, calibration and the
     unfamiliar-image guard) over ``num_images`` good training images."""
     area = (config.height * config.width) / (256 * 256)
-    return (config.steps * SECONDS_PER_STEP_256[config.structure] + num_images * SECONDS_PER_IMAGE_256) * area
+    per_image = num_images * SECONDS_PER_IMAGE_256
+    if config.schedule == "step":
+        return (config.steps * SECONDS_PER_STEP_256[config.structure] + per_image) * area
+    fitted = num_images - (min(200, round(0.2 * num_images)) if num_images >= 10 else 0)  # lifecycle's holdout
+    per_batch_image = SECONDS_PER_BATCH_IMAGE_256.get(config.student_width, SECONDS_PER_BATCH_IMAGE_256[128]
+                                                      * config.student_width / 128)
+    pool = min(training.AUG_POOL_MAX, max(training.AUG_POOL_MIN, fitted))
+    steps = training.planned_steps(config, fitted)
+    return (steps * config.train_batch * per_batch_image + pool * SECONDS_PER_TEACHER_IMAGE_256 + per_image) * area
 
 
 def estimate_for_settings(settings: dict[str, Any], num_images: int) -> float:
@@ -260,11 +289,12 @@ class EfficientAD:
     def fit(self, images: Sequence[np.ndarray], validation: Sequence[np.ndarray],
             control: TrainControl = NO_CONTROL, checkpoints: tuple[int, ...] = (),
             on_checkpoint: Callable[[int, float], None] | None = None,
-            resume_file: Path | None = None, save_every: int = 0) -> dict[str, float]:
+            resume_file: Path | None = None, save_every: int = 0, cache_teacher: bool = True) -> dict[str, float]:
         """Train student and autoencoder on good ``images``; map quantiles from good ``validation`` images. The
-        resumable loop (checkpoints, state kept in ``resume_file`` every ``save_every`` steps, cancellation) is
-        :func:`core.models.efficientad_training.fit`."""
-        return training.fit(self, images, validation, control, checkpoints, on_checkpoint, resume_file, save_every)
+        resumable loop (checkpoints, state kept in ``resume_file`` every ``save_every`` steps, cancellation, the
+        cached teacher targets) is :func:`core.models.efficientad_training.fit`."""
+        return training.fit(self, images, validation, control, checkpoints, on_checkpoint, resume_file, save_every,
+                            cache_teacher)
 
     def fit_good(self, images: Sequence[np.ndarray], holdout: Sequence[np.ndarray],
                  control: TrainControl = NO_CONTROL) -> dict[str, Any]:

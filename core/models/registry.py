@@ -245,7 +245,22 @@ def _efficientad() -> KindSpec:
         sizes=(256, 512),
         tunables=(Tunable("steps", "Training steps", "More steps: better maps, longer training (see the estimate).",
                           default=efficientad.EfficientADConfig().steps, low=10, high=70000, step=100),),
-        options=(IMAGE_SIZE, Option("steps", int, "EfficientAD training steps", fields=("steps",)), _runtime_option()),
+        options=(
+            IMAGE_SIZE,
+            Option("steps", int, "EfficientAD training steps (cosine: at most, see --max-epochs; the old defaults: "
+                   "--schedule step --steps 6000 --student-width 128)", fields=("steps",)),
+            Option("schedule", str, "training recipe: cosine (default: cached teacher targets, batches, warm-up + "
+                   "cosine) or step (anomalib's loop, one image per step; the default until issue 25)",
+                   fields=("schedule",), choices=("cosine", "step")),
+            Option("train-batch", int, "cosine: images per training step (default 8)", fields=("train_batch",)),
+            Option("max-epochs", float, "cosine: at most this many passes over the images (default 12; 0: always "
+                   "--steps)", fields=("max_epochs",)),
+            Option("train-precision", str, "cosine: student and autoencoder training precision (auto: bf16 where a short "
+                   "measurement finds it faster)", fields=("precision",), choices=("auto", "fp32", "bf16")),
+            Option("student-width", int, "student channels (default 64; 128 until issue 25)",
+                   fields=("student_width",)),
+            _runtime_option(),
+        ),
     )
 
 
