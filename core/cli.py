@@ -113,8 +113,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                        resume=args.resume, reason=args.reason or "trained")
     for p in result.problems:
         print(f"unreadable, skipped: {p}", file=sys.stderr)
+    choice = det.input_choice_of(result.manifest)
+    if choice is not None:
+        print(choice.summary(), file=sys.stderr)
     print(json.dumps({"model": result.ref.label, "folder": str(ModelStore(args.store).path(result.ref)),
                       "train": result.manifest["train"],
+                      **({"input_choice": result.manifest["input_choice"]} if choice is not None else {}),
                       "image_threshold": result.calibration.image_threshold,
                       "pixel_threshold": result.calibration.pixel_threshold}, indent=2, default=float))
     return 1 if result.problems else 0

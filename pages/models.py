@@ -71,6 +71,29 @@ if sel.ref is not None:
                                 "image AUROC": (i.manifest or {}).get("metrics", {}).get("image_auroc"),
                                 "problem": i.error or ""} for i in reversed(infos)]),
                  hide_index=True, width="stretch")
+    shown = next((i for i in infos if i.ref.version == sel.ref.version and i.ok and i.manifest), None)
+    if shown is not None and shown.manifest is not None and "input_mode" in shown.manifest.get("settings", {}):
+        choice = det.input_choice_of(shown.manifest)
+        if choice is None:
+            st.caption(f"Input of v{sel.ref.version}: {shown.manifest['settings']['input_mode']} (set by hand, or "
+                       "trained before the automatic input mode recorded its choice).")
+        else:
+            st.markdown(f"**Input of v{sel.ref.version}: {choice.label}** (chosen automatically). {choice.reason}")
+            if choice.scored:
+                st.dataframe(pd.DataFrame([{"candidate": c.label, "chosen": "●" if c.settings == choice.settings else "",
+                                            "synthetic-defect AUROC": c.auroc, "expected ms/image": c.expected_ms,
+                                            "ms/image while choosing": c.measured_ms,
+                                            "within budget": "yes" if c.within_budget else "no"}
+                                           for c in choice.candidates]), hide_index=True, width="stretch",
+                             column_config={"synthetic-defect AUROC": st.column_config.NumberColumn(format="%.3f"),
+                                            "expected ms/image": st.column_config.NumberColumn(format="%.0f"),
+                                            "ms/image while choosing": st.column_config.NumberColumn(format="%.0f")})
+                st.caption(f"Each candidate: a quick bank from {choice.images.get('fit', 0)} good images; "
+                           f"{choice.images.get('held_out', 0)} other good images scored as they are and with "
+                           f"{choice.images.get('defects', 0)} synthetic defects (cut-paste, scratch, spot at 1-3% of "
+                           f"the short side) at their real resolution. Budget {choice.budget_ms:.0f} ms/image expected "
+                           f"on a 2-core CPU; AUROCs within {choice.margin:.2f} count as a tie (the cheaper wins). "
+                           f"Took {choice.seconds:.0f} s of the training.")
     numbers = [i.ref.version for i in infos if i.ok]
     v1, v2 = st.columns([1, 3])
     chosen = v1.selectbox("Version", numbers, index=numbers.index(sel.ref.version) if sel.ref.version in numbers else 0,

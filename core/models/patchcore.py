@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from core.models.backbone import (
 )
 from core.models.coreset import coreset_size, grouped_kcenter, kcenter_greedy
 from core.models.device import compute_device
+from core.models.input_choice import AUTO, InputChoice, choose_input
 from core.models.knn import HNSW_EF_SEARCH, NearestNeighbourIndex, build_index, kept_ranges
 from core.models.mapsmooth import MapSmoother
 from core.models.preprocess import (
@@ -73,7 +74,9 @@ class PatchCoreConfig:
     machine), ``"openvino"``, ``"onnx"`` (ONNX Runtime) or ``"torch"``; ``input_mode="native"``
     always uses torch, as each image size would need a graph of its own. ``input_mode="tiles"`` splits each image
     (resized by ``scale``) into overlapping ``tile`` x ``tile`` tiles, fits on all tiles and stitches their maps
-    (core/models/tiling.py).
+    (core/models/tiling.py). ``input_mode="auto"`` (the default) is resolved by :meth:`PatchCore.fit` to one of
+    those from the good images (core/models/input_choice.py), within ``auto_budget_ms`` expected ms/image; until
+    then the model reads its input as ``"squash"``.
     """
 
     backbone: str = "tf_efficientnet_lite0"
@@ -86,7 +89,8 @@ class PatchCoreConfig:
     tile_overlap: float = 0.25
     height: int = 256
     width: int = 256
-    input_mode: str = "squash"
+    input_mode: str = AUTO
+    auto_budget_ms: float = 100.0  # input_mode "auto": the expected ms/image a candidate may cost (reference CPU)
     scale: float = 1.0
     coreset_ratio: float = 0.01
     coreset: str = "fast"
@@ -106,8 +110,8 @@ class PatchCoreConfig:
         mean, std = (LITE_MEAN, LITE_STD) if own else (IMAGENET_MEAN, IMAGENET_STD)
         if self.input_mode == "tiles":  # each tile is already tile x tile: nothing is resized
             return InputSpec(self.tile, self.tile, normalize=True, mode="squash", mean=mean, std=std)
-        return InputSpec(self.height, self.width, normalize=True, mode=self.input_mode, scale=self.scale,
-                         mean=mean, std=std)
+        mode = "squash" if self.input_mode == AUTO else self.input_mode  # auto, not yet resolved by fit
+        return InputSpec(self.height, self.width, normalize=True, mode=mode, scale=self.scale, mean=mean, std=std)
 
     def to_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -118,6 +122,7 @@ class PatchCoreConfig:
     def from_dict(cls, data: dict[str, object]) -> PatchCoreConfig:
         known = set(cls.__dataclass_fields__)
         values: dict[str, Any] = {k: v for k, v in data.items() if k in known}  # JSON values, checked by use
+        values.setdefault("input_mode", "squash")  # settings saved before "auto" existed were squashed
         if "layers" in values:
             values["layers"] = tuple(values["layers"])
         return cls(**values)
@@ -177,6 +182,7 @@ class PatchCore:
             load_into_feature_extractor(self._extractor, config.backbone)
         self.model.eval()
         self._index: NearestNeighbourIndex | None = None
+        self.input_choice: InputChoice | None = None  # what fit chose for input_mode "auto"
         self.bank_image: torch.Tensor | None = None  # [M] training image of each bank entry, grouped (see above)
         self._embedder = _Embedder(self.model)
         self._smoother = MapSmoother(self.model.anomaly_map_generator)
@@ -259,13 +265,18 @@ class PatchCore:
         self._graph = self._make_graph()
 
     def _make_graph(self) -> OnnxGraph | None:
-        use_graph = uses_graph(self.config.runtime) and self.config.input_mode in ("squash", "tiles")
+        use_graph = uses_graph(self.config.runtime) and self.config.input_mode in ("squash", "tiles", AUTO)
         return OnnxGraph(self._embedder, 1, self.config.runtime) if use_graph else None
 
     def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
-        """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each)."""
+        """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each); ``input_mode="auto"`` is
+        resolved first (:attr:`input_choice`, and ``config`` then holds the chosen mode)."""
         if not images:
             raise ValueError("expected at least one good training image, found none")
+        if self.config.input_mode == AUTO:
+            self.input_choice = choose_input(images, self.config, PatchCore, control)
+            self.config = replace(self.config, **self.input_choice.settings)
+            self._graph = self._make_graph()
         if self._own_backbone:
             self._load_backbone_file()
         owner = list(range(len(images)))  # training image of each input (tiles: of each tile)
@@ -325,7 +336,8 @@ class PatchCore:
         report = self.fit(images, control)
         return {"num_patches": report.num_patches, "memory_bank": report.memory_bank,
                 "embed_seconds": report.embed_seconds, "coreset_seconds": report.coreset_seconds,
-                **({"backbone_weights": self.backbone_weights} if self.backbone_weights else {})}
+                **({"backbone_weights": self.backbone_weights} if self.backbone_weights else {}),
+                **({"input_choice": self.input_choice.to_dict()} if self.input_choice is not None else {})}
 
     def add_to_bank(self, images: Sequence[np.ndarray]) -> int:
         """Append every patch feature of ``images`` to the memory bank (feedback: "this is OK"); returns how

@@ -206,8 +206,9 @@ def _patchcore() -> KindSpec:
                           options=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 1.0), default=0.01),),
         options=(
             IMAGE_SIZE,
-            Option("input-mode", str, "squash to --image-size (default), native aspect ratio, or overlapping "
-                   "native-resolution tiles", fields=("input_mode",), choices=("squash", "native", "tiles")),
+            Option("input-mode", str, "auto (default: chosen per category from the good images, see the Models "
+                   "page), squash to --image-size, native aspect ratio, or overlapping native-resolution tiles",
+                   fields=("input_mode",), choices=("auto", "squash", "native", "tiles")),
             Option("tile", int, "tiles mode: tile side in pixels (default 256)", fields=("tile",)),
             Option("normalization", str, "PatchCore input statistics: imagenet (default, anomalib's) or the "
                    "backbone's own (EfficientNet-Lite: [-1, 1]; +0.04 image AUROC on magnetic_tile, -0.03 on "

@@ -15,6 +15,7 @@ from core.data.dataset import CategoryData
 from core.data.imageio import load_many
 from core.files import now_iso
 from core.models.device import compute_device, describe
+from core.models.input_choice import InputChoice
 from core.models.registry import INFERENCE_PATHS, KINDS, Detector, spec
 from core.scores.calibration import Calibration, calibrate
 from core.scores.evaluate import EvaluationResult, evaluate
@@ -24,8 +25,8 @@ from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "LoadedModel", "TrainResult", "build", "default_settings",
-           "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
+__all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "InputChoice", "LoadedModel", "TrainResult", "build",
+           "default_settings", "input_choice_of", "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
 HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration of kinds without leave-one-out (see split_holdout)
 MAX_HOLDOUT = 200
 MIN_TRAIN = 2
@@ -137,6 +138,9 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
                        cancel=control.cancel, state_dir=state_dir)
     train_info = detector.fit_good(fit_images, hold_images, sub)
     train_seconds = time.perf_counter() - t0
+    input_choice = train_info.pop("input_choice", None)  # an automatic input mode, resolved by the fit
+    if input_choice is not None:
+        full = {**full, **input_choice["settings"]}
     if isinstance(detector, LeaveOneOut):
         control.report("calibrating: each training image without its own patches", 0.92)
         hold_preds = detector.predict_left_out(fit_images)
@@ -163,6 +167,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
         "train": {**train_info, "seconds": train_seconds, "device": device},
         "threshold_policy": calibration.source,
         "created": now_iso(), "versions": versions(), "metrics": {},
+        **({"input_choice": input_choice} if input_choice is not None else {}),
     }
     parent = store.current(data.name, kind) if store.has_model(data.name, kind) else None
     ref = store.create_version(data.name, kind, manifest, calibration.to_dict(), reason=reason,
@@ -253,3 +258,17 @@ def run_evaluation(model: LoadedModel, data: CategoryData, control: TrainControl
     logger.info("evaluated %s: %s", model.ref.label, ", ".join(f"{k} {v:.4g}" for k, v in result.overall.items()
                                                               if isinstance(v, float)))
     return result
+
+
+def input_choice_of(manifest: dict[str, Any]) -> InputChoice | None:
+    """The automatic input mode's choice a version's manifest records (None: chosen by hand, another kind, or a
+    model saved before the choice was recorded). A damaged record is logged and read as None: it only explains."""
+    data = manifest.get("input_choice")
+    if data is None:
+        return None
+    try:
+        return InputChoice.from_dict(data)
+    except (ValueError, TypeError, KeyError) as exc:
+        logger.warning("unreadable input choice in the manifest of %s/%s: %s", manifest.get("category"),
+                       manifest.get("kind"), exc)
+        return None
