@@ -57,6 +57,27 @@ def test_stitching_averages_overlaps_and_takes_the_top_tile_score() -> None:
     assert np.allclose(pred.anomaly_map[0], [0.0, 0.0, 0.5, 0.5, 1.0, 1.0])
 
 
+def test_an_image_of_many_tiles_is_scored_in_bounded_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    image = np.random.default_rng(0).integers(0, 256, (4, 24, 3), dtype=np.uint8)  # 4 px tiles, no overlap: 6
+    calls: list[int] = []
+
+    def forward(batch: torch.Tensor, rows: object) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(int(batch.shape[0]))
+        means = batch.mean(dim=(1, 2, 3))
+        return means, means.view(-1, 1, 1).expand(-1, 4, 4)
+
+    def to_batch(tiles: list[np.ndarray]) -> torch.Tensor:
+        return torch.stack([torch.from_numpy(t).permute(2, 0, 1).float() for t in tiles])
+
+    whole = tiling.predict_tiled(forward, to_batch, [image], 4, 0.0, 2)[0]
+    assert calls == [6]  # all tiles of the image in one call, though batch_size is 2
+    monkeypatch.setattr(tiling, "MAX_TILES_PER_CALL", 4)
+    calls.clear()
+    bounded = tiling.predict_tiled(forward, to_batch, [image], 4, 0.0, 2)[0]
+    assert calls == [4, 2]
+    assert bounded.score == whole.score and np.array_equal(bounded.anomaly_map, whole.anomaly_map)
+
+
 def test_patchcore_on_tiles(demo_root: Path) -> None:
     data = load_category(demo_root, "demo_metal")
     model = PatchCore(PatchCoreConfig(input_mode="tiles", tile=32, coreset_ratio=0.2, batch_size=8))

@@ -26,6 +26,9 @@ starts = tile_starts  # the name tests and callers have used
 
 # (tiles [T, 3, t, t], image index of each tile [T]) -> tile scores [T], tile maps [T, t, t]
 TileScorer = Callable[[torch.Tensor, Sequence[int]], tuple[torch.Tensor, torch.Tensor]]
+# At most this many tiles per scorer call, whatever the image (a 4000 x 3000 image has 192 tiles of 256 px: one call
+# would hold ~1 GB of network activations); a 640 x 640 image's 9 tiles are one call.
+MAX_TILES_PER_CALL = 64
 
 
 def image_groups(counts: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -49,15 +52,18 @@ def predict_tiled(score: TileScorer, to_batch: Callable[[list[np.ndarray]], torc
     ``[tile, tile]`` placed back at their boxes (resized to a tile's true extent) and averaged where they overlap.
 
     All tiles of an image go through one ``score`` call (with the index of its image in ``images`` per tile, for
-    leave-one-image-out scoring); the latency of a call is shared by its images."""
+    leave-one-image-out scoring; an image of more than :data:`MAX_TILES_PER_CALL` tiles takes several); the latency
+    of a call is shared by its images."""
     boxes = [tile_boxes(image.shape, tile, overlap) for image in images]
     results: list[Prediction] = []
     for group in image_groups([len(b) for b in boxes], batch_size):
         t0 = time.perf_counter()
         tiles = [t for i in group for t in crop_tiles(images[i], tile, overlap)]
         rows = [i for i in group for _ in boxes[i]]
-        scores, maps = score(to_batch(tiles), rows)
-        maps_np = maps.detach().float().cpu().numpy()
+        parts = [score(to_batch(tiles[a:a + MAX_TILES_PER_CALL]), rows[a:a + MAX_TILES_PER_CALL])
+                 for a in range(0, len(tiles), MAX_TILES_PER_CALL)]
+        scores = torch.cat([s.reshape(-1) for s, _ in parts])
+        maps_np = torch.cat([m for _, m in parts]).detach().float().cpu().numpy()
         stitched = []
         start = 0
         for i in group:
