@@ -34,7 +34,7 @@ from core.store.model_store import ModelStore
 from core.types import ResumePoint, TrainControl, TrainingCancelled
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS, rgb
 
-OLD: dict[str, Any] = {"schedule": "step", "student_width": 128}  # the defaults until issue 25 (with steps=6000)
+OLD: dict[str, Any] = {"schedule": "step", "student_width": 128, "lr": 1e-3}  # the defaults until issue 25 (with steps=6000)
 FAST: dict[str, Any] = {"train_batch": 2, "precision": "fp32"}  # small cosine batches, no timed precision trial
 
 
@@ -174,15 +174,15 @@ def test_resume_rejects_foreign_state(tmp_path: Path, content: bytes | None, mes
         ({"steps": 10, "height": 512, "width": 256, **OLD}, 10,
          2 * (10 * SECONDS_PER_STEP_256["lite"] + 10 * SECONDS_PER_IMAGE_256)),
         ({"steps": 100, "structure": "pdn_s", "lr": 1e-4, **OLD}, 0, 100 * SECONDS_PER_STEP_256["pdn_s"]),
-        # cosine: 1000 images, 200 held out, 800 fitted: min(600 steps, 12 epochs of 800 / 8 = 1200) = 600 steps
-        # of 8 images, the teacher over a pool of 400 augmented images, the per-image passes over all 1000
-        ({}, 1000, 600 * 8 * SECONDS_PER_BATCH_IMAGE_256[64] + 400 * SECONDS_PER_TEACHER_IMAGE_256
+        # cosine: 1000 images, 200 held out, 800 fitted: min(1500 steps, 12 epochs of 800 / 2 = 4800) = 1500 steps
+        # of 2 images, the teacher over a pool of 400 augmented images, the per-image passes over all 1000
+        ({}, 1000, 1500 * 2 * SECONDS_PER_BATCH_IMAGE_256[64] + 400 * SECONDS_PER_TEACHER_IMAGE_256
          + 1000 * SECONDS_PER_IMAGE_256),
-        # 40 images, 8 held out: 12 epochs of 32 / 8 = 48 steps; pool 64 (the minimum)
-        ({}, 40, 48 * 8 * SECONDS_PER_BATCH_IMAGE_256[64] + 64 * SECONDS_PER_TEACHER_IMAGE_256
+        # 40 images, 8 held out: 12 epochs of 32 / 2 = 192 steps; pool 64 (the minimum)
+        ({}, 40, 192 * 2 * SECONDS_PER_BATCH_IMAGE_256[64] + 64 * SECONDS_PER_TEACHER_IMAGE_256
          + 40 * SECONDS_PER_IMAGE_256),
         ({"student_width": 128, "train_batch": 4, "max_epochs": 0}, 40,
-         600 * 4 * SECONDS_PER_BATCH_IMAGE_256[128] + 64 * SECONDS_PER_TEACHER_IMAGE_256 + 40 * SECONDS_PER_IMAGE_256),
+         1500 * 4 * SECONDS_PER_BATCH_IMAGE_256[128] + 64 * SECONDS_PER_TEACHER_IMAGE_256 + 40 * SECONDS_PER_IMAGE_256),
     ],
 )
 def test_training_estimate_hand_computed(settings: dict, num_images: int, expected: float) -> None:
@@ -409,7 +409,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
 
 
 @pytest.mark.parametrize(("settings", "num_images", "steps"), [
-    ({}, 800, 600), ({}, 32, 48), ({"max_epochs": 0}, 32, 600), ({"steps": 20}, 32, 20),
+    ({}, 800, 1500), ({}, 32, 192), ({"max_epochs": 0}, 32, 1500), ({"steps": 20}, 32, 20),
     ({"train_batch": 1, "max_epochs": 1.5}, 3, 5), ({**OLD, "steps": 6000}, 32, 6000)])
 def test_planned_steps_cap_the_budget_at_the_epochs(settings: dict, num_images: int, steps: int) -> None:
     assert training.planned_steps(EfficientADConfig(**settings), num_images) == steps

@@ -249,11 +249,13 @@ def _efficientad() -> KindSpec:
         options=(
             IMAGE_SIZE,
             Option("steps", int, "EfficientAD training steps (cosine: at most, see --max-epochs; the old defaults: "
-                   "--schedule step --steps 6000 --student-width 128)", fields=("steps",)),
+                   "--schedule step --steps 6000 --student-width 128 --lr 0.001)", fields=("steps",)),
+            Option("lr", float, "EfficientAD learning rate (default 0.002, cosine's peak; 0.001 until issue 25)",
+                   fields=("lr",)),
             Option("schedule", str, "training recipe: cosine (default: cached teacher targets, batches, warm-up + "
                    "cosine) or step (anomalib's loop, one image per step; the default until issue 25)",
                    fields=("schedule",), choices=("cosine", "step")),
-            Option("train-batch", int, "cosine: images per training step (default 8)", fields=("train_batch",)),
+            Option("train-batch", int, "cosine: images per training step (default 2)", fields=("train_batch",)),
             Option("max-epochs", float, "cosine: at most this many passes over the images (default 12; 0: always "
                    "--steps)", fields=("max_epochs",)),
             Option("train-precision", str, "cosine: student and autoencoder training precision (auto: bf16 where a short "
