@@ -249,3 +249,70 @@ def test_an_abandoned_claim_within_its_lease_keeps_the_part_out_of_the_queue(tmp
         later = time.time() + review.CLAIM_LEASE_S + 1
         [settled] = review.settle_claims(history, store, now=later)
         assert not settled.kept and history.reviews(result_id=result_id) == []
+
+
+def test_a_decision_stopped_at_any_step_in_process_is_done_once_or_back_in_the_queue(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kill test above without a new process per step (quicker): the deciding thread stops for good at the
+    step (it never returns, so no handler of decide runs, as after a kill; at no step does it hold a transaction or
+    a lock), then the part is checked as after a restart."""
+    from core import files
+
+    base = tmp_path / "base"
+    make_line(base)
+    with History(f"sqlite:///{base / 'history.sqlite3'}") as history:
+        result_id = add_result(history, base / "line" / "part.png")
+    steps: list[str] = []
+    deciding: dict[str, object] = {}
+
+    def hook(name: str) -> None:
+        if threading.current_thread() is not deciding.get("thread"):
+            return
+        steps.append(name)
+        if len(steps) == deciding["stop_at"]:
+            stopped = deciding["stopped"]
+            assert isinstance(stopped, threading.Event)
+            stopped.set()
+            threading.Event().wait()  # frozen for good: nothing after this step runs
+
+    monkeypatch.setattr(files, "STEP_HOOK", hook)
+
+    def run(root: Path, stop_at: int) -> bool:
+        """Decide in a thread stopped at step ``stop_at`` (0: never); True when it was stopped."""
+        history = History(f"sqlite:///{root / 'history.sqlite3'}")
+        row = history.result(result_id)
+        assert row is not None
+        stopped = threading.Event()
+        thread = threading.Thread(target=review.decide, daemon=True, args=(
+            history, ModelStore(root / "models"), root / "data", row, "DEFECT", "ana"),
+            kwargs={"defect": "scratch", "load": stand_in})
+        deciding.update(thread=thread, stop_at=stop_at, stopped=stopped)
+        steps.clear()
+        thread.start()
+        while thread.is_alive() and not stopped.wait(0.05):
+            pass
+        return stopped.is_set()
+
+    shutil.copytree(base, tmp_path / "dry")
+    assert not run(tmp_path / "dry", 0)
+    names = list(steps)
+    assert [s for s in names if s in review.STEPS] == list(review.STEPS) and len(names) >= 5, names
+    done_at = names.index("review action done") + 1
+    for number, step in enumerate(names, start=1):
+        root = tmp_path / f"stop{number}"
+        shutil.copytree(base, root)
+        assert run(root, number), step
+        store, data = ModelStore(root / "models"), root / "data"
+        with History(f"sqlite:///{root / 'history.sqlite3'}") as history:
+            review.settle_claims(history, store, now=time.time() + review.CLAIM_LEASE_S + 5)
+            decided = history.reviews(result_id=result_id)
+            assert (number >= done_at) == bool(decided), step
+            if decided:
+                assert decided[0].note != review.CLAIMED and len(actions(store)) == 1, step
+            else:
+                assert actions(store) == [], step
+                row = history.result(result_id)
+                assert row is not None and [r.id for r in review.pending(history, CATEGORY, store=store)] == [row.id]
+                deciding["thread"] = None
+                review.decide(history, store, data, row, "DEFECT", "bo", defect="scratch", load=stand_in)
+            assert len(history.reviews(result_id=result_id)) == 1 and len(actions(store)) == 1, step
