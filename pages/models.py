@@ -1,9 +1,12 @@
 """Models: categories, trained models and their versions, and training from the browser."""
 
+import time
+
 import pandas as pd
 import streamlit as st
 
 from core.access import Permission
+from core.line import train_all
 from core.models.backbone import BackboneError, default_layers, feature_layers
 from core.models.registry import KINDS, label, spec
 from core.progress import duration_text
@@ -211,3 +214,13 @@ def progress_panel() -> None:
 
 
 progress_panel()
+
+cluster_jobs = train_all.read_jobs(sel.store.root)  # what `python -m core train-all` records, on Ray or not
+if cluster_jobs:
+    st.subheader("Jobs on the cluster")
+    st.dataframe(pd.DataFrame([{"run": j.run, "category": j.category, "model": j.kind, "state": j.state,
+                                "where": j.where, "host": j.host or "", "version": j.version,
+                                "started": j.started and time.strftime("%H:%M:%S", time.localtime(j.started)),
+                                "seconds": None if not (j.started and j.finished) else round(j.finished - j.started, 1),
+                                "error": j.error or ""} for j in cluster_jobs]), hide_index=True, width="stretch")
+    st.caption("From `python -m core train-all` (its job records in the store's .jobs folder, newest 3 runs).")
