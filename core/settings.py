@@ -32,8 +32,8 @@ SERVICE_WORKERS_ENV = "INSPECT_SERVICE_WORKERS"
 SERVICE_QUEUE_ENV = "INSPECT_SERVICE_QUEUE"
 QDRANT_URL_ENV = "QDRANT_URL"
 DATABASE_URL_ENV = "INSPECT_DATABASE_URL"
-RUNTIME_CHOICE_ENV = "INSPECT_RUNTIME_CHOICE"
 SPOT_CHECK_ENV = "INSPECT_SPOT_CHECK"
+RUNTIME_CHOICE_ENV = "INSPECT_RUNTIME_CHOICE"
 WATCH_CRASH_ENV = "INSPECT_WATCH_CRASH_AT"  # test-only; read by core/line/watch.py's crash_hook_from_env
 JOURNEY_SHOTS_ENV = "INSPECT_JOURNEY_SHOTS"  # test-only; read by tests/test_journey.py
 
@@ -96,12 +96,12 @@ VARIABLES: tuple[Variable, ...] = (
     Variable(DATABASE_URL_ENV, "none (`.line/history.sqlite3` in the model store)",
              "`database_url()`: the line's history (`core/store/history.py`)",
              "a PostgreSQL URL (`postgresql://user@host/db`) so several hosts share one history"),
-    Variable(RUNTIME_CHOICE_ENV, "`~/.cache/inspector/runtime_choice.json`",
-             "`runtime_choice_file()`: the networks' `runtime=auto` (`core/models/runtime.py`)",
-             "where the network runtime measured fastest on this machine (OpenVINO or ONNX Runtime) is recorded"),
     Variable(SPOT_CHECK_ENV, "`20`", "`spot_check_every()`: the line's history (`core/store/history.py`)",
              "1 in N OK verdicts (chosen by image hash) also goes to the review queue as a spot check, the unbiased "
              "sample *Recalibrate from the line* fits from; `0`: none"),
+    Variable(RUNTIME_CHOICE_ENV, "`~/.cache/inspector/runtime_choice.json`",
+             "`runtime_choice_file()`: the networks' `runtime=auto` (`core/models/runtime.py`)",
+             "where the network runtime measured fastest on this machine (OpenVINO or ONNX Runtime) is recorded"),
     Variable(WATCH_CRASH_ENV, "none", "test-only: `core/line/watch.py` (`crash_hook_from_env`)",
              "fault injection `STEP[:N]`: the watch folder exits at step STEP the N-th time"),
     Variable(JOURNEY_SHOTS_ENV, "none (a temporary folder)", "test-only: `tests/test_journey.py`",

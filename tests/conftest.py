@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The fast path's per-machine runtime choice is recorded in a file: the tests' own, never the user's ~/.cache
+# (subprocesses the tests start inherit it).
+os.environ["INSPECT_RUNTIME_CHOICE"] = str(Path(tempfile.mkdtemp(prefix="inspect-tests-")) / "runtime_choice.json")
 torch.set_num_threads(2)
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -510,3 +510,12 @@ def test_spot_checks_are_one_in_n_ok_verdicts_by_image_hash(history: History,
     none = history.record_result(time=BASE + 9, source="watch", category="demo", verdict="OK", image_sha1=chosen,
                                  journal_id="s-9")
     assert history.result(none.id).spot_check is False  # type: ignore[union-attr]
+
+
+def test_archive_re_inspection_stays_out_of_the_drift_watch(history: History) -> None:
+    """A batch re-inspection of an archive (source ``batch``) is not the live line: the drift watch's scores are
+    the service's and the watch folder's only, however recent the archive's rows are."""
+    result(history, t=BASE, score=1.0, source="watch", sha1="a")
+    result(history, t=BASE + 1, score=1.5, source="service", sha1="b")
+    result(history, t=BASE + 2, score=9.0, source=hist.BATCH_SOURCE, sha1="c")
+    assert history.scores_of_version("demo", "patchcore", 1, ["OK"]) == [(BASE, 1.0), (BASE + 1, 1.5)]

@@ -27,7 +27,7 @@ def test_each_kind_is_one_table_entry(kind: str, label_: str, side_in: int, side
     assert set(entry.default_settings()) >= {"height", "width"}
     assert all(t.key in entry.default_settings() for t in entry.tunables)
     assert entry.inference_settings(entry.default_settings(), "stock")["runtime"] == "torch"
-    assert entry.inference_settings(entry.default_settings(), "fast")["runtime"] == "onnx"
+    assert entry.inference_settings(entry.default_settings(), "fast")["runtime"] == "auto"
 
 
 def test_estimates_follow_the_settings() -> None:

@@ -38,13 +38,13 @@ from core.data.imageio import SUPPORTED_SUFFIXES, ImageLoadError, load_image
 from core.files import step
 from core.progress import duration_text
 from core.store import lifecycle
-from core.store.history import History
+from core.store.history import BATCH_SOURCE, History
 from core.store.model_store import ModelRef, ModelStore
 from core.verdict import inspection
 
 logger = logging.getLogger(__name__)
 
-SOURCE = "batch"  # the results database's source of a batch verdict
+SOURCE = BATCH_SOURCE  # the results database's source of a batch verdict (outside the drift watch)
 REJECTED = "REJECTED"  # a file that could not be read or decoded (as the watch folder says it)
 CHUNK = 16  # paths per chunk: hashed, looked up, judged and written together
 NONE = "-"  # the "previous verdict" of an image the previous version never judged

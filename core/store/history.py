@@ -66,6 +66,7 @@ from core import settings
 from core.store.model_store import FEEDBACK
 
 logger = logging.getLogger(__name__)
+BATCH_SOURCE = "batch"  # an archive re-inspection (core.line.batch): not the live line, outside the drift watch
 
 SQLITE_FILE = "history.sqlite3"
 LINE_FOLDER = ".line"
@@ -831,11 +832,12 @@ class History:
     def scores_of_version(self, category: str, kind: str, version: int, verdicts: Sequence[str],
                           since: float | None = None, capped: Sequence[str] = ()) -> list[tuple[float, float]]:
         """(time, raw score) of the finite-scored results ``version`` judged with a verdict in ``verdicts`` at or
-        after ``since``, oldest first (a light query: two columns). A result with a verdict in ``capped`` reads
+        after ``since``, oldest first (a light query: two columns), from the line only (an archive's
+        :data:`BATCH_SOURCE` rows are not the line's recent parts). A result with a verdict in ``capped`` reads
         at most its row's threshold (the drift watch's DEFECT rule)."""
         t = line_results
         where = [t.c.category == category, t.c.kind == kind, t.c.version == version, t.c.verdict.in_(list(verdicts)),
-                 t.c.score.is_not(None), *_time_window(t.c.time, since, None)]
+                 t.c.score.is_not(None), t.c.source != BATCH_SOURCE, *_time_window(t.c.time, since, None)]
         score: sa.ColumnElement[Any] = t.c.score
         if capped:
             score = sa.case((sa.and_(t.c.verdict.in_(list(capped)), t.c.threshold.is_not(None),
