@@ -519,3 +519,16 @@ def test_archive_re_inspection_stays_out_of_the_drift_watch(history: History) ->
     result(history, t=BASE + 1, score=1.5, source="service", sha1="b")
     result(history, t=BASE + 2, score=9.0, source=hist.BATCH_SOURCE, sha1="c")
     assert history.scores_of_version("demo", "patchcore", 1, ["OK"]) == [(BASE, 1.0), (BASE + 1, 1.5)]
+
+
+def test_archive_re_inspection_stays_out_of_the_review_queue(history: History, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch rows are archive parts judged again, not the line's: no REVIEW of theirs and no spot check of theirs
+    reaches the queue (each version re-judging an archive would queue the same parts again)."""
+    monkeypatch.setenv("INSPECT_SPOT_CHECK", "1")  # every OK verdict of the line is a spot check
+    line = result(history, t=BASE, verdict="REVIEW", source="service", sha1="a")
+    archived = result(history, t=BASE + 1, verdict="REVIEW", source=hist.BATCH_SOURCE, sha1="b")
+    result(history, t=BASE + 2, verdict="OK", source=hist.BATCH_SOURCE, sha1="c")
+    assert [r.id for r in history.unreviewed(["REVIEW", "DEFECT"], spot_checks=True)] == [line.id]
+    assert history.results(source=hist.BATCH_SOURCE, verdict="OK")[0].spot_check is False
+    # asked for by name, the archive's own results are there to look at
+    assert [r.id for r in history.unreviewed(["REVIEW"], source=hist.BATCH_SOURCE)] == [archived.id]

@@ -236,6 +236,28 @@ def test_ok_teaches_patchcore_a_new_version_and_counts_as_a_confirmed_good(queue
         review.decide(history, store, data, row, "OK", "bo")
 
 
+def test_a_spot_check_confirmed_ok_is_not_taught_and_stays_an_unbiased_good(queue,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spot check is a sample of OK verdicts for recalibration: teaching it to PatchCore would put it in the
+    bank, so the model re-scoring it for *Recalibrate from the line* would see ~0 and fit too low a threshold."""
+    monkeypatch.setenv("INSPECT_SPOT_CHECK", "1")  # every OK verdict is a spot check
+    history, store, data, kept = queue
+    image = kept / "good_000.png"
+    before = store.current("demo_metal", "patchcore")
+    recorded = history.record_line_record({
+        "time": time.time(), "source": "watch", "id": uuid.uuid4().hex, "name": image.name, "sha1": "5" * 40,
+        "category": "demo_metal", "model": "patchcore", "version": 1, "verdict": "OK",
+        "score": _score(store, "patchcore", image), "threshold": 1.0, "path": str(image)})
+    assert recorded is not None
+    row = history.result(recorded.id)
+    assert row is not None and row.spot_check
+    outcome = review.decide(history, store, data, row, "OK", "ana")
+    assert outcome.recorded and outcome.feedback is None
+    assert store.current("demo_metal", "patchcore").version == before.version  # no new version
+    assert "not taught" in str(history.reviews(result_id=row.id)[0].note)
+    assert [g.result.id for g in review.confirmed_good(history, "demo_metal", "patchcore", limit=10)] == [row.id]
+
+
 def test_ok_far_above_the_threshold_needs_force(queue) -> None:
     history, store, data, kept = queue
     model = det.load(store.current("demo_metal", "patchcore"))

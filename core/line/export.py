@@ -17,6 +17,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,8 +105,14 @@ def time_runtimes(onnx: bytes, ir: tuple[bytes, bytes] | None, height: int, widt
             (Path(tmp) / "model.xml").write_bytes(ir[0])
             (Path(tmp) / "model.bin").write_bytes(ir[1])
             compiled = ov.Core().compile_model(str(Path(tmp) / "model.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        runs["openvino"] = lambda a: [compiled(a)[out] for out in compiled.outputs]
+        outputs = list(compiled.outputs)
+        runs["openvino"] = lambda a: _all_outputs(compiled(a), outputs)  # one run per call, every output
     return runtime.time_runtimes(onnx, height, width, repeats, runners=runs)
+
+
+def _all_outputs(result: Any, outputs: list[Any]) -> list[np.ndarray]:
+    """Every output of one OpenVINO run (``result``), in the network's order."""
+    return [np.asarray(result[out]) for out in outputs]
 
 
 def _ort_runner(onnx: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:

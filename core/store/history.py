@@ -635,7 +635,8 @@ class History:
                   "verdict": verdict, "score": _float_or_none(score), "threshold": _float_or_none(threshold),
                   "name": name, "image_sha1": image_sha1, "path": path, "latency_ms": _float_or_none(latency_ms),
                   "reason": reason, "status": status, "extra": dict(extra or {}),
-                  "spot_check": spot_checked(verdict, image_sha1, settings.spot_check_every())}
+                  "spot_check": source != BATCH_SOURCE and spot_checked(verdict, image_sha1,
+                                                                        settings.spot_check_every())}
         with self._write() as conn:
             return self._insert_once(conn, line_results, values)
 
@@ -672,7 +673,8 @@ class History:
                 "latency_ms": _float_or_none(record.get("latency_ms")), "reason": _str_or_none(record.get("reason")),
                 "status": _int_or_none(record.get("status")),
                 "extra": {k: v for k, v in record.items() if k not in known},
-                "spot_check": spot_checked(str(verdict), _str_or_none(record.get("sha1")), settings.spot_check_every())}
+                "spot_check": source != BATCH_SOURCE and spot_checked(str(verdict), _str_or_none(record.get("sha1")),
+                                                                      settings.spot_check_every())}
 
     def results(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
                 verdict: str | Sequence[str] | None = None, source: str | None = None, since: Time | None = None,
@@ -797,7 +799,9 @@ class History:
                    spot_checks: bool = False) -> list[ResultRow]:
         """Line results with a verdict in ``verdicts`` (``spot_checks``: or a spot check that kept its image) and
         no review yet, newest first (time, then id), at most ``limit`` (None: all), filtered by every argument
-        given (``skip``: ids left out)."""
+        given (``skip``: ids left out). An archive's :data:`BATCH_SOURCE` results are left out unless
+        ``source`` names it: they are not the line's parts, and each version re-judging an archive would queue
+        them again."""
         t, r = line_results, reviews
         wanted: sa.ColumnElement[bool] = t.c.verdict.in_(list(verdicts))
         if spot_checks:
@@ -805,6 +809,8 @@ class History:
         where = [wanted, ~sa.exists().where(r.c.result_id == t.c.id),
                  *_conditions([(t.c.category, category), (t.c.kind, kind), (t.c.source, source)]),
                  *_time_window(t.c.time, since, until)]
+        if source is None:
+            where.append(t.c.source != BATCH_SOURCE)
         if skip:
             where.append(t.c.id.not_in(list(skip)))
         query = sa.select(t).where(*where).order_by(t.c.time.desc(), t.c.id.desc()).limit(limit)

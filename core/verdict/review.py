@@ -328,7 +328,9 @@ def _confirm_ok(history: History, model: det.LoadedModel, image: np.ndarray, nam
     if far is not None and not force:
         return _ask(result, name, far)
     claim = _claim(history, result, OK, reviewer, None)
-    if not kind.learns_from_feedback:
+    if result.spot_check and result.verdict == OK:  # the unbiased sample: in the bank it would re-score ~0
+        note = "spot check confirmed good: kept for recalibration, not taught to the model"
+    elif not kind.learns_from_feedback:
         note = f"{kind.label} does not learn from one image: kept as a confirmed good for recalibration"
     else:
         try:
