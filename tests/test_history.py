@@ -532,3 +532,14 @@ def test_archive_re_inspection_stays_out_of_the_review_queue(history: History, m
     assert history.results(source=hist.BATCH_SOURCE, verdict="OK")[0].spot_check is False
     # asked for by name, the archive's own results are there to look at
     assert [r.id for r in history.unreviewed(["REVIEW"], source=hist.BATCH_SOURCE)] == [archived.id]
+
+
+def test_a_claim_finished_meanwhile_is_not_withdrawn(history: History) -> None:
+    """Settling an abandoned claim withdraws it only while its note still says it is being decided: a process that
+    finished it between the query and the withdrawal keeps its decision and its audit row."""
+    judged = result(history, verdict="REVIEW")
+    claim = history.record_review(judged.id, "OK", "ana", note="deciding")
+    history.set_review_note(claim.id, "marked OK: v1 -> v2")  # the deciding process finished
+    assert history.withdraw_review(claim.id, if_note="deciding") is False
+    assert [r.note for r in history.reviews(result_id=judged.id)] == ["marked OK: v1 -> v2"]
+    assert history.withdraw_review(claim.id) is True and history.reviews(result_id=judged.id) == []

@@ -857,10 +857,13 @@ class History:
         with self._write() as conn:
             conn.execute(sa.update(reviews).where(reviews.c.id == review_id).values(note=note))
 
-    def withdraw_review(self, review_id: int) -> None:
-        """Remove review ``review_id``: a decision recorded first whose action then failed (nothing was done)."""
+    def withdraw_review(self, review_id: int, *, if_note: str | None = None) -> bool:
+        """Remove review ``review_id``: a decision recorded first whose action then failed (nothing was done);
+        with ``if_note``, only while its note is still that (a claim its process finished meanwhile stays).
+        Returns whether a row was removed."""
+        where = [reviews.c.id == review_id, *([] if if_note is None else [reviews.c.note == if_note])]
         with self._write() as conn:
-            conn.execute(sa.delete(reviews).where(reviews.c.id == review_id))
+            return bool(conn.execute(sa.delete(reviews).where(*where)).rowcount)
 
     def reviews(self, *, category: str | None = None, kind: str | None = None, version: int | None = None,
                 reviewer: str | None = None, decision: str | None = None, result_id: int | None = None,

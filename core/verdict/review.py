@@ -69,7 +69,8 @@ DECISIONS = hist.DECISIONS  # ("OK", "DEFECT")
 QUEUED = (REVIEW, DEFECT)  # the verdicts a person reviews by default
 QUEUE_LIMIT = 500
 CLAIMED = "deciding: the action is being taken"  # the note of a decision whose action has not finished
-CLAIM_LEASE_S = 300.0  # a claim still unfinished after this long was left by a process that died (an action takes s)
+CLAIM_LEASE_S = 1800.0  # a claim unfinished after this long was left by a process that died (an action takes
+# seconds, minutes on a loaded machine: a live decision must never be settled under its feet)
 STEPS = ("review claimed", "review action done", "review noted")  # the decision's steps (core.files.step)
 ACTIONS = {OK: feedback.MARK_OK, DEFECT: feedback.MARK_DEFECT}  # the feedback action a decision logs
 
@@ -152,7 +153,8 @@ def settle_claims(history: History, store: ModelStore, *, category: str | None =
         result = history.result(claim.result_id)
         done = None if result is None else _action_logged(store, result, claim)
         if done is None:
-            history.withdraw_review(claim.id)
+            if not history.withdraw_review(claim.id, if_note=CLAIMED):
+                continue  # its process finished it after all, between the query and now
             settled.append(Settled(claim, False, "withdrawn: its action was not done"))
             logger.warning("review %d of %s by %s: abandoned before its action; withdrawn, the part is back in the "
                            "queue", claim.id, claim.result_id, claim.reviewer)
