@@ -182,8 +182,9 @@ def section() -> str:
                   f"{', '.join(_f(s) for s in t['plain_job_s'])} |",
                   f"| one Ray task each (local cluster, 2 CPUs; start-up included) | {_f(t['ray_s'])} | "
                   f"{', '.join(_f(s) for s in t['ray_job_s'])} |"]
-    lines += ["", "Not measured: Ray Serve replicas against `python -m core serve --processes N` behind one port (issue 27's "
-              "third item); the service stays on uvicorn processes, as before."]
+    lines += ["", "Ray Serve replicas against `python -m core serve --processes N` behind one port (issue 27's "
+              "third item): the `serve_replicas` section (`bench_serve_replicas.py`); the service stays on uvicorn "
+              "processes."]
     reading = Path(__file__).with_name("bench_scale_reading.md")  # the hand-written reading of the figures
     if reading.is_file():
         lines += ["", reading.read_text().strip()]
