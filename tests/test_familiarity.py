@@ -129,5 +129,5 @@ def test_load_warms_up_so_the_first_image_is_steady_state(trained_store: Path, k
     exists before any user image is scored, and the warm-up time is reported separately."""
     model = det.load(ModelStore(trained_store).current("demo_metal", kind))
     cfg = model.detector.config
-    assert (cfg.height, cfg.width) in model.detector._graph._sessions
+    assert (cfg.height, cfg.width) in model.detector._graph._runners
     assert model.warmup_ms > 0

@@ -132,7 +132,8 @@ def test_a_result_reads_back_as_written(history: History) -> None:
     assert row == hist.ResultRow(id=recorded.id, time=BASE, host="test-host", source="watch", ref="j-1",
                                  category="demo", kind="patchcore", version=3, verdict="REVIEW", score=2.5,
                                  threshold=2.0, name="a.png", image_sha1="ab" * 20, path="/line/review/a.png",
-                                 latency_ms=12.5, reason="near", status=None, extra={"familiar": True})
+                                 latency_ms=12.5, reason="near", status=None, extra={"familiar": True},
+                                 spot_check=False)
     assert history.result(recorded.id) == row and history.result(recorded.id + 1) is None
 
 

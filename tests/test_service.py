@@ -116,7 +116,9 @@ def test_the_service_runs_a_watch_folder_too(store: Path, demo_root: Path, tmp_p
     with TestClient(app):
         shutil.copy(demo_root / "demo_metal" / "test" / "scratch" / "000.png", incoming / "cam1.png")
         deadline = time.time() + 120
-        while time.time() < deadline and not list((tmp_path / "line" / "defect").glob("cam1-*.png")):
+        log = tmp_path / "line.jsonl"  # the image is moved first, its line written after
+        while time.time() < deadline and not (list((tmp_path / "line" / "defect").glob("cam1-*.png"))
+                                              and log.is_file() and log.read_text()):
             time.sleep(0.1)
     assert len(list((tmp_path / "line" / "defect").glob("cam1-*.png"))) == 1
     assert '"source": "watch"' in (tmp_path / "line.jsonl").read_text()

@@ -179,7 +179,7 @@ def test_tiled_leave_one_out_equals_one_tile_at_a_time(big_images: tuple[list[np
         score, amap = _old_per_tile(model, image, owner=i)
         assert pred.score == pytest.approx(score, rel=RTOL)
         assert np.allclose(pred.anomaly_map, amap, rtol=RTOL, atol=RTOL * float(amap.max()))
-        assert pred.score > own[i].score  # its own patches are skipped
+        assert pred.score >= own[i].score  # its own patches are skipped (equal where none is its nearest)
 
 
 def test_marking_a_tiled_image_ok_puts_its_tiles_in_the_bank(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
