@@ -50,6 +50,8 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
         ModelStoreError: the version is missing or damaged.
         ValueError: the model cannot be exported (native-size input: one network per image size).
     """
+    from core.models.runtime import cpu_name
+
     store = ModelStore(ref.store)
     model = det.load(ref)
     files, params = model.detector.export_parts()
@@ -60,7 +62,7 @@ def export_bundle(ref: ModelRef, out: Path) -> Path:
     runtime = min(timing, key=timing.__getitem__)
     params = {**params, "category": ref.category, "version": ref.version, "runtime": runtime,
               "positive_scores": spec(ref.kind).positive_scores,
-              "runtime_ms_at_export": timing, "machine": _cpu()}
+              "runtime_ms_at_export": timing, "machine": cpu_name()}
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as bundle:
         for name, data in files.items():
@@ -123,15 +125,3 @@ def _ort_runner(onnx: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx, options, providers=["CPUExecutionProvider"])
     return lambda a: [np.asarray(out) for out in session.run(None, {"input": a})]
-
-
-def _cpu() -> str:
-    import platform
-
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
