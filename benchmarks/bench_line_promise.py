@@ -1,6 +1,6 @@
 """Does the default promise hold on the line? The protocol of issue 24, with the product's defaults.
 
-    python benchmarks/bench_line_promise.py [--sets demo,magnetic_tile,juice_bottle_loco,pcb_00041] [--kind patchcore]
+    python benchmarks/bench_line_promise.py [--sets demo,magnetic_tile,juice_bottle_loco,pcb_00041] [--kind patchcore] [--reuse-results]
 
 Per set: ``core.store.lifecycle.train`` with default settings (calibration from the training images only), then
 the test images are streamed as the line would see them, in a fixed random order (seed 0), each judged by the one
@@ -13,7 +13,9 @@ false-alarm rate before an alarm and after recalibration, the REVIEW band's shar
 plain threshold's errors that fall in it, F1 at the default vs F1-max, and two drift checks on resampled test goods:
 1,000 unshifted (no alarm expected) and 100 unshifted followed by shifted ones (brightness +15%, slight blur,
 5 px offset; alarm expected within 50). Trained models and scores are kept under benchmarks/out/line_promise/
-(a rerun reuses them; ``--fresh`` retrains). A second table measures the drift statistic's variants (:data:`VARIANTS`:
+(a rerun reuses a model trained with today's defaults and retrains one trained before a default changed,
+:func:`stale_settings`; ``--fresh`` retrains; ``--reuse-results`` also keeps each set's measured result,
+``result.json``, while its model is current, so sets can be run one at a time and tabled together). A second table measures the drift statistic's variants (:data:`VARIANTS`:
 which judged images the watch reads, the window's quantile) on the same streams and runs. Written to the
 ``line_promise`` section of RESULTS.md.
 """
@@ -45,6 +47,8 @@ from core.store import lifecycle
 from core.store.model_store import ModelStore
 from core.types import Prediction
 from core.verdict import inspection
+from core.verdict.drift_status import CAPPED, JUDGED
+from core.verdict.drift_status import DEFAULT_RULE as DRIFT_RULE
 from core.verdict.recalibrate import recalibrate_from_line
 
 # the drift statistic, measured (issue 24 gap 5): which judged images the watch reads, and the window's statistic.
@@ -60,17 +64,21 @@ def _non_defect(score: float, verdict: str, _threshold: float) -> float | None:
     return None if verdict == "DEFECT" else score
 
 
-def _defect_at_threshold(score: float, verdict: str, threshold: float) -> float | None:
-    return min(score, threshold) if verdict == "DEFECT" else score
+def _product(score: float, verdict: str, threshold: float) -> float | None:
+    """What ``core.verdict.drift_status`` reads: judged verdicts only (:data:`JUDGED`; NO VERDICT is no part), a
+    :data:`CAPPED` one (DEFECT) at most at its threshold."""
+    if verdict not in JUDGED:
+        return None
+    return min(score, threshold) if verdict in CAPPED else score
 
 
 VARIANTS: dict[str, tuple[DriftRule, Counted]] = {
     "median of all judged (before)": (DriftRule(), _all),
     "median of non-DEFECT": (DriftRule(), _non_defect),
-    "median, a DEFECT counted at the threshold (product)": (DriftRule(), _defect_at_threshold),
+    "median, a DEFECT counted at the threshold (product)": (DRIFT_RULE, _product),
     "lower quartile of all judged": (DriftRule(quantile=0.25), _all),
 }
-PRODUCT = _defect_at_threshold  # what core.verdict.drift_status reads (CAPPED: a DEFECT at most at its threshold)
+PRODUCT = _product  # what core.verdict.drift_status reads (CAPPED: a DEFECT at most at its threshold)
 
 SEED = 0
 CONFIRMED = 20  # images a reviewer confirms good after an alarm; the recalibration uses them
@@ -108,8 +116,56 @@ def dataset(name: str) -> CategoryData:
     return load_category(DATA, name)
 
 
+def stale_settings(manifest: dict, defaults: dict,
+                   at_load: Callable[[dict], dict] = lambda settings: settings) -> dict[str, tuple[object, object]]:
+    """The product defaults a stored model was NOT trained with: ``{key: (recorded, default)}``, both read as
+    ``at_load`` makes them (the fast inference path sets ``runtime`` at load, whatever was recorded). Keys an
+    automatic choice resolved at fit time (``manifest["input_choice"]["settings"]``, e.g. ``input_mode`` "auto" ->
+    "tiles") count as the default. A model trained before a default changed (the squashed input before
+    ``input_mode="auto"``) is stale: reusing it would measure an old product."""
+    resolved = set((manifest.get("input_choice") or {}).get("settings", {}))
+    recorded, expected = at_load(dict(manifest.get("settings", {}))), at_load(dict(defaults))
+    return {key: (recorded.get(key), value) for key, value in expected.items()
+            if key not in resolved and recorded.get(key) != value}
+
+
+def stored_manifest(name: str, data_name: str, kind: str) -> dict | None:
+    """The manifest of the set's stored model (version 1) if it was trained with today's defaults, else None."""
+    store = ModelStore(WORK / name / kind / "store")
+    if not store.has_model(data_name, kind):
+        return None
+    manifest = store.read_manifest(store.ref(data_name, kind, 1))
+    changed = stale_settings(manifest, lifecycle.default_settings(kind),
+                             lambda settings: lifecycle.inference_settings(kind, settings, "fast"))
+    if changed:
+        print(f"{name}: the stored model predates today's defaults ({changed}): retraining", file=sys.stderr)
+        return None
+    return manifest
+
+
+def result_file(name: str, kind: str) -> Path:
+    return WORK / name / kind / "result.json"
+
+
+def cached_result(name: str, data_name: str, kind: str) -> dict | None:
+    """The set's kept result (``--reuse-results``) when it was measured on the stored model, still current."""
+    path = result_file(name, kind)
+    manifest = stored_manifest(name, data_name, kind) if path.exists() else None
+    if manifest is None:
+        return None
+    found = json.loads(path.read_text())
+    return found if found.get("model_created") == manifest.get("created") else None
+
+
+def _plain(value: object) -> object:
+    """JSON for numpy scalars."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
 def trained(name: str, data: CategoryData, kind: str, fresh: bool) -> tuple[lifecycle.LoadedModel, float]:
     store_dir = WORK / name / kind / "store"
+    if not fresh and store_dir.exists() and stored_manifest(name, data.name, kind) is None:
+        fresh = True
     if fresh and store_dir.exists():
         shutil.rmtree(store_dir)
     store = ModelStore(store_dir)
@@ -299,7 +355,9 @@ def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted
     promise = cal.false_alarm_target
     evidence = None if cal.promise is None else {"n": cal.promise.n, "lower": cal.promise.lower,
                                                   "bound": cal.promise.bound, "text": cal.promise.statement}
-    return {"set": name, "kind": kind, "fit_s": fit_s, "promise": promise, "n": cal.num_images,
+    choice = model.manifest.get("input_choice") or {}
+    return {"set": name, "kind": kind, "fit_s": fit_s, "promise": promise, "model_created": model.manifest.get("created"),
+            "input": choice.get("label", model.manifest.get("settings", {}).get("input_mode", "–")), "n": cal.num_images,
             "bound": evidence, "source": cal.source, "alarm_at": result["alarm_at"],
             "before": rates(result["rows"]["before"]), "after": rates(result["rows"]["after"]),
             "all": rates(result["rows"]["before"] + result["rows"]["after"]),
@@ -321,11 +379,11 @@ def table(results: list[dict], command: str) -> str:
              f"{CONFIRMED} images the ground truth calls good recalibrate the model; the rest is measured with the new "
              "calibration. False alarms = DEFECT verdicts on good parts (REVIEW goes to a person). Errors = what the "
              "plain threshold gets wrong; caught = the share of them in the REVIEW band.", "",
-             "| set | promise | n | bound | false alarms on all test goods (training calibration) | observed false "
+             "| set | input | promise | n | bound | false alarms on all test goods (training calibration) | observed false "
              "alarms before alarm / after recalibration | alarm at (defect share of the stream) | REVIEW share | "
              "errors caught | best band: caught within 10% of parts / parts to catch 90% | F1 at default / F1-max | "
              "1,000 goods: alarm | shift: delay |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         before, after, all_ = r["before"], r["after"], r["all"]
         d = r["drift"]
@@ -333,7 +391,7 @@ def table(results: list[dict], command: str) -> str:
         bound_text = "–" if not bound else f"{bound['lower']:.1%}–{bound['bound']:.1%}"
         front = r["frontier"]
         lines.append(
-            f"| {r['set']} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
+            f"| {r['set']} | {r.get('input', '–')} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
             f"{pct(r['test_goods_flagged'])} (of {r['n_test_goods']}) | "
             f"{pct(before.get('false_alarms'))} (of {before.get('n_good', 0)}) / "
             f"{pct(after.get('false_alarms')) if after.get('n') else '–'} (of {after.get('n_good', 0)}) | "
@@ -376,16 +434,20 @@ def main() -> int:
     parser.add_argument("--kind", default="patchcore")
     parser.add_argument("--fresh", action="store_true", help="retrain instead of reusing benchmarks/out models")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--reuse-results", action="store_true",
+                        help="a set measured before on its stored model (still today's defaults) is not measured again")
     args = parser.parse_args()
-    rule = DriftRule()
+    rule = DRIFT_RULE  # the product's rule (core.verdict.drift_status)
     results = []
     for name in args.sets.split(","):
         if name != "demo" and not (DATA / name).is_dir():
             print(f"skipped: no {name} under {DATA}", file=sys.stderr)
             continue
         start = time.perf_counter()
-        result = run_set(name, args.kind, args.fresh, rule)
-        print(json.dumps({k: v for k, v in result.items()}, default=str), flush=True)
+        kept = None if args.fresh or not args.reuse_results else cached_result(name, dataset(name).name, args.kind)
+        result = kept if kept is not None else run_set(name, args.kind, args.fresh, rule)
+        result_file(name, args.kind).write_text(json.dumps(result, default=_plain))
+        print(json.dumps(result, default=_plain), flush=True)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
         results.append(result)
     command = "python benchmarks/bench_line_promise.py " + " ".join(sys.argv[1:])
