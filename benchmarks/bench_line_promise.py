@@ -129,17 +129,24 @@ def stale_settings(manifest: dict, defaults: dict,
             if key not in resolved and recorded.get(key) != value}
 
 
-def stored_manifest(name: str, data_name: str, kind: str) -> dict | None:
-    """The manifest of the set's stored model (version 1) if it was trained with today's defaults, else None."""
+def model_changes(manifest: dict, kind: str) -> dict[str, tuple[object, object]]:
+    """:func:`stale_settings` of a stored model against today's defaults of ``kind``."""
+    return stale_settings(manifest, lifecycle.default_settings(kind),
+                          lambda settings: lifecycle.inference_settings(kind, settings, "fast"))
+
+
+def stored_manifest(name: str, data_name: str, kind: str, keep_stale: bool = False) -> dict | None:
+    """The manifest of the set's stored model (version 1) if it was trained with today's defaults (or
+    ``keep_stale``: a model trained before them is kept, and the table says so), else None."""
     store = ModelStore(WORK / name / kind / "store")
     if not store.has_model(data_name, kind):
         return None
     manifest = store.read_manifest(store.ref(data_name, kind, 1))
-    changed = stale_settings(manifest, lifecycle.default_settings(kind),
-                             lambda settings: lifecycle.inference_settings(kind, settings, "fast"))
+    changed = model_changes(manifest, kind)
     if changed:
-        print(f"{name}: the stored model predates today's defaults ({changed}): retraining", file=sys.stderr)
-        return None
+        print(f"{name}: the stored model predates today's defaults ({changed}): "
+              f"{'kept (--keep-stale)' if keep_stale else 'retraining'}", file=sys.stderr)
+        return manifest if keep_stale else None
     return manifest
 
 
@@ -147,10 +154,10 @@ def result_file(name: str, kind: str) -> Path:
     return WORK / name / kind / "result.json"
 
 
-def cached_result(name: str, data_name: str, kind: str) -> dict | None:
+def cached_result(name: str, data_name: str, kind: str, keep_stale: bool = False) -> dict | None:
     """The set's kept result (``--reuse-results``) when it was measured on the stored model, still current."""
     path = result_file(name, kind)
-    manifest = stored_manifest(name, data_name, kind) if path.exists() else None
+    manifest = stored_manifest(name, data_name, kind, keep_stale) if path.exists() else None
     if manifest is None:
         return None
     found = json.loads(path.read_text())
@@ -162,9 +169,10 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
-def trained(name: str, data: CategoryData, kind: str, fresh: bool) -> tuple[lifecycle.LoadedModel, float]:
+def trained(name: str, data: CategoryData, kind: str, fresh: bool,
+            keep_stale: bool = False) -> tuple[lifecycle.LoadedModel, float]:
     store_dir = WORK / name / kind / "store"
-    if not fresh and store_dir.exists() and stored_manifest(name, data.name, kind) is None:
+    if not fresh and store_dir.exists() and stored_manifest(name, data.name, kind, keep_stale) is None:
         fresh = True
     if fresh and store_dir.exists():
         shutil.rmtree(store_dir)
@@ -338,9 +346,10 @@ def band_sweep(model: lifecycle.LoadedModel, items: list[Scored]) -> dict[str, d
     return out
 
 
-def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted = PRODUCT) -> dict:
+def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted = PRODUCT,
+            keep_stale: bool = False) -> dict:
     data = dataset(name)
-    model, fit_s = trained(name, data, kind, fresh)
+    model, fit_s = trained(name, data, kind, fresh, keep_stale)
     items = score_all(model, data)
     result = stream(model, items, rule, counted)
     runs = drift_runs(model, data, items)
@@ -358,6 +367,7 @@ def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted
     choice = model.manifest.get("input_choice") or {}
     return {"set": name, "kind": kind, "fit_s": fit_s, "promise": promise, "model_created": model.manifest.get("created"),
             "input": choice.get("label", model.manifest.get("settings", {}).get("input_mode", "–")), "n": cal.num_images,
+            "stale": {key: list(pair) for key, pair in model_changes(model.manifest, kind).items()},
             "bound": evidence, "source": cal.source, "alarm_at": result["alarm_at"],
             "before": rates(result["rows"]["before"]), "after": rates(result["rows"]["after"]),
             "all": rates(result["rows"]["before"] + result["rows"]["after"]),
@@ -366,6 +376,13 @@ def run_set(name: str, kind: str, fresh: bool, rule: DriftRule, counted: Counted
             "test_goods_flagged": float(np.mean([i.prediction.score >= cal.image_threshold for i in items if i.good])),
             "n_test_goods": sum(1 for i in items if i.good), "defect_share": float(np.mean([not i.good for i in items])),
             "frontier": band_frontier(items, cal.image_threshold), "band_sweep": band_sweep(model, items)}
+
+
+def stale_note(result: dict) -> str:
+    """The table's mark on a row measured with a model trained before today's defaults (``--keep-stale``)."""
+    stale = result.get("stale") or {}
+    return "" if not stale else " (trained before today's defaults: " + ", ".join(
+        f"{key} {old!r}, today {new!r}" for key, (old, new) in stale.items()) + ")"
 
 
 def pct(x: float | None) -> str:
@@ -391,7 +408,7 @@ def table(results: list[dict], command: str) -> str:
         bound_text = "–" if not bound else f"{bound['lower']:.1%}–{bound['bound']:.1%}"
         front = r["frontier"]
         lines.append(
-            f"| {r['set']} | {r.get('input', '–')} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
+            f"| {r['set']} | {r.get('input', '–')}{stale_note(r)} | {pct(r['promise'])} | {r['n']} | {bound_text} | "
             f"{pct(r['test_goods_flagged'])} (of {r['n_test_goods']}) | "
             f"{pct(before.get('false_alarms'))} (of {before.get('n_good', 0)}) / "
             f"{pct(after.get('false_alarms')) if after.get('n') else '–'} (of {after.get('n_good', 0)}) | "
@@ -436,7 +453,11 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--reuse-results", action="store_true",
                         help="a set measured before on its stored model (still today's defaults) is not measured again")
+    parser.add_argument("--keep-stale", default="",
+                        help="sets (comma-separated) whose stored model is kept though trained before today's "
+                             "defaults (the table names what differs); for a starved machine, not for the record")
     args = parser.parse_args()
+    keep_stale = {s for s in args.keep_stale.split(",") if s}
     rule = DRIFT_RULE  # the product's rule (core.verdict.drift_status)
     results = []
     for name in args.sets.split(","):
@@ -444,8 +465,10 @@ def main() -> int:
             print(f"skipped: no {name} under {DATA}", file=sys.stderr)
             continue
         start = time.perf_counter()
-        kept = None if args.fresh or not args.reuse_results else cached_result(name, dataset(name).name, args.kind)
-        result = kept if kept is not None else run_set(name, args.kind, args.fresh, rule)
+        keep = name in keep_stale
+        kept = (None if args.fresh or not args.reuse_results
+                else cached_result(name, dataset(name).name, args.kind, keep))
+        result = kept if kept is not None else run_set(name, args.kind, args.fresh, rule, keep_stale=keep)
         result_file(name, args.kind).write_text(json.dumps(result, default=_plain))
         print(json.dumps(result, default=_plain), flush=True)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)

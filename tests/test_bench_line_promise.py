@@ -45,3 +45,9 @@ def test_a_setting_the_inference_path_sets_at_load_is_not_compared() -> None:
     old = {"settings": {"input_mode": "squash", "runtime": "onnx", "tile": 256, "coreset_ratio": 0.01}}
     fast = lambda settings: {**settings, "runtime": "auto"}  # noqa: E731  (what inference_settings "fast" does)
     assert bench.stale_settings(old, DEFAULTS, fast) == {"input_mode": ("squash", "auto")}
+
+
+def test_a_row_measured_on_a_kept_stale_model_says_what_differs() -> None:
+    assert bench.stale_note({"stale": {}}) == ""
+    assert bench.stale_note({"stale": {"input_mode": ["squash", "auto"]}}) == (
+        " (trained before today's defaults: input_mode 'squash', today 'auto')")
