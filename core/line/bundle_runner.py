@@ -6,8 +6,8 @@
 The bundle folder holds: model.onnx (and model.xml/.bin, OpenVINO IR, when OpenVINO was installed at export:
 used when params.json says it was faster on the exporting CPU and OpenVINO is installed here), params.json,
 calibration.json, manifest.json, portable.py, and for PatchCore the memory bank (bank.npy) and the map
-operators (map_h.npy, map_w_t.npy). A tiled PatchCore model (params.json "tiles": tile, overlap, scale) is run on
-the image's tiles, cut and stitched by portable.py as the app does.
+operators (map_h.npy, map_w_t.npy). A tiled model, PatchCore or EfficientAD (params.json "tiles": tile, overlap,
+scale), is run on the image's tiles, cut and stitched by portable.py as the app does.
 
 portable.py is the app's own module (core/portable.py) for decoding images and for the verdict rules, so the
 bundle decodes as the app does (PNG/JPEG/BMP/TIFF only; 16-bit rescaled, alpha dropped, EXIF orientation
@@ -159,25 +159,34 @@ def _patch_scores(bundle: Bundle, emb: np.ndarray) -> tuple[float, np.ndarray]:
     return score, bundle.map_h @ patch.reshape(h, w) @ bundle.map_w_t
 
 
-def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
+def _tiled(bundle: Bundle, image: np.ndarray, score_batch) -> tuple[float, np.ndarray]:
+    """Score ``image`` with ``score_batch`` (network input [B, 3, h, w] -> list of (score, map [h, w])): the whole
+    image resized to the network's input, or, for a tiled model (params.json "tiles"), its tiles cut as the app
+    cuts them (portable.py), all in one network call, the top tile's score and the tiles' maps stitched; the map
+    resized back to the image."""
     tiles = bundle.params.get("tiles")
-    if tiles is None:  # the whole image, resized to the network's input
-        score, amap = _patch_scores(bundle, bundle.run(_preprocess(image, bundle.params))[0][0])
+    if tiles is None:
+        score, amap = score_batch(_preprocess(image, bundle.params))[0]
         return score, portable.resize_map(amap, image.shape[:2])
-    # a tiled model: cut as the app cuts (portable.py), all tiles in one network call, the top tile's score and
-    # the tiles' maps stitched, then resized back to the image
     scaled = portable.scale_image(image, float(tiles["scale"]))
     tile, overlap = int(tiles["tile"]), float(tiles["overlap"])
     batch = np.concatenate([_preprocess(t, bundle.params) for t in portable.crop_tiles(scaled, tile, overlap)])
-    found = [_patch_scores(bundle, emb) for emb in bundle.run(batch)[0]]
+    found = score_batch(batch)
     amap = portable.stitch_tiles(scaled.shape, portable.tile_boxes(scaled.shape, tile, overlap),
                                  np.stack([m for _, m in found]))
     return max(s for s, _ in found), portable.resize_map(amap, image.shape[:2])
 
 
+def _patchcore(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
+    return _tiled(bundle, image, lambda batch: [_patch_scores(bundle, emb) for emb in bundle.run(batch)[0]])
+
+
 def _efficientad(bundle: Bundle, image: np.ndarray) -> tuple[float, np.ndarray]:
-    scores, maps = bundle.run(_preprocess(image, bundle.params))
-    return float(scores.reshape(-1)[0]), portable.resize_map(maps[0, 0], image.shape[:2])
+    def score_batch(batch: np.ndarray) -> list[tuple[float, np.ndarray]]:
+        scores, maps = bundle.run(batch)
+        return [(float(s), m[0]) for s, m in zip(scores.reshape(-1), maps, strict=True)]
+
+    return _tiled(bundle, image, score_batch)
 
 
 KINDS = {"patchcore": _patchcore, "efficientad": _efficientad}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from anomalib.models.image.efficient_ad.torch_model import EfficientAdModel
 
+from core.models import efficientad_tiles as tiles
 from core.models import efficientad_training as training
 from core.models.efficientad_lite import (
     ANOMALIB_HARD_QUANTILE,
@@ -34,8 +35,10 @@ from core.models.efficientad_lite import (
     TunedEfficientAdModel,
 )
 from core.models.efficientad_training import SAVE_EVERY, STATE_FILE, load_penalty_images
-from core.models.preprocess import InputSpec, predict_in_batches, to_tensor
+from core.models.preprocess import InputSpec, predict_in_batches, resize_map, to_tensor
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx, uses_graph
+from core.models.tiling import predict_tiled
+from core.portable import scale_image
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 __all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
@@ -88,6 +91,13 @@ class EfficientADConfig:
     train_batch: int = 2  # cosine: images per step (2 x 1,500 steps beat 8 x 402 on juice_bottle_loco: 0.981 vs 0.941)
     max_epochs: float = 12.0  # cosine: at most this many passes over the images (0: config.steps always)
     precision: str = "auto"  # cosine: student and autoencoder under bf16 autocast when measured faster ("auto")
+    # input (core/models/efficientad_tiles.py): "squash" (resized to height x width), "tiles" (tile x tile tiles of
+    # the image resized by scale, trained on and scored by, maps stitched) or "auto" (resolved by fit_good from the
+    # images' size; until then the model reads its input as "squash")
+    input_mode: str = tiles.AUTO
+    tile: int = 256
+    tile_overlap: float = 0.25
+    scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
@@ -114,9 +124,21 @@ class EfficientADConfig:
         if self.structure == "lite" and (self.height % 256 or self.width % 256):
             raise ValueError(f"expected an EfficientAD-lite input size in multiples of 256 (its autoencoder "
                              f"code is 256 px wide), found {self.height}x{self.width}")
+        if self.input_mode not in tiles.INPUT_MODES:
+            raise ValueError(f"expected an EfficientAD input mode in {tiles.INPUT_MODES}, found {self.input_mode!r}")
+        if self.tile < MIN_SIZE or (self.structure == "lite" and self.tile % 256):
+            raise ValueError(f"expected an EfficientAD tile side of at least {MIN_SIZE} px"
+                             + (" in multiples of 256 (lite)" if self.structure == "lite" else "")
+                             + f", found {self.tile}")
+        if not 0.0 <= self.tile_overlap < 1.0 or self.scale <= 0.0:
+            raise ValueError(f"expected a tile overlap in [0, 1) and a scale above 0, found {self.tile_overlap} "
+                             f"and {self.scale}")
 
     @property
     def input_spec(self) -> InputSpec:
+        """The network's input: a tile (tiles mode: each tile is already that size) or ``height x width``."""
+        if self.input_mode == "tiles":
+            return InputSpec(self.tile, self.tile, normalize=False)
         return InputSpec(self.height, self.width, normalize=False)
 
     @property
@@ -139,6 +161,7 @@ class EfficientADConfig:
         values.setdefault("score_border_cells", 0)
         values.setdefault("student_width", 128)
         values.setdefault("schedule", "step")  # saved before the cosine recipe: trained by anomalib's loop
+        values.setdefault("input_mode", "squash")  # saved before input modes: resized
         return cls(**values)
 
 
@@ -302,13 +325,28 @@ class EfficientAD:
         With ``control.state_dir``, the run's state is kept there (every :data:`SAVE_EVERY` steps and when
         cancelled) and a state found there is continued."""
         resume_file = control.state_dir / STATE_FILE if control.state_dir is not None else None
-        return self.fit(images, holdout, control, resume_file=resume_file, save_every=SAVE_EVERY)
+        choice = None
+        if self.config.input_mode == tiles.AUTO:  # resolved from the images' size (efficientad_tiles.py)
+            choice = tiles.choose_input([im.shape for im in images], self.config)
+            self.config = replace(self.config, **choice.settings)
+        if self.config.input_mode == "tiles":  # each tile a training input; quantiles from the held-out tiles
+            images = tiles.training_tiles(images, self.config)
+            holdout = [t for image in holdout for t in tiles.image_tiles(image, self.config)]
+        info: dict[str, Any] = dict(self.fit(images, holdout, control, resume_file=resume_file, save_every=SAVE_EVERY))
+        if self.config.input_mode == "tiles":
+            info["training_tiles"] = len(images)
+        return {**info, **({"input_choice": choice.to_dict()} if choice is not None else {})}
 
     def export_parts(self) -> tuple[dict[str, bytes], dict[str, Any]]:
-        """Files and parameters of an export bundle: the whole eval network (scores and maps) as ONNX."""
-        h, w = self.config.height, self.config.width
-        return ({"model.onnx": export_onnx(_ScoresAndMaps(self.model), h, w, 2)},
-                {"kind": KIND, "height": h, "width": w, "mean": None, "std": None})
+        """Files and parameters of an export bundle: the whole eval network (scores and maps) as ONNX. A tiled
+        model exports its tile-sized network and ``params["tiles"]`` (tile, overlap, scale): the runner cuts and
+        stitches with the app's own functions (core/portable.py), as for tiled PatchCore."""
+        spec = self.config.input_spec
+        h, w = spec.height, spec.width
+        params: dict[str, Any] = {"kind": KIND, "height": h, "width": w, "mean": None, "std": None}
+        if self.config.input_mode == "tiles":
+            params["tiles"] = {"tile": self.config.tile, "overlap": self.config.tile_overlap, "scale": self.config.scale}
+        return {"model.onnx": export_onnx(_ScoresAndMaps(self.model), h, w, 2)}, params
 
     # ---------------------------------------------------------------- inference
     def prepare(self) -> None:
@@ -325,7 +363,17 @@ class EfficientAD:
         return scores.reshape(-1), maps[:, 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        return predict_in_batches(self.forward, images, self.config.input_spec, self.config.batch_size)
+        """Predictions for uint8 RGB images, maps at each image's size. Tiles mode: each image resized by
+        ``scale``, cut into tiles, all of them through one network call (core/models/tiling.py), the image score
+        the top tile's, the tile maps stitched."""
+        spec = self.config.input_spec
+        if self.config.input_mode != "tiles":
+            return predict_in_batches(self.forward, images, spec, self.config.batch_size)
+        preds = predict_tiled(lambda batch, _rows: self.forward(batch), lambda t: to_tensor(t, spec),
+                              [scale_image(im, self.config.scale) for im in images], self.config.tile,
+                              self.config.tile_overlap, self.config.batch_size)
+        return [Prediction(p.score, resize_map(p.anomaly_map, im.shape[:2]), p.latency_ms)
+                for p, im in zip(preds, images, strict=True)]
 
     # ------------------------------------------------------------ persistence
     def state(self) -> dict[str, torch.Tensor]:

@@ -262,6 +262,12 @@ def _efficientad() -> KindSpec:
                    "measurement finds it faster)", fields=("precision",), choices=("auto", "fp32", "bf16")),
             Option("student-width", int, "student channels (default 64; 128 until issue 25)",
                    fields=("student_width",)),
+            Option("input-mode", str, "auto (default: tiles when the images' short side is at least 2 tiles, "
+                   "else resized; core/models/efficientad_tiles.py), squash to --image-size, or overlapping "
+                   "native-resolution tiles (native: PatchCore only)", fields=("input_mode",),
+                   choices=("auto", "squash", "native", "tiles")),
+            Option("tile", int, "tiles mode: tile side in pixels (default 256; lite: multiples of 256)",
+                   fields=("tile",)),
             _runtime_option(),
         ),
     )
