@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from core.data.synthetic import PAINTERS, paste_defect, synthetic_defects
-from core.models.input_choice import AUTO, InputChoice, candidates, choose_input
+from core.models.input_choice import (
+    AUTO,
+    CandidateScore,
+    InputChoice,
+    auroc_se,
+    candidates,
+    choose_input,
+    decide,
+    tie_margin,
+)
 from core.models.patchcore import PatchCore, PatchCoreConfig
 
 SIDE = 192  # images 3x the model input: the small defects vanish when squashed
@@ -64,6 +73,30 @@ def test_candidates_follow_the_size_ratio() -> None:
     big = candidates([(1024, 1024, 3)] * 3, cfg)
     assert [(c.mode, c.settings.get("scale")) for c in big] == [("squash", None), ("tiles", 0.5), ("tiles", 1.0)]
     assert big[1].expected_ms < big[2].expected_ms
+
+
+def _scored(*aurocs: float) -> list[CandidateScore]:
+    labels = ("resized", "tiles at 0.5x", "tiles at 1x")
+    return [CandidateScore("squash" if i == 0 else "tiles", labels[i], {"i": i}, 1.0 + 10 * i, True, a)
+            for i, a in enumerate(aurocs)]
+
+
+def test_a_tie_is_within_the_error_of_the_difference_not_only_the_bests() -> None:
+    # Hand-computed (Hanley & McNeil, 8 goods, 24 defects): SE(0.990) = 0.0156, SE(0.958) = 0.0335, so the
+    # resized input's tie margin is hypot(0.0156, 0.0335) = 0.037 > 0.990 - 0.958 = 0.032: a tie, the cheaper
+    # wins. The best's error alone (0.0156, i.e. the 0.02 floor) called the 0.032 gap evidence and took tiles.
+    assert auroc_se(0.99, 8, 24) == pytest.approx(0.01558, abs=1e-4)
+    assert auroc_se(0.958, 8, 24) == pytest.approx(0.03349, abs=1e-4)
+    assert tie_margin(0.99, 0.958, 8, 24) == pytest.approx(0.03694, abs=1e-4)
+    pick, why, margin, marked = decide(_scored(0.958, 0.984, 0.990), 8, 24, 100.0)
+    assert pick.label == "resized" and margin == pytest.approx(0.037) and "within 0.04" in why, why
+    assert [c.margin for c in marked] == [pytest.approx(0.037), pytest.approx(0.025), None]
+    # pcb_00041's figures: 0.698 tiles against 0.469 resized, tie margin hypot(0.1006, 0.1206) = 0.157 < 0.229.
+    pick, why, margin, _ = decide(_scored(0.469, 0.698), 8, 24, 100.0)
+    assert pick.label == "tiles at 0.5x" and margin == pytest.approx(0.157) and "more than 0.16" in why, why
+    # Nothing separates them: the floor of 0.02 decides (a gap of 0.01 at AUROC 1 is a tie).
+    assert tie_margin(1.0, 1.0, 8, 24) == 0.02
+    assert decide(_scored(0.99, 1.0), 8, 24, 100.0)[0].label == "resized"
 
 
 def test_images_the_size_of_the_input_stay_resized_without_scoring() -> None:

@@ -16,9 +16,12 @@
 3. **Kept within a latency budget.** Each candidate's expected ms/image comes from the pixels it puts through
    the network (:func:`expected_ms`, a cost model measured on the reference 2-core CPU: deterministic, unlike a
    clock on shared cores); candidates above ``auto_budget_ms`` are out. Among the rest, the cheapest whose AUROC
-   is within the margin of the best wins (near-ties go to the cheaper): :data:`MARGIN`, or the best AUROC's
-   standard error on so few images if larger (:func:`auroc_se`). So a category whose small defects the resized
-   input already sees, or where the evidence is thin, keeps the resized input.
+   is within its tie margin of the best wins (near-ties go to the cheaper). A candidate's tie margin
+   (:func:`tie_margin`) is :data:`MARGIN`, or if larger the standard error of its difference from the best on
+   so few images: both AUROCs' standard errors (:func:`auroc_se`) combined. Both count: near an AUROC of 1 the
+   best's own error vanishes, while the weaker candidate's does not (0.958 against 0.990 from 8 goods and 24
+   defects is 6 of 192 pairs: a tie). So a category whose small defects the resized input already sees, or
+   where the evidence is thin, keeps the resized input.
 
 The result (:class:`InputChoice`) is what the manifest records, the Models page shows and ``train`` prints.
 Same images and seed: same choice.
@@ -50,9 +53,10 @@ FIT_IMAGES = 16  # good images in each candidate's quick bank
 HELD_OUT_IMAGES = 8  # other good images, scored as they are and with one synthetic defect of each kind
 MIN_IMAGES = 6  # fewer good images than this: decided by the size ratio alone
 QUICK_BANK = 1024  # at most this many entries in a quick bank (the coreset dominates the choice's cost)
-# Synthetic-defect AUROC within this of the best, or within the best's standard error (auroc_se) if larger, is a
-# tie: the cheaper candidate wins. On juice_bottle_loco native aspect scored 0.742 against the resized 0.662 (SE
-# 0.093 from 8 goods and 24 defects) and lost 0.02 real image AUROC; on pcb_00041 tiles scored 0.698 against 0.469.
+# Synthetic-defect AUROC within this of the best, or within the standard error of the difference (tie_margin) if
+# larger, is a tie: the cheaper candidate wins. On juice_bottle_loco native aspect scored 0.742 against the resized
+# 0.661 (tie margin 0.141 from 8 goods and 24 defects) and lost 0.02 real image AUROC; on pcb_00041 tiles scored
+# 0.698 against 0.469 (tie margin 0.157).
 MARGIN = 0.02
 TILE_RATIO = 1.5  # tiles are a candidate when the (scaled) short side is at least this many tiles
 NATIVE_ASPECT = 1.25  # native aspect is a candidate when the images' median aspect differs this much from the input's
@@ -94,26 +98,31 @@ class CandidateScore:
     within_budget: bool
     auroc: float | None = None
     measured_ms: float | None = None
+    margin: float | None = None  # its tie margin against the best (tie_margin); None: the best, or not compared
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "label": self.label, "settings": dict(self.settings),
                 "expected_ms": round(self.expected_ms, 1), "within_budget": self.within_budget,
                 "auroc": None if self.auroc is None else round(self.auroc, 4),
-                "measured_ms": None if self.measured_ms is None else round(self.measured_ms, 1)}
+                "measured_ms": None if self.measured_ms is None else round(self.measured_ms, 1),
+                "margin": None if self.margin is None else round(self.margin, 4)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CandidateScore:
         return cls(str(data["mode"]), str(data.get("label", data["mode"])), dict(data.get("settings", {})),
                    float(data.get("expected_ms", 0.0)), bool(data.get("within_budget", True)),
                    None if data.get("auroc") is None else float(data["auroc"]),
-                   None if data.get("measured_ms") is None else float(data["measured_ms"]))
+                   None if data.get("measured_ms") is None else float(data["measured_ms"]),
+                   None if data.get("margin") is None else float(data["margin"]))  # absent before session 11
 
 
 @dataclass(frozen=True)
 class InputChoice:
     """What the automatic input mode chose and why. ``settings``: the config fields it sets (``input_mode`` and,
     per mode, ``scale`` / ``tile``); ``candidates``: every mode considered, in cost order; ``scored``: False when
-    the size ratio alone decided (one candidate, or too few images)."""
+    the size ratio alone decided (one candidate, or too few images); ``margin``: the tie margin of the deciding
+    comparison (the pick's against the best, or when the best won, the best cheaper candidate's; each candidate
+    keeps its own)."""
 
     mode: str
     settings: dict[str, Any]
@@ -213,23 +222,46 @@ def auroc_se(value: float, negatives: int, positives: int) -> float:
     return float(np.sqrt(max(var, 0.0) / (negatives * positives)))
 
 
-def _decide(scores: Sequence[CandidateScore], margin: float, budget_ms: float) -> tuple[CandidateScore, str]:
-    """The winner among scored ``scores`` (cost order) and the reason in words."""
-    inside = [s for s in scores if s.within_budget and s.auroc is not None]
+def tie_margin(best: float, other: float, negatives: int, positives: int) -> float:
+    """How far ``other``'s AUROC may fall below the ``best`` one and still be a tie, both from the same
+    ``negatives`` good and ``positives`` defective scores: :data:`MARGIN`, or the standard error of their difference
+    if larger, sqrt(SE(best)^2 + SE(other)^2). The two AUROCs come from the same images, so the true error of the
+    difference is smaller (they correlate): this errs towards a tie, i.e. towards the cheaper input."""
+    se = np.hypot(auroc_se(best, negatives, positives), auroc_se(other, negatives, positives))
+    return float(max(MARGIN, se))
+
+
+def decide(scores: Sequence[CandidateScore], negatives: int, positives: int,
+            budget_ms: float) -> tuple[CandidateScore, str, float, list[CandidateScore]]:
+    """The winner among scored ``scores`` (cost order, AUROCs from ``negatives`` good and ``positives`` defective
+    images), the reason in words, the deciding tie margin, and ``scores`` with each within-budget candidate's tie
+    margin against the best (:func:`tie_margin`; the best itself keeps None)."""
+    inside = [i for i, s in enumerate(scores) if s.within_budget and s.auroc is not None]
     if not inside:
-        cheapest = scores[0]
-        return cheapest, f"no candidate within the {budget_ms:.0f} ms/image budget: the cheapest."
-    best = max(inside, key=lambda s: s.auroc or 0.0)
-    pick = next(s for s in inside if (s.auroc or 0.0) >= (best.auroc or 0.0) - margin)
+        return scores[0], f"no candidate within the {budget_ms:.0f} ms/image budget: the cheapest.", MARGIN, list(scores)
+    top_i = max(inside, key=lambda i: scores[i].auroc or 0.0)  # the first (cheapest) of equal AUROCs
+    top = scores[top_i].auroc or 0.0
+    marked = [replace(s, margin=round(tie_margin(top, s.auroc or 0.0, negatives, positives), 3))
+              if i in inside and i != top_i else s for i, s in enumerate(scores)]
+    best = marked[top_i]
+    pick_i = next(i for i in inside if i == top_i or (marked[i].auroc or 0.0) >= top - (marked[i].margin or 0.0))
+    pick = marked[pick_i]
+    if pick_i != top_i:
+        margin = pick.margin or MARGIN
+        why = (f"AUROC {pick.auroc:.3f}, within {margin:.2f} of the best synthetic-defect AUROC ({top:.3f}, "
+               f"{best.label}) and cheaper")
+    else:
+        cheaper = [marked[i] for i in inside if i < top_i]
+        runner = max(cheaper, key=lambda s: s.auroc or 0.0) if cheaper else None
+        margin = MARGIN if runner is None else (runner.margin or MARGIN)
+        why = f"best synthetic-defect AUROC {top:.3f} ({best.label})" + (
+            "" if runner is None else f", more than {margin:.2f} above the best cheaper one ({runner.label})")
     over = [s for s in scores if not s.within_budget]
-    why = (f"best synthetic-defect AUROC {best.auroc:.3f} ({best.label})" if pick is best else
-           f"within {margin:.2f} of the best synthetic-defect AUROC ({best.auroc:.3f}, {best.label}) "
-           f"and cheaper")
-    if pick is not best:
-        why = f"AUROC {pick.auroc:.3f}, " + why
     if over:
         why += f"; over the {budget_ms:.0f} ms/image budget: " + ", ".join(s.label for s in over)
-    return pick, why + f". Margin {margin:.2f}: AUROCs closer than that are a tie, and the cheaper wins."
+    why += (f". Tie margin {margin:.2f} ({MARGIN:.2f}, or the standard error of the AUROCs' difference on so few "
+            "images if larger): closer AUROCs are a tie, and the cheaper wins.")
+    return pick, why, margin, marked
 
 
 def choose_input(images: Sequence[np.ndarray], config: PatchCoreConfig,
@@ -280,9 +312,7 @@ def choose_input(images: Sequence[np.ndarray], config: PatchCoreConfig,
         scored.append(replace(base, auroc=value, measured_ms=ms))
         logger.info("input candidate %s: synthetic-defect AUROC %.3f, expected %.0f ms/image (measured %.0f)",
                     cand.label, value, cand.expected_ms, ms)
-    best = max((s.auroc or 0.0) for s in scored)
-    margin = round(max(MARGIN, auroc_se(best, len(held), len(defects))), 3)  # a tie: within the noise of so few images
-    pick, why = _decide(scored, margin, budget)
+    pick, why, margin, scored = decide(scored, len(held), len(defects), budget)  # ties: within the noise
     choice = made(pick, why, scored, {"fit": len(fit), "held_out": len(held), "defects": len(defects),
                                       "defect_kinds": len(PAINTERS)}, margin)
     logger.info("%s (%.1f s)", choice.summary(), choice.seconds)
