@@ -195,6 +195,76 @@ def test_left_out_hnsw_close_to_exact() -> None:
         assert b.score == pytest.approx(a.score, rel=0.05)
 
 
+def _counting_embed(model: PatchCore) -> list[int]:
+    """Make ``model.embed`` record the batch size of each call (the backbone's runs)."""
+    calls: list[int] = []
+    embed = model.embed
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(int(batch.shape[0]))
+        return embed(batch)
+
+    model.embed = counting  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize(("mode", "shapes"), [("squash", [(64, 64)] * 5),
+                                              ("native", [(64, 96), (80, 120), (64, 96), (80, 120), (64, 96)])])
+def test_calibration_reuses_the_fit_features(mode: str, shapes: list[tuple[int, int]]) -> None:
+    """Leave-one-image-out right after the fit takes the fit's own features (no backbone run) and gives the scores
+    and maps of extracting them again (native: images of two sizes, batched by size, in mixed order)."""
+    images = [rgb(h, w, seed=40 + i) for i, (h, w) in enumerate(shapes)]
+    settings = {**PATCHCORE_TEST_SETTINGS, "input_mode": mode, "scale": 0.5 if mode == "native" else 1.0,
+                "coreset_ratio": 0.3, "batch_size": 2}
+    model = PatchCore(PatchCoreConfig.from_dict(settings))
+    model.fit(images)
+    calls = _counting_embed(model)
+    reused = model.predict_left_out(images)
+    assert calls == [] and model.kept_features is None  # no backbone run; the features freed once used
+    again = model.predict_left_out(images)
+    assert sum(calls) == len(images)
+    for a, b in zip(reused, again, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert a.anomaly_map.shape == b.anomaly_map.shape
+        assert np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5 * float(b.anomaly_map.max()))
+
+
+def test_kept_features_serve_only_the_fit_images_of_this_bank() -> None:
+    images = [rgb(64, 64, seed=50 + i) for i in range(3)]
+    settings = {**PATCHCORE_TEST_SETTINGS, "input_mode": "squash", "coreset_ratio": 0.3, "runtime": "torch"}
+    model = PatchCore(PatchCoreConfig.from_dict(settings))
+    model.fit(images)
+    calls = _counting_embed(model)
+    other = [images[0], rgb(64, 64, seed=99), images[2]]  # not the training images: extracted, not looked up
+    model.predict_left_out(other)
+    assert sum(calls) == 3
+    model.fit(images)
+    loaded = PatchCore(model.config)
+    loaded.fit(images[::-1])
+    loaded.load_state(model.state())  # another model's bank: the features of its own last fit are dropped
+    assert loaded.kept_features is None
+
+
+def test_input_candidates_run_the_model_s_compiled_network() -> None:
+    """The automatic input choice's quick models use the model's runtime and its one compiled network (no torch
+    forward passes, no compile per candidate)."""
+    from core.models import input_choice
+
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "tile": 64, "runtime": "onnx"}))
+    built: list[PatchCore] = []
+
+    def build(config: PatchCoreConfig) -> PatchCore:
+        built.append(model._quick_model(config))
+        return built[-1]
+
+    images = [rgb(200, 200, seed=60 + i) for i in range(8)]
+    choice = input_choice.choose_input(images, model.config, build)
+    assert choice.scored and {b.config.input_mode for b in built} == {"squash", "tiles"}
+    assert all(b.config.runtime == "onnx" and b._graph is model._graph for b in built)
+    model.fit(images)
+    assert model._graph is not None and model._graph is built[0]._graph
+
+
 def test_bank_images_saved_and_old_models_still_load() -> None:
     images = [rgb(64, 64, seed=30 + i) for i in range(3)]
     model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "runtime": "torch"}))

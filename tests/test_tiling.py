@@ -182,6 +182,30 @@ def test_tiled_leave_one_out_equals_one_tile_at_a_time(big_images: tuple[list[np
         assert pred.score >= own[i].score  # its own patches are skipped (equal where none is its nearest)
 
 
+def test_tiled_calibration_reuses_the_fit_features(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    """Leave-one-image-out right after the fit takes the fit's own tile features (the backbone does not run again)
+    and gives the scores and maps of the path that extracts them again (the fit's batches of 4 tiles against 12)."""
+    train, _ = big_images
+    model = _fitted(train)
+    calls: list[int] = []
+    embed = model.embed
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(int(batch.shape[0]))
+        return embed(batch)
+
+    model.embed = counting  # type: ignore[method-assign]
+    reused = model.predict_left_out(train)
+    assert calls == []  # no tile went through the network
+    assert model.kept_features is None  # used once, then freed
+    again = model.predict_left_out(train)  # nothing kept now: extracted again, 12 tiles per call
+    assert calls == [12] * len(train)
+    for a, b in zip(reused, again, strict=True):
+        assert a.score == pytest.approx(b.score, rel=1e-5)
+        assert a.anomaly_map.shape == b.anomaly_map.shape
+        assert np.allclose(a.anomaly_map, b.anomaly_map, rtol=1e-5, atol=1e-5 * float(b.anomaly_map.max()))
+
+
 def test_marking_a_tiled_image_ok_puts_its_tiles_in_the_bank(big_images: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
     train, test = big_images
     model = _fitted(train)

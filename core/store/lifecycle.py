@@ -141,6 +141,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     input_choice = train_info.pop("input_choice", None)  # an automatic input mode, resolved by the fit
     if input_choice is not None:
         full = {**full, **input_choice["settings"]}
+    t_cal = time.perf_counter()
     if isinstance(detector, LeaveOneOut):
         control.report("calibrating: each training image without its own patches", 0.92)
         hold_preds = detector.predict_left_out(fit_images)
@@ -153,6 +154,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
     else:
         hold_preds = []
         calibration = calibrate(detector.predict(fit_images), "training images (too few to hold any out; optimistic)")
+    calibration_seconds = time.perf_counter() - t_cal
     shapes = [im.shape for im in images]
     lo, hi = aspect_range(shapes)
     calibration = replace(calibration, familiarity_limit=fit_limit(hold_preds), aspect_min=lo, aspect_max=hi,
@@ -164,7 +166,7 @@ def train(data: CategoryData, kind: str, settings: dict[str, Any], store: ModelS
                                    "num_holdout_images": len(hold_images),
                                    "calibration": "leave_one_image_out" if left_out else "holdout",
                                    "num_calibration_images": calibration.num_images, "unreadable": problems},
-        "train": {**train_info, "seconds": train_seconds, "device": device},
+        "train": {**train_info, "seconds": train_seconds, "calibration_seconds": calibration_seconds, "device": device},
         "threshold_policy": calibration.source,
         "created": now_iso(), "versions": versions(), "metrics": {},
         **({"input_choice": input_choice} if input_choice is not None else {}),
