@@ -15,7 +15,7 @@ from core.store.model_store import ModelStoreError
 from core.types import ResumePoint, TrainingCancelled
 from ui import auth, cache
 from ui.frame import selection
-from ui.jobs import show_job, start_job
+from ui.jobs import follow_job, start_job
 
 sel = selection()
 st.title("Models")
@@ -200,20 +200,11 @@ if submitted or resumed:
     st.rerun()
 
 
-@st.fragment(run_every=1.0)
-def progress_panel() -> None:
-    job = st.session_state.get("train_job")
-    if job is None:
-        return
-    just_finished = show_job(job, "Training failed", cancel_label="Cancel training")
-    if job.succeeded:
-        st.success(f"{job.name}: saved as {job.result.ref.label} (now in use)")
-    if just_finished:  # however it ended: the Train button, the resume offer and the tables follow
-        cache.clear_model_caches()
-        st.rerun(scope="app")
-
-
-progress_panel()
+# its progress while it runs; however it ended, the whole page again (the Train button, the resume offer, the tables)
+job = follow_job("train_job", "Training failed", cancel_label="Cancel training",
+                 ended=lambda _: cache.clear_model_caches())
+if job is not None and job.succeeded:
+    st.success(f"{job.name}: saved as {job.result.ref.label} (now in use)")
 
 cluster_jobs = train_all.read_jobs(sel.store.root)  # what `python -m core train-all` records, on Ray or not
 if cluster_jobs:

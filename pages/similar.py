@@ -10,7 +10,7 @@ from core.data.imageio import SUPPORTED_SUFFIXES
 from ui import auth, cache
 from ui.frame import selection
 from ui.inspect_view import ImageLoadError, decode_upload
-from ui.jobs import show_job, start_job
+from ui.jobs import follow_job, start_job
 
 sel = selection()
 st.title("Similar images")
@@ -19,37 +19,35 @@ if sel.category is None:
     st.stop()
 settings = sel.settings
 where = f"Qdrant server {settings.qdrant_url}" if settings.qdrant_url else f"embedded Qdrant at `{settings.qdrant_path}`"
+job = st.session_state.get("index_job")
+building = job is not None and job.running
+# While the index is rebuilt, the page does not read it: embedded Qdrant has no lock, and a count between the
+# job's delete and create of the collection fails; that used to stop the page before its progress fragment,
+# whose timer the browser had dropped, so the page never redrew when the job ended.
+indexed = 0
 try:
     index = cache.similarity_index(str(settings.qdrant_path), settings.qdrant_url)
-    indexed = index.count(sel.category)
+    if not building:
+        indexed = index.count(sel.category)
 except Exception as exc:  # server down, locked folder, ...
     st.error(f"Vector store unavailable ({where}): {exc}")
     st.stop()
 data = cache.category(sel.data_root, sel.category)
 extractor = cache.feature_extractor("tf_efficientnet_lite0")
-st.caption(f"{indexed} images indexed in {where}. Features: spatial mean of PatchCore's patch features "
-           "(tf_efficientnet_lite0 blocks 2+4), cosine similarity.")
+features = ("Features: spatial mean of PatchCore's patch features (tf_efficientnet_lite0 blocks 2+4), cosine "
+            "similarity.")
+st.caption(f"Building the index in {where}. {features}" if building else
+           f"{indexed} images indexed in {where}. {features}")
 
-job = st.session_state.get("index_job")
 if st.button("Build / rebuild the index" if indexed else "Build the index", type="primary" if not indexed else "secondary",
-             disabled=bool(job and job.running) or not auth.can(Permission.INDEX), help=auth.only_for(Permission.INDEX)):
+             disabled=building or not auth.can(Permission.INDEX), help=auth.only_for(Permission.INDEX)):
     auth.require(Permission.INDEX)
     st.session_state["index_job"] = start_job(f"similarity index of {sel.category}",
                                               lambda control: index.build(data, extractor.pooled_features, control))
     st.rerun()
 
-
-@st.fragment(run_every=1.0)
-def index_progress() -> None:
-    job = st.session_state.get("index_job")
-    if job is None:
-        return
-    if show_job(job, "Indexing failed"):
-        st.rerun(scope="app")
-
-
-index_progress()
-if not indexed:
+follow_job("index_job", "Indexing failed")  # its progress while it runs; the whole page again once it ended
+if building or not indexed:
     st.stop()
 
 c1, c2 = st.columns([2, 1])

@@ -105,3 +105,33 @@ def show_job(job: JobState, failed: str, cancel_label: str | None = None) -> boo
         job.handled = True
         return True
     return False
+
+
+def follow_job(key: str, failed: str, cancel_label: str | None = None,
+               ended: Callable[[JobState], None] | None = None) -> JobState | None:
+    """Draw the job kept in ``st.session_state[key]`` in a fragment, and redraw the whole page once it has ended.
+
+    Call it in the page body before anything that can stop the page while the job runs: Streamlit's browser
+    drops every fragment timer when a full run starts and sets one again only for a fragment that run reaches.
+    The fragment re-runs every second only while the page on screen was drawn for a running job. Each of its
+    runs that finds the job ended asks for a full run (after ``ended(job)``, e.g. clearing caches), until a
+    full run has drawn the ended job: the redraw does not hang on one request, so a full run that was lost or
+    ended early is asked for again on the next tick. Returns the job (None: none started).
+    """
+    job: JobState | None = st.session_state.get(key)
+    drawn = f"_{key}_drawn_running"
+    st.session_state[drawn] = job is not None and job.running  # what the rest of this full run draws
+
+    @st.fragment(run_every=1.0 if st.session_state[drawn] else None)
+    def job_panel() -> None:
+        current: JobState | None = st.session_state.get(key)
+        if current is None:
+            return
+        show_job(current, failed, cancel_label)
+        if current.done and st.session_state.get(drawn):
+            if ended is not None:
+                ended(current)
+            st.rerun(scope="app")
+
+    job_panel()
+    return job
