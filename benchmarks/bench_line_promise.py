@@ -390,7 +390,8 @@ def pct(x: float | None) -> str:
 
 
 def table(results: list[dict], command: str) -> str:
-    lines = [f"Machine: {machine()}.", f"Command: `{command}`.", "",
+    measured_by = list(dict.fromkeys(r.get("command", command) for r in results))
+    lines = [f"Machine: {machine()}.", "Command: " + "; ".join(f"`{c}`" for c in measured_by) + ".", "",
              "Protocol: calibrate from the training images only (product defaults); stream the test images in a fixed "
              "random order (seed 0) through the verdict pipeline and the drift watch; after an alarm, the next "
              f"{CONFIRMED} images the ground truth calls good recalibrate the model; the rest is measured with the new "
@@ -453,6 +454,8 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true")
     parser.add_argument("--reuse-results", action="store_true",
                         help="a set measured before on its stored model (still today's defaults) is not measured again")
+    parser.add_argument("--table-only", action="store_true",
+                        help="table the sets' kept results (result.json) as they are; measure nothing")
     parser.add_argument("--keep-stale", default="",
                         help="sets (comma-separated) whose stored model is kept though trained before today's "
                              "defaults (the table names what differs); for a starved machine, not for the record")
@@ -460,21 +463,29 @@ def main() -> int:
     keep_stale = {s for s in args.keep_stale.split(",") if s}
     rule = DRIFT_RULE  # the product's rule (core.verdict.drift_status)
     results = []
+    command = ("python benchmarks/bench_line_promise.py " + " ".join(sys.argv[1:])).strip()
     for name in args.sets.split(","):
         if name != "demo" and not (DATA / name).is_dir():
             print(f"skipped: no {name} under {DATA}", file=sys.stderr)
+            continue
+        if args.table_only:
+            path = result_file(name, args.kind)
+            if not path.exists():
+                print(f"skipped: {name} has no kept result ({path})", file=sys.stderr)
+                continue
+            results.append(json.loads(path.read_text()))
             continue
         start = time.perf_counter()
         keep = name in keep_stale
         kept = (None if args.fresh or not args.reuse_results
                 else cached_result(name, dataset(name).name, args.kind, keep))
-        result = kept if kept is not None else run_set(name, args.kind, args.fresh, rule, keep_stale=keep)
+        result = kept if kept is not None else {**run_set(name, args.kind, args.fresh, rule, keep_stale=keep),
+                                                "command": command}
         result_file(name, args.kind).write_text(json.dumps(result, default=_plain))
         print(json.dumps(result, default=_plain), flush=True)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)
         results.append(result)
-    command = "python benchmarks/bench_line_promise.py " + " ".join(sys.argv[1:])
-    body = table(results, command.strip())
+    body = table(results, command)
     print(body)
     if not args.no_write:
         write_section("line_promise", body)
