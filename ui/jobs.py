@@ -113,24 +113,24 @@ def follow_job(key: str, failed: str, cancel_label: str | None = None,
 
     Call it in the page body before anything that can stop the page while the job runs: Streamlit's browser
     drops every fragment timer when a full run starts and sets one again only for a fragment that run reaches.
-    The fragment re-runs every second only while the page on screen was drawn for a running job. Each of its
-    runs that finds the job ended asks for a full run (after ``ended(job)``, e.g. clearing caches), until a
-    full run has drawn the ended job: the redraw does not hang on one request, so a full run that was lost or
-    ended early is asked for again on the next tick. Returns the job (None: none started).
+    The fragment re-runs every second while the page on screen may show the job running (it runs, or its end
+    has not been drawn yet: it may have ended after the page above was drawn). ``ended(job)`` (e.g. clearing
+    caches) is called once, by the first run that sees the end. Every run of the fragment that finds the job
+    ended while the page may show it running asks for a full run, until one has drawn the end: the redraw
+    does not hang on one request. Returns the job (None: none started).
     """
     job: JobState | None = st.session_state.get(key)
     drawn = f"_{key}_drawn_running"
-    st.session_state[drawn] = job is not None and job.running  # what the rest of this full run draws
+    st.session_state[drawn] = job is not None and (job.running or not job.handled)
 
     @st.fragment(run_every=1.0 if st.session_state[drawn] else None)
     def job_panel() -> None:
         current: JobState | None = st.session_state.get(key)
         if current is None:
             return
-        show_job(current, failed, cancel_label)
+        if show_job(current, failed, cancel_label) and ended is not None:
+            ended(current)
         if current.done and st.session_state.get(drawn):
-            if ended is not None:
-                ended(current)
             st.rerun(scope="app")
 
     job_panel()
