@@ -387,7 +387,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     finally:
         runner.close()
     print(summary.describe(), file=sys.stderr)
-    return 1 if summary.rejected else 0
+    return 1 if summary.rejected or summary.failed else 0
 
 
 def cmd_train_all(args: argparse.Namespace) -> int:

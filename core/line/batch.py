@@ -12,7 +12,7 @@ How it runs:
 - the driver (this process) walks the sources in chunks of ``chunk_size`` paths, hashes each file, asks the
   database which hashes the version has judged, and hands the rest to a :class:`Runner`;
 - the runner judges chunks: :class:`LocalRunner` in this process with the model loaded once (no Ray imported, no
-  start-up cost); ``core.line.ray_batch.RayRunner`` on Ray actors, one model per actor;
+  start-up cost); ``core.line.ray_cluster.RayRunner`` on Ray actors, one model per actor;
 - each judged chunk is written in one transaction (it is in the database entirely or not at all), then progress
   is reported (rate, remaining time);
 - at the end, :class:`BatchSummary` counts the verdict transitions against the previous version's verdicts of
@@ -46,10 +46,12 @@ logger = logging.getLogger(__name__)
 
 SOURCE = BATCH_SOURCE  # the results database's source of a batch verdict (outside the drift watch)
 REJECTED = "REJECTED"  # a file that could not be read or decoded (as the watch folder says it)
+FAILED = "FAILED"  # judging raised inside the model: nothing recorded, so a rerun tries the image again
 CHUNK = 16  # paths per chunk: hashed, looked up, judged and written together
 NONE = "-"  # the "previous verdict" of an image the previous version never judged
+FAILURES_SHOWN = 20  # failed images named in the summary (all of them are in the log)
 
-__all__ = ["CHUNK", "SOURCE", "BatchProgress", "BatchSummary", "Item", "Judge", "Judged", "LocalRunner", "Runner",
+__all__ = ["CHUNK", "FAILED", "SOURCE", "BatchProgress", "BatchSummary", "Item", "Judge", "Judged", "LocalRunner", "Runner",
            "expand_sources", "run_batch"]
 
 
@@ -100,7 +102,8 @@ class Judge:
         self.host = socket.gethostname()
 
     def __call__(self, items: Sequence[Item]) -> list[Judged]:
-        """One :class:`Judged` per item, in order; a file that cannot be read or decoded is REJECTED."""
+        """One :class:`Judged` per item, in order; a file that cannot be read or decoded is REJECTED; an image
+        whose judging raises is FAILED (with the error: the runner goes on, the run records nothing for it)."""
         threshold = self.model.calibration.image_threshold
         out: list[Judged] = []
         for item in items:
@@ -116,7 +119,13 @@ class Judge:
             except ImageLoadError as exc:
                 out.append(Judged(item.path, sha1, REJECTED, None, None, None, str(exc), None, self.host, time.time()))
                 continue
-            found = inspection.inspect(self.model, [image])[0]
+            try:
+                found = inspection.inspect(self.model, [image])[0]
+            except Exception as exc:  # one image's failure (memory, a model bug) must not stop the archive
+                logger.exception("batch: judging %s failed", item.path)
+                out.append(Judged(item.path, sha1, FAILED, None, None, None,
+                                  f"judging failed: {type(exc).__name__}: {exc}", None, self.host, time.time()))
+                continue
             out.append(Judged(item.path, sha1, found.verdict, found.score, threshold,
                               None if found.score is None else found.latency_ms, found.note, found.familiar,
                               self.host, time.time()))
@@ -124,7 +133,7 @@ class Judge:
 
 
 class Runner(Protocol):
-    """Where chunks are judged: :class:`LocalRunner` (this process) or ``core.line.ray_batch.RayRunner``."""
+    """Where chunks are judged: :class:`LocalRunner` (this process) or ``core.line.ray_cluster.RayRunner``."""
 
     @property
     def workers(self) -> int:
@@ -180,7 +189,9 @@ class BatchSummary:
     """What a run did for ``ref_label``: ``total`` images named, ``judged`` now, ``skipped`` (the version had
     judged the content already, in an earlier run or under another name in this one), ``rejected`` (unreadable);
     ``transitions`` counts (previous version's verdict, this version's) over every image named (``"-"``: the
-    previous version never judged it); ``previous_version`` None when there is none."""
+    previous version never judged it); ``previous_version`` None when there is none. ``failed``: images whose
+    judging raised (not recorded: a rerun tries them again), the first :data:`FAILURES_SHOWN` of them with the
+    error in ``failures`` (path, error)."""
 
     ref_label: str
     version: int
@@ -192,6 +203,8 @@ class BatchSummary:
     previous_version: int | None
     transitions: Counter[tuple[str, str]] = field(default_factory=Counter)
     verdicts: Counter[str] = field(default_factory=Counter)
+    failed: int = 0
+    failures: tuple[tuple[str, str], ...] = ()
 
     @property
     def rate(self) -> float:
@@ -203,6 +216,11 @@ class BatchSummary:
         lines = [f"{self.ref_label}: {self.total} image(s), {self.judged} judged, {self.skipped} already judged, "
                  f"{self.rejected} unreadable, in {duration_text(self.seconds)} ({self.rate:.1f} img/s)",
                  "verdicts: " + (", ".join(f"{v} {n}" for v, n in sorted(self.verdicts.items())) or "none")]
+        if self.failed:
+            lines.append(f"{self.failed} image(s) FAILED (nothing recorded; a rerun tries them again):")
+            lines += [f"  {path}: {error}" for path, error in self.failures]
+            if self.failed > len(self.failures):
+                lines.append(f"  ... and {self.failed - len(self.failures)} more (see the log)")
         if self.previous_version is None:
             lines.append("no previous version to compare with")
             return "\n".join(lines)
@@ -286,6 +304,7 @@ class _Tally:
     judged: int = 0
     skipped: int = 0
     rejected: int = 0
+    failures: list[tuple[str, str]] = field(default_factory=list)
     hashes: dict[str, None] = field(default_factory=dict)
 
 
@@ -324,16 +343,19 @@ def run_batch(ref: ModelRef, paths: Sequence[Path], runner: Runner, history: His
 
     for judged in runner.map(chunks()):
         step("batch: chunk judged")
-        history.record_line_records([j.record(ref) for j in judged])
+        history.record_line_records([j.record(ref) for j in judged if j.verdict != FAILED])
         step("batch: chunk recorded")
         for j in judged:
+            if j.verdict == FAILED:
+                tally.failures.append((j.path, j.note))
+                continue
             tally.judged += 1
             tally.rejected += j.verdict == REJECTED
             if j.sha1:
                 tally.hashes.setdefault(j.sha1)
         if progress is not None:
             elapsed = time.monotonic() - started
-            done = tally.judged + tally.skipped
+            done = tally.judged + tally.skipped + len(tally.failures)
             rate = tally.judged / elapsed if elapsed > 0 else 0.0
             progress(BatchProgress(done, total, tally.judged, rate,
                                    (total - done) / rate if rate > 0 else None))
@@ -352,4 +374,5 @@ def _summary(ref: ModelRef, history: History, total: int, tally: _Tally, seconds
         transitions.update((before.get(h, NONE), verdict) for h, verdict in now.items())
     logger.info("batch %s: %d judged, %d skipped in %.1f s", ref.label, tally.judged, tally.skipped, seconds)
     return BatchSummary(ref.label, ref.version, total, tally.judged, tally.skipped, tally.rejected, seconds,
-                        before_version, transitions, Counter(now.values()))
+                        before_version, transitions, Counter(now.values()), len(tally.failures),
+                        tuple(tally.failures[:FAILURES_SHOWN]))
