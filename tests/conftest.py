@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from core.store.model_store import ModelStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The fast path's per-machine runtime choice is recorded in a file: the tests' own, never the user's ~/.cache
@@ -48,6 +52,19 @@ def trained_store(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         det.train(data, kind, settings, store)
         det.run_evaluation(det.load(store.current("demo_metal", kind)), data)
     return store.root
+
+
+@pytest.fixture
+def store(trained_store: Path, tmp_path: Path) -> ModelStore:
+    """A writable copy of :func:`trained_store` as a ``ModelStore`` (batch runs, Ray jobs and results written into
+    it stay in this test). A module's own ``store`` fixture overrides this one."""
+    import shutil
+
+    from core.store.model_store import ModelStore
+
+    copy = tmp_path / "models"
+    shutil.copytree(trained_store, copy)
+    return ModelStore(copy)
 
 
 def dashboard_env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:

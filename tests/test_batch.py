@@ -27,13 +27,6 @@ class Crash(BaseException):
 
 
 @pytest.fixture
-def store(trained_store: Path, tmp_path: Path) -> ModelStore:
-    copy = tmp_path / "models"
-    shutil.copytree(trained_store, copy)
-    return ModelStore(copy)
-
-
-@pytest.fixture
 def images(demo_root: Path) -> list[Path]:
     return sorted((demo_root / CATEGORY / "test").rglob("*.png"))
 

@@ -122,13 +122,6 @@ def ray_cluster() -> Iterator[str]:
 
 
 @pytest.fixture
-def store(trained_store: Path, tmp_path: Path) -> ModelStore:
-    copy = tmp_path / "models"
-    shutil.copytree(trained_store, copy)
-    return ModelStore(copy)
-
-
-@pytest.fixture
 def many_images(demo_root: Path, tmp_path: Path) -> list[Path]:
     """40 distinct images (the demo's test images, each with one pixel changed per copy)."""
     sources = sorted((demo_root / CATEGORY / "test").rglob("*.png"))
@@ -159,11 +152,13 @@ def test_batch_survives_a_killed_worker(ray_cluster: str, store: ModelStore, man
     assert runner.workers == 2
     before = runner.pids()
     killed: list[int] = []
+    at_kill: list[batch.BatchProgress] = []
 
     def kill_one(progress: batch.BatchProgress) -> None:
         if not killed:  # after the first chunk is written: the other actor is mid-chunk, both have more queued
             os.kill(before[1], signal.SIGKILL)
             killed.append(before[1])
+            at_kill.append(progress)
 
     try:
         with History(f"sqlite:///{tmp_path / 'ray.sqlite3'}") as history:
@@ -175,6 +170,8 @@ def test_batch_survives_a_killed_worker(ray_cluster: str, store: ModelStore, man
     finally:
         runner.close()
     assert killed and killed[0] not in after  # the actor's process died and Ray started a new one
+    # mid-batch: one chunk of 2 written, 38 images still to judge, each actor holding chunks it was sent (IN_FLIGHT)
+    assert at_kill[0].done == 2 and at_kill[0].total == len(many_images), at_kill
     assert len(rows) == len(many_images) and set(rows.values()) == {1}  # nothing lost, nothing recorded twice
     assert summary.judged == len(many_images) and summary.skipped == 0
     assert (again.judged, again.skipped) == (0, len(many_images))  # the rerun skips what is done
