@@ -16,6 +16,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -110,9 +111,14 @@ def _journey(first_run: dict[str, object]) -> None:
             page.locator('[data-testid="stSidebarNav"] a').filter(has_text=title).first.click()
             page.get_by_role("heading", name=re.compile(title)).first.wait_for()
 
+        steps: dict[str, float] = {}  # seconds each step took (printed at the end: where the journey's time goes)
+        last = [time.monotonic()]
+
         def shot(name: str) -> None:
             page.wait_for_timeout(800)
             page.screenshot(path=str(shots / f"journey_{name}.png"), full_page=True)
+            now = time.monotonic()
+            steps[name], last[0] = round(now - last[0], 1), now
 
         try:
             # Models: both models of the demo, trained by the script
@@ -201,5 +207,7 @@ def _journey(first_run: dict[str, object]) -> None:
             shot("8_line")
         except BaseException:
             page.screenshot(path=str(shots / "journey_failure.png"))
+            print(f"journey steps done (s): {steps}")
             raise
         browser.close()
+    print(f"\njourney steps (s): {steps}")
