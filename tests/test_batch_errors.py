@@ -3,7 +3,6 @@ failure is counted and named in the summary, nothing is recorded for that image,
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,13 +15,6 @@ from core.store.model_store import ModelStore
 from core.verdict import inspection
 
 CATEGORY, KIND = "demo_metal", "patchcore"
-
-
-@pytest.fixture
-def store(trained_store: Path, tmp_path: Path) -> ModelStore:
-    copy = tmp_path / "models"
-    shutil.copytree(trained_store, copy)
-    return ModelStore(copy)
 
 
 def test_a_failing_image_does_not_stop_the_batch_and_is_retried(store: ModelStore, demo_root: Path, tmp_path: Path,
