@@ -23,7 +23,8 @@ from core.models.input_choice import (
 from core.models.patchcore import PatchCore, PatchCoreConfig
 
 SIDE = 192  # images 3x the model input: the small defects vanish when squashed
-SMALL = {"height": 64, "width": 64, "tile": 64, "coreset_ratio": 0.1, "batch_size": 8}
+# torch: the same network numerics on every machine (runtime "auto" measures OpenVINO against ONNX Runtime here)
+SMALL = {"height": 64, "width": 64, "tile": 64, "coreset_ratio": 0.1, "batch_size": 8, "runtime": "torch"}
 
 
 def fine_pattern(rng: np.random.Generator, side: int = SIDE) -> np.ndarray:
@@ -109,16 +110,20 @@ def test_images_the_size_of_the_input_stay_resized_without_scoring() -> None:
 def test_a_tiny_defect_category_picks_tiles() -> None:
     choice = choose_input(goods(fine_pattern), config(), PatchCore)
     assert choice.scored and choice.mode == "tiles", choice.summary()
-    by_mode = {(c.mode, c.settings.get("scale")): c.auroc for c in choice.candidates}
-    assert by_mode[("tiles", 1.0)] > by_mode[("squash", None)] + choice.margin, choice.summary()
+    resized = choice.candidates[0]
+    chosen = next(c for c in choice.candidates if c.settings == choice.settings)
+    assert resized.mode == "squash" and resized.margin is not None, choice.summary()
+    assert (chosen.auroc or 0.0) > (resized.auroc or 0.0) + resized.margin, choice.summary()  # beyond the noise
     again = choose_input(goods(fine_pattern), config(), PatchCore)  # deterministic for a seed
     strip = lambda c: {**c.to_dict(), "seconds": 0, "candidates": [{**d, "measured_ms": 0} for d in c.to_dict()["candidates"]]}  # noqa: E731
     assert strip(again) == strip(choice)
 
 
-@pytest.mark.xfail(strict=True, reason="known failure (session 10): on this synthetic category the "
-                   "chooser does not pick as designed; the chooser is deterministic, so a pass means it was fixed")
+@pytest.mark.xfail(strict=True, reason="session 10 failure; session 11 fixed the tie rule (tie_margin) and the "
+                   "tests' data but could not run this on the starved machine: a pass means fixed, drop the mark")
 def test_a_large_defect_category_keeps_resized() -> None:
+    # Small spots on a plain surface survive the resize: every candidate sees them (AUROCs near 1) and no gap is
+    # beyond the noise of 8 goods and 24 defects, so the cheapest input stays.
     choice = choose_input(goods(smooth_surface), config(), PatchCore)
     assert choice.scored and choice.mode == "squash", choice.summary()
     assert all(c.auroc is not None for c in choice.candidates)
@@ -129,17 +134,17 @@ def test_the_budget_rules_out_expensive_candidates() -> None:
     assert choice.mode == "squash" and "budget" in choice.reason, choice.summary()
 
 
-def _category(root: Path, make, n: int = 20) -> Path:
+def _category(root: Path, make) -> Path:
+    """The category of :func:`goods` on disk (the same images in the same order: the same choice)."""
     from core.data.imageio import save_png_atomic
 
-    rng = np.random.default_rng(1)
-    for i in range(n):
-        save_png_atomic(make(rng), root / "fine" / "train" / "good" / f"{i:03d}.png")
+    for i, image in enumerate(goods(make)):
+        save_png_atomic(image, root / "fine" / "train" / "good" / f"{i:03d}.png")
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="known failure (session 10): on this synthetic category the "
-                   "chooser does not pick as designed; the chooser is deterministic, so a pass means it was fixed")
+@pytest.mark.xfail(strict=True, reason="session 10 failure; session 11 fixed the tie rule (tie_margin) and the "
+                   "tests' data but could not run this on the starved machine: a pass means fixed, drop the mark")
 def test_training_records_the_choice_and_the_model_loads_with_it(tmp_path: Path) -> None:
     from core.data.dataset import load_category
     from core.store import lifecycle as det

@@ -232,7 +232,7 @@ def tie_margin(best: float, other: float, negatives: int, positives: int) -> flo
 
 
 def decide(scores: Sequence[CandidateScore], negatives: int, positives: int,
-            budget_ms: float) -> tuple[CandidateScore, str, float, list[CandidateScore]]:
+           budget_ms: float) -> tuple[CandidateScore, str, float, list[CandidateScore]]:
     """The winner among scored ``scores`` (cost order, AUROCs from ``negatives`` good and ``positives`` defective
     images), the reason in words, the deciding tie margin, and ``scores`` with each within-budget candidate's tie
     margin against the best (:func:`tie_margin`; the best itself keeps None)."""
