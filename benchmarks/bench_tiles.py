@@ -32,8 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, fmt, machine, write_section
 
-from core.data.dataset import load_category
-from core.data.imageio import load_image
+from core.data.dataset import CategoryData, load_category
+from core.data.imageio import load_image, load_many
+from core.scores.calibration import Calibration
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
 
@@ -52,7 +53,21 @@ def fit_breakdown(manifest: dict, fit_s: float) -> dict:
     return {**parts, "other_s": fit_s - known}
 
 
-def run(name: str, settings: dict, latency_images: int, compare_before: bool, fit_only: bool = False) -> dict:
+def calibration_agreement(model: det.LoadedModel, data: CategoryData, calibration: Calibration) -> dict:
+    """The saved calibration (scored from the fit's own features) against leave-one-image-out scoring that extracts
+    every training image's features again (a loaded model keeps none): the largest relative differences of the
+    image scores and of the map maxima."""
+    _, images, _ = load_many([s.path for s in data.train])
+    again = model.detector.predict_left_out(images)
+    scores = np.array([p.score for p in again])
+    maxima = np.array([float(p.anomaly_map.max()) for p in again])
+    return {"calibration_score_rel": float(np.max(np.abs(np.array(calibration.good_scores) - scores) / np.abs(scores))),
+            "calibration_map_max_rel": float(np.max(np.abs(np.array(calibration.good_map_maxes) - maxima)
+                                                    / np.abs(maxima)))}
+
+
+def run(name: str, settings: dict, latency_images: int, compare_before: bool, fit_only: bool = False,
+        check: bool = False) -> dict:
     data = load_category(DATA, CATEGORY)
     load_before = os.getloadavg()
     t_import = time.perf_counter()
@@ -73,7 +88,11 @@ def run(name: str, settings: dict, latency_images: int, compare_before: bool, fi
                    "input_mode": trained.manifest["settings"].get("input_mode"),
                    "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}  # Linux: KiB
         if fit_only:
-            return {**fit_row, "load_after": [round(x, 2) for x in os.getloadavg()]}
+            fit_row["load_after"] = [round(x, 2) for x in os.getloadavg()]
+            if check:  # after the timing: not part of it
+                model = det.load(store.current(CATEGORY, "patchcore"))
+                fit_row.update(calibration_agreement(model, data, trained.calibration))
+            return fit_row
         model = det.load(store.current(CATEGORY, "patchcore"))
         images = [load_image(s.path) for s in data.test[:latency_images + 2]]
         detector = model.detector
@@ -84,8 +103,9 @@ def run(name: str, settings: dict, latency_images: int, compare_before: bool, fi
                   if compare_before else None)
         wall, cpu, wall_before = [], [], []
         for i, image in enumerate(images):
-            detector.set_memory_bank(bank, owners)
-            detector.prepare()
+            if i == 0 or before is not None:  # a new bank is a new index: its first searches time both precisions
+                detector.set_memory_bank(bank, owners)
+                detector.prepare()
             t1, c1 = time.perf_counter(), time.process_time()
             detector.predict([image])
             if i >= 2:
@@ -116,11 +136,14 @@ def _before(row: dict) -> str:
 
 def fit_table() -> list[str]:
     """The fit's parts per ``--fit-only`` row (tiles_fit_*.json), in seconds."""
-    rows = [json.loads(p.read_text()) for p in sorted(ROWS.glob("tiles_fit_*.json"))]
+    paths = sorted(ROWS.glob("tiles_fit_*.json"), key=lambda p: (not p.stem.startswith("tiles_fit_before"), p.stem))
+    rows = [json.loads(p.read_text()) for p in paths]  # the code of before first
     if not rows:
         return []
     out = ["", "The fit alone (`--fit-only`: `lifecycle.train`'s wall time, the model libraries imported before, and "
-           "its parts; s):", "",
+           "its parts; s; `before_*`: the code before the fit's features were reused, commit 1f4b433). Every run "
+           "through /tmp/quiet_bench.sh (every other process paused): the 1-minute load average it shows lags "
+           "behind the paused processes.", "",
            "| run | settings | mode | fit s (CPU s) | choice | features | coreset | calibration | other (read, save) | "
            "import (apart) | peak RSS GB | load | machine |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -166,11 +189,15 @@ def main() -> None:
                         help="also time each latency image with a bank of the size these settings had before")
     parser.add_argument("--fit-only", action="store_true",
                         help="only train (fit + calibration) and record the fit's breakdown, to tiles_fit_<name>.json")
+    parser.add_argument("--check-calibration", action="store_true",
+                        help="with --fit-only: after the timing, compare the calibration's scores with leave-one-image-out "
+                             "scoring that extracts the features again")
     args = parser.parse_args()
     if not args.table:
         if not (DATA / CATEGORY).is_dir():
             sys.exit(f"expected {DATA / CATEGORY} (../shared/data), found none")
-        row = run(args.name, json.loads(args.settings), args.latency_images, args.compare_before, args.fit_only)
+        row = run(args.name, json.loads(args.settings), args.latency_images, args.compare_before, args.fit_only,
+                  args.check_calibration)
         ROWS.mkdir(exist_ok=True)
         out = ROWS / (f"tiles_fit_{args.name}.json" if args.fit_only else f"tiles_{args.name}.json")
         out.write_text(json.dumps(row, indent=2, default=float))
