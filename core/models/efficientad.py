@@ -256,7 +256,10 @@ class EfficientAD:
     def _inference_graph(self) -> OnnxGraph | None:
         """The exported eval forward pass (built on first use, after training or loading)."""
         if uses_graph(self.config.runtime) and self._graph is None:
-            self._graph = OnnxGraph(_ScoresAndMaps(self.model), 2, self.config.runtime)
+            if isinstance(self.model, TunedEfficientAdModel) and self.model.has_grid_map:
+                self._graph = OnnxGraph(_GridMap(self.model), 1, self.config.runtime)  # upsampled in forward()
+            else:
+                self._graph = OnnxGraph(_ScoresAndMaps(self.model), 2, self.config.runtime)
         return self._graph
 
     # ----------------------------------------------------------------- training
@@ -355,11 +358,17 @@ class EfficientAD:
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Raw image scores ``[B]`` and anomaly maps ``[B, H, W]`` at model input size."""
         graph = self._inference_graph()
-        if graph is not None:
+        if graph is not None and _has_grid_map(self.model):
+            # the graph ends at the grid map; one bilinear upsampling and the maximum in torch (OpenVINO's
+            # Interpolate measured ~0.7 ms slower per 256x256 map, benchmarks/bench_efficientad_profile.py)
+            assert isinstance(self.model, TunedEfficientAdModel)
+            with torch.inference_mode():
+                scores, maps = self.model.upsample_and_score(graph(batch)[0], batch.shape[-2:])
+        elif graph is not None:
             scores, maps = graph(batch)
         else:
             with torch.inference_mode():
-                scores, maps = _ScoresAndMaps(self.model)(batch)
+                scores, maps = _reference_forward(self.model, batch)
         return scores.reshape(-1), maps[:, 0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
@@ -389,15 +398,41 @@ class EfficientAD:
 
 
 class _ScoresAndMaps(torch.nn.Module):
-    """anomalib's eval forward as plain tensors: images ``[B, 3, H, W]`` -> (scores ``[B]``, maps ``[B, 1, H, W]``)."""
+    """The eval forward the graph runtimes run: images ``[B, 3, H, W]`` -> (scores ``[B, 1]``, maps ``[B, 1, H, W]``),
+    the tuned model's fused computation (:meth:`TunedEfficientAdModel.scores_and_maps`: maps combined on the feature
+    grid, upsampled once), equal to anomalib's eval forward up to float rounding."""
 
     def __init__(self, model: EfficientAdModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if isinstance(self.model, TunedEfficientAdModel):
+            return self.model.scores_and_maps(batch)
         out = self.model(batch)
         return out.pred_score, out.anomaly_map
+
+
+class _GridMap(torch.nn.Module):
+    """The inference graph's part of the eval forward: images ``[B, 3, H, W]`` -> the normalised map on the feature
+    grid ``[B, 1, h, w]`` (:meth:`TunedEfficientAdModel.grid_map`)."""
+
+    def __init__(self, model: TunedEfficientAdModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.grid_map(batch)
+
+
+def _has_grid_map(model: EfficientAdModel) -> bool:
+    return isinstance(model, TunedEfficientAdModel) and model.has_grid_map
+
+
+def _reference_forward(model: EfficientAdModel, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """anomalib's eval forward (the torch reference path): (scores ``[B, 1]``, maps ``[B, 1, H, W]``)."""
+    out = model(batch)
+    return out.pred_score, out.anomaly_map
 
 
 def _reduce(values: torch.Tensor, limit: int = 2 ** 24) -> torch.Tensor:
