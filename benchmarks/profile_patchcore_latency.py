@@ -99,7 +99,7 @@ def core_stages(model: PatchCore, batch: torch.Tensor, st: Stages) -> torch.Tens
         found = st.time(f"patch_search ({index.precision})", lambda: index.patch_search(flat, b))
         distances, locations = found  # type: ignore[misc]
         patch_scores = distances.reshape(b, -1)
-        st.time("compute_anomaly_score", lambda: model.model.compute_anomaly_score(
+        st.time("image score (anomalib's re-weighting)", lambda: model._image_scores(
             patch_scores, locations.reshape(b, -1), flat))
         maps = st.time("map smoothing (A_h @ S @ A_w^T)", lambda: model._smoother(
             patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1]))))

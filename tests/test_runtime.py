@@ -438,3 +438,78 @@ def test_patchcore_scores_with_bf16_search_equal_fp32_within_1e4() -> None:
 def test_unknown_precision_is_named() -> None:
     with pytest.raises(ValueError, match="expected precision in .* found 'fp8'"):
         build_index(torch.zeros(3, 2), "exact", precision="fp8")
+
+
+# ------------------------------------------------------------------ batch-1 latency: same values, fewer steps
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("shape", [(64, 64), (37, 91)])
+def test_input_tensor_equals_the_torch_formula_bit_for_bit(normalize: bool, shape: tuple[int, int]) -> None:
+    from core.models.preprocess import InputSpec, to_array, to_tensor
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (*shape, 3), dtype=np.uint8) for _ in range(3)]
+    images[0][0, :3] = [[0, 0, 0], [255, 255, 255], [1, 128, 254]]
+    spec = InputSpec(64, 64, normalize=normalize, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+    from PIL import Image
+
+    resized = np.stack([im if im.shape[:2] == (64, 64) else
+                        np.asarray(Image.fromarray(im).resize((64, 64), Image.Resampling.BILINEAR)) for im in images])
+    reference = torch.from_numpy(resized).permute(0, 3, 1, 2).float().div_(255.0)  # the formula before the table
+    if normalize:
+        reference = (reference - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+    assert torch.equal(to_tensor(images, spec), reference)
+    assert np.array_equal(to_array(images, spec), reference.numpy())
+
+
+@pytest.mark.parametrize(("bf16_seconds", "expected"), [(0.001, "bf16"), (0.003, "fp32")])
+def test_auto_precision_is_timed_on_the_real_searches(monkeypatch: pytest.MonkeyPatch, bf16_seconds: float,
+                                                       expected: str) -> None:
+    """Nothing is timed at build (made-up queries misled the choice); the first real searches are timed both
+    ways (a fake clock here: fp32 takes 2 ms, bf16 ``bf16_seconds``), fp32's result is returned meanwhile, and the
+    faster is kept after AUTO_TRIALS of them."""
+    from core.models import knn
+
+    bank, queries = _clustered(2000, 2 * 300, 152, 3)
+    index = build_index(bank, "exact", precision="auto")
+    assert index.precision == "auto" and index.trials == {}
+    clock = [0.0]
+    monkeypatch.setattr(knn.time, "perf_counter", lambda: clock[0])
+    screened, fp32 = index._screened_patch_search, index._fp32_patch_search
+
+    def slow(search, seconds):
+        def run(q, groups):
+            clock[0] += seconds
+            return search(q, groups)
+        return run
+
+    monkeypatch.setattr(index, "_screened_patch_search", slow(screened, bf16_seconds))
+    monkeypatch.setattr(index, "_fp32_patch_search", slow(fp32, 0.002))
+    reference = build_index(bank, "exact", precision="fp32").patch_search(queries, 2)
+    for _ in range(knn.AUTO_TRIALS):
+        dist, idx = index.patch_search(queries, 2)
+        assert torch.equal(dist, reference[0]) and torch.equal(idx, reference[1])
+    assert index.precision == expected
+    assert (index.packed is None) == (expected == "fp32")
+    assert len(index.trials["bf16"]) == len(index.trials["fp32"]) == knn.AUTO_TRIALS
+
+
+def test_auto_precision_stays_fp32_on_small_banks() -> None:
+    assert build_index(torch.rand(100, 8), "exact", precision="auto").precision == "fp32"
+
+
+@pytest.mark.parametrize("num_neighbors", [9, 1])
+def test_image_scores_equal_anomalib_bit_for_bit(num_neighbors: int) -> None:
+    """The fast path's image score (bank norms computed once) is anomalib's compute_anomaly_score, exactly."""
+    gen = torch.Generator().manual_seed(1)
+    model = PatchCore(PatchCoreConfig.from_dict({**PATCHCORE_TEST_SETTINGS, "num_neighbors": num_neighbors,
+                                                 "runtime": "torch"}))
+    model.set_memory_bank(torch.rand(500, model.embedding_dim, generator=gen))
+    flat = torch.rand(3 * 64, model.embedding_dim, generator=gen)
+    dist, loc = model.search_index().patch_search(flat, 3)
+    for _ in range(2):  # the second call reuses the cached norms
+        ours = model._image_scores(dist.view(3, -1), loc.view(3, -1), flat)
+        assert torch.equal(ours, model.model.compute_anomaly_score(dist.view(3, -1), loc.view(3, -1), flat))
+    model.set_memory_bank(torch.rand(400, model.embedding_dim, generator=gen))  # a new bank: new norms
+    dist, loc = model.search_index().patch_search(flat, 3)
+    assert torch.equal(model._image_scores(dist.view(3, -1), loc.view(3, -1), flat),
+                       model.model.compute_anomaly_score(dist.view(3, -1), loc.view(3, -1), flat))

@@ -13,7 +13,10 @@ from the bf16 *output* rounding, with a rigorous bound per query) and then searc
 that could be its image's maximum (its upper bound reaches the largest lower bound): the image's maximum patch,
 its neighbour and the re-weighted image score are those of the fp32 search; the other patches' distances (the map)
 are within the stated bound (~0.2-0.5% relative). ``precision="auto"`` (what :func:`build_index` is given by
-PatchCore) times both on the bank at hand and keeps the faster: never assumed (benchmarks/RESULTS.md, cpu_speed).
+PatchCore) times both on the first real searches (the model's own patches: how many the screen must re-check
+depends on them) and keeps the faster: never assumed (benchmarks/RESULTS.md, cpu_speed). An earlier choice timed
+at index build on the bank's entries plus noise, whose maxima do not stand out as real images' do, so the screen
+re-checked many patches there and fp32 was kept where bf16 was faster on the real patches.
 HNSW (faiss) trades exactness for speed on very large banks. A missed neighbour can only make a patch look
 *more* anomalous (HNSW returns the distance to some real bank entry, never less than the nearest one), and the
 image score is the maximum patch, so :meth:`NearestNeighbourIndex.exact_maximum` re-checks patches exactly in
@@ -30,12 +33,16 @@ maximum patch is re-checked exactly over the same slices, as for ordinary HNSW s
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
 
 # Measured on real magnetic_tile features (benchmarks/bench_knn_real.py, RESULTS.md "knn_real"): exact search
 # costs ~1.9 ms per 1,000 entries per image; HNSW at efSearch 16 + exact maximum ~20-140 ms from 30k to 779k
@@ -52,6 +59,7 @@ PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "auto")
 BF16_UNIT = 2.0 ** -8  # unit roundoff of bfloat16 (8 significant bits)
 FP32_UNIT = 2.0 ** -24
 BF16_MIN_BANK = 1024  # below this the product is too small for bf16 to pay for its extra steps: not timed
+AUTO_TRIALS = 3  # precision "auto": real searches timed both ways before the faster is kept
 
 
 def exact_search(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor | None = None,
@@ -178,8 +186,9 @@ class NearestNeighbourIndex:
     bank_sq: torch.Tensor | None = None
     augmented: torch.Tensor | None = None
     ef_search: int = HNSW_EF_SEARCH  # HNSW's search breadth (also for leave-one-out search)
-    precision: str = "fp32"  # exact search's screening: "fp32" or "bf16" (see the module docstring)
+    precision: str = "fp32"  # exact search's screening: "fp32", "bf16" or "auto" (decided by the first searches)
     packed: Bf16Bank | None = None
+    trials: dict[str, list[float]] = field(default_factory=dict)  # precision "auto": seconds per real search
 
     def patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """PatchCore's search for ``groups`` images of n patches each (``queries: [G*n, D]``): distances ``[G*n]``
@@ -190,14 +199,47 @@ class NearestNeighbourIndex:
         if self.augmented is None:
             self.augmented = augment_bank(self.bank, self.bank_sq if self.bank_sq is not None
                                           else (self.bank * self.bank).sum(dim=1))
+        if self.precision == "auto":
+            return self._timed_patch_search(queries, groups)
         if self.precision == "bf16":
             return self._screened_patch_search(queries, groups)
+        return self._fp32_patch_search(queries, groups)
+
+    def _fp32_patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        assert self.augmented is not None
         dist = nearest_distances(queries, self.augmented)
         rows = dist.view(groups, -1).argmax(dim=1) + torch.arange(groups) * (dist.numel() // groups)
         _, row_index = exact_search(queries[rows], self.bank, self.bank_sq)
         index = torch.zeros(dist.numel(), dtype=torch.int64)
         index[rows] = row_index
         return dist, index
+
+    def _timed_patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Precision "auto": search these (real) patches both ways, in turns, timing each, and after
+        :data:`AUTO_TRIALS` searches keep the faster for good (the fp32 result is returned meanwhile). Timed on the
+        patches the model really sees: how many patches the bf16 screen must re-check exactly (its cost beyond the
+        product) depends on how far each image's maximum stands out, which made-up queries do not tell."""
+        if self.packed is None:
+            self.packed = bf16_bank(self.bank)
+        order = (("bf16", self._screened_patch_search), ("fp32", self._fp32_patch_search))
+        if len(self.trials.get("fp32", ())) % 2:  # alternate which goes first
+            order = order[::-1]
+        result: tuple[torch.Tensor, torch.Tensor] | None = None
+        for name, search in order:
+            t0 = time.perf_counter()
+            out = search(queries, groups)
+            self.trials.setdefault(name, []).append(time.perf_counter() - t0)
+            if name == "fp32":
+                result = out
+        assert result is not None
+        if min(len(v) for v in self.trials.values()) >= AUTO_TRIALS and self.precision == "auto":
+            best = {name: min(values) for name, values in self.trials.items()}
+            self.precision = "bf16" if best["bf16"] < best["fp32"] else "fp32"
+            if self.precision == "fp32":
+                self.packed = None
+            log.info("bank search precision %s (best of %d real searches: bf16 %.1f ms, fp32 %.1f ms)",
+                     self.precision, AUTO_TRIALS, best["bf16"] * 1e3, best["fp32"] * 1e3)
+        return result
 
     def _screened_patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`patch_search` screened in bf16: every patch whose upper bound reaches its image's largest lower
@@ -210,9 +252,8 @@ class NearestNeighbourIndex:
         high = (approx + bound).clamp_min(0).sqrt().view(groups, -1)
         dist = approx.clamp_min(0).sqrt()
         rows = torch.nonzero((high >= low.amax(dim=1, keepdim=True)).reshape(-1))[:, 0]
-        dist[rows] = nearest_distances(queries[rows], self.augmented)
         index = torch.zeros(dist.numel(), dtype=torch.int64)
-        index[rows] = exact_search(queries[rows], self.bank, self.bank_sq)[1]
+        dist[rows], index[rows] = exact_search(queries[rows], self.bank, self.bank_sq)  # distance and neighbour at once
         return dist, index
 
     def search(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -328,7 +369,8 @@ def resolve(search: str, bank_size: int) -> str:
 def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH,
                 precision: str = "fp32") -> NearestNeighbourIndex:
     """Index ``bank: [M, D]`` for ``search`` in {"exact", "hnsw", "auto"}; ``ef_search`` tunes HNSW's recall;
-    ``precision`` ("fp32", "bf16" or "auto": timed here, :func:`faster_precision`) the exact search's screening."""
+    ``precision`` ("fp32", "bf16" or "auto": both timed on the first :data:`AUTO_TRIALS` real searches, then the
+    faster kept; fp32 below :data:`BF16_MIN_BANK` entries) the exact search's screening."""
     if precision not in PRECISIONS:
         raise ValueError(f"expected precision in {PRECISIONS}, found {precision!r}")
     data = bank.detach().float().contiguous()
@@ -336,36 +378,12 @@ def build_index(bank: torch.Tensor, search: str, ef_search: int = HNSW_EF_SEARCH
     bank_sq = (data * data).sum(dim=1)
     if method == "exact":
         exact = NearestNeighbourIndex(data, method, bank_sq=bank_sq, augmented=augment_bank(data, bank_sq))
-        if precision == "auto":
-            precision = faster_precision(exact)
-        if precision == "bf16":
-            exact.precision, exact.packed = "bf16", bf16_bank(data)
+        if precision == "auto" and data.shape[0] < BF16_MIN_BANK:
+            precision = "fp32"
+        if precision in ("bf16", "auto"):  # "auto": decided by timing the first real searches
+            exact.precision, exact.packed = precision, bf16_bank(data)
         return exact
     index = faiss.IndexHNSWFlat(int(data.shape[1]), HNSW_M)
     index.hnsw.efSearch = int(ef_search)
     index.add(np.ascontiguousarray(data.numpy()))
     return NearestNeighbourIndex(data, method, hnsw=index, bank_sq=bank_sq, ef_search=int(ef_search))
-
-
-def faster_precision(index: NearestNeighbourIndex, patches: int = 1024, rounds: int = 3) -> str:
-    """"bf16" when the screened search of one image's ``patches`` (bank entries plus noise, so that they have
-    near neighbours as real patches do) measures faster than fp32 on this machine and this bank, else "fp32".
-    Banks below :data:`BF16_MIN_BANK` entries stay fp32 without timing."""
-    import time
-
-    size = int(index.bank.shape[0])
-    if size < BF16_MIN_BANK:
-        return "fp32"
-    gen = torch.Generator().manual_seed(0)
-    rows = torch.randint(0, size, (patches,), generator=gen)
-    queries = index.bank[rows] + 0.1 * index.bank.std() * torch.randn(patches, index.bank.shape[1], generator=gen)
-    trial = NearestNeighbourIndex(index.bank, index.kind, bank_sq=index.bank_sq, augmented=index.augmented,
-                                  precision="bf16", packed=bf16_bank(index.bank))
-    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
-    for _ in range(rounds + 1):  # in turns; the first round warms both up and is not counted
-        for name, candidate in (("fp32", index), ("bf16", trial)):
-            t0 = time.perf_counter()
-            candidate.patch_search(queries, 1)
-            times[name].append(time.perf_counter() - t0)
-    best = {name: min(values[1:]) for name, values in times.items()}
-    return "bf16" if best["bf16"] < best["fp32"] else "fp32"

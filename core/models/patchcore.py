@@ -228,6 +228,7 @@ class PatchCore:
         self.kept_features: KeptFeatures | None = None  # the last fit's features, until calibration uses them
         self._embedder = _Embedder(self.model)
         self._smoother = MapSmoother(self.model.anomaly_map_generator)
+        self._bank_norms: tuple[torch.Tensor, torch.Tensor] | None = None  # (bank, its [M, 1] squared norms)
         # One ONNX graph per input size: worth it for squashed (fixed-size) input; native mode sees many sizes.
         self._graph = self._make_graph()
 
@@ -477,9 +478,34 @@ class PatchCore:
             flat = PatchcoreModel.reshape_embedding(emb)
             distances, locations = self.search_index().patch_search(flat, b)
             patch_scores = distances.reshape(b, -1)
-            scores = self.model.compute_anomaly_score(patch_scores, locations.reshape(b, -1), flat)
+            scores = self._image_scores(patch_scores, locations.reshape(b, -1), flat)
             maps = self._smoother(patch_scores.reshape(b, 1, h, w), (int(batch.shape[-2]), int(batch.shape[-1])))
             return scores.reshape(-1), maps[:, 0]
+
+    def _image_scores(self, patch_scores: torch.Tensor, locations: torch.Tensor,
+                      embedding: torch.Tensor) -> torch.Tensor:
+        """anomalib's re-weighted image scores ``[B]`` (``PatchcoreModel.compute_anomaly_score``: ``patch_scores``
+        and ``locations`` ``[B, n]``, ``embedding: [B*n, D]``), its very operations, with the bank's squared norms
+        computed once per bank instead of for every image (7,793 x 152 each time: ~0.5 ms of a 256² image)."""
+        model = self.model
+        if model.num_neighbors == 1:
+            return patch_scores.amax(1)
+        b, n = patch_scores.shape
+        rows = torch.arange(b)
+        max_patches = torch.argmax(patch_scores, dim=1)
+        features = embedding.reshape(b, n, -1)[rows, max_patches]
+        score = patch_scores[rows, max_patches]
+        bank = model.memory_bank
+        cached = self._bank_norms
+        if cached is None or cached[0] is not bank:
+            cached = self._bank_norms = (bank, bank.pow(2).sum(dim=-1, keepdim=True))
+        nn_sample = bank[locations[rows, max_patches], :]
+        distances = _euclidean_dist(nn_sample, bank, cached[1])  # anomalib's nearest_neighbors(nn_sample, k)
+        k = min(model.num_neighbors, int(bank.shape[0]))
+        support = distances.min(1).indices if k == 1 else distances.topk(k=k, largest=False, dim=1).indices
+        distances = PatchcoreModel.euclidean_dist(features.unsqueeze(1), bank[support])
+        weights = (1 - torch.nn.functional.softmax(distances.squeeze(1), 1))[..., 0]
+        return weights * score
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Predictions for uint8 RGB images; maps are resized to each image's original size."""
@@ -641,6 +667,17 @@ class PatchCore:
         if owners is not None and not isinstance(owners, torch.Tensor):
             raise ValueError(f"expected bank_image as a tensor of {bank.shape[0]} integers, found {type(owners).__name__}")
         self.set_memory_bank(bank, owners)
+
+
+def _euclidean_dist(x: torch.Tensor, y: torch.Tensor, y_norm: torch.Tensor) -> torch.Tensor:
+    """``PatchcoreModel.euclidean_dist(x, y)`` (``x: [N, D]``, ``y: [M, D]`` -> ``[N, M]``) with ``y``'s squared
+    norms ``[M, 1]`` given: the same operations in the same order, so the same values."""
+    x_norm = x.pow(2).sum(dim=-1, keepdim=True)
+    res = torch.matmul(x, y.transpose(-2, -1))
+    res.mul_(-2)
+    res.add_(x_norm)
+    res.add_(y_norm.transpose(-2, -1))
+    return res.clamp_min_(0).sqrt_()
 
 
 def _npy(tensor: torch.Tensor) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -59,8 +60,24 @@ def batches(images: Sequence[np.ndarray], spec: InputSpec, batch_size: int) -> I
             yield chunk, to_tensor([images[i] for i in chunk], spec)
 
 
-def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
-    """Stack uint8 RGB images ``[H_i, W_i, 3]`` into a float tensor ``[B, 3, h, w]`` (one target size)."""
+@lru_cache(maxsize=16)
+def _value_table(normalize: bool, mean: tuple[float, float, float], std: tuple[float, float, float]) -> np.ndarray:
+    """``[3, 256]`` float32: the input value of each uint8 level per channel, computed by the very torch operations
+    :func:`to_tensor` used to apply to every pixel (so the table's values are those, bit for bit)."""
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 1, 1, 256).expand(1, 3, 1, 256)
+    table = levels.float().div_(255.0)
+    if normalize:
+        table = (table - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    out = table.reshape(3, 256).numpy().copy()
+    out.flags.writeable = False  # shared by every call (cached)
+    return out
+
+
+def to_array(images: Sequence[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Stack uint8 RGB images ``[H_i, W_i, 3]`` into a float32 array ``[B, 3, h, w]`` (one target size): resized
+    (PIL bilinear) where needed, each level looked up in a per-channel table (:func:`_value_table`). numpy only: no
+    torch parallel region right before a graph runtime's call (torch's idle OpenMP threads spinning beside
+    OpenVINO's made the backbone ~3 ms slower at batch 1, benchmarks/profile_patchcore_latency.py)."""
     if not images:
         raise ValueError("expected at least one image, found none")
     height, width = spec.target_size(images[0].shape)
@@ -74,12 +91,17 @@ def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
             batch[i] = image
         else:
             batch[i] = np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
-    tensor = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div_(255.0)
-    if spec.normalize:
-        mean = torch.tensor(spec.mean).view(1, 3, 1, 1)
-        std = torch.tensor(spec.std).view(1, 3, 1, 1)
-        tensor = (tensor - mean) / std
-    return tensor.contiguous()
+    table = _value_table(spec.normalize, tuple(spec.mean), tuple(spec.std))
+    out = np.empty((len(images), 3, height, width), dtype=np.float32)
+    for c in range(3):
+        np.take(table[c], batch[..., c], out=out[:, c], mode="clip")  # levels are 0-255: nothing to clip
+    return out
+
+
+def to_tensor(images: Sequence[np.ndarray], spec: InputSpec) -> torch.Tensor:
+    """Stack uint8 RGB images ``[H_i, W_i, 3]`` into a float tensor ``[B, 3, h, w]`` (one target size): values
+    ``level / 255``, then (``spec.normalize``) ``(v - mean) / std`` per channel (:func:`to_array`)."""
+    return torch.from_numpy(to_array(images, spec))
 
 
 def resize_map(anomaly_map: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> np.ndarray:
