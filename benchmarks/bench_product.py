@@ -161,12 +161,12 @@ def write_cpu_speed() -> None:
         if e is None or p is None:
             continue
         gap = e["image_auroc"] - p["image_auroc"]
-        old = _read(f"product_{category}_sub90_efficientad_squash")  # before EfficientAD's input modes (resized)
-        before = (f"EfficientAD resized to 256² {fmt(old['image_auroc'])} ({old['image_auroc'] - p['image_auroc']:+.3f}), "
-                  f"{old['train_wall_s'] / 60:.1f} min wall" if old else "not measured")
+        squashed = _read(f"product_{category}_sub90_efficientad_squash")  # before EfficientAD's input modes (resized)
+        resized = (f"EfficientAD resized to 256² {fmt(squashed['image_auroc'])} ({squashed['image_auroc'] - p['image_auroc']:+.3f}), "
+                   f"{squashed['train_wall_s'] / 60:.1f} min wall" if squashed else "not measured")
         mode = e["settings"].get("input_mode", "squash")
         lines.append(f"| EfficientAD with 90 training images, {category} | image AUROC within 0.03 of PatchCore's "
-                     f"| {before} | EfficientAD ({mode}) {fmt(e['image_auroc'])} vs PatchCore {fmt(p['image_auroc'])} "
+                     f"| {resized} | EfficientAD ({mode}) {fmt(e['image_auroc'])} vs PatchCore {fmt(p['image_auroc'])} "
                      f"({gap:+.3f}); EfficientAD {e['train_wall_s'] / 60:.1f} min wall | `bench_product.py "
                      f"--category {category} --subset 90` | {e['machine'].split(';')[0]} | "
                      f"{e.get('load_before', '?')} → {e.get('load_after', '?')} |")

@@ -7,9 +7,11 @@ import json
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from core.data.dataset import load_category
 from core.data.demo import surface
@@ -21,7 +23,7 @@ from core.store import lifecycle as det
 from core.store.model_store import ModelStore
 from tests.conftest import EFFICIENTAD_TEST_SETTINGS
 
-FAST = {"train_batch": 2, "precision": "fp32", "batch_size": 9}
+FAST: dict[str, Any] = {"train_batch": 2, "precision": "fp32", "batch_size": 9}
 SIDE = 512  # 2 tiles of 256 px: "auto" tiles it (9 tiles of 256 px with the 25% overlap)
 
 
@@ -86,8 +88,9 @@ def test_tiles_see_tiny_defects_that_the_resized_input_loses() -> None:
 
 # ---------------------------------------------------------------------- a tiled model in the store and the bundle
 @pytest.fixture(scope="module")
-def tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelStore]:
-    """A category ``board`` of 512 x 512 images, trained with the defaults' ``auto`` (-> tiles) for 3 steps."""
+def tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelStore, det.Detector]:
+    """A category ``board`` of 512 x 512 images, trained with the defaults' ``auto`` (-> tiles) for 3 steps; the
+    store and the detector ``det.train`` fitted in memory."""
     root = tmp_path_factory.mktemp("board")
     rng = np.random.default_rng(2)
     for i in range(10):
@@ -96,13 +99,22 @@ def tiled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ModelStore]:
         save_png_atomic(surface(rng, SIDE), root / "board" / "test" / "good" / f"{i:03d}.png")
         save_png_atomic(_tiny_defect(surface(rng, SIDE), rng), root / "board" / "test" / "dot" / f"{i:03d}.png")
     store = ModelStore(tmp_path_factory.mktemp("models"))
-    det.train(load_category(root, "board"), "efficientad", {**EFFICIENTAD_TEST_SETTINGS, "batch_size": 9}, store)
-    return root, store
+    built: list[det.Detector] = []
+    real_build = det.build
+
+    def keep(kind: str, settings: dict) -> det.Detector:
+        built.append(real_build(kind, settings))
+        return built[-1]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(det, "build", keep)
+        det.train(load_category(root, "board"), "efficientad", {**EFFICIENTAD_TEST_SETTINGS, "batch_size": 9}, store)
+    return root, store, built[0]
 
 
-def test_a_tiled_model_records_its_choice_and_scores_as_saved(tiled: tuple[Path, ModelStore],
+def test_a_tiled_model_records_its_choice_and_scores_as_saved(tiled: tuple[Path, ModelStore, det.Detector],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    root, store = tiled
+    root, store, trained = tiled
     ref = store.current("board", "efficientad")
     manifest = store.read_manifest(ref)
     assert manifest["settings"]["input_mode"] == "tiles" and manifest["input_choice"]["mode"] == "tiles"
@@ -111,22 +123,29 @@ def test_a_tiled_model_records_its_choice_and_scores_as_saved(tiled: tuple[Path,
     images.append(images[0][:300, :200])  # smaller than 2 tiles: one tile, resized up
     calls: list[int] = []
     a = det.load(ref).detector
+    assert isinstance(a, EfficientAD)
     real = a.forward
-    monkeypatch.setattr(a, "forward", lambda batch: calls.append(int(batch.shape[0])) or real(batch))
+
+    def counted(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        calls.append(int(batch.shape[0]))
+        return real(batch)
+
+    monkeypatch.setattr(a, "forward", counted)
     first = a.predict(images)
     assert calls[:len(images) - 1] == [9] * (len(images) - 1)  # all tiles of an image in one network call
     second = det.load(ref).detector.predict(images)
-    for p, q, image in zip(first, second, images, strict=True):
-        assert p.score == q.score and np.array_equal(p.anomaly_map, q.anomaly_map)
-        assert p.anomaly_map.shape == image.shape[:2]
+    in_memory = trained.predict(images)  # the detector det.train fitted, before it was saved
+    for p, q, r, image in zip(first, second, in_memory, images, strict=True):
+        assert p.score == q.score == r.score and np.array_equal(p.anomaly_map, q.anomaly_map)
+        assert np.array_equal(p.anomaly_map, r.anomaly_map) and p.anomaly_map.shape == image.shape[:2]
 
 
-def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled: tuple[Path, ModelStore],
+def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled: tuple[Path, ModelStore, det.Detector],
                                                                  tmp_path: Path) -> None:
     from core.line.export import export_bundle
     from core.verdict.inspection import inspect
 
-    root, store = tiled
+    root, store, _ = tiled
     ref = store.current("board", "efficientad")
     with zipfile.ZipFile(export_bundle(ref, tmp_path / "b.zip")) as bundle:
         bundle.extractall(tmp_path / "b")
@@ -144,6 +163,6 @@ def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled: tuple[Pa
         for name in ("runner", "portable"):
             sys.modules.pop(name, None)
     for a, b in zip(app, found, strict=True):
-        assert b.verdict == a.verdict
+        assert b.verdict == a.verdict and a.anomaly_map is not None and b.anomaly_map is not None
         assert b.score == pytest.approx(a.score, rel=1e-3, abs=1e-4)
         assert np.allclose(b.anomaly_map, a.anomaly_map, rtol=1e-3, atol=1e-3 * float(np.abs(a.anomaly_map).max()))
