@@ -42,3 +42,42 @@ def test_a_failing_image_does_not_stop_the_batch_and_is_retried(store: ModelStor
         monkeypatch.setattr(inspection, "inspect", real_inspect)  # the cause is gone: a rerun judges only that one
         again = batch.run_batch(ref, images, batch.LocalRunner(ref), history, chunk_size=4)
         assert (again.judged, again.failed, again.skipped) == (1, 0, len(images) - 1)
+
+
+def test_a_model_that_fails_on_every_image_stops_the_run_with_the_first_error(
+        store: ModelStore, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images = sorted((demo_root / CATEGORY / "test").rglob("*.png"))
+    monkeypatch.setattr(batch, "MAX_FAILED_IN_A_ROW", 5)  # the demo's test set is smaller than the real limit
+    assert len(images) > batch.MAX_FAILED_IN_A_ROW
+
+    def inspect(model: object, batch_images: Sequence[np.ndarray]) -> list[inspection.Inspection]:
+        raise RuntimeError("the model file's weights are all NaN")
+
+    ref = store.current(CATEGORY, KIND)
+    with History(f"sqlite:///{tmp_path / 'batch.sqlite3'}") as history:
+        monkeypatch.setattr(inspection, "inspect", inspect)
+        with pytest.raises(batch.BatchAborted, match=r"failures in a row.*weights are all NaN") as caught:
+            batch.run_batch(ref, images, batch.LocalRunner(ref), history, chunk_size=4)
+        assert caught.value.failed == batch.MAX_FAILED_IN_A_ROW  # stopped there, not at the end of the archive
+        assert images[0].name in str(caught.value)
+        assert history.results(category=CATEGORY, kind=KIND, source=batch.SOURCE, limit=None) == []
+
+
+def test_a_copy_of_a_failed_image_is_failed_too_not_already_judged(
+        store: ModelStore, demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    image = sorted((demo_root / CATEGORY / "test").rglob("*.png"))[0]
+    copies = [image]
+    for i in range(5):  # the same content under other names, in the same chunk and in later ones
+        copies.append(tmp_path / f"copy{i}.png")
+        shutil.copyfile(image, copies[-1])
+
+    def inspect(model: object, batch_images: Sequence[np.ndarray]) -> list[inspection.Inspection]:
+        raise RuntimeError("out of memory")
+
+    ref = store.current(CATEGORY, KIND)
+    with History(f"sqlite:///{tmp_path / 'batch.sqlite3'}") as history:
+        monkeypatch.setattr(inspection, "inspect", inspect)
+        summary = batch.run_batch(ref, copies, batch.LocalRunner(ref), history, chunk_size=2)
+        assert (summary.judged, summary.skipped, summary.failed) == (0, 0, len(copies))

@@ -50,8 +50,21 @@ FAILED = "FAILED"  # judging raised inside the model: nothing recorded, so a rer
 CHUNK = 16  # paths per chunk: hashed, looked up, judged and written together
 NONE = "-"  # the "previous verdict" of an image the previous version never judged
 FAILURES_SHOWN = 20  # failed images named in the summary (all of them are in the log)
+MAX_FAILED_IN_A_ROW = 32  # judged images failing one after the other: the model, not the images -> stop the run
+TRACEBACKS_LOGGED = 3  # a judge logs the full traceback of its first failures only, one line each after that
 
-__all__ = ["CHUNK", "FAILED", "SOURCE", "BatchProgress", "BatchSummary", "Item", "Judge", "Judged", "LocalRunner", "Runner",
+
+class BatchAborted(ValueError):
+    """The run stopped: ``failed`` images in a row could not be judged (nothing recorded for them; what was judged
+    before is kept, so a rerun after the cause is fixed continues)."""
+
+    def __init__(self, failed: int, first: tuple[str, str]) -> None:
+        super().__init__(f"expected a model that judges the images, found {failed} failures in a row (stopped; "
+                         f"nothing recorded for them, judged images kept: rerun once the cause is fixed); the first: "
+                         f"{first[0]}: {first[1]}")
+        self.failed = failed
+
+__all__ = ["CHUNK", "FAILED", "MAX_FAILED_IN_A_ROW", "SOURCE", "BatchAborted", "BatchProgress", "BatchSummary", "Item", "Judge", "Judged", "LocalRunner", "Runner",
            "expand_sources", "run_batch"]
 
 
@@ -100,6 +113,7 @@ class Judge:
         self.ref = ref
         self.model = lifecycle.load(ref, inference)
         self.host = socket.gethostname()
+        self.failures = 0
 
     def __call__(self, items: Sequence[Item]) -> list[Judged]:
         """One :class:`Judged` per item, in order; a file that cannot be read or decoded is REJECTED; an image
@@ -122,7 +136,11 @@ class Judge:
             try:
                 found = inspection.inspect(self.model, [image])[0]
             except Exception as exc:  # one image's failure (memory, a model bug) must not stop the archive
-                logger.exception("batch: judging %s failed", item.path)
+                self.failures += 1
+                if self.failures <= TRACEBACKS_LOGGED:
+                    logger.exception("batch: judging %s failed", item.path)
+                else:
+                    logger.error("batch: judging %s failed: %s: %s", item.path, type(exc).__name__, exc)
                 out.append(Judged(item.path, sha1, FAILED, None, None, None,
                                   f"judging failed: {type(exc).__name__}: {exc}", None, self.host, time.time()))
                 continue
@@ -305,7 +323,9 @@ class _Tally:
     skipped: int = 0
     rejected: int = 0
     failures: list[tuple[str, str]] = field(default_factory=list)
+    in_a_row: int = 0  # judged images failing one after the other, now
     hashes: dict[str, None] = field(default_factory=dict)
+    copies: dict[str, list[str]] = field(default_factory=dict)  # content queued in this run -> its other paths
 
 
 def run_batch(ref: ModelRef, paths: Sequence[Path], runner: Runner, history: History, *, chunk_size: int = CHUNK,
@@ -315,6 +335,7 @@ def run_batch(ref: ModelRef, paths: Sequence[Path], runner: Runner, history: His
 
     Raises:
         ValueError: ``chunk_size`` below 1.
+        BatchAborted: :data:`MAX_FAILED_IN_A_ROW` images in a row failed to be judged.
     """
     if chunk_size < 1:
         raise ValueError(f"expected a chunk size of at least 1, found {chunk_size}")
@@ -331,9 +352,12 @@ def run_batch(ref: ModelRef, paths: Sequence[Path], runner: Runner, history: His
             for path, sha1 in block:
                 if sha1 is None:
                     todo.append(Item(path, ""))  # unreadable now: the judge says why (keyed by its path)
-                elif sha1 in done or sha1 in tally.hashes:
+                elif sha1 in done:
                     tally.skipped += 1
                     tally.hashes.setdefault(sha1)
+                elif sha1 in tally.hashes:  # queued in this run already: it shares that image's outcome
+                    tally.skipped += 1
+                    tally.copies.setdefault(sha1, []).append(path)
                 else:
                     tally.hashes.setdefault(sha1)
                     todo.append(Item(path, sha1))
@@ -348,7 +372,16 @@ def run_batch(ref: ModelRef, paths: Sequence[Path], runner: Runner, history: His
         for j in judged:
             if j.verdict == FAILED:
                 tally.failures.append((j.path, j.note))
+                tally.in_a_row += 1
+                if j.sha1:  # its copies were counted as judged already: they failed with it
+                    tally.hashes.pop(j.sha1, None)
+                    copies = tally.copies.pop(j.sha1, [])
+                    tally.skipped -= len(copies)
+                    tally.failures += [(path, j.note) for path in copies]
+                if tally.in_a_row >= MAX_FAILED_IN_A_ROW:
+                    raise BatchAborted(tally.in_a_row, tally.failures[0])
                 continue
+            tally.in_a_row = 0
             tally.judged += 1
             tally.rejected += j.verdict == REJECTED
             if j.sha1:
