@@ -244,10 +244,13 @@ class NearestNeighbourIndex:
     def _screened_patch_search(self, queries: torch.Tensor, groups: int) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`patch_search` screened in bf16: every patch whose upper bound reaches its image's largest lower
         bound is searched exactly in fp32 (its distance and neighbour), so each image's maximum is exact."""
-        if self.packed is None:
-            self.packed = bf16_bank(self.bank)
+        packed = self.packed  # read once: another thread's "auto" trial may drop it (fp32 won) meanwhile
+        if packed is None:
+            packed = bf16_bank(self.bank)
+            if self.precision != "fp32":
+                self.packed = packed
         assert self.augmented is not None
-        approx, bound = screened_sq_distances(queries, self.packed)
+        approx, bound = screened_sq_distances(queries, packed)
         low = (approx - bound).clamp_min(0).sqrt().view(groups, -1)
         high = (approx + bound).clamp_min(0).sqrt().view(groups, -1)
         dist = approx.clamp_min(0).sqrt()
