@@ -135,9 +135,14 @@ def test_a_tiled_model_records_its_choice_and_scores_as_saved(tiled: tuple[Path,
     assert calls[:len(images) - 1] == [9] * (len(images) - 1)  # all tiles of an image in one network call
     second = det.load(ref).detector.predict(images)
     in_memory = trained.predict(images)  # the detector det.train fitted, before it was saved
+    # runtime "auto": the first load times OpenVINO against ONNX Runtime and may run the other fp32 backend than a
+    # later load (or the in-memory model), so scores agree to fp32 rounding, not bit for bit (seen: 6e-8 relative)
     for p, q, r, image in zip(first, second, in_memory, images, strict=True):
-        assert p.score == q.score == r.score and np.array_equal(p.anomaly_map, q.anomaly_map)
-        assert np.array_equal(p.anomaly_map, r.anomaly_map) and p.anomaly_map.shape == image.shape[:2]
+        assert p.score == pytest.approx(q.score, rel=1e-6, abs=1e-7) == pytest.approx(r.score, rel=1e-6, abs=1e-7)
+        scale = float(np.abs(p.anomaly_map).max()) + 1e-12
+        assert np.allclose(p.anomaly_map, q.anomaly_map, rtol=0, atol=1e-6 * scale)
+        assert np.allclose(p.anomaly_map, r.anomaly_map, rtol=0, atol=1e-6 * scale)
+        assert p.anomaly_map.shape == image.shape[:2]
 
 
 def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled: tuple[Path, ModelStore, det.Detector],
