@@ -119,8 +119,6 @@ def test_a_tiny_defect_category_picks_tiles() -> None:
     assert strip(again) == strip(choice)
 
 
-@pytest.mark.xfail(strict=True, reason="session 10 failure; session 11 fixed the tie rule (tie_margin) and the "
-                   "tests' data but could not run this on the starved machine: a pass means fixed, drop the mark")
 def test_a_large_defect_category_keeps_resized() -> None:
     # Small spots on a plain surface survive the resize: every candidate sees them (AUROCs near 1) and no gap is
     # beyond the noise of 8 goods and 24 defects, so the cheapest input stays.
@@ -143,8 +141,6 @@ def _category(root: Path, make) -> Path:
     return root
 
 
-@pytest.mark.xfail(strict=True, reason="session 10 failure; session 11 fixed the tie rule (tie_margin) and the "
-                   "tests' data but could not run this on the starved machine: a pass means fixed, drop the mark")
 def test_training_records_the_choice_and_the_model_loads_with_it(tmp_path: Path) -> None:
     from core.data.dataset import load_category
     from core.store import lifecycle as det
