@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 import torch
 
 if TYPE_CHECKING:
+    from core.models.patchcore import PatchCore
     from core.store.model_store import ModelStore
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,6 +86,35 @@ def dashboard_env(demo_root: Path, trained_store: Path, tmp_path: Path, monkeypa
 
 def rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def bundle_inspect(folder: Path, images: list[np.ndarray]) -> list[Any]:
+    """Each image judged by the export bundle unpacked in ``folder`` (its own ``runner`` module, imported from
+    there and forgotten again, so the next bundle's runner is imported afresh)."""
+    import sys
+
+    sys.path.insert(0, str(folder))
+    try:
+        import runner
+
+        return [runner.Bundle(folder).inspect(image) for image in images]
+    finally:
+        sys.path.remove(str(folder))
+        for name in ("runner", "portable"):
+            sys.modules.pop(name, None)
+
+
+def counting_embed(model: PatchCore) -> list[int]:
+    """Make ``model.embed`` record the batch size of each call (the backbone's runs)."""
+    calls: list[int] = []
+    embed = model.embed
+
+    def counting(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(int(batch.shape[0]))
+        return embed(batch)
+
+    model.embed = counting  # type: ignore[method-assign]
+    return calls
 
 
 def _postgres_bin(name: str) -> str | None:

@@ -4,7 +4,6 @@ scored by, a tiled model through the store and the export bundle, tiny defects t
 from __future__ import annotations
 
 import json
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from core.models.efficientad import EfficientAD, EfficientADConfig
 from core.models.input_choice import auroc
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
-from tests.conftest import EFFICIENTAD_TEST_SETTINGS
+from tests.conftest import EFFICIENTAD_TEST_SETTINGS, bundle_inspect
 
 FAST: dict[str, Any] = {"train_batch": 2, "precision": "fp32", "batch_size": 9}
 SIDE = 512  # 2 tiles of 256 px: "auto" tiles it (9 tiles of 256 px with the 25% overlap)
@@ -158,15 +157,7 @@ def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled: tuple[Pa
     assert params["tiles"] == {"tile": 256, "overlap": 0.25, "scale": 1.0} and params["height"] == 256
     images = [load_image(p) for p in sorted((root / "board" / "test").rglob("*.png"))]
     app = inspect(det.load(ref), images)
-    sys.path.insert(0, str(tmp_path / "b"))
-    try:
-        import runner
-
-        found = [runner.Bundle(tmp_path / "b").inspect(image) for image in images]
-    finally:
-        sys.path.remove(str(tmp_path / "b"))
-        for name in ("runner", "portable"):
-            sys.modules.pop(name, None)
+    found = bundle_inspect(tmp_path / "b", images)
     for a, b in zip(app, found, strict=True):
         assert b.verdict == a.verdict and a.anomaly_map is not None and b.anomaly_map is not None
         assert b.score == pytest.approx(a.score, rel=1e-3, abs=1e-4)

@@ -13,7 +13,7 @@ from core.data.imageio import load_image
 from core.models.patchcore import PatchCore, PatchCoreConfig
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
-from tests.conftest import PATCHCORE_TEST_SETTINGS, rgb
+from tests.conftest import PATCHCORE_TEST_SETTINGS, counting_embed, rgb
 
 
 @pytest.fixture(scope="module")
@@ -195,19 +195,6 @@ def test_left_out_hnsw_close_to_exact() -> None:
         assert b.score == pytest.approx(a.score, rel=0.05)
 
 
-def _counting_embed(model: PatchCore) -> list[int]:
-    """Make ``model.embed`` record the batch size of each call (the backbone's runs)."""
-    calls: list[int] = []
-    embed = model.embed
-
-    def counting(batch: torch.Tensor) -> torch.Tensor:
-        calls.append(int(batch.shape[0]))
-        return embed(batch)
-
-    model.embed = counting  # type: ignore[method-assign]
-    return calls
-
-
 @pytest.mark.parametrize(("mode", "shapes"), [("squash", [(64, 64)] * 5),
                                               ("native", [(64, 96), (80, 120), (64, 96), (80, 120), (64, 96)])])
 def test_calibration_reuses_the_fit_features(mode: str, shapes: list[tuple[int, int]]) -> None:
@@ -218,7 +205,7 @@ def test_calibration_reuses_the_fit_features(mode: str, shapes: list[tuple[int, 
                 "coreset_ratio": 0.3, "batch_size": 2}
     model = PatchCore(PatchCoreConfig.from_dict(settings))
     model.fit(images)
-    calls = _counting_embed(model)
+    calls = counting_embed(model)
     reused = model.predict_left_out(images)
     assert calls == [] and model.kept_features is None  # no backbone run; the features freed once used
     again = model.predict_left_out(images)
@@ -234,7 +221,7 @@ def test_kept_features_serve_only_the_fit_images_of_this_bank() -> None:
     settings = {**PATCHCORE_TEST_SETTINGS, "input_mode": "squash", "coreset_ratio": 0.3, "runtime": "torch"}
     model = PatchCore(PatchCoreConfig.from_dict(settings))
     model.fit(images)
-    calls = _counting_embed(model)
+    calls = counting_embed(model)
     other = [images[0], rgb(64, 64, seed=99), images[2]]  # not the training images: extracted, not looked up
     model.predict_left_out(other)
     assert sum(calls) == 3

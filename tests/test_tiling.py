@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from core.models.patchcore import PatchCore, PatchCoreConfig
 from core.models.preprocess import to_tensor
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
+from tests.conftest import bundle_inspect, counting_embed
 
 
 @pytest.mark.parametrize(("length", "tile", "overlap", "expected"), [
@@ -187,14 +187,7 @@ def test_tiled_calibration_reuses_the_fit_features(big_images: tuple[list[np.nda
     and gives the scores and maps of the path that extracts them again (the fit's batches of 4 tiles against 12)."""
     train, _ = big_images
     model = _fitted(train)
-    calls: list[int] = []
-    embed = model.embed
-
-    def counting(batch: torch.Tensor) -> torch.Tensor:
-        calls.append(int(batch.shape[0]))
-        return embed(batch)
-
-    model.embed = counting  # type: ignore[method-assign]
+    calls = counting_embed(model)
     reused = model.predict_left_out(train)
     assert calls == []  # no tile went through the network
     assert model.kept_features is None  # used once, then freed
@@ -270,15 +263,7 @@ def test_a_tiled_model_exports_and_the_bundle_tiles_like_the_app(tiled_store: Mo
     images = [load_image(p) for p in paths] + [np.asarray(Image.open(paths[0]).convert("RGB"))[:40, :50]]
     model = det.load(ref)
     app = inspect(model, images)
-    sys.path.insert(0, str(tmp_path / "b"))
-    try:
-        import runner
-
-        found = [runner.Bundle(tmp_path / "b").inspect(image) for image in images]
-    finally:
-        sys.path.remove(str(tmp_path / "b"))
-        for name in ("runner", "portable"):
-            sys.modules.pop(name, None)
+    found = bundle_inspect(tmp_path / "b", images)
     for a, b in zip(app, found, strict=True):
         assert b.verdict == a.verdict
         assert b.score == pytest.approx(a.score, rel=RTOL)
