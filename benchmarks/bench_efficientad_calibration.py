@@ -21,7 +21,6 @@ Written to the ``efficientad_calibration`` section of RESULTS.md (``--no-write``
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import random
@@ -32,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, machine, write_section
+from common import DATA, OUT, machine, train_subset, write_section
 
 from core.data.dataset import GOOD, CategoryData, load_category
 from core.data.demo import DEMO_CATEGORY, make_demo_dataset
@@ -56,10 +55,7 @@ def dataset(name: str, subset: int) -> CategoryData:
         data = load_category(root, DEMO_CATEGORY)
     else:
         data = load_category(DATA, name)
-    if subset and subset < len(data.train):
-        keep = sorted(random.Random(0).sample(range(len(data.train)), subset))
-        data = dataclasses.replace(data, train=tuple(data.train[i] for i in keep))
-    return data
+    return train_subset(data, subset)
 
 
 def trained_scores(tag: str, fit: list[np.ndarray], hold: list[np.ndarray], calib: list[np.ndarray],

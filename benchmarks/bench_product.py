@@ -19,10 +19,8 @@ load average before and after. Rows are kept in benchmarks/results/product_<cate
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
-import random
 import resource
 import sys
 import tempfile
@@ -30,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, fmt, machine, write_section
+from common import DATA, fmt, machine, train_subset, write_section
 
 from core.data.dataset import CategoryData, load_category
 from core.data.demo import DEMO_CATEGORY, make_demo_dataset
@@ -48,10 +46,7 @@ def category_data(category: str, subset: int, tmp: Path) -> CategoryData:
         data = load_category(tmp / "demo", category)
     else:
         data = load_category(DATA, category)
-    if subset and subset < len(data.train):
-        keep = sorted(random.Random(0).sample(range(len(data.train)), subset))
-        data = dataclasses.replace(data, train=tuple(data.train[i] for i in keep))
-    return data
+    return train_subset(data, subset)
 
 
 def load() -> str:

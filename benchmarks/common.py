@@ -11,14 +11,29 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from core.data.dataset import CategoryData
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("BENCH_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 OUT = ROOT / "benchmarks" / "out"
+
+
+def train_subset(data: CategoryData, subset: int) -> CategoryData:
+    """``data`` with its training goods cut to ``subset`` drawn at random (seed 0); all of them for 0 or more."""
+    import dataclasses
+    import random
+
+    if subset and subset < len(data.train):
+        keep = sorted(random.Random(0).sample(range(len(data.train)), subset))
+        data = dataclasses.replace(data, train=tuple(data.train[i] for i in keep))
+    return data
 
 
 def machine() -> str:
