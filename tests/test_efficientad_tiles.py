@@ -32,6 +32,8 @@ SIDE = 512  # 2 tiles of 256 px: "auto" tiles it (9 tiles of 256 px with the 25%
     ((300, 400), "squash", None, 0),  # magnetic_tile's larger crops
     ((512, 512), "tiles", 1.0, 9),
     ((1024, 1024), "tiles", 0.5, 9),  # 25 tiles at 1x are over AUTO_MAX_TILES: half resolution
+    ((900, 900), "tiles", 0.5, 9),  # 25 tiles at 1x; at half resolution 450 px: one tile and more, 9 tiles
+    ((820, 1000), "tiles", 0.5, 6),  # 410 x 500 px at half resolution: 2 x 3 tiles
     ((4000, 3000), "squash", None, 0),  # too many tiles even at half resolution
 ])
 def test_auto_is_a_size_rule(shape: tuple[int, int], mode: str, scale: float | None, n: int) -> None:
@@ -59,6 +61,20 @@ def test_training_tiles_are_bounded_and_seeded() -> None:
     few = tiles.training_tiles(images, config, limit=10)
     again = tiles.training_tiles(images, config, limit=10)
     assert len(few) == 10 and all(np.array_equal(a, b) for a, b in zip(few, again, strict=True))
+    every = tiles.training_tiles(images, config)
+    assert all(any(np.array_equal(t, e) for e in every) for t in few)  # a draw of the image's own tiles
+
+
+def test_training_tiles_cut_only_the_drawn_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The draw picks (image, tile) first and cuts only images with a drawn tile: a large set's every tile is never
+    held at once (1,000 images of 640 px: 9,000 tiles, 1.7 GB of copies, for 3,000 kept)."""
+    images = [np.full((640, 640, 3), i, np.uint8) for i in range(50)]
+    cut: list[int] = []
+    real = tiles.image_tiles
+    monkeypatch.setattr(tiles, "image_tiles", lambda image, config: (cut.append(int(image[0, 0, 0])), real(image, config))[1])
+    few = tiles.training_tiles(images, EfficientADConfig(input_mode="tiles"), limit=3)
+    assert len(few) == 3 and len(cut) <= 3
+    assert {int(t[0, 0, 0]) for t in few} <= set(cut)
 
 
 def _tiny_defect(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

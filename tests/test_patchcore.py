@@ -232,6 +232,23 @@ def test_kept_features_serve_only_the_fit_images_of_this_bank() -> None:
     assert loaded.kept_features is None
 
 
+def test_features_of_a_fit_on_another_device_are_not_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fit whose features came from another device (CUDA, TF32 products) keeps none for calibration: the line
+    scores on the CPU, so calibration must extract there too (the scores it calibrates are the line's)."""
+    from core.models import patchcore
+
+    images = [rgb(64, 64, seed=60 + i) for i in range(3)]
+    settings = {**PATCHCORE_TEST_SETTINGS, "input_mode": "squash", "coreset_ratio": 0.3, "runtime": "torch"}
+    model = PatchCore(PatchCoreConfig.from_dict(settings))
+    monkeypatch.setattr(patchcore, "compute_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(model, "_embed_on", lambda _device, batch: model.embed(batch))  # no CUDA here: CPU values
+    model.fit(images)
+    assert model.kept_features is None
+    calls = counting_embed(model)
+    model.predict_left_out(images)
+    assert sum(calls) == len(images)  # calibration ran the CPU backbone
+
+
 def test_input_candidates_run_the_model_s_compiled_network() -> None:
     """The automatic input choice's quick models use the model's runtime and its one compiled network (no torch
     forward passes, no compile per candidate)."""

@@ -13,10 +13,11 @@ highest tile score, the map the tiles' maps stitched.
 (no scoring: PatchCore's chooser scores candidates with quick memory banks, which a network trained for minutes
 cannot afford, and its native-aspect candidate has no EfficientAD counterpart):
 
-- tiles at native resolution when the good images' median short side is at least :data:`AUTO_TILE_RATIO` tiles
-  (512 px for 256 px tiles) and an image has at most :data:`AUTO_MAX_TILES` tiles;
-- else tiles at half resolution under the same two conditions (very large images);
-- else the image resized to the input (``squash``).
+- when the good images' median short side is at least :data:`AUTO_TILE_RATIO` tiles (512 px for 256 px tiles):
+  tiles at native resolution if an image has at most :data:`AUTO_MAX_TILES` tiles, else at half resolution if
+  it then has at most that many (and its short side is still a tile or more: a 900 x 900 scan gets 9 tiles at
+  0.5x), else resized (very large images; the explicit tiles mode still tiles them);
+- smaller images are resized to the input (``squash``).
 
 On the development sets: pcb_00041 (640 x 640) gets 9 tiles at 1x; juice_bottle_loco (400 x 800) and
 magnetic_tile (103-632 x 222-403 px, median short side below 512) stay resized, as PatchCore's chooser decides
@@ -75,21 +76,19 @@ def choose_input(shapes: Sequence[tuple[int, ...]], config: TiledConfig) -> Inpu
     label, settings, tiles = f"resized to {config.height}x{config.width}", squash, 0
     reason = (f"EfficientAD's size rule: the images' median short side ({min(h, w)} px) is below "
               f"{AUTO_TILE_RATIO:g} tiles of {config.tile} px, so the resized input keeps enough of it.")
-    for scale in (1.0, 0.5):
-        sh, sw = int(round(h * scale)), int(round(w * scale))
-        n = len(tile_boxes((sh, sw), config.tile, config.tile_overlap))
-        if min(sh, sw) >= AUTO_TILE_RATIO * config.tile and n <= AUTO_MAX_TILES:
-            label = f"tiles of {config.tile} px at {scale:g}x ({n} per {h}x{w} image)"
-            settings, tiles = {"input_mode": "tiles", "tile": config.tile, "scale": scale}, n
-            reason = (f"EfficientAD's size rule: the images' median short side ({min(h, w)} px at {scale:g}x: "
-                      f"{min(sh, sw)} px) is at least {AUTO_TILE_RATIO:g} tiles of {config.tile} px, with at most "
-                      f"{AUTO_MAX_TILES} tiles per image: small defects keep their pixels in tiles.")
-            break
-        if min(sh, sw) < AUTO_TILE_RATIO * config.tile:
-            break  # half the size has even fewer pixels per tile
-    if tiles == 0 and ratio >= AUTO_TILE_RATIO * config.tile / side:
+    if min(h, w) >= AUTO_TILE_RATIO * config.tile:  # large images: tiles, at the largest scale within the budget
         reason = (f"EfficientAD's size rule: the images ({h}x{w}) would need more than {AUTO_MAX_TILES} tiles "
                   f"of {config.tile} px even at half resolution: resized (choose --input-mode tiles to tile them).")
+        for scale in (1.0, 0.5):
+            sh, sw = int(round(h * scale)), int(round(w * scale))
+            n = len(tile_boxes((sh, sw), config.tile, config.tile_overlap))
+            if min(sh, sw) >= config.tile and n <= AUTO_MAX_TILES:
+                label = f"tiles of {config.tile} px at {scale:g}x ({n} per {h}x{w} image)"
+                settings, tiles = {"input_mode": "tiles", "tile": config.tile, "scale": scale}, n
+                reason = (f"EfficientAD's size rule: the images' median short side ({min(h, w)} px) is at least "
+                          f"{AUTO_TILE_RATIO:g} tiles of {config.tile} px; at {scale:g}x ({min(sh, sw)} px) an "
+                          f"image has {n} tiles (at most {AUTO_MAX_TILES}): small defects keep their pixels.")
+                break
     pixels = tiles * config.tile * config.tile if tiles else config.height * config.width
     picked = CandidateScore(str(settings["input_mode"]), label, dict(settings), expected_ms(pixels, tiles), True)
     return InputChoice(picked.mode, dict(settings), label, reason, (picked,), False, 0.0, MARGIN, int(config.seed),
@@ -104,9 +103,26 @@ def image_tiles(image: np.ndarray, config: TiledConfig) -> list[np.ndarray]:
 def training_tiles(images: Sequence[np.ndarray], config: TiledConfig,
                    limit: int = MAX_TRAIN_TILES) -> list[np.ndarray]:
     """Every tile of ``images`` in image order, or ``limit`` of them drawn without replacement (seeded by
-    ``config.seed``, kept in image order) when there are more."""
-    tiles = [t for image in images for t in image_tiles(image, config)]
-    if len(tiles) <= limit:
-        return tiles
-    keep = np.sort(np.random.default_rng(config.seed).choice(len(tiles), size=limit, replace=False))
-    return [tiles[i] for i in keep]
+    ``config.seed``, kept in image order) when there are more. The draw is of (image, tile) positions from the
+    grid alone, and only the images with a drawn tile are cut: the tiles not kept are never copied."""
+    counts = [len(tile_boxes(_scaled_shape(image.shape, config.scale), config.tile, config.tile_overlap))
+              for image in images]
+    total = sum(counts)
+    if total <= limit:
+        return [t for image in images for t in image_tiles(image, config)]
+    keep = np.sort(np.random.default_rng(config.seed).choice(total, size=limit, replace=False))
+    firsts = np.cumsum([0, *counts])
+    out: list[np.ndarray] = []
+    for i, image in enumerate(images):
+        wanted = keep[(keep >= firsts[i]) & (keep < firsts[i + 1])] - firsts[i]
+        if wanted.size:
+            cut = image_tiles(image, config)
+            out += [cut[int(j)] for j in wanted]
+    return out
+
+
+def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """The (H, W) of an image of ``shape`` once :func:`core.portable.scale_image` has resized it by ``scale``."""
+    if scale == 1.0:
+        return int(shape[0]), int(shape[1])
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
