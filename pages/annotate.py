@@ -31,7 +31,9 @@ st.caption("Paint over the defect. Saving writes the image to `test/<defect>/` a
 
 upload = st.file_uploader("Image to annotate", type=[s.lstrip(".") for s in SUPPORTED_SUFFIXES])
 unmasked = {f"{s.defect}/{s.path.name}": str(s.path) for s in data.test if s.label == 1 and s.mask_path is None}
-picked = st.selectbox("…or a defect image without a mask", ["—"] + list(unmasked)) if unmasked else "—"
+picked = st.selectbox("…or pick a defect test image without a mask", ["—"] + list(unmasked)) if unmasked else "—"
+if not unmasked:
+    st.caption("Every defect test image of this category already has a mask: upload an image to draw one.")
 image = None
 stem = "annotated"
 try:
@@ -42,6 +44,7 @@ try:
 except ImageLoadError as exc:
     st.error(f"Cannot annotate {exc.source}: {exc.reason}")
 if image is None:
+    st.info("Upload an image or pick a defect test image above to draw its mask.")
     st.stop()
 
 h, w = image.shape[:2]

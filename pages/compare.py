@@ -33,7 +33,12 @@ for k, m in models.items():
     rows.append({"model": f"{label(k)} v{m.version}", "image AUROC": met.get("image_auroc"), "pixel AUROC": met.get("pixel_auroc"),
                  "AUPRO": met.get("aupro"), "F1-max": met.get("f1_max"), "ms/image": met.get("latency_ms_mean"),
                  "model size MB": round(size_mb, 2), "train s": round(m.manifest.get("train", {}).get("seconds", 0), 1)})
-st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
+             column_config={**{c: st.column_config.NumberColumn(format="%.3f")
+                               for c in ("image AUROC", "pixel AUROC", "AUPRO", "F1-max")},
+                            "ms/image": st.column_config.NumberColumn(format="%.1f"),
+                            "model size MB": st.column_config.NumberColumn(format="%.2f"),
+                            "train s": st.column_config.NumberColumn(format="%.1f")})
 
 data = cache.category(sel.data_root, sel.category)
 files = {s.key: str(s.path) for s in data.test}  # the image behind each key, on this server
@@ -67,12 +72,16 @@ if a is not None and b is not None:
                + ". Spearman rank correlation "
                f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.{unmatched}")
     st.subheader("Where they disagree most")
-    st.caption("Rank: where an image falls among all evaluation images by that model's score (100% = the most "
-               "anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable "
+    st.caption("The images the two models judge differently come first, then the largest rank gaps. Rank: where "
+               "an image falls among all evaluation images by that model's score (100% = the most anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable "
                "between models, ranks are.")
-    top = joined.sort_values("disagreement", ascending=False).head(10)
-    st.dataframe(top[["name", "defect", "score_a", "score_b", "rank_a", "rank_b", "disagreement"]]
-                 .rename(columns={"score_a": "PatchCore score", "score_b": "EfficientAD score",
+    joined["verdict_a"], joined["verdict_b"] = verdict_a, verdict_b
+    joined["differs"] = verdict_a != verdict_b
+    top = joined.sort_values(["differs", "disagreement"], ascending=False).head(10)
+    st.dataframe(top[["name", "defect", "verdict_a", "verdict_b", "score_a", "score_b", "rank_a", "rank_b",
+                      "disagreement"]]
+                 .rename(columns={"verdict_a": "PatchCore verdict", "verdict_b": "EfficientAD verdict",
+                                  "score_a": "PatchCore score", "score_b": "EfficientAD score",
                                   "rank_a": "PatchCore rank", "rank_b": "EfficientAD rank",
                                   "disagreement": "rank gap"}),
                  hide_index=True, width="stretch",

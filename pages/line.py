@@ -18,6 +18,7 @@ from core.store.history import History, ResultRow
 from core.store.model_store import ModelNotFound, ModelRef, ModelStoreError
 from core.verdict import drift_status as drift
 from core.verdict.overlay import overlay
+from core.verdict.review import confirmed_good
 from ui import auth, cache, charts
 from ui.display import display_image
 from ui.frame import selection
@@ -129,9 +130,12 @@ def recalibrate_section() -> None:
     ref = current_ref()
     if ref is None:
         return
-    if st.button(f"Recalibrate from the line (the last {drift.RECALIBRATE_FROM} images confirmed good on the "
-                 f"Review page; at least {drift.MIN_CONFIRMED})",
-                 key="line_recalibrate", disabled=not auth.can(Permission.THRESHOLDS),
+    confirmed = len(confirmed_good(history, ref.category, ref.kind, drift.RECALIBRATE_FROM))
+    enough = confirmed >= drift.MIN_CONFIRMED
+    label = (f"Recalibrate from the line (the last {drift.RECALIBRATE_FROM} images confirmed good on the Review page)"
+             if enough else f"Recalibrate from the line: {confirmed} of {drift.MIN_CONFIRMED} images confirmed good "
+             "so far (confirm OK parts on the Review page)")
+    if st.button(label, key="line_recalibrate", disabled=not enough or not auth.can(Permission.THRESHOLDS),
                  help=auth.only_for(Permission.THRESHOLDS) or
                  "A new version whose thresholds come from line images a person confirmed OK; the drift alarm is "
                  "resolved. Undo: make the previous version current on the Models page."):

@@ -154,9 +154,9 @@ if saved_band is not None:
             step=(img_range[1] - img_range[0]) / 1000, format="%.4f"))
     band = (min(float(picked[0]), thr), max(float(picked[1]), thr))  # the band always holds the threshold
     inside = th.band_counts(labels, scores, thr, band)
-    b2.caption(f"In the band: **{inside.parts} of {len(scores)}** evaluation images ({inside.parts / len(scores):.0%}),"
-               + (f" holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors." if inside.errors
-                  else " (the threshold makes no errors on these images).")
+    b2.caption(f"In the band: **{inside.parts} of {len(scores)}** evaluation images ({inside.parts / len(scores):.0%})"
+               + (f", holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors." if inside.errors
+                  else "; the threshold makes no errors on these images.")
                + " Below it: OK; at "
                "or above it: DEFECT. The default band lies between the thresholds that would promise "
                f"{REVIEW_RATES[0]:.0%} and {REVIEW_RATES[1]:.0%} false alarms."

@@ -620,6 +620,12 @@ def test_compare_page(env: Path) -> None:
     assert len(at.get("plotly_chart")) == 1
     assert len(at.dataframe) == 2  # metrics + disagreements
     assert len(at.get("image")) >= 3  # original + two overlays for each picked image
+    table = at.dataframe[1].value
+    differs = list(table["PatchCore verdict"] != table["EfficientAD verdict"])
+    assert differs == sorted(differs, reverse=True)  # the images judged differently come first
+    caption = next(c.value for c in at.caption if c.value.startswith("Verdicts differ on"))
+    count = int(caption.split("Verdicts differ on ")[1].split(" of")[0])
+    assert sum(differs) == min(count, len(table))
 
 
 def test_compare_judges_with_the_size_rule(env: Path) -> None:

@@ -199,15 +199,16 @@ def test_recalibrate_from_the_line(line_page, history: History, tmp_path: Path, 
     assert history.alarms(open_only=True) == [] and not at.error  # the new version starts fresh
 
 
-def test_recalibrate_refused_below_ten_confirmed_images(line_page, history: History, tmp_path: Path,
-                                                        demo_root: Path) -> None:
+def test_recalibrate_offered_only_from_ten_confirmed_images(line_page, history: History, tmp_path: Path,
+                                                             demo_root: Path) -> None:
+    """Below 10 confirmed goods the button cannot be clicked and says how many there are (a click used to answer
+    with an error after the fact); the refusal itself stays in core (tests/test_recalibrate.py)."""
     open_page, _ = line_page
     version, _ = _current(tmp_path)
+    at = open_page()
+    assert at.button(key="line_recalibrate").disabled
     _confirmed(history, tmp_path, demo_root, 5, version)
     at = open_page()
-    at.button(key="line_recalibrate").click().run()
-    assert not at.exception, at.exception
-    refused = [e.value for e in at.error]
-    assert len(refused) == 1 and "expected at least 10 line images confirmed good" in refused[0]
-    assert "found 5" in refused[0]
+    button = at.button(key="line_recalibrate")
+    assert button.disabled and "5 of 10" in button.label
     assert ModelStore(tmp_path / "models").current("demo_metal", "patchcore").version == version

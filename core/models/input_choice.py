@@ -283,8 +283,9 @@ def choose_input(images: Sequence[np.ndarray], config: PatchCoreConfig,
                            config.seed, ratio, used, time.perf_counter() - t0)
 
     if len(options) == 1:
-        return made(unscored[0], f"images {h}x{w} are {ratio:.2f}x the model input: nothing for native aspect or "
-                                 "tiles to add, so nothing was scored.", unscored, {})
+        return made(unscored[0], f"resized to the model input: the images ({h}x{w}) are {ratio:.2f}x its size, "
+                                 "too small for tiles or a native-aspect input to keep more detail (no other "
+                                 "candidate to try).", unscored, {})
     if len(images) < MIN_IMAGES:
         fits = [c for c in unscored if c.within_budget] or unscored[:1]
         pick = fits[-1] if ratio >= 2 * TILE_RATIO else fits[0]
