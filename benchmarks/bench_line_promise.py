@@ -391,7 +391,8 @@ def pct(x: float | None) -> str:
 
 def table(results: list[dict], command: str) -> str:
     measured_by = list(dict.fromkeys(r.get("command", command) for r in results))
-    lines = [f"Machine: {machine()}.", "Command: " + "; ".join(f"`{c}`" for c in measured_by) + ".", "",
+    machines = list(dict.fromkeys(r.get("machine", "not recorded (measured before rows kept it)") for r in results))
+    lines = [f"Machine: {'; '.join(machines) or machine()}.", "Command: " + "; ".join(f"`{c}`" for c in measured_by) + ".", "",
              "Protocol: calibrate from the training images only (product defaults); stream the test images in a fixed "
              "random order (seed 0) through the verdict pipeline and the drift watch; after an alarm, the next "
              f"{CONFIRMED} images the ground truth calls good recalibrate the model; the rest is measured with the new "
@@ -480,7 +481,8 @@ def main() -> int:
         kept = (None if args.fresh or not args.reuse_results
                 else cached_result(name, dataset(name).name, args.kind, keep))
         result = kept if kept is not None else {**run_set(name, args.kind, args.fresh, rule, keep_stale=keep),
-                                                "command": command}
+                                                "command": command, "machine": machine(),
+                                                "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         result_file(name, args.kind).write_text(json.dumps(result, default=_plain))
         print(json.dumps(result, default=_plain), flush=True)
         print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr)

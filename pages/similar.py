@@ -24,11 +24,13 @@ building = job is not None and job.running
 # While the index is rebuilt, the page does not read it: embedded Qdrant has no lock, and a count between the
 # job's delete and create of the collection fails; that used to stop the page before its progress fragment,
 # whose timer the browser had dropped, so the page never redrew when the job ended.
-indexed = 0
+if building:  # nothing of the index is opened: only the job's progress, then the whole page once it ended
+    st.caption(f"Building the {job.name} in {where}.")
+    follow_job("index_job", "Indexing failed")
+    st.stop()
 try:
     index = cache.similarity_index(str(settings.qdrant_path), settings.qdrant_url)
-    if not building:
-        indexed = index.count(sel.category)
+    indexed = index.count(sel.category)
 except Exception as exc:  # server down, locked folder, ...
     st.error(f"Vector store unavailable ({where}): {exc}")
     st.stop()
@@ -36,18 +38,17 @@ data = cache.category(sel.data_root, sel.category)
 extractor = cache.feature_extractor("tf_efficientnet_lite0")
 features = ("Features: spatial mean of PatchCore's patch features (tf_efficientnet_lite0 blocks 2+4), cosine "
             "similarity.")
-st.caption(f"Building the index in {where}. {features}" if building else
-           f"{indexed} images indexed in {where}. {features}")
+st.caption(f"{indexed} images indexed in {where}. {features}")
 
 if st.button("Build / rebuild the index" if indexed else "Build the index", type="primary" if not indexed else "secondary",
-             disabled=building or not auth.can(Permission.INDEX), help=auth.only_for(Permission.INDEX)):
+             disabled=not auth.can(Permission.INDEX), help=auth.only_for(Permission.INDEX)):
     auth.require(Permission.INDEX)
     st.session_state["index_job"] = start_job(f"similarity index of {sel.category}",
                                               lambda control: index.build(data, extractor.pooled_features, control))
     st.rerun()
 
-follow_job("index_job", "Indexing failed")  # its progress while it runs; the whole page again once it ended
-if building or not indexed:
+follow_job("index_job", "Indexing failed")  # how the last build ended (its error, if any)
+if not indexed:
     st.stop()
 
 c1, c2 = st.columns([2, 1])

@@ -699,8 +699,18 @@ def test_similar_page_shows_a_rebuild_in_progress_and_the_query_box_after(env: P
             raise ValueError(f"Collection inspect_{category} not found")
         return real_count(self, category)
 
+    from ui import cache as ui_cache
+
+    real_open = ui_cache.similarity_index
+
+    def open_index(path: str, url: str | None) -> object:  # an opening that fails mid-rebuild stops no run
+        if inside.is_set() and not release.is_set():
+            raise RuntimeError("storage folder is already accessed by another instance")
+        return real_open(path, url)
+
     monkeypatch.setattr(SimilarityIndex, "build", build)
     monkeypatch.setattr(SimilarityIndex, "count", count)
+    monkeypatch.setattr(ui_cache, "similarity_index", open_index)
     at = page("similar")
     next(b for b in at.button if "Build" in b.label).click()
     at.run()
@@ -711,7 +721,8 @@ def test_similar_page_shows_a_rebuild_in_progress_and_the_query_box_after(env: P
         assert not at.exception, at.exception
         assert not at.error, [e.value for e in at.error]
         assert [p for p in at.get("progress")], "expected the job's progress, found none"
-        assert next(b for b in at.button if "Build" in b.label).disabled
+        assert not any("Build" in b.label for b in at.button)  # no second build offered meanwhile
+        assert any("Building the similarity index of" in c.value for c in at.caption)
     finally:
         release.set()
         job.thread.join(timeout=300)
