@@ -20,11 +20,10 @@ if sel.category is None:
 settings = sel.settings
 where = f"Qdrant server {settings.qdrant_url}" if settings.qdrant_url else f"embedded Qdrant at `{settings.qdrant_path}`"
 job = st.session_state.get("index_job")
-building = job is not None and job.running
 # While the index is rebuilt, the page does not read it: embedded Qdrant has no lock, and a count between the
 # job's delete and create of the collection fails; that used to stop the page before its progress fragment,
 # whose timer the browser had dropped, so the page never redrew when the job ended.
-if building:  # nothing of the index is opened: only the job's progress, then the whole page once it ended
+if job is not None and job.running:  # nothing of the index is opened: only the job's progress, then the whole page once it ended
     st.caption(f"Building the {job.name} in {where}.")
     follow_job("index_job", "Indexing failed")
     st.stop()
