@@ -32,6 +32,7 @@ from common import DATA, fmt, machine, train_subset, write_section
 
 from core.data.dataset import CategoryData, load_category
 from core.data.demo import DEMO_CATEGORY, make_demo_dataset
+from core.data.imageio import median_shape
 from core.models.registry import spec
 from core.store import lifecycle as det
 from core.store.model_store import ModelStore
@@ -66,7 +67,8 @@ def run(category: str, kind: str, subset: int = 0, settings: dict | None = None)
     with tempfile.TemporaryDirectory() as tmp:
         data = category_data(category, subset, Path(tmp))
         kind_spec = spec(kind)
-        estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train))
+        estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train),
+                                              median_shape([s.path for s in data.train]))
         store = ModelStore(Path(tmp) / "store")
         load_before = load()
         cpu0 = cpu_seconds()
@@ -127,10 +129,22 @@ def _train_cell(r: dict) -> str:
     return f"{r['train_wall_s'] / 60:.1f} min wall{cpu}, image AUROC {fmt(r['image_auroc'])}"
 
 
+def category_shape(name: str) -> tuple[int, int] | None:
+    """The median (H, W) of a category's good training images (the estimate's input), None when its data is absent."""
+    root = DATA if name != DEMO_CATEGORY else Path(tempfile.gettempdir()) / "bench_product_demo"
+    try:
+        if name == DEMO_CATEGORY and not (root / name).is_dir():
+            make_demo_dataset(root)
+        return median_shape([s.path for s in load_category(root, name).train])
+    except (OSError, ValueError):
+        return None
+
+
 def _estimate_cell(r: dict) -> str:
     """The committed estimator's figure for the row's settings and images (the Models page's and ``train``'s), with
     its error against the measured wall time."""
-    est = spec(r["kind"]).estimate_seconds(r["settings"], r["num_train"]) or 0.0
+    settings = {"input_mode": "squash", **r["settings"]}  # rows recorded before EfficientAD had input modes: squash
+    est = spec(r["kind"]).estimate_seconds(settings, r["num_train"], category_shape(r["category"])) or 0.0
     return f"{est / 60:.1f} min ({(est - r['train_wall_s']) / r['train_wall_s']:+.0%})"
 
 

@@ -95,6 +95,7 @@ def _model(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from core.data.imageio import median_shape
     from core.store import lifecycle as det
 
     data = _load_data(args)
@@ -103,7 +104,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         for p in data.problems:
             print(f"warning: {p}", file=sys.stderr)
     settings = _settings_from_args(args)
-    estimate = spec(args.model).estimate_seconds({**spec(args.model).default_settings(), **settings}, len(data.train))
+    shape = median_shape([s.path for s in data.train])
+    estimate = spec(args.model).estimate_seconds({**spec(args.model).default_settings(), **settings}, len(data.train),
+                                                 shape)
     if estimate is not None:
         from core.progress import duration_text
 

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from core.access import Permission
+from core.data.imageio import median_shape
 from core.line import train_all
 from core.models.backbone import BackboneError, default_layers, feature_layers
 from core.models.registry import KINDS, label, spec
@@ -158,7 +159,8 @@ with st.container(border=True):  # not a form: the estimate follows every change
                                                          help=tunable.help, key=f"train_{kind}_{tunable.key}"))
     if kind_spec.backbones:
         backbone_settings()
-    estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train))
+    shape = median_shape([s.path for s in data.train])
+    estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train), shape)
     if estimate is not None:
         st.caption(f"{kind_spec.label} at {side}px with these settings on {len(data.train)} good images: "
                    f"{duration_text(estimate)} on a 2-core CPU (measured step time; benchmarks/RESULTS.md).")
@@ -169,7 +171,7 @@ with st.container(border=True):  # not a form: the estimate follows every change
     point = ResumePoint.read(sel.store.training_state_dir(sel.category, kind))
     resumed = False
     if point is not None:
-        left = kind_spec.estimate_seconds({**kind_spec.default_settings(), **point.settings}, len(data.train))
+        left = kind_spec.estimate_seconds({**kind_spec.default_settings(), **point.settings}, len(data.train), shape)
         st.info(f"An interrupted {kind_spec.label} run is kept: step {point.step:,} of {point.steps:,} "
                 f"({duration_text(point.train_seconds)} of training, stopped {point.saved[:16].replace('T', ' ')} "
                 "UTC). **Resume** continues it with its own settings"

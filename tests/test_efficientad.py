@@ -190,6 +190,35 @@ def test_training_estimate_hand_computed(settings: dict, num_images: int, expect
     assert expected_training_seconds(EfficientADConfig(**settings), num_images) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize(
+    ("settings", "num_images", "shape", "expected"),
+    [
+        # pcb_00041 as measured (90 images of 640 x 640, auto -> 9 tiles of 256 px): 72 fitted images = 648 tiles,
+        # 12 epochs of 648 / 2 capped at 1,500 steps; pool 400 (the maximum); per-image passes over 9 tiles each
+        ({}, 90, (640, 640), 1500 * 2 * SECONDS_PER_BATCH_IMAGE_256[64] + 400 * SECONDS_PER_TEACHER_IMAGE_256
+         + 90 * 9 * SECONDS_PER_IMAGE_256),
+        # explicit squash on the same images: the image is one 256 x 256 input (72 fitted: 432 steps, pool 72)
+        ({"input_mode": "squash"}, 90, (640, 640), 432 * 2 * SECONDS_PER_BATCH_IMAGE_256[64]
+         + 72 * SECONDS_PER_TEACHER_IMAGE_256 + 90 * SECONDS_PER_IMAGE_256),
+        # small images: auto resizes them, as if the shape were not known
+        ({}, 90, (300, 400), 432 * 2 * SECONDS_PER_BATCH_IMAGE_256[64] + 72 * SECONDS_PER_TEACHER_IMAGE_256
+         + 90 * SECONDS_PER_IMAGE_256),
+    ],
+)
+def test_training_estimate_counts_tiles(settings: dict, num_images: int, shape: tuple[int, int],
+                                        expected: float) -> None:
+    """The estimate resolves the automatic input mode from the images' size as the fit will, and counts tiles as
+    training inputs (it ignored them: -74% on pcb_00041's 90 images, RESULTS.md cpu_speed)."""
+    assert expected_training_seconds(EfficientADConfig(**settings), num_images, shape) == pytest.approx(expected)
+
+
+def test_the_tiled_estimate_holds_the_measured_run() -> None:
+    """Within 25% of the measured tiled run (benchmarks/results/product_pcb_00041_sub90_efficientad.json: 276.6 s
+    wall for 90 images of 640 x 640, estimated 70.9 s before tiles were counted)."""
+    assert expected_training_seconds(EfficientADConfig(), 90, (640, 640)) == pytest.approx(276.6, rel=0.25)
+    assert expected_training_seconds(EfficientADConfig(input_mode="tiles"), 90, None) is None  # tiles unknown
+
+
 @pytest.mark.parametrize(("requested", "structure", "size"), [(128, "lite", 256), (320, "lite", 256), (384, "lite", 512),
                                                               (128, "pdn_s", 256), (320, "pdn_s", 320)])
 def test_input_size_for_structure(requested: int, structure: str, size: int) -> None:

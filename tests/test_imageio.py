@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -151,3 +152,16 @@ def test_a_documented_format_cut_before_its_header_ends_is_called_damaged(data: 
     with pytest.raises(ImageLoadError) as info:
         load_image(data, name="cut.png")
     assert "damaged or truncated" in info.value.reason and "expected a PNG" not in info.value.reason
+
+
+def test_median_shape_reads_headers_and_skips_what_it_cannot(tmp_path: Path) -> None:
+    from core.data.imageio import median_shape
+
+    paths = []
+    for i, (h, w) in enumerate([(10, 20), (10, 20), (30, 40)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(paths[-1])
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert median_shape([*paths, tmp_path / "broken.png", tmp_path / "missing.png"]) == (10, 20)
+    assert median_shape([tmp_path / "broken.png"]) is None
+    assert median_shape([]) is None

@@ -45,7 +45,7 @@ def test_models_table_fits_and_cancel_gives_train_back(models_server: tuple[str,
     url, store, data = models_server
     n_train = len(load_category(data, "demo_metal").train)
     estimate = spec("efficientad").estimate_seconds({**spec("efficientad").default_settings(), "height": 256,
-                                                     "width": 256, "steps": 3000}, n_train)
+                                                     "width": 256, "steps": 3000}, n_train, None)
     assert estimate is not None and estimate > 45  # a minute of training: the cancel below cannot come too late
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)

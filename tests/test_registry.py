@@ -33,13 +33,13 @@ def test_each_kind_is_one_table_entry(kind: str, label_: str, side_in: int, side
 def test_estimates_follow_the_settings() -> None:
     ead = spec("efficientad")
     old = {"schedule": "step", "student_width": 128}  # anomalib's one-image loop: time follows the steps
-    base = ead.estimate_seconds({**old, "steps": 1000}, 100)
-    assert ead.estimate_seconds({**old, "steps": 2000}, 100) == pytest.approx(2 * base - 100 * 0.08, rel=1e-6)
-    assert ead.estimate_seconds({**old, "steps": 1000, "height": 512, "width": 512}, 100) == pytest.approx(4 * base)
+    base = ead.estimate_seconds({**old, "steps": 1000}, 100, None)
+    assert ead.estimate_seconds({**old, "steps": 2000}, 100, None) == pytest.approx(2 * base - 100 * 0.08, rel=1e-6)
+    assert ead.estimate_seconds({**old, "steps": 1000, "height": 512, "width": 512}, 100, None) == pytest.approx(4 * base)
     # the cosine recipe's steps are capped by its epochs: more images, more steps, up to the steps asked for
-    few, many = ead.estimate_seconds({}, 40), ead.estimate_seconds({}, 400)
+    few, many = ead.estimate_seconds({}, 40, None), ead.estimate_seconds({}, 400, None)
     assert few is not None and many is not None and few < many
-    assert spec("patchcore").estimate_seconds({}, 100) is None
+    assert spec("patchcore").estimate_seconds({}, 100, None) is None
 
 
 def test_unknown_kind_names_the_known_ones() -> None:

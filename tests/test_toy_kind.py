@@ -102,7 +102,7 @@ GAIN = Option("gain", float, "toy: factor on the anomaly map", fields=("gain",))
 def toy_spec(name: str = TOY, detector: type[MeanPixel] = MeanPixel) -> KindSpec:
     return KindSpec(name=name, label="Mean pixel", summary="Distance of each pixel's grey value from the good mean.",
                     config=MeanPixelConfig, detector=detector, inference_settings=lambda s, path: dict(s),
-                    input_size=lambda side: side, estimate_seconds=lambda s, n: None, min_side=8, sizes=(32,),
+                    input_size=lambda side: side, estimate_seconds=lambda s, n, shape: None, min_side=8, sizes=(32,),
                     tunables=(), options=(IMAGE_SIZE, GAIN), positive_scores=True)
 
 

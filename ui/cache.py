@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
-from PIL import Image
 
 from core.data.dataset import CategoryData, legacy_key, load_category
-from core.data.imageio import load_image
+from core.data.imageio import header_shape, load_image
 from core.models.patchcore import PatchCore, PatchCoreConfig
 from core.models.similarity import SimilarityIndex, open_client
 from core.scores.metrics import PixelHistogram
@@ -44,7 +43,6 @@ def calibration_key(ref: ModelRef) -> str:
     return model_cache.calibration_key(ref)
 
 
-EXIF_ORIENTATION = 0x0112
 LOADING = ("Loading model and warming it up… (a memory bank of more than 16k patches also builds its search "
            "index here: about a minute per 800k patches)")
 
@@ -97,13 +95,7 @@ def image_from_path(path: str) -> np.ndarray:
 
 @st.cache_data(show_spinner=False, max_entries=4096)
 def _image_shape(path: str, stamp: float) -> tuple[int, int] | None:
-    try:
-        with Image.open(path) as image:  # the header only: no pixel is decoded
-            width, height = image.size
-            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # shown rotated by 90 degrees
-    except (OSError, ValueError, SyntaxError):
-        return None
-    return (width, height) if turned else (height, width)
+    return header_shape(path)
 
 
 def image_shape(path: str) -> tuple[int, int] | None:

@@ -27,10 +27,45 @@ from core.portable import (
     pil_to_rgb,
 )
 
-__all__ = ["ACCEPTED_FORMATS", "MAX_PIXELS", "SUPPORTED_SUFFIXES", "ImageLoadError", "ImageTooLarge", "load_image",
-           "load_many", "load_mask", "pil_to_rgb", "save_png_atomic"]
+__all__ = [
+    "ACCEPTED_FORMATS",
+    "MAX_PIXELS",
+    "SUPPORTED_SUFFIXES",
+    "ImageLoadError",
+    "ImageTooLarge",
+    "header_shape",
+    "load_image",
+    "load_many",
+    "load_mask",
+    "median_shape",
+    "pil_to_rgb",
+    "save_png_atomic",
+]
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+EXIF_ORIENTATION = 0x0112
+
+
+def header_shape(path: str | Path) -> tuple[int, int] | None:
+    """(H, W) of the image at ``path`` as :func:`load_image` decodes it (EXIF orientation applied), from its header
+    alone (no pixel decoded); None when it cannot be read."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # shown rotated by 90 degrees
+    except (OSError, ValueError, SyntaxError):
+        return None
+    return (width, height) if turned else (height, width)
+
+
+def median_shape(paths: Sequence[str | Path], sample: int = 32) -> tuple[int, int] | None:
+    """The median (H, W) of the images at ``paths`` by their headers (at most ``sample`` of them, evenly spread);
+    None when none can be read. What the training estimate needs to know of the images' size."""
+    step = max(1, len(paths) // max(1, sample))
+    shapes = [s for s in (header_shape(p) for p in list(paths)[::step][:sample]) if s is not None]
+    if not shapes:
+        return None
+    return int(np.median([s[0] for s in shapes])), int(np.median([s[1] for s in shapes]))
 
 
 def load_image(source: str | Path | bytes, name: str | None = None, max_pixels: int = MAX_PIXELS) -> np.ndarray:

@@ -38,7 +38,7 @@ from core.models.efficientad_training import SAVE_EVERY, STATE_FILE, load_penalt
 from core.models.preprocess import InputSpec, predict_in_batches, resize_map, to_tensor
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx, uses_graph
 from core.models.tiling import predict_tiled
-from core.portable import scale_image
+from core.portable import scale_image, tile_boxes
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 __all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
@@ -165,26 +165,43 @@ class EfficientADConfig:
         return cls(**values)
 
 
-def expected_training_seconds(config: EfficientADConfig, num_images: int = 0) -> float:
+def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
+                               shape: tuple[int, int] | None = None) -> float | None:
     """Wall time of ``python -m core train`` / the Models page on the 2-core CPU: the measured median step time
     scaled by input area, plus the per-image passes (teacher statistics, map quantiles, calibration and the
-    unfamiliar-image guard) over ``num_images`` good training images."""
+    unfamiliar-image guard) over ``num_images`` good training images.
+
+    ``shape``: the training images' median (H, W). ``input_mode="auto"`` is resolved from it as the fit will
+    (:func:`core.models.efficientad_tiles.choose_input`; resized when it is None); in tiles mode every tile is a
+    training input (at most :data:`~core.models.efficientad_tiles.MAX_TRAIN_TILES`) and a per-image pass runs
+    each tile. None: tiles asked for without a shape (their number unknown)."""
+    if config.input_mode == tiles.AUTO:
+        config = replace(config, **(tiles.choose_input([shape], config).settings if shape is not None
+                                    else {"input_mode": "squash"}))
+    per_input = 1
     area = (config.height * config.width) / (256 * 256)
-    per_image = num_images * SECONDS_PER_IMAGE_256
+    if config.input_mode == "tiles":
+        if shape is None:
+            return None
+        scaled = (max(1, round(shape[0] * config.scale)), max(1, round(shape[1] * config.scale)))
+        per_input = len(tile_boxes(scaled, config.tile, config.tile_overlap))
+        area = (config.tile * config.tile) / (256 * 256)
+    per_image = num_images * per_input * SECONDS_PER_IMAGE_256
     if config.schedule == "step":
         return (config.steps * SECONDS_PER_STEP_256[config.structure] + per_image) * area
     fitted = num_images - (min(200, round(0.2 * num_images)) if num_images >= 10 else 0)  # lifecycle's holdout
+    inputs = min(fitted * per_input, tiles.MAX_TRAIN_TILES) if per_input > 1 else fitted
     per_batch_image = SECONDS_PER_BATCH_IMAGE_256.get(config.student_width, SECONDS_PER_BATCH_IMAGE_256[128]
                                                       * config.student_width / 128)
-    pool = min(training.AUG_POOL_MAX, max(training.AUG_POOL_MIN, fitted))
-    steps = training.planned_steps(config, fitted)
+    pool = min(training.AUG_POOL_MAX, max(training.AUG_POOL_MIN, inputs))
+    steps = training.planned_steps(config, inputs)
     return (steps * config.train_batch * per_batch_image + pool * SECONDS_PER_TEACHER_IMAGE_256 + per_image) * area
 
 
-def estimate_for_settings(settings: dict[str, Any], num_images: int) -> float:
+def estimate_for_settings(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> float | None:
     """:func:`expected_training_seconds` for a settings dict (defaults filled in), as the registry asks."""
     return expected_training_seconds(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}),
-                                     num_images)
+                                     num_images, shape)
 
 
 def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:

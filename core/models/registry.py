@@ -154,8 +154,8 @@ class Tunable:
 @dataclass(frozen=True)
 class KindSpec:
     """One model kind. ``config`` is its settings class and ``detector`` builds a detector from one;
-    ``estimate_seconds(settings, num_images)`` is the training wall time the app shows before training (None: no
-    estimate); ``input_size(requested)`` the nearest side the kind accepts; ``options`` its CLI training flags."""
+    ``estimate_seconds(settings, num_images, shape)`` is the training wall time the app shows before training, for
+    ``num_images`` good images of median size ``shape`` (H, W; None: unknown) (None: no estimate); ``input_size(requested)`` the nearest side the kind accepts; ``options`` its CLI training flags."""
 
     name: str
     label: str
@@ -164,7 +164,7 @@ class KindSpec:
     detector: Callable[[Any], Detector]
     inference_settings: Callable[[dict[str, Any], str], dict[str, Any]]
     input_size: Callable[[int], int]
-    estimate_seconds: Callable[[dict[str, Any], int], float | None]
+    estimate_seconds: Callable[[dict[str, Any], int, tuple[int, int] | None], float | None]
     min_side: int
     sizes: tuple[int, ...]
     tunables: tuple[Tunable, ...]
@@ -196,7 +196,7 @@ def _patchcore() -> KindSpec:
         config=patchcore.PatchCoreConfig, detector=patchcore.PatchCore,
         inference_settings=patchcore.inference_settings,
         input_size=lambda side: side,
-        estimate_seconds=lambda s, n: None,
+        estimate_seconds=lambda s, n, shape: None,
         min_side=32,
         sizes=(128, 160, 192, 224, 256, 320, 384),
         backbones=("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2"),
