@@ -333,6 +333,25 @@ def test_a_choice_measured_on_a_busy_machine_is_not_recorded(choice_file, monkey
     assert not choice_file.exists()
 
 
+def test_a_busy_machine_s_choice_holds_for_the_process(choice_file, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not recorded, but kept for this process: a model trained and the same model loaded again in one process
+    run the same backend (each measuring anew could pick the other: scores then differ by fp32 rounding, and
+    save -> load was no longer bit for bit on a loaded machine)."""
+    from core.models import runtime
+
+    monkeypatch.setattr(runtime, "busy", lambda: True)
+    monkeypatch.setattr(runtime, "_PROCESS_CHOICES", {})
+    first = runtime.OnnxGraph(_net(), 1, "auto")
+    first(torch.rand(1, 3, 16, 16))
+    timed: list[int] = []
+    real = runtime.time_runtimes
+    monkeypatch.setattr(runtime, "time_runtimes", lambda *a, **k: (timed.append(1), real(*a, **k))[1])
+    again = runtime.OnnxGraph(_net(), 1, "auto")
+    again(torch.rand(1, 3, 16, 16))
+    assert timed == [] and again.choices[(16, 16)].runtime == first.choices[(16, 16)].runtime
+    assert again.choices[(16, 16)].how == "measured in this process" and not choice_file.exists()
+
+
 def test_an_unwritable_choice_file_still_chooses(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.models import runtime
     from core.models.runtime import OnnxGraph

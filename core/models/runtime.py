@@ -254,6 +254,9 @@ def busy() -> bool:
 
 
 _CHOICE_LOCK = threading.Lock()  # one measurement at a time per process (two threads would time each other)
+# Choices measured while the machine was busy (not recorded): kept for this process, so that every graph of one
+# network at one size runs the same backend in it (a model trained and loaded again scores bit for bit the same).
+_PROCESS_CHOICES: dict[str, RuntimeChoice] = {}
 
 
 def choose_runtime(model: bytes, network: str, height: int, width: int, threads: int,
@@ -267,6 +270,10 @@ def choose_runtime(model: bytes, network: str, height: int, width: int, threads:
     if names == (FALLBACK,):
         return RuntimeChoice(FALLBACK, "only", key), onnxruntime_runner(model, threads)
     with _CHOICE_LOCK:
+        held = _PROCESS_CHOICES.get(key)
+        if held is not None:
+            return (RuntimeChoice(held.runtime, "measured in this process", key, dict(held.ms)),
+                    BACKENDS[held.runtime](model, threads))
         saved = read_record(path).get(key)
         if saved is not None:
             try:
@@ -294,7 +301,8 @@ def choose_runtime(model: bytes, network: str, height: int, width: int, threads:
         best = min(ms, key=ms.__getitem__)
         choice = RuntimeChoice(best, "measured", key, ms)
         if busy():  # other work on the cores skews the timings: this process only, measured again by the next
-            log.info("machine busy while timing the runtimes: choice %s not recorded", best)
+            log.info("machine busy while timing the runtimes: choice %s not recorded (kept for this process)", best)
+            _PROCESS_CHOICES[key] = choice
         else:
             _record(path, key, choice)
         log.info("runtime for %s: %s (%s)", key, best, ", ".join(f"{n} {v:.1f} ms" for n, v in ms.items()))
