@@ -158,8 +158,8 @@ if saved_band is not None:
                + (f", holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors." if inside.errors
                   else "; the threshold makes no errors on these images.")
                + " Below it: OK; at "
-               "or above it: DEFECT. The default band lies between the thresholds that would promise "
-               f"{REVIEW_RATES[0]:.0%} and {REVIEW_RATES[1]:.0%} false alarms."
+               "or above it: DEFECT. The default band is as wide below and above the threshold as a normal fit to the good "
+               f"scores puts its {REVIEW_RATES[0]:.0%} and {REVIEW_RATES[1]:.0%} tails from the promised one."
                + ("" if band == (float(picked[0]), float(picked[1])) else " (widened to hold the threshold)"))
 
 counts = metrics.confusion(labels, scores, thr)

@@ -34,9 +34,9 @@ DEFAULT_FALSE_ALARM = 0.05
 # (benchmarks/bench_calibration_loo.py, RESULTS.md "calibration_loo").
 RULES: tuple[str, ...] = ("gaussian_tail", "conformal", "max")
 DEFAULT_RULE = "max"
-# The review band's edges by default: the thresholds that would promise these false-alarm rates (wider than the
-# default threshold's on both sides). Parts scoring inside go to a person (REVIEW). Chosen by measurement
-# (benchmarks/bench_line_promise.py, RESULTS.md "line_promise").
+# The review band's edges by default: as far below and above the image threshold as a normal fit to the good
+# scores puts these false-alarm rates' tails from the promised one's (band_widths). Parts scoring inside go to a
+# person (REVIEW). Chosen by measurement (benchmarks/bench_line_promise.py, RESULTS.md "line_promise").
 REVIEW_RATES: tuple[float, float] = (0.10, 0.01)
 
 
@@ -158,9 +158,12 @@ class Calibration:
     def default_review(self) -> tuple[float, float]:
         """The default review band around the image threshold: as wide below and above it as the thresholds
         promising :data:`REVIEW_RATES` lie below and above the default threshold."""
-        default = self.defaults[0]
-        below = max(default - self.defaults_for(REVIEW_RATES[0])[0], 0.0)
-        above = max(self.defaults_for(REVIEW_RATES[1])[0] - default, 0.0)
+        if self.good_scores and len(self.good_scores) > 1:
+            below, above = band_widths(self.good_scores, self.false_alarm_target or DEFAULT_FALSE_ALARM)
+        else:  # a file saved without raw scores: the Gaussian tail of its saved statistics
+            tail = [tail_threshold(self.good_score_mean, self.good_score_std, self.num_images, a)
+                    for a in (REVIEW_RATES[0], self.false_alarm_target or DEFAULT_FALSE_ALARM, REVIEW_RATES[1])]
+            below, above = max(tail[1] - tail[0], 0.0), max(tail[2] - tail[1], 0.0)
         return self.image_threshold - below, self.image_threshold + above
 
     def with_review(self, low: float, high: float, chosen_by: str | None = "user") -> Calibration:
@@ -235,6 +238,18 @@ def threshold_for(values: Sequence[float] | np.ndarray, false_alarm: float, rule
     return {"gaussian_tail": tail, "conformal": rank, "max": max(tail, rank)}[rule]
 
 
+def band_widths(values: Sequence[float] | np.ndarray, false_alarm: float) -> tuple[float, float]:
+    """The default review band's widths (below, above the image threshold) from good ``values`` ``[n]``: the
+    distances from a normal fit's ``false_alarm`` tail down to its :data:`REVIEW_RATES` [0] tail and up to its
+    [1] tail (:func:`tail_threshold`). A band is where a person looks, not a promise, so no sample decides it:
+    the conformal rank for 1% is the largest of 99-198 good scores, an outlier on pcb_00041 that put half the
+    line's parts in the band (RESULTS.md "line_promise_reading")."""
+    v = np.asarray(values, dtype=np.float64)
+    mean, std, n = float(v.mean()), float(v.std()), int(v.size)
+    low, mid, high = (tail_threshold(mean, std, n, a) for a in (REVIEW_RATES[0], false_alarm, REVIEW_RATES[1]))
+    return max(mid - low, 0.0), max(high - mid, 0.0)
+
+
 def promise_for(values: Sequence[float] | np.ndarray, threshold: float, false_alarm: float) -> Promise:
     """The evidence that ``threshold`` keeps a promise of ``false_alarm`` on good ``values`` ``[n]`` (see
     :class:`Promise` and the module docstring)."""
@@ -266,8 +281,7 @@ def calibrate(good: list[Prediction], source: str, false_alarm: float = DEFAULT_
     m_mean, m_std = float(map_max.mean()), float(map_max.std())
     image_threshold = threshold_for(scores, false_alarm, rule)
     pixel_threshold = threshold_for(map_max, false_alarm, rule)
-    below = max(image_threshold - threshold_for(scores, REVIEW_RATES[0], rule), 0.0) if len(good) > 1 else None
-    above = max(threshold_for(scores, REVIEW_RATES[1], rule) - image_threshold, 0.0) if len(good) > 1 else None
+    below, above = band_widths(scores, false_alarm) if len(good) > 1 else (None, None)
     return Calibration(
         image_threshold=image_threshold, pixel_threshold=pixel_threshold,
         good_score_mean=s_mean, good_score_std=s_std, good_score_max=float(scores.max()),
