@@ -98,8 +98,8 @@ def test_a_file_saved_before_the_band_gets_the_default_band_around_its_threshold
     # as wide around 3.0 as the default band (from the saved statistics) is around the default threshold
     assert cal.review is not None and cal.review[0] < 3.0 < cal.review[1]
     # (a file without raw scores: the Gaussian tail of its saved statistics)
-    tail = tail_threshold(made.good_score_mean, made.good_score_std, 50, 0.10)
-    assert cal.review_below == pytest.approx(made.image_threshold - tail)
+    tail = [tail_threshold(made.good_score_mean, made.good_score_std, 50, a) for a in (0.10, 0.05, 0.01)]
+    assert (cal.review_below, cal.review_above) == pytest.approx((tail[1] - tail[0], tail[2] - tail[1]))
 
 
 def test_band_counts_by_hand():

@@ -234,6 +234,14 @@ def _has_openvino() -> bool:
 needs_openvino = pytest.mark.skipif(not _has_openvino(), reason="OpenVINO is not installed")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_process_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test here measures as a new process would (no choice held from another test)."""
+    from core.models import runtime
+
+    monkeypatch.setattr(runtime, "_PROCESS_CHOICES", {})
+
+
 def _net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 3)).eval()
@@ -333,6 +341,7 @@ def test_a_choice_measured_on_a_busy_machine_is_not_recorded(choice_file, monkey
     assert not choice_file.exists()
 
 
+@needs_openvino
 def test_a_busy_machine_s_choice_holds_for_the_process(choice_file, monkeypatch: pytest.MonkeyPatch) -> None:
     """Not recorded, but kept for this process: a model trained and the same model loaded again in one process
     run the same backend (each measuring anew could pick the other: scores then differ by fp32 rounding, and
@@ -340,7 +349,6 @@ def test_a_busy_machine_s_choice_holds_for_the_process(choice_file, monkeypatch:
     from core.models import runtime
 
     monkeypatch.setattr(runtime, "busy", lambda: True)
-    monkeypatch.setattr(runtime, "_PROCESS_CHOICES", {})
     first = runtime.OnnxGraph(_net(), 1, "auto")
     first(torch.rand(1, 3, 16, 16))
     timed: list[int] = []

@@ -53,7 +53,7 @@ def header_shape(path: str | Path) -> tuple[int, int] | None:
         with Image.open(path) as image:
             width, height = image.size
             turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)  # shown rotated by 90 degrees
-    except (OSError, ValueError, SyntaxError):
+    except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None
     return (width, height) if turned else (height, width)
 
@@ -61,8 +61,9 @@ def header_shape(path: str | Path) -> tuple[int, int] | None:
 def median_shape(paths: Sequence[str | Path], sample: int = 32) -> tuple[int, int] | None:
     """The median (H, W) of the images at ``paths`` by their headers (at most ``sample`` of them, evenly spread);
     None when none can be read. What the training estimate needs to know of the images' size."""
-    step = max(1, len(paths) // max(1, sample))
-    shapes = [s for s in (header_shape(p) for p in list(paths)[::step][:sample]) if s is not None]
+    picked = [paths[int(i)] for i in np.unique(np.linspace(0, len(paths) - 1, min(len(paths), sample)).round())] \
+        if len(paths) else []
+    shapes = [s for s in (header_shape(p) for p in picked) if s is not None]
     if not shapes:
         return None
     return int(np.median([s[0] for s in shapes])), int(np.median([s[1] for s in shapes]))

@@ -254,8 +254,8 @@ def busy() -> bool:
 
 
 _CHOICE_LOCK = threading.Lock()  # one measurement at a time per process (two threads would time each other)
-# Choices measured while the machine was busy (not recorded): kept for this process, so that every graph of one
-# network at one size runs the same backend in it (a model trained and loaded again scores bit for bit the same).
+# Choices measured in this process (recorded or not: a busy machine, a read-only home): kept, so that every graph
+# of one network at one size runs the same backend in it (a model trained and loaded again scores bit for bit).
 _PROCESS_CHOICES: dict[str, RuntimeChoice] = {}
 
 
@@ -300,9 +300,9 @@ def choose_runtime(model: bytes, network: str, height: int, width: int, threads:
         ms = time_runtimes(model, height, width, runners=runners)
         best = min(ms, key=ms.__getitem__)
         choice = RuntimeChoice(best, "measured", key, ms)
+        _PROCESS_CHOICES[key] = choice  # whether or not the record can keep it (busy machine, read-only home)
         if busy():  # other work on the cores skews the timings: this process only, measured again by the next
             log.info("machine busy while timing the runtimes: choice %s not recorded (kept for this process)", best)
-            _PROCESS_CHOICES[key] = choice
         else:
             _record(path, key, choice)
         log.info("runtime for %s: %s (%s)", key, best, ", ".join(f"{n} {v:.1f} ms" for n, v in ms.items()))

@@ -156,14 +156,14 @@ class Calibration:
         return review_band(self.image_threshold, self.review_below, self.review_above)
 
     def default_review(self) -> tuple[float, float]:
-        """The default review band around the image threshold: as wide below and above it as the thresholds
-        promising :data:`REVIEW_RATES` lie below and above the default threshold."""
+        """The default review band around the image threshold, as :func:`band_widths` sets it at calibration: from
+        the saved good scores, or for a file saved without them from its saved statistics (the same normal fit).
+        A file from before false-alarm targets (mean + 3 std) takes the band of the default 5% promise."""
+        promise = self.false_alarm_target or DEFAULT_FALSE_ALARM
         if self.good_scores and len(self.good_scores) > 1:
-            below, above = band_widths(self.good_scores, self.false_alarm_target or DEFAULT_FALSE_ALARM)
-        else:  # a file saved without raw scores: the Gaussian tail of its saved statistics
-            tail = [tail_threshold(self.good_score_mean, self.good_score_std, self.num_images, a)
-                    for a in (REVIEW_RATES[0], self.false_alarm_target or DEFAULT_FALSE_ALARM, REVIEW_RATES[1])]
-            below, above = max(tail[1] - tail[0], 0.0), max(tail[2] - tail[1], 0.0)
+            below, above = band_widths(self.good_scores, promise)
+        else:
+            below, above = tail_widths(self.good_score_mean, self.good_score_std, self.num_images, promise)
         return self.image_threshold - below, self.image_threshold + above
 
     def with_review(self, low: float, high: float, chosen_by: str | None = "user") -> Calibration:
@@ -245,7 +245,11 @@ def band_widths(values: Sequence[float] | np.ndarray, false_alarm: float) -> tup
     the conformal rank for 1% is the largest of 99-198 good scores, an outlier on pcb_00041 that put half the
     line's parts in the band (RESULTS.md "line_promise_reading")."""
     v = np.asarray(values, dtype=np.float64)
-    mean, std, n = float(v.mean()), float(v.std()), int(v.size)
+    return tail_widths(float(v.mean()), float(v.std()), int(v.size), false_alarm)
+
+
+def tail_widths(mean: float, std: float, n: int, false_alarm: float) -> tuple[float, float]:
+    """:func:`band_widths` from the statistics of ``n`` good scores (population ``std``)."""
     low, mid, high = (tail_threshold(mean, std, n, a) for a in (REVIEW_RATES[0], false_alarm, REVIEW_RATES[1]))
     return max(mid - low, 0.0), max(high - mid, 0.0)
 
