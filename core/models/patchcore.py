@@ -371,13 +371,13 @@ class PatchCore:
         feature_image = torch.cat(owners)
         del chunks
         inputs.sort()  # native mode batches images by size: back to input order (tiles: image by image)
-        kept = KeptFeatures(features, tuple(owner[i] for i, _, _, _ in inputs),
-                            tuple(o for _, o, _, _ in inputs), tuple(g for _, _, g, _ in inputs),
-                            tuple(z for _, _, _, z in inputs), tuple(cut_shapes),
-                            tuple(image_digest(im) for im in training))
         # Features from another device (CUDA: TF32 products) are not the line's CPU features: calibration extracts
         # its own on the CPU rather than calibrate scores the line never computes.
-        self.kept_features = kept if device.type == "cpu" else None
+        if device.type == "cpu":
+            self.kept_features = KeptFeatures(features, tuple(owner[i] for i, _, _, _ in inputs),
+                                              tuple(o for _, o, _, _ in inputs), tuple(g for _, _, g, _ in inputs),
+                                              tuple(z for _, _, _, z in inputs), tuple(cut_shapes),
+                                              tuple(image_digest(im) for im in training))
         t1 = time.perf_counter()
         tiled = self.config.input_mode == "tiles"
         k = coreset_size(features.shape[0], self.config.coreset_ratio * (TILE_BANK_SHARE if tiled else 1.0))

@@ -234,13 +234,16 @@ def read_record(path: Path) -> dict[str, dict]:
         return {}
 
 
-def _record(path: Path, key: str, choice: RuntimeChoice) -> None:
+def _record(path: Path, key: str, choice: RuntimeChoice) -> bool:
+    """Write ``choice`` into the record at ``path``; False when it cannot be written (logged)."""
     choices = read_record(path)
     choices[key] = {"runtime": choice.runtime, "ms": choice.ms, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
         atomic_write_json(path, {"version": RECORD_VERSION, "choices": choices})
     except OSError as exc:  # a read-only home: the choice holds for this process, measured again by the next
         log.warning("could not record the runtime choice in %s: %s", path, exc)
+        return False
+    return True
 
 
 def busy() -> bool:
@@ -254,8 +257,9 @@ def busy() -> bool:
 
 
 _CHOICE_LOCK = threading.Lock()  # one measurement at a time per process (two threads would time each other)
-# Choices measured in this process (recorded or not: a busy machine, a read-only home): kept, so that every graph
-# of one network at one size runs the same backend in it (a model trained and loaded again scores bit for bit).
+# Choices measured in this process that the record does not keep (a busy machine, a read-only home): held here,
+# so that every graph of one network at one size runs the same backend in it (a model trained and loaded again
+# scores bit for bit the same); a recorded choice is read back from the record.
 _PROCESS_CHOICES: dict[str, RuntimeChoice] = {}
 
 
@@ -300,11 +304,11 @@ def choose_runtime(model: bytes, network: str, height: int, width: int, threads:
         ms = time_runtimes(model, height, width, runners=runners)
         best = min(ms, key=ms.__getitem__)
         choice = RuntimeChoice(best, "measured", key, ms)
-        _PROCESS_CHOICES[key] = choice  # whether or not the record can keep it (busy machine, read-only home)
         if busy():  # other work on the cores skews the timings: this process only, measured again by the next
             log.info("machine busy while timing the runtimes: choice %s not recorded (kept for this process)", best)
-        else:
-            _record(path, key, choice)
+            _PROCESS_CHOICES[key] = choice
+        elif not _record(path, key, choice):  # a read-only home: this process only too
+            _PROCESS_CHOICES[key] = choice
         log.info("runtime for %s: %s (%s)", key, best, ", ".join(f"{n} {v:.1f} ms" for n, v in ms.items()))
         return choice, runners[best]
 
