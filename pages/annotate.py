@@ -44,7 +44,8 @@ try:
 except ImageLoadError as exc:
     st.error(f"Cannot annotate {exc.source}: {exc.reason}")
 if image is None:
-    st.info("Upload an image or pick a defect test image above to draw its mask.")
+    st.info("Upload an image or pick a defect test image above to draw its mask." if unmasked else
+            "Upload an image above to draw its mask.")
     st.stop()
 
 h, w = image.shape[:2]

@@ -157,9 +157,9 @@ if saved_band is not None:
     b2.caption(f"In the band: **{inside.parts} of {len(scores)}** evaluation images ({inside.parts / len(scores):.0%})"
                + (f", holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors." if inside.errors
                   else "; the threshold makes no errors on these images.")
-               + " Below it: OK; at "
-               "or above it: DEFECT. The default band is as wide below and above the threshold as a normal fit to the good "
-               f"scores puts its {REVIEW_RATES[0]:.0%} and {REVIEW_RATES[1]:.0%} tails from the promised one."
+               + " Parts below the band: OK; above it: DEFECT. By default the band reaches below the threshold as far "
+               f"as a normal curve fitted to the good scores moves from flagging 5% to {REVIEW_RATES[0]:.0%} of good "
+               f"parts, and above it as far as from 5% to {REVIEW_RATES[1]:.0%} (so it is not symmetric)."
                + ("" if band == (float(picked[0]), float(picked[1])) else " (widened to hold the threshold)"))
 
 counts = metrics.confusion(labels, scores, thr)

@@ -283,7 +283,7 @@ def choose_input(images: Sequence[np.ndarray], config: PatchCoreConfig,
                            config.seed, ratio, used, time.perf_counter() - t0)
 
     if len(options) == 1:
-        return made(unscored[0], f"resized: the images ({h}x{w}) are {ratio:.2f}x the model input, "
+        return made(unscored[0], f"Resized: the images ({h}x{w}) are {ratio:.2f}x the model input, "
                                  "too small for tiles or a native-aspect input to keep more detail (no other "
                                  "candidate to try).", unscored, {})
     if len(images) < MIN_IMAGES:
