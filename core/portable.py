@@ -231,11 +231,19 @@ def stitch_tiles(shape: tuple[int, ...], boxes: list[tuple[int, int, int, int]],
     return total / np.maximum(count, 1.0)
 
 
+def scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
+    """(H, W) of an image of ``shape`` resized by ``scale`` (sides rounded, at least 1 px), as :func:`scale_image`
+    resizes it."""
+    if scale == 1.0:
+        return int(shape[0]), int(shape[1])
+    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
+
+
 def scale_image(image: np.ndarray, scale: float) -> np.ndarray:
     """``image`` ``[H, W, 3]`` resized by ``scale`` (bilinear, sides rounded, at least 1 px); 1.0 returns it."""
     if scale == 1.0:
         return image
-    h, w = max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale))
+    h, w = scaled_shape(image.shape, scale)
     return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
 
 

@@ -38,7 +38,7 @@ from core.models.efficientad_training import SAVE_EVERY, STATE_FILE, load_penalt
 from core.models.preprocess import InputSpec, predict_in_batches, resize_map, to_tensor
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx, uses_graph
 from core.models.tiling import predict_tiled
-from core.portable import scale_image, tile_boxes
+from core.portable import scale_image, scaled_shape, tile_boxes
 from core.types import NO_CONTROL, Prediction, TrainControl
 
 __all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
@@ -183,8 +183,7 @@ def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
     if config.input_mode == "tiles":
         if shape is None:
             return None
-        scaled = (max(1, round(shape[0] * config.scale)), max(1, round(shape[1] * config.scale)))
-        per_input = len(tile_boxes(scaled, config.tile, config.tile_overlap))
+        per_input = len(tile_boxes(scaled_shape(shape, config.scale), config.tile, config.tile_overlap))
         area = (config.tile * config.tile) / (256 * 256)
     per_image = num_images * per_input * SECONDS_PER_IMAGE_256
     if config.schedule == "step":

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from core.models.input_choice import MARGIN, CandidateScore, InputChoice, expected_ms
-from core.portable import crop_tiles, scale_image, tile_boxes
+from core.portable import crop_tiles, scale_image, scaled_shape, tile_boxes
 
 __all__ = ["AUTO", "AUTO_MAX_TILES", "AUTO_TILE_RATIO", "INPUT_MODES", "MAX_TRAIN_TILES", "TiledConfig",
            "choose_input", "image_tiles", "training_tiles"]
@@ -80,7 +80,7 @@ def choose_input(shapes: Sequence[tuple[int, ...]], config: TiledConfig) -> Inpu
         reason = (f"EfficientAD's size rule: the images ({h}x{w}) would need more than {AUTO_MAX_TILES} tiles "
                   f"of {config.tile} px even at half resolution: resized (choose --input-mode tiles to tile them).")
         for scale in (1.0, 0.5):
-            sh, sw = int(round(h * scale)), int(round(w * scale))
+            sh, sw = scaled_shape((h, w), scale)
             n = len(tile_boxes((sh, sw), config.tile, config.tile_overlap))
             if min(sh, sw) >= config.tile and n <= AUTO_MAX_TILES:
                 label = f"tiles of {config.tile} px at {scale:g}x ({n} per {h}x{w} image)"
@@ -105,7 +105,7 @@ def training_tiles(images: Sequence[np.ndarray], config: TiledConfig,
     """Every tile of ``images`` in image order, or ``limit`` of them drawn without replacement (seeded by
     ``config.seed``, kept in image order) when there are more. The draw is of (image, tile) positions from the
     grid alone, and only the images with a drawn tile are cut: the tiles not kept are never copied."""
-    counts = [len(tile_boxes(_scaled_shape(image.shape, config.scale), config.tile, config.tile_overlap))
+    counts = [len(tile_boxes(scaled_shape(image.shape, config.scale), config.tile, config.tile_overlap))
               for image in images]
     total = sum(counts)
     if total <= limit:
@@ -120,9 +120,3 @@ def training_tiles(images: Sequence[np.ndarray], config: TiledConfig,
             out += [cut[int(j)] for j in wanted]
     return out
 
-
-def _scaled_shape(shape: tuple[int, ...], scale: float) -> tuple[int, int]:
-    """The (H, W) of an image of ``shape`` once :func:`core.portable.scale_image` has resized it by ``scale``."""
-    if scale == 1.0:
-        return int(shape[0]), int(shape[1])
-    return max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
