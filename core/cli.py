@@ -110,8 +110,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if estimate is not None:
         from core.progress import duration_text
 
-        print(f"{spec(args.model).label} on {len(data.train)} good images: {duration_text(estimate)} "
-              f"(measured step time on a 2-core CPU; benchmarks/RESULTS.md)", file=sys.stderr, flush=True)
+        plan = spec(args.model).training_plan({**spec(args.model).default_settings(), **settings}, len(data.train),
+                                              shape)
+        print(f"{spec(args.model).label} on {len(data.train)} good images: " + (f"{plan}; " if plan else "")
+              + f"{duration_text(estimate)} (measured step time on a quiet 2-core CPU; benchmarks/RESULTS.md)",
+              file=sys.stderr, flush=True)
     result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer(),
                        resume=args.resume, reason=args.reason or "trained")
     for p in result.problems:

@@ -8,9 +8,9 @@ import streamlit as st
 from core.access import Permission
 from core.data.imageio import SUPPORTED_SUFFIXES
 from core.models.registry import label, spec
+from core.portable import NO_VERDICT, OK
 from core.store.model_store import ModelStoreError
 from core.verdict import feedback
-from core.verdict.inspection import NO_VERDICT
 from core.verdict.overlay import COLORMAPS, png_bytes
 from ui import auth, cache
 from ui.frame import selection
@@ -199,11 +199,12 @@ for r, item in zip(results, keys, strict=True):
     if r.verdict == NO_VERDICT:
         continue
     learns = spec(sel.kind).learns_from_feedback
-    if b2.button("Mark as OK (false alarm)", key=f"ok-{item}", disabled=not learns, icon=":material/thumb_up:",
-                 help="Adds this image's patches to the memory bank as a new model version (seconds, no retraining; "
-                      "undo below). An image scored far above the threshold asks for a confirmation first."
-                      if learns else f"{label(sel.kind)} cannot learn from one image yet: add it to "
-                      "train/good and retrain on the Models page."):
+    teach_help = ("Adds this image's patches to the memory bank as a new model version (seconds, no retraining; "
+                  "undo below). An image scored far above the threshold asks for a confirmation first." if learns
+                  else f"{label(sel.kind)} cannot learn from one image yet: add it to train/good and retrain on the "
+                  "Models page.")
+    if r.verdict != OK and b2.button("Mark as OK (false alarm)", key=f"ok-{item}", disabled=not learns,
+                                     icon=":material/thumb_up:", help=teach_help):
         run_feedback(lambda r=r: feedback.mark_ok(model, r.image, r.name), item)
     defect = b3.selectbox("Defect type", defect_types, index=0 if defect_types else None, key=f"defect-{item}",
                           accept_new_options=True, placeholder="Type a defect name",

@@ -264,15 +264,15 @@ st.subheader("Saved thresholds")
 who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
 st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}**"
            + (f", review band {saved_band[0]:.4f} – {saved_band[1]:.4f}" if saved_band else "")
-           + f" · calibrated defaults: image {default_img:.4f}, pixel {default_pix:.4f} ({cal.source}).")
-if cal.promise is not None:
-    st.caption(f"Evidence for the default: {cal.promise.statement}.")
+           + f" · calibrated defaults: image {default_img:.4f}, pixel {default_pix:.4f}"
+           + ("." if cal.false_alarm_target is not None else f", from {cal.source}."))
 if cal.false_alarm_target is not None:
     observed = metrics.rates(metrics.confusion(labels, scores, default_img))
-    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged (from "
-               f"{cal.num_images} good images: {cal.source}; no defects needed); on these evaluation images "
-               f"it flags **{observed['fpr']:.1%}** of the good ones and catches {observed['recall']:.1%} of the "
-               f"defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
+    evidence = f" Evidence: {cal.promise.statement}." if cal.promise is not None else ""
+    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged, fitted "
+               f"on {cal.source}, no defects needed.{evidence} On these "
+               f"evaluation images it flags **{observed['fpr']:.1%}** of the good ones and catches "
+               f"{observed['recall']:.1%} of the defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
 if st.button("Re-evaluate on the current test images", disabled=not auth.can(Permission.EVALUATE),
              help=auth.only_for(Permission.EVALUATE) or "After annotating new defects, include them in the curves."):
     evaluate_and_rerun()

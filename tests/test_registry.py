@@ -42,6 +42,23 @@ def test_estimates_follow_the_settings() -> None:
     assert spec("patchcore").estimate_seconds({}, 100, None) is None
 
 
+@pytest.mark.parametrize(("settings", "images", "shape", "said"), [
+    # 100 images: 20 held out for calibration, 80 fitted; 12 passes in batches of 2 = 480 of the 1,500 steps
+    ({}, 100, None, "480 training steps, not the 1,500 asked for: 12 passes over the 80 good images it trains on"),
+    ({"steps": 100}, 100, None, "100 training steps"),  # fewer asked than 12 passes take: all of them run
+    ({"max_epochs": 0}, 100, None, "1,500 training steps"),  # no cap
+    ({"schedule": "step", "steps": 6000}, 100, None, "6,000 training steps"),  # anomalib's loop: no cap
+    # 640 px tiles of 256 at 25% overlap: 3 x 3 per image; 10 images: 2 held out, 8 x 9 = 72 tiles -> 432 steps
+    ({"input_mode": "tiles"}, 10, (640, 640), "432 training steps, not the 1,500 asked for: 12 passes over the 72 tiles"),
+    ({"input_mode": "tiles"}, 10, None, None),  # the tiles' number unknown without the images' size
+])
+def test_the_training_plan_says_when_fewer_steps_run_than_asked(settings: dict, images: int,
+                                                                shape: tuple[int, int] | None, said: str | None) -> None:
+    plan = spec("efficientad").training_plan({**spec("efficientad").default_settings(), **settings}, images, shape)
+    assert (plan is None) if said is None else (plan is not None and plan.startswith(said)), plan
+    assert spec("patchcore").training_plan(spec("patchcore").default_settings(), images, shape) is None
+
+
 def test_unknown_kind_names_the_known_ones() -> None:
     with pytest.raises(ValueError, match=r"expected model kind in \('patchcore', 'efficientad'\), found 'vae'"):
         spec("vae")

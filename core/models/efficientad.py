@@ -165,36 +165,81 @@ class EfficientADConfig:
         return cls(**values)
 
 
-def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
-                               shape: tuple[int, int] | None = None) -> float | None:
-    """Wall time of ``python -m core train`` / the Models page on the 2-core CPU: the measured median step time
-    scaled by input area, plus the per-image passes (teacher statistics, map quantiles, calibration and the
-    unfamiliar-image guard) over ``num_images`` good training images.
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a fit of a config will run, known before it starts: ``inputs`` training inputs (images, or tiles in
+    tiles mode) and ``steps`` steps, ``asked`` being ``config.steps`` (more than ``steps`` when the cosine recipe's
+    ``max_epochs`` passes over the inputs take fewer); ``per_input`` inputs per image (tiles per image, else 1)."""
 
-    ``shape``: the training images' median (H, W). ``input_mode="auto"`` is resolved from it as the fit will
-    (:func:`core.models.efficientad_tiles.choose_input`; resized when it is None); in tiles mode every tile is a
-    training input (at most :data:`~core.models.efficientad_tiles.MAX_TRAIN_TILES`) and a per-image pass runs
-    each tile. None: tiles asked for without a shape (their number unknown)."""
+    steps: int
+    asked: int
+    inputs: int
+    per_input: int
+    max_epochs: float
+    config: EfficientADConfig
+
+    @property
+    def capped(self) -> bool:
+        """Whether fewer steps than asked will run (the passes over the inputs end first)."""
+        return self.steps < self.asked
+
+    def describe(self) -> str:
+        """The plan in words, for the Models page and ``train`` (``"1,500 training steps"``, or why fewer run)."""
+        if not self.capped:
+            return f"{self.steps:,} training steps"
+        what = "tiles" if self.per_input > 1 else "good images it trains on"
+        return (f"{self.steps:,} training steps, not the {self.asked:,} asked for: {self.max_epochs:g} passes over "
+                f"the {self.inputs:,} {what} (the rest of the good images are kept for calibration) take no more "
+                "(--max-epochs 0 on `python -m core train` runs every step)")
+
+
+def training_plan(config: EfficientADConfig, num_images: int,
+                  shape: tuple[int, int] | None = None) -> TrainingPlan | None:
+    """The :class:`TrainingPlan` of a fit on ``num_images`` good images of median (H, W) ``shape``.
+
+    ``input_mode="auto"`` is resolved from ``shape`` as the fit will (:func:`core.models.efficientad_tiles.
+    choose_input`; resized when it is None); in tiles mode every tile is a training input (at most
+    :data:`~core.models.efficientad_tiles.MAX_TRAIN_TILES`). None: tiles asked for without a shape (their number
+    unknown)."""
     if config.input_mode == tiles.AUTO:
         config = replace(config, **(tiles.choose_input([shape], config).settings if shape is not None
                                     else {"input_mode": "squash"}))
     per_input = 1
-    area = (config.height * config.width) / (256 * 256)
     if config.input_mode == "tiles":
         if shape is None:
             return None
         per_input = len(tile_boxes(scaled_shape(shape, config.scale), config.tile, config.tile_overlap))
-        area = (config.tile * config.tile) / (256 * 256)
-    per_image = num_images * per_input * SECONDS_PER_IMAGE_256
-    if config.schedule == "step":
-        return (config.steps * SECONDS_PER_STEP_256[config.structure] + per_image) * area
     fitted = num_images - (min(200, round(0.2 * num_images)) if num_images >= 10 else 0)  # lifecycle's holdout
     inputs = min(fitted * per_input, tiles.MAX_TRAIN_TILES) if per_input > 1 else fitted
+    steps = int(config.steps) if config.schedule == "step" else training.planned_steps(config, inputs)
+    return TrainingPlan(steps=steps, asked=int(config.steps), inputs=inputs, per_input=per_input,
+                        max_epochs=config.max_epochs, config=config)
+
+
+def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
+                              shape: tuple[int, int] | None = None) -> float | None:
+    """Wall time of ``python -m core train`` / the Models page on the 2-core CPU: the measured median step time
+    scaled by input area, plus the per-image passes (teacher statistics, map quantiles, calibration and the
+    unfamiliar-image guard) over ``num_images`` good training images of median (H, W) ``shape``, for the
+    :func:`training_plan` (None: no plan)."""
+    plan = training_plan(config, num_images, shape)
+    if plan is None:
+        return None
+    config = plan.config
+    area = (config.height * config.width if plan.per_input == 1 else config.tile * config.tile) / (256 * 256)
+    per_image = num_images * plan.per_input * SECONDS_PER_IMAGE_256
+    if config.schedule == "step":
+        return (plan.steps * SECONDS_PER_STEP_256[config.structure] + per_image) * area
     per_batch_image = SECONDS_PER_BATCH_IMAGE_256.get(config.student_width, SECONDS_PER_BATCH_IMAGE_256[128]
                                                       * config.student_width / 128)
-    pool = min(training.AUG_POOL_MAX, max(training.AUG_POOL_MIN, inputs))
-    steps = training.planned_steps(config, inputs)
-    return (steps * config.train_batch * per_batch_image + pool * SECONDS_PER_TEACHER_IMAGE_256 + per_image) * area
+    pool = min(training.AUG_POOL_MAX, max(training.AUG_POOL_MIN, plan.inputs))
+    return (plan.steps * config.train_batch * per_batch_image + pool * SECONDS_PER_TEACHER_IMAGE_256 + per_image) * area
+
+
+def plan_for_settings(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> str | None:
+    """:meth:`TrainingPlan.describe` of :func:`training_plan` for a settings dict (defaults filled in)."""
+    plan = training_plan(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}), num_images, shape)
+    return None if plan is None else plan.describe()
 
 
 def estimate_for_settings(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> float | None:

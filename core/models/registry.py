@@ -151,11 +151,19 @@ class Tunable:
     step: int = 1
 
 
+def _no_plan(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> str | None:
+    """A kind whose fit needs no words beyond its settings."""
+    return None
+
+
 @dataclass(frozen=True)
 class KindSpec:
     """One model kind. ``config`` is its settings class and ``detector`` builds a detector from one;
     ``estimate_seconds(settings, num_images, shape)`` is the training wall time the app shows before training, for
-    ``num_images`` good images of median size ``shape`` (H, W; None: unknown) (None: no estimate); ``input_size(requested)`` the nearest side the kind accepts; ``options`` its CLI training flags."""
+    ``num_images`` good images of median size ``shape`` (H, W; None: unknown) (None: no estimate);
+    ``training_plan(settings, num_images, shape)`` says in words what that fit will run when it is not plain from the
+    settings (e.g. fewer steps than asked; None: nothing to say); ``input_size(requested)`` the nearest side the kind
+    accepts; ``options`` its CLI training flags."""
 
     name: str
     label: str
@@ -171,6 +179,7 @@ class KindSpec:
     options: tuple[Option, ...] = ()
     backbones: tuple[str, ...] = ()  # offline backbones offered; non-empty: the user may also bring a timm backbone
     positive_scores: bool = False  # scores and maps are 0 or more (distances): thresholds must be above 0
+    training_plan: Callable[[dict[str, Any], int, tuple[int, int] | None], str | None] = _no_plan
 
     def default_settings(self) -> dict[str, Any]:
         """Settings a new model of this kind gets unless the user overrides them."""
@@ -242,6 +251,7 @@ def _efficientad() -> KindSpec:
         inference_settings=efficientad.inference_settings,
         input_size=lambda side: efficientad.input_size_for(side, efficientad.EfficientADConfig().structure),
         estimate_seconds=efficientad.estimate_for_settings,
+        training_plan=efficientad.plan_for_settings,
         min_side=efficientad.MIN_SIZE,
         sizes=(256, 512),
         tunables=(Tunable("steps", "Training steps", "More steps: better maps, longer training (see the estimate).",
