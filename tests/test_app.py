@@ -641,6 +641,10 @@ def test_thresholds_set_by_recall(env: Path) -> None:
 
 
 def test_compare_page(env: Path) -> None:
+    store = ModelStore(env)
+    ref = store.current("demo_metal", "efficientad")  # every image DEFECT for EfficientAD: the goods differ
+    store.write_calibration(ref, {**store.read_calibration(ref), "image_threshold": 1e-9, "review_below": 0.0,
+                                  "review_above": 0.0})
     at = page("compare")
     metrics = at.dataframe[0].value
     assert list(metrics["model"]) == ["PatchCore v1", "EfficientAD v1"]
@@ -650,6 +654,7 @@ def test_compare_page(env: Path) -> None:
     assert len(at.get("image")) >= 3  # original + two overlays for each picked image
     table = at.dataframe[1].value
     differs = list(table["PatchCore verdict"] != table["EfficientAD verdict"])
+    assert 0 < sum(differs) < len(differs), differs  # both kinds of row, so the order below says something
     assert differs == sorted(differs, reverse=True)  # the images judged differently come first
     caption = next(c.value for c in at.caption if c.value.startswith("Verdicts differ on"))
     count = int(caption.split("Verdicts differ on ")[1].split(" of")[0])
