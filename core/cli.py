@@ -105,16 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"warning: {p}", file=sys.stderr)
     settings = _settings_from_args(args)
     shape = median_shape([s.path for s in data.train])
-    estimate = spec(args.model).estimate_seconds({**spec(args.model).default_settings(), **settings}, len(data.train),
-                                                 shape)
-    if estimate is not None:
-        from core.progress import duration_text
-
-        plan = spec(args.model).training_plan({**spec(args.model).default_settings(), **settings}, len(data.train),
-                                              shape)
-        print(f"{spec(args.model).label} on {len(data.train)} good images: " + (f"{plan}; " if plan else "")
-              + f"{duration_text(estimate)} (measured step time on a quiet 2-core CPU; benchmarks/RESULTS.md)",
-              file=sys.stderr, flush=True)
+    forecast = spec(args.model).training_forecast(settings, len(data.train), shape)
+    if forecast is not None:
+        print(forecast, file=sys.stderr, flush=True)
     result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer(),
                        resume=args.resume, reason=args.reason or "trained")
     for p in result.problems:

@@ -20,6 +20,18 @@ class TrainingCancelled(RuntimeError):
     state was kept to resume, see :class:`ResumePoint`)."""
 
 
+HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration of kinds without leave-one-out
+MAX_HOLDOUT = 200  # at most this many held out
+MIN_HOLDOUT_IMAGES = 10  # fewer good images than this: none held out (calibrated on the training images)
+
+
+def holdout_count(n: int, fraction: float = HOLDOUT_FRACTION, limit: int = MAX_HOLDOUT) -> int:
+    """How many of ``n`` good training images a kind without leave-one-out keeps out of fitting for its
+    calibration: ``fraction`` of them, at most ``limit``, none below :data:`MIN_HOLDOUT_IMAGES` (the one rule for
+    ``core.store.lifecycle.split_holdout`` and the training estimate)."""
+    return min(limit, int(round(n * fraction))) if n >= MIN_HOLDOUT_IMAGES else 0
+
+
 @dataclass(frozen=True)
 class Prediction:
     """Raw output for one image: the image score and the anomaly map at the ORIGINAL image size ``[H, W]``."""

@@ -160,13 +160,9 @@ with st.container(border=True):  # not a form: the estimate follows every change
     if kind_spec.backbones:
         backbone_settings()
     shape = median_shape([s.path for s in data.train])
-    estimate = kind_spec.estimate_seconds({**kind_spec.default_settings(), **settings}, len(data.train), shape)
-    plan = kind_spec.training_plan({**kind_spec.default_settings(), **settings}, len(data.train), shape)
-    if estimate is not None:
-        st.caption(f"{kind_spec.label} at {side}px with these settings on {len(data.train)} good images: "
-                   + (f"{plan}; " if plan else "")
-                   + f"{duration_text(estimate)} on a quiet 2-core CPU (measured step time; longer while other "
-                   "work runs on the machine; benchmarks/RESULTS.md).")
+    forecast = kind_spec.training_forecast(settings, len(data.train), shape)
+    if forecast is not None:
+        st.caption(forecast + ".")
     else:
         st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "
                    "the demo data).")

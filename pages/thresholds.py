@@ -268,10 +268,11 @@ st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4
            + ("." if cal.false_alarm_target is not None else f", from {cal.source}."))
 if cal.false_alarm_target is not None:
     observed = metrics.rates(metrics.confusion(labels, scores, default_img))
-    evidence = f" Evidence: {cal.promise.statement}." if cal.promise is not None else ""
-    st.caption(f"The default promises that about **{cal.false_alarm_target:.0%} of good parts** are flagged, fitted "
-               f"on {cal.source}, no defects needed.{evidence} On these "
-               f"evaluation images it flags **{observed['fpr']:.1%}** of the good ones and catches "
+    promised = cal.promise is None or cal.promise.rank is not None  # enough images for the promise asked
+    st.caption(f"The default {'promises' if promised else 'aims at'} about **{cal.false_alarm_target:.0%} of good "
+               f"parts** flagged{'' if promised else ' (too few images to promise it)'}, set on {cal.source}, no "
+               "defects needed." + (f" Evidence: {cal.promise.statement}." if cal.promise is not None else "")
+               + f" On these evaluation images it flags **{observed['fpr']:.1%}** of the good ones and catches "
                f"{observed['recall']:.1%} of the defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")
 if st.button("Re-evaluate on the current test images", disabled=not auth.can(Permission.EVALUATE),
              help=auth.only_for(Permission.EVALUATE) or "After annotating new defects, include them in the curves."):

@@ -100,7 +100,8 @@ def test_training_form_shows_only_the_chosen_kinds_settings(env: Path) -> None:
     assert before, [c.value for c in at.caption]
     assert at.number_input[0].label == "Training steps"
     # the box asks for 1,500 steps; 12 passes over the 13 images fitted (3 of 16 held out) in batches of 2 are 78
-    assert "78 training steps, not the 1,500 asked for: 12 passes over the 13 good images" in before[0], before
+    assert ("78 training steps, not the 1,500 asked for: 12 passes over the 13 training images (3 more kept for "
+            "calibration) need only 78;") in before[0], before
     # the estimate follows the setting: 10 steps are fewer than the 12 epochs the recipe plans on 16 images
     at.number_input(key="train_efficientad_steps").set_value(10).run()
     after = [c.value for c in at.caption if "EfficientAD at 256px" in c.value]
@@ -485,7 +486,8 @@ def test_saved_thresholds_state_the_promise_and_its_evidence_once(env: Path) -> 
     cal = det.load(ModelStore(env).current("demo_metal", "patchcore")).calibration
     captions = [c.value for c in at.caption]
     saved = next(c for c in captions if c.startswith("Saved now"))
-    promise = next(c for c in captions if c.startswith("The default promises"))
+    promise = next(c for c in captions if c.startswith("The default aims at about **5% of good parts** flagged (too "
+                                                     "few images to promise it)"))
     assert cal.source not in saved and "))" not in saved, saved  # where the defaults came from: said once, below
     # the demo has 16 good images: too few for 5% (n >= 19), and the page says so beside the promise it qualifies
     assert cal.source in promise and "too few images for a promise of 5%" in promise, promise

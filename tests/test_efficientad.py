@@ -87,6 +87,21 @@ def test_trained_model_scores_identically_after_save_and_load(demo_root: Path, t
         assert trained.score == again.score and np.array_equal(trained.anomaly_map, again.anomaly_map)
 
 
+def test_the_training_plan_is_what_the_fit_runs(demo_root: Path, tmp_path: Path) -> None:
+    """The Models page's plan (steps, images held out) is the run's: few passes cap 500 steps at a handful."""
+    from core.data.imageio import median_shape
+    from core.models.efficientad import EfficientADConfig, training_plan
+
+    data = load_category(demo_root, "demo_metal")
+    settings = {**EFFICIENTAD_TEST_SETTINGS, "steps": 500, "max_epochs": 0.5}
+    plan = training_plan(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}), len(data.train),
+                         median_shape([s.path for s in data.train]))
+    assert plan is not None and plan.capped and 1 < plan.steps < 20, plan
+    result = det.train(data, "efficientad", settings, ModelStore(tmp_path))
+    assert result.manifest["train"]["steps"] == plan.steps
+    assert result.manifest["data"]["num_holdout_images"] == plan.held_out
+
+
 def test_training_reports_progress_and_cancels() -> None:
     import threading
 

@@ -42,21 +42,39 @@ def test_estimates_follow_the_settings() -> None:
     assert spec("patchcore").estimate_seconds({}, 100, None) is None
 
 
+CAPPED = "training steps, not the 1,500 asked for: 12 passes over the"
+
+
 @pytest.mark.parametrize(("settings", "images", "shape", "said"), [
     # 100 images: 20 held out for calibration, 80 fitted; 12 passes in batches of 2 = 480 of the 1,500 steps
-    ({}, 100, None, "480 training steps, not the 1,500 asked for: 12 passes over the 80 good images it trains on"),
+    ({}, 100, None, f"480 {CAPPED} 80 training images (20 more kept for calibration) need only 480"),
+    # 8 images: too few to hold any out; 12 x 8 / 2 = 48
+    ({}, 8, None, f"48 {CAPPED} 8 training images need only 48"),
     ({"steps": 100}, 100, None, "100 training steps"),  # fewer asked than 12 passes take: all of them run
     ({"max_epochs": 0}, 100, None, "1,500 training steps"),  # no cap
     ({"schedule": "step", "steps": 6000}, 100, None, "6,000 training steps"),  # anomalib's loop: no cap
-    # 640 px tiles of 256 at 25% overlap: 3 x 3 per image; 10 images: 2 held out, 8 x 9 = 72 tiles -> 432 steps
-    ({"input_mode": "tiles"}, 10, (640, 640), "432 training steps, not the 1,500 asked for: 12 passes over the 72 tiles"),
+    # 640 px tiles of 256 at 25% overlap: starts 0, 192, 384 -> 3 x 3 per image; 10 images: 2 held out,
+    # 8 x 9 = 72 tiles -> 12 x 72 / 2 = 432 steps
+    ({"input_mode": "tiles"}, 10, (640, 640),
+     f"432 {CAPPED} 72 tiles of the 8 training images (2 more kept for calibration) need only 432"),
+    ({}, 10, (640, 640), f"432 {CAPPED} 72 tiles of the 8 training images (2 more kept for calibration) need only 432"),
+    # auto at 1,000 px: tiles of the half-size image (500: starts 0, 192, 244 -> 9 per image), 80 fitted of 100:
+    # 720 tiles, 12 x 720 / 2 = 4,320 > 1,500: every step runs
+    ({}, 100, (1000, 1000), "1,500 training steps"),
     ({"input_mode": "tiles"}, 10, None, None),  # the tiles' number unknown without the images' size
 ])
 def test_the_training_plan_says_when_fewer_steps_run_than_asked(settings: dict, images: int,
                                                                 shape: tuple[int, int] | None, said: str | None) -> None:
-    plan = spec("efficientad").training_plan({**spec("efficientad").default_settings(), **settings}, images, shape)
-    assert (plan is None) if said is None else (plan is not None and plan.startswith(said)), plan
-    assert spec("patchcore").training_plan(spec("patchcore").default_settings(), images, shape) is None
+    assert spec("efficientad").plan_text({**spec("efficientad").default_settings(), **settings}, images, shape) == said
+    assert spec("patchcore").plan_text(spec("patchcore").default_settings(), images, shape) is None
+
+
+def test_the_forecast_is_one_sentence_for_the_page_and_the_cli() -> None:
+    forecast = spec("efficientad").training_forecast({}, 100, None)
+    assert forecast is not None and forecast.startswith(f"EfficientAD at 256px on 100 good images: 480 {CAPPED}")
+    assert forecast.endswith("on a quiet 2-core CPU (measured step time; longer while other work runs on the machine; "
+                             "benchmarks/RESULTS.md)")
+    assert spec("patchcore").training_forecast({}, 100, None) is None
 
 
 def test_unknown_kind_names_the_known_ones() -> None:

@@ -39,12 +39,13 @@ from core.models.preprocess import InputSpec, predict_in_batches, resize_map, to
 from core.models.runtime import OnnxGraph, check_runtime, export_onnx, uses_graph
 from core.models.tiling import predict_tiled
 from core.portable import scale_image, scaled_shape, tile_boxes
-from core.types import NO_CONTROL, Prediction, TrainControl
+from core.types import NO_CONTROL, Prediction, TrainControl, holdout_count
 
 __all__ = ["ASSETS", "BUILDERS", "DEFAULT_PENALTY_DIR", "DEFAULT_TEACHER", "KIND", "MIN_SIZE", "SAVE_EVERY",
            "SECONDS_PER_IMAGE_256", "SECONDS_PER_STEP_256", "STATE_FILE", "STRUCTURES", "EfficientAD",
-           "EfficientADConfig", "estimate_for_settings", "expected_training_seconds", "inference_settings",
-           "input_size_for", "load_penalty_images", "teacher_channels"]  # the training loop's names kept here too
+           "EfficientADConfig", "TrainingPlan", "estimate_for_settings", "expected_training_seconds",
+           "inference_settings", "input_size_for", "load_penalty_images", "plan_for_settings", "teacher_channels",
+           "training_plan"]  # the training loop's names kept here too
 
 KIND = "efficientad"
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
@@ -167,30 +168,33 @@ class EfficientADConfig:
 
 @dataclass(frozen=True)
 class TrainingPlan:
-    """What a fit of a config will run, known before it starts: ``inputs`` training inputs (images, or tiles in
-    tiles mode) and ``steps`` steps, ``asked`` being ``config.steps`` (more than ``steps`` when the cosine recipe's
-    ``max_epochs`` passes over the inputs take fewer); ``per_input`` inputs per image (tiles per image, else 1)."""
+    """What a fit of ``config`` will run, known before it starts (about: from the images' median size and
+    count): ``steps`` steps over ``inputs`` training inputs (``tiles_per_image`` tiles of each of ``fitted`` good
+    images in tiles mode, else the images), ``held_out`` more images kept for calibration. ``config`` is the one
+    the fit runs (``input_mode="auto"`` resolved); fewer steps than ``config.steps`` run when the cosine recipe's
+    ``config.max_epochs`` passes over the inputs end first."""
 
     steps: int
-    asked: int
     inputs: int
-    per_input: int
-    max_epochs: float
+    fitted: int
+    held_out: int
+    tiles_per_image: int  # 0: not tiles
     config: EfficientADConfig
 
     @property
     def capped(self) -> bool:
         """Whether fewer steps than asked will run (the passes over the inputs end first)."""
-        return self.steps < self.asked
+        return self.steps < self.config.steps
 
     def describe(self) -> str:
-        """The plan in words, for the Models page and ``train`` (``"1,500 training steps"``, or why fewer run)."""
+        """The plan in words (``"1,500 training steps"``, or how many fewer run, and why)."""
         if not self.capped:
             return f"{self.steps:,} training steps"
-        what = "tiles" if self.per_input > 1 else "good images it trains on"
-        return (f"{self.steps:,} training steps, not the {self.asked:,} asked for: {self.max_epochs:g} passes over "
-                f"the {self.inputs:,} {what} (the rest of the good images are kept for calibration) take no more "
-                "(--max-epochs 0 on `python -m core train` runs every step)")
+        what = (f"{self.inputs:,} tiles of the {self.fitted:,} training images" if self.tiles_per_image
+                else f"{self.inputs:,} training images")
+        kept = f" ({self.held_out:,} more kept for calibration)" if self.held_out else ""
+        return (f"{self.steps:,} training steps, not the {self.config.steps:,} asked for: {self.config.max_epochs:g} "
+                f"passes over the {what}{kept} need only {self.steps:,}")
 
 
 def training_plan(config: EfficientADConfig, num_images: int,
@@ -204,16 +208,16 @@ def training_plan(config: EfficientADConfig, num_images: int,
     if config.input_mode == tiles.AUTO:
         config = replace(config, **(tiles.choose_input([shape], config).settings if shape is not None
                                     else {"input_mode": "squash"}))
-    per_input = 1
+    per_image = 0
     if config.input_mode == "tiles":
         if shape is None:
             return None
-        per_input = len(tile_boxes(scaled_shape(shape, config.scale), config.tile, config.tile_overlap))
-    fitted = num_images - (min(200, round(0.2 * num_images)) if num_images >= 10 else 0)  # lifecycle's holdout
-    inputs = min(fitted * per_input, tiles.MAX_TRAIN_TILES) if per_input > 1 else fitted
-    steps = int(config.steps) if config.schedule == "step" else training.planned_steps(config, inputs)
-    return TrainingPlan(steps=steps, asked=int(config.steps), inputs=inputs, per_input=per_input,
-                        max_epochs=config.max_epochs, config=config)
+        per_image = len(tile_boxes(scaled_shape(shape, config.scale), config.tile, config.tile_overlap))
+    held_out = holdout_count(num_images)
+    fitted = num_images - held_out
+    inputs = min(fitted * per_image, tiles.MAX_TRAIN_TILES) if per_image else fitted
+    return TrainingPlan(steps=training.planned_steps(config, inputs), inputs=inputs, fitted=fitted,
+                        held_out=held_out, tiles_per_image=per_image, config=config)
 
 
 def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
@@ -226,8 +230,9 @@ def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
     if plan is None:
         return None
     config = plan.config
-    area = (config.height * config.width if plan.per_input == 1 else config.tile * config.tile) / (256 * 256)
-    per_image = num_images * plan.per_input * SECONDS_PER_IMAGE_256
+    side = (config.tile, config.tile) if plan.tiles_per_image else (config.height, config.width)
+    area = side[0] * side[1] / (256 * 256)
+    per_image = num_images * max(1, plan.tiles_per_image) * SECONDS_PER_IMAGE_256
     if config.schedule == "step":
         return (plan.steps * SECONDS_PER_STEP_256[config.structure] + per_image) * area
     per_batch_image = SECONDS_PER_BATCH_IMAGE_256.get(config.student_width, SECONDS_PER_BATCH_IMAGE_256[128]

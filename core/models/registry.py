@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from core.progress import duration_text
 
 if TYPE_CHECKING:  # the table itself imports no model code (the CLI's --help stays fast)
     import numpy as np
@@ -161,8 +162,8 @@ class KindSpec:
     """One model kind. ``config`` is its settings class and ``detector`` builds a detector from one;
     ``estimate_seconds(settings, num_images, shape)`` is the training wall time the app shows before training, for
     ``num_images`` good images of median size ``shape`` (H, W; None: unknown) (None: no estimate);
-    ``training_plan(settings, num_images, shape)`` says in words what that fit will run when it is not plain from the
-    settings (e.g. fewer steps than asked; None: nothing to say); ``input_size(requested)`` the nearest side the kind
+    ``plan_text(settings, num_images, shape)`` says in words what that fit will run (e.g. fewer steps than asked;
+    None: nothing to say beyond the settings); :meth:`training_forecast` puts both in one sentence; ``input_size(requested)`` the nearest side the kind
     accepts; ``options`` its CLI training flags."""
 
     name: str
@@ -179,7 +180,7 @@ class KindSpec:
     options: tuple[Option, ...] = ()
     backbones: tuple[str, ...] = ()  # offline backbones offered; non-empty: the user may also bring a timm backbone
     positive_scores: bool = False  # scores and maps are 0 or more (distances): thresholds must be above 0
-    training_plan: Callable[[dict[str, Any], int, tuple[int, int] | None], str | None] = _no_plan
+    plan_text: Callable[[dict[str, Any], int, tuple[int, int] | None], str | None] = _no_plan
 
     def default_settings(self) -> dict[str, Any]:
         """Settings a new model of this kind gets unless the user overrides them."""
@@ -188,6 +189,20 @@ class KindSpec:
     def build(self, settings: dict[str, Any]) -> Detector:
         """A fresh (untrained) detector configured by ``settings`` (a manifest's, or defaults plus overrides)."""
         return self.detector(self.config.from_dict(settings))
+
+    def training_forecast(self, settings: dict[str, Any], num_images: int,
+                          shape: tuple[int, int] | None) -> str | None:
+        """What a fit with ``settings`` (over the defaults) on ``num_images`` good images of median (H, W)
+        ``shape`` will run and how long it takes, in one sentence for the Models page and ``train`` (None: no
+        estimate for this kind)."""
+        full = {**self.default_settings(), **settings}
+        seconds = self.estimate_seconds(full, num_images, shape)
+        if seconds is None:
+            return None
+        plan = self.plan_text(full, num_images, shape)
+        return (f"{self.label} at {full['height']}px on {num_images} good images: " + (f"{plan}; " if plan else "")
+                + f"{duration_text(seconds)} on a quiet 2-core CPU (measured step time; longer while other work runs "
+                "on the machine; benchmarks/RESULTS.md)")
 
     @property
     def learns_from_feedback(self) -> bool:
@@ -251,10 +266,12 @@ def _efficientad() -> KindSpec:
         inference_settings=efficientad.inference_settings,
         input_size=lambda side: efficientad.input_size_for(side, efficientad.EfficientADConfig().structure),
         estimate_seconds=efficientad.estimate_for_settings,
-        training_plan=efficientad.plan_for_settings,
+        plan_text=efficientad.plan_for_settings,
         min_side=efficientad.MIN_SIZE,
         sizes=(256, 512),
-        tunables=(Tunable("steps", "Training steps", "More steps: better maps, longer training (see the estimate).",
+        tunables=(Tunable("steps", "Training steps", f"At most this many: fewer run when "
+                          f"{efficientad.EfficientADConfig().max_epochs:g} passes over the training images take fewer "
+                          "(the caption below says how many will run).",
                           default=efficientad.EfficientADConfig().steps, low=10, high=70000, step=100),),
         options=(
             IMAGE_SIZE,

@@ -21,14 +21,20 @@ from core.scores.calibration import Calibration, calibrate
 from core.scores.evaluate import EvaluationResult, evaluate
 from core.scores.familiarity import aspect_range, fit_limit, min_side_for
 from core.store.model_store import ModelRef, ModelStore, ModelStoreError, validate_name, versions
-from core.types import NO_CONTROL, Prediction, ResumePoint, TrainControl
+from core.types import (
+    HOLDOUT_FRACTION,
+    MAX_HOLDOUT,
+    NO_CONTROL,
+    Prediction,
+    ResumePoint,
+    TrainControl,
+    holdout_count,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["INFERENCE_PATHS", "KINDS", "Detector", "InputChoice", "LoadedModel", "TrainResult", "build",
+__all__ = ["HOLDOUT_FRACTION", "INFERENCE_PATHS", "KINDS", "MAX_HOLDOUT", "Detector", "InputChoice", "LoadedModel", "TrainResult", "build",
            "default_settings", "input_choice_of", "load", "read_calibration", "run_evaluation", "save_calibration", "train"]
-HOLDOUT_FRACTION = 0.2  # of the good training images, for calibration of kinds without leave-one-out (see split_holdout)
-MAX_HOLDOUT = 200
 MIN_TRAIN = 2
 
 
@@ -97,7 +103,7 @@ def split_holdout(n: int, fraction: float, seed: int, limit: int = MAX_HOLDOUT) 
     4-10% (10th-90th percentile) over random 76-image held-out sets and 5-8% over 152-image ones."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_hold = min(limit, int(round(n * fraction))) if n >= 10 else 0
+    n_hold = holdout_count(n, fraction, limit)
     return sorted(order[n_hold:]), sorted(order[:n_hold])
 
 
