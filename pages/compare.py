@@ -71,22 +71,25 @@ if a is not None and b is not None:
                + (f" ({unjudged} got {NO_VERDICT} from a model: too small, or unreadable now)" if unjudged else "")
                + ". Spearman rank correlation "
                f"{np.corrcoef(joined['rank_a'], joined['rank_b'])[0, 1]:.3f}.{unmatched}")
-    st.subheader("Where they disagree most")
-    st.caption("The images the two models judge differently come first, then the largest rank gaps. Rank: where "
-               "an image falls among all evaluation images by that model's score (100% = the most anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable "
-               "between models, ranks are.")
     joined["verdict_a"], joined["verdict_b"] = verdict_a, verdict_b
     joined["differs"] = verdict_a != verdict_b
+    agree = not bool(joined["differs"].any())
+    st.subheader("Where their rankings differ most" if agree else "Where they disagree most")
+    st.caption(("The two models agree on every verdict; below, the images they rank furthest apart. " if agree else
+                "The images the two models judge differently come first, then the largest rank gaps. ")
+               + "Rank: where an image falls among all evaluation images by that model's score (100% = the most "
+               "anomalous). Rank gap: how far apart the two models place it; raw scores are not comparable between "
+               "models, ranks are.")
     top = joined.sort_values(["differs", "disagreement"], ascending=False).head(10)
-    st.dataframe(top[["name", "defect", "verdict_a", "verdict_b", "score_a", "score_b", "rank_a", "rank_b",
-                      "disagreement"]]
-                 .rename(columns={"verdict_a": "PatchCore verdict", "verdict_b": "EfficientAD verdict",
-                                  "score_a": "PatchCore score", "score_b": "EfficientAD score",
-                                  "rank_a": "PatchCore rank", "rank_b": "EfficientAD rank",
-                                  "disagreement": "rank gap"}),
-                 hide_index=True, width="stretch",
-                 column_config={c: st.column_config.NumberColumn(format="percent")
-                                for c in ("PatchCore rank", "EfficientAD rank", "rank gap")})
+    shown = top[["name", "defect", "verdict_a", "verdict_b", "score_a", "score_b", "rank_a", "rank_b",
+                 "disagreement"]].rename(columns={
+                     "verdict_a": "PatchCore verdict", "verdict_b": "EfficientAD verdict", "score_a": "PatchCore score",
+                     "score_b": "EfficientAD score", "rank_a": "PatchCore rank", "rank_b": "EfficientAD rank",
+                     "disagreement": "rank gap"})
+    ranks = ["PatchCore rank", "EfficientAD rank", "rank gap"]
+    shown[ranks] = 100 * shown[ranks]  # in percent, shown whole: 35%, not 34.62% beside 50%
+    st.dataframe(shown, hide_index=True, width="stretch",
+                 column_config={c: st.column_config.NumberColumn(format="%.0f%%") for c in ranks})
     default_pick = list(top["name"].head(3))
     paths = {name: files[key] for name, key in zip(joined["name"], joined["key"], strict=True)}
 else:

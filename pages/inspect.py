@@ -48,7 +48,9 @@ with right:
     cmap = st.selectbox("Colormap", COLORMAPS)
     show_contour = st.toggle("Outline predicted defect", value=True)
     origin = "set on the Thresholds page" if cal.chosen_by == "user" else "default from the good images" + (
-        f", promising about {cal.false_alarm_target:.0%} false alarms on good parts" if cal.false_alarm_target else "")
+        (f", promising about {cal.false_alarm_target:.0%} false alarms on good parts" if cal.promised else
+         f", aiming at about {cal.false_alarm_target:.0%} false alarms on good parts (too few good images to promise "
+         "it)") if cal.false_alarm_target else "")
     band = "" if cal.review is None else (f" · REVIEW from **{cal.review[0]:.6g}** to **{cal.review[1]:.6g}** "
                                           "(a person decides)")
     st.caption(f"Image threshold **{cal.image_threshold:.6g}**{band} · pixel threshold **{cal.pixel_threshold:.4g}** "
@@ -206,9 +208,10 @@ for r, item in zip(results, keys, strict=True):
     if r.verdict != OK and b2.button("Mark as OK (false alarm)", key=f"ok-{item}", disabled=not learns,
                                      icon=":material/thumb_up:", help=teach_help):
         run_feedback(lambda r=r: feedback.mark_ok(model, r.image, r.name), item)
-    defect = b3.selectbox("Defect type", defect_types, index=0 if defect_types else None, key=f"defect-{item}",
-                          accept_new_options=True, placeholder="Type a defect name",
-                          help="One of this category's defect types, or type a new name.")
+    defect = b3.selectbox("Defect type", defect_types, index=None, key=f"defect-{item}", accept_new_options=True,
+                          placeholder="Choose or type a defect type",
+                          help="One of this category's defect types, or type a new name (none is chosen for you: "
+                               "Mark as defect waits for it).")
     if b4.button("Mark as defect", key=f"bad-{item}", icon=":material/report:", disabled=not defect,
                  help=f"Files the image under {sel.category}/test/<defect type>/ so the next evaluation counts it "
                       "(draw its mask on the Annotate page)."):

@@ -12,6 +12,7 @@ import streamlit as st
 from core.access import Permission
 from core.data.imageio import ImageLoadError
 from core.line import results_log as line_log
+from core.models.registry import label
 from core.portable import DEFECT, NO_VERDICT, OK, REVIEW
 from core.store import lifecycle
 from core.store.history import History, ResultRow
@@ -44,7 +45,8 @@ f1, f2, f3, f4, f5 = st.columns([2, 2, 1, 3, 2])
 category = f1.selectbox("Category", [ALL, *categories], key="line_category",
                         index=1 + categories.index(sel.category) if sel.category in categories else 0)
 kinds = sorted({sel.kind, *sel.trained_kinds})
-kind = f2.selectbox("Model", [ALL, *kinds], key="line_kind", index=1 + kinds.index(sel.kind))
+kind = f2.selectbox("Model", [ALL, *kinds], key="line_kind", index=1 + kinds.index(sel.kind),
+                    format_func=lambda k: k if k == ALL else label(k))
 numbers = (sel.store.version_numbers(category, kind) if ALL not in (category, kind)
            and sel.store.has_model(category, kind) else [])
 version = f3.selectbox("Version", [ALL, *map(str, numbers)], key="line_version")
@@ -193,8 +195,9 @@ def live() -> None:
                           verdict=verdicts or list(VERDICTS[:-1]), since=since(), limit=TABLE_ROWS)
     refused = chosen.results(verdict=REJECTED, since=since(), limit=TABLE_ROWS)
     if not rows and not refused:
-        st.info("Nothing judged in this range. Start the service (`python -m core serve --store models`) or a "
-                "watch folder (`python -m core watch --category C --in DIR --ok DIR --defect DIR`) and send images.")
+        st.info(f"Nothing judged in this range. Start the service (`python -m core serve --store {sel.store.root}`) "
+                f"or a watch folder (`python -m core watch --store {sel.store.root} --category C --in DIR --ok DIR "
+                "--defect DIR`) and send images.")
         return
     shown = frame_of(rows)
     judged = shown[shown["verdict"].isin([OK, REVIEW, DEFECT])] if len(shown) else shown

@@ -74,7 +74,8 @@ if sel.ref is not None:
                                 "created (UTC)": str((i.manifest or {}).get("created", ""))[:16].replace("T", " "),
                                 "image AUROC": (i.manifest or {}).get("metrics", {}).get("image_auroc"),
                                 "problem": i.error or ""} for i in reversed(infos)]),
-                 hide_index=True, width="stretch")
+                 hide_index=True, width="stretch",
+                 column_config={"image AUROC": st.column_config.NumberColumn(format="%.3f")})  # as the table above
     shown = next((i for i in infos if i.ref.version == sel.ref.version and i.ok and i.manifest), None)
     if shown is not None and shown.manifest is not None and "input_mode" in shown.manifest.get("settings", {}):
         choice = det.input_choice_of(shown.manifest)

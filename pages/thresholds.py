@@ -264,13 +264,13 @@ st.subheader("Saved thresholds")
 who = "the calibrated defaults" if cal.chosen_by == "default" else "chosen on this page"
 st.caption(f"Saved now ({who}): image **{saved_img:.4f}**, pixel **{saved_pix:.4f}**"
            + (f", review band {saved_band[0]:.4f} – {saved_band[1]:.4f}" if saved_band else "")
-           + f" · calibrated defaults: image {default_img:.4f}, pixel {default_pix:.4f}"
-           + ("." if cal.false_alarm_target is not None else f", from {cal.source}."))
+           + ("" if cal.chosen_by == "default" else f" · calibrated defaults: image {default_img:.4f}, pixel "
+              f"{default_pix:.4f}")
+           + ("." if cal.false_alarm_target is not None else f"; the defaults from {cal.source}."))
 if cal.false_alarm_target is not None:
     observed = metrics.rates(metrics.confusion(labels, scores, default_img))
-    promised = cal.promise is None or cal.promise.rank is not None  # enough images for the promise asked
-    st.caption(f"The default {'promises' if promised else 'aims at'} about **{cal.false_alarm_target:.0%} of good "
-               f"parts** flagged{'' if promised else ' (too few images to promise it)'}, set on {cal.source}, no "
+    st.caption(f"The default {'promises' if cal.promised else 'aims at'} about **{cal.false_alarm_target:.0%} of "
+               f"good parts** flagged{'' if cal.promised else ' (too few images to promise it)'}, set on {cal.source}, no "
                "defects needed." + (f" Evidence: {cal.promise.statement}." if cal.promise is not None else "")
                + f" On these evaluation images it flags **{observed['fpr']:.1%}** of the good ones and catches "
                f"{observed['recall']:.1%} of the defects (F1 {observed['f1']:.3f}; F1-max {best_f1:.3f}).")

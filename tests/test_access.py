@@ -429,6 +429,7 @@ def test_operator_inspects_and_marks_but_cannot_train_save_switch_or_annotate(en
     goto(at, "inspect")
     at.multiselect(key="inspect_pick").set_value([at.multiselect(key="inspect_pick").options[0]]).run()
     assert not at.exception, at.exception
+    next(s for s in at.selectbox if s.label == "Defect type").set_value("scratch").run()
     defect = next(b for b in at.button if b.label == "Mark as defect")
     assert not defect.disabled  # operators mark
     defect.click()

@@ -286,6 +286,13 @@ def test_an_ok_image_offers_mark_as_defect_but_not_mark_as_ok(env: Path) -> None
     assert len(_buttons(at, "Mark as defect")) == len(verdicts)  # a missed defect can be filed from any verdict
 
 
+def test_inspect_says_when_the_default_cannot_promise_its_rate(env: Path) -> None:
+    at = page("inspect")  # the demo's 16 good images are too few to promise 5% (19 needed)
+    assert any("aiming at about 5% false alarms on good parts (too few good images to promise it)" in c.value
+               for c in at.caption), [c.value for c in at.caption]
+    assert not any("promising about" in c.value for c in at.caption)
+
+
 def _far_above_pick(at: AppTest) -> AppTest:
     """Inspect with the familiar test defect image PatchCore scores highest (far above its threshold)."""
     options = [o for o in at.multiselect[0].options if not o.startswith("good/")]
@@ -334,7 +341,7 @@ def test_mark_defect_files_the_upload_and_undo_removes_it(env: Path) -> None:
     name = at.dataframe[0].value["image"].iloc[0]
     assert name == "odd.png"
     defect_type = next(s for s in at.selectbox if s.label == "Defect type")
-    assert defect_type.value == "scratch" and list(defect_type.options) == ["scratch", "spot"]
+    assert defect_type.value is None and list(defect_type.options) == ["scratch", "spot"]
     assert defect_type.proto.accept_new_options  # a new name can still be typed (AppTest cannot type one)
     defect_type.set_value("spot")
     at.run()
@@ -354,8 +361,12 @@ def test_defect_type_offers_the_categorys_types_first(env: Path) -> None:
     at.file_uploader[0].set_value([("odd.png", png(rgb(64, 64, seed=9)), "image/png")])
     at.run()
     defect_type = next(s for s in at.selectbox if s.label == "Defect type")
-    assert list(defect_type.options) == ["scratch", "spot"] and defect_type.value == "scratch"
-    _buttons(at, "Mark as defect")[0].click()  # the default files it under an existing type
+    # nothing chosen for the person: a hasty click cannot file a spot as a scratch, the button waits for a type
+    assert list(defect_type.options) == ["scratch", "spot"] and defect_type.value is None
+    assert _buttons(at, "Mark as defect")[0].disabled
+    defect_type.set_value("scratch").run()
+    assert not _buttons(at, "Mark as defect")[0].disabled
+    _buttons(at, "Mark as defect")[0].click()
     at.run()
     assert not at.exception, at.exception
     data = Path(os.environ["INSPECT_DATA_ROOT"]) / "demo_metal" / "test"
@@ -376,7 +387,7 @@ def test_two_uploads_with_the_same_file_name_do_not_clash(env: Path) -> None:
     defect_types = [s for s in at.selectbox if s.label == "Defect type"]
     defect_types[1].set_value("spot")  # each image keeps its own widgets
     at.run()
-    assert [s.value for s in at.selectbox if s.label == "Defect type"] == ["scratch", "spot", "scratch"]
+    assert [s.value for s in at.selectbox if s.label == "Defect type"] == [None, "spot", None]
     _buttons(at, "Mark as defect")[1].click()
     at.run()
     assert not at.exception, at.exception
@@ -489,6 +500,7 @@ def test_saved_thresholds_state_the_promise_and_its_evidence_once(env: Path) -> 
     promise = next(c for c in captions if c.startswith("The default aims at about **5% of good parts** flagged (too "
                                                      "few images to promise it)"))
     assert cal.source not in saved and "))" not in saved, saved  # where the defaults came from: said once, below
+    assert saved.count("calibrated defaults") == 1, saved  # the saved thresholds ARE the defaults: not listed twice
     # the demo has 16 good images: too few for 5% (n >= 19), and the page says so beside the promise it qualifies
     assert cal.source in promise and "too few images for a promise of 5%" in promise, promise
     assert sum(cal.source in c for c in captions) == 1 and not any("Evidence for the default" in c for c in captions)
@@ -657,10 +669,27 @@ def test_compare_page(env: Path) -> None:
     table = at.dataframe[1].value
     differs = list(table["PatchCore verdict"] != table["EfficientAD verdict"])
     assert 0 < sum(differs) < len(differs), differs  # both kinds of row, so the order below says something
+    assert "Where they disagree most" in [h.value for h in at.subheader]
     assert differs == sorted(differs, reverse=True)  # the images judged differently come first
     caption = next(c.value for c in at.caption if c.value.startswith("Verdicts differ on"))
     count = int(caption.split("Verdicts differ on ")[1].split(" of")[0])
     assert sum(differs) == min(count, len(table))
+
+
+def test_compare_says_so_when_the_models_agree_on_every_verdict(env: Path) -> None:
+    store = ModelStore(env)
+    # both flag every image (EfficientAD's scores may be 0 or below: its threshold is far below them)
+    for kind, threshold in (("patchcore", 1e-9), ("efficientad", -1e9)):
+        ref = store.current("demo_metal", kind)
+        store.write_calibration(ref, {**store.read_calibration(ref), "image_threshold": threshold,
+                                      "review_below": 0.0, "review_above": 0.0})
+    at = page("compare")
+    table = at.dataframe[1].value
+    assert (table["PatchCore verdict"] == table["EfficientAD verdict"]).all(), table
+    assert [h.value for h in at.subheader if "rank" in h.value or "disagree" in h.value] == [
+        "Where their rankings differ most"]
+    assert any(c.value.startswith("The two models agree on every verdict") for c in at.caption)
+    assert table["PatchCore rank"].max() == pytest.approx(100.0)  # ranks in percent (the most anomalous: 100)
 
 
 def test_compare_judges_with_the_size_rule(env: Path) -> None:

@@ -94,6 +94,12 @@ class Calibration:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def promised(self) -> bool:
+        """Whether its images were enough to promise ``false_alarm_target`` (a conformal rank exists among them;
+        True for files from before the evidence was kept)."""
+        return self.promise is None or self.promise.rank is not None
+
     def check(self, positive: bool = False) -> Calibration:
         """This calibration, when a verdict can be made from it (see :func:`core.portable.check_calibration`;
         ``positive``: the model's scores are 0 or more, so thresholds must be above 0).
@@ -263,7 +269,8 @@ def promise_for(values: Sequence[float] | np.ndarray, threshold: float, false_al
     bound, lower = (n + 1 - j) / (n + 1), (n - j) / (n + 1)
     need = math.ceil(1.0 / false_alarm - 1.0 - 1e-9)
     if k > n:
-        statement = (f"too few images for a promise of {false_alarm:.0%}: need n >= 1/a - 1 = {need}, found n={n}; "
+        statement = (f"too few images for a promise of {false_alarm:.0%}: need at least {need} (1/{false_alarm:.0%} - 1), "
+                     f"found n={n}; "
                      f"this threshold flags at most {bound:.1%} of new good parts (at least {lower:.1%})")
     else:
         kept = "keeps" if bound <= false_alarm + 1e-12 else "does not keep"
