@@ -25,6 +25,19 @@ def duration_text(seconds: float) -> str:
     return f"about {hours} h" + (f" {rest} min" if rest else "")
 
 
+BUSY_LOAD = 1.25  # a 1-minute load average above this many runnable tasks per core: the machine is busy
+
+
+def busy_note(load: float, cores: int) -> str | None:
+    """What a training estimate for a quiet machine means now, on ``cores`` cores with a 1-minute ``load``
+    average: None when the machine is quiet enough, else the slowdown to expect (each task gets about
+    cores / load of a core)."""
+    if cores < 1 or load <= BUSY_LOAD * cores:
+        return None
+    return (f"the machine is busy now (load {load:.1f} on {cores} cores): expect about {load / cores:.1f}x as long "
+            "or more")
+
+
 def clock(seconds: float) -> str:
     """Elapsed time as a clock: "0:07", "12:34", "1:02:03"."""
     total = max(0, int(seconds))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.progress import clock, duration_text, remaining_seconds
+from core.progress import busy_note, clock, duration_text, remaining_seconds
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -40,3 +40,15 @@ def test_remaining_seconds(elapsed: float, fraction: float, start: tuple[float, 
                            left: float | None) -> None:
     got = remaining_seconds(elapsed, fraction, start)
     assert got == (None if left is None else pytest.approx(left))
+
+
+@pytest.mark.parametrize(("load", "cores", "note"), [
+    (0.3, 2, None),  # quiet
+    (2.5, 2, None),  # 1.25 per core: still the estimate's machine
+    (5.0, 2, "the machine is busy now (load 5.0 on 2 cores): expect about 2.5x as long or more"),
+    (17.3, 2, "the machine is busy now (load 17.3 on 2 cores): expect about 8.7x as long or more"),
+    (6.0, 8, None),
+    (3.0, 0, None),  # cores unknown: nothing said
+])
+def test_busy_note(load: float, cores: int, note: str | None) -> None:
+    assert busy_note(load, cores) == note
