@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+
 from core.progress import duration_text
 
 if TYPE_CHECKING:  # the table itself imports no model code (the CLI's --help stays fast)
@@ -163,8 +164,8 @@ class KindSpec:
     ``estimate_seconds(settings, num_images, shape)`` is the training wall time the app shows before training, for
     ``num_images`` good images of median size ``shape`` (H, W; None: unknown) (None: no estimate);
     ``plan_text(settings, num_images, shape)`` says in words what that fit will run (e.g. fewer steps than asked;
-    None: nothing to say beyond the settings); :meth:`training_forecast` puts both in one sentence; ``input_size(requested)`` the nearest side the kind
-    accepts; ``options`` its CLI training flags."""
+    None: nothing to say beyond the settings); :meth:`training_forecast` puts both in one sentence;
+    ``input_size(requested)`` the nearest side the kind accepts; ``options`` its CLI training flags."""
 
     name: str
     label: str
