@@ -78,7 +78,8 @@ if sel.ref is not None:
 st.image(image, caption=f"query: {name}", width=260)
 st.dataframe(pd.DataFrame([{"image": f"{h.split}/{h.defect}/{Path(h.path).name}", "similarity": round(h.similarity, 4),
                             "label": "defect" if h.label else "good", "defect type": h.defect,
-                            "anomaly score": scores.get(h.key)} for h in hits]), hide_index=True, width="stretch")
+                            "anomaly score (evaluated test images)": scores.get(h.key)} for h in hits]),
+             hide_index=True, width="stretch")
 cols = st.columns(4)
 for i, h in enumerate(hits):
     try:

@@ -540,3 +540,47 @@ def test_image_scores_equal_anomalib_bit_for_bit(num_neighbors: int) -> None:
     dist, loc = model.search_index().patch_search(flat, 3)
     assert torch.equal(model._image_scores(dist.view(3, -1), loc.view(3, -1), flat),
                        model.model.compute_anomaly_score(dist.view(3, -1), loc.view(3, -1), flat))
+
+
+def test_openvino_compiles_without_telemetry_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is sent at run time: OpenVINO's model converter (``ov.convert_model``) starts a process per call to
+    post telemetry over the network (a fork from a threaded process, which aborted one in the full suite); the
+    runner reads the ONNX bytes directly, with the same outputs."""
+    pytest.importorskip("openvino")
+    import io
+    import multiprocessing
+
+    from core.models.runtime import openvino_runner
+
+    started: list[object] = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: started.append(self))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
+    x = torch.rand(1, 3, 16, 16)
+    out = openvino_runner(buffer.getvalue(), 1)(x.numpy())[0]
+    assert started == []
+    with torch.no_grad():
+        assert np.allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_the_bundles_openvino_ir_is_the_same_network_and_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    ov = pytest.importorskip("openvino")
+    import io
+    import multiprocessing
+
+    from core.line.export import openvino_ir
+
+    started: list[object] = []
+    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: started.append(self))
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
+    ir = openvino_ir(buffer.getvalue())
+    assert ir is not None and started == []
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(ir[0], ir[1]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.rand(1, 3, 16, 16)
+    out = compiled.create_infer_request().infer({0: x.numpy()})[compiled.outputs[0]]
+    with torch.no_grad():
+        assert np.allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-6)

@@ -85,10 +85,8 @@ def openvino_ir(onnx: bytes) -> tuple[bytes, bytes] | None:
         import openvino as ov
     except ImportError:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(tmp) / "model.onnx"
-        source.write_bytes(onnx)
-        ov.save_model(ov.convert_model(str(source)), str(Path(tmp) / "model.xml"), compress_to_fp16=False)
+    with tempfile.TemporaryDirectory() as tmp:  # read_model, not convert_model: no telemetry sent (runtime.py)
+        ov.save_model(ov.Core().read_model(onnx), str(Path(tmp) / "model.xml"), compress_to_fp16=False)
         return (Path(tmp) / "model.xml").read_bytes(), (Path(tmp) / "model.bin").read_bytes()
 
 

@@ -118,7 +118,10 @@ def openvino_runner(model: bytes, threads: int) -> Runner:
     """
     import openvino as ov
 
-    compiled = ov.Core().compile_model(ov.convert_model(io.BytesIO(model)), "CPU", {
+    core = ov.Core()
+    # read_model, not ov.convert_model: the converter posts telemetry over the network from a forked process on
+    # every call (tests/test_runtime.py); the ONNX frontend reads the same bytes into the same graph
+    compiled = core.compile_model(core.read_model(model), "CPU", {
         "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": max(1, threads), "PERFORMANCE_HINT": "LATENCY"})
     request = compiled.create_infer_request()
     outputs = list(compiled.outputs)
