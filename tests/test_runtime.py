@@ -553,7 +553,11 @@ def test_openvino_compiles_without_telemetry_processes(monkeypatch: pytest.Monke
     from core.models.runtime import openvino_runner
 
     started: list[object] = []
-    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: started.append(self))
+
+    def start(process: object) -> None:  # recorded, never run
+        started.append(process)
+
+    monkeypatch.setattr(multiprocessing.Process, "start", start)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
     buffer = io.BytesIO()
     torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
@@ -572,7 +576,11 @@ def test_the_bundles_openvino_ir_is_the_same_network_and_sends_nothing(monkeypat
     from core.line.export import openvino_ir
 
     started: list[object] = []
-    monkeypatch.setattr(multiprocessing.Process, "start", lambda self: started.append(self))
+
+    def start(process: object) -> None:  # recorded, never run
+        started.append(process)
+
+    monkeypatch.setattr(multiprocessing.Process, "start", start)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
     buffer = io.BytesIO()
     torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
