@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import threading
 from collections.abc import Callable
@@ -108,9 +107,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     shape = median_shape([s.path for s in data.train])
     forecast = spec(args.model).training_forecast(settings, len(data.train), shape)
     if forecast is not None:
-        from core.progress import busy_note
+        from core.progress import busy_note_now
 
-        busy = busy_note(os.getloadavg()[0], os.cpu_count() or 0)
+        busy = busy_note_now()
         print(forecast + (f"; {busy}" if busy else ""), file=sys.stderr, flush=True)
     result = det.train(data, args.model, settings, ModelStore(args.store), _progress_printer(),
                        resume=args.resume, reason=args.reason or "trained")

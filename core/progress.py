@@ -4,6 +4,7 @@ page and the CLI show them)."""
 from __future__ import annotations
 
 import math
+import os
 
 MIN_PACE_FRACTION = 0.01  # of the work done since the pace's start before a time left is estimated
 MIN_PACE_SECONDS = 2.0
@@ -26,6 +27,20 @@ def duration_text(seconds: float) -> str:
 
 
 BUSY_LOAD = 1.25  # a 1-minute load average above this many runnable tasks per core: the machine is busy
+
+
+def machine_load() -> tuple[float, int] | None:
+    """This machine's 1-minute load average and its core count (None where the platform has no load average)."""
+    try:
+        return os.getloadavg()[0], os.cpu_count() or 1
+    except OSError:
+        return None
+
+
+def busy_note_now() -> str | None:
+    """:func:`busy_note` for this machine now (None where its load cannot be read)."""
+    load = machine_load()
+    return None if load is None else busy_note(*load)
 
 
 def busy_note(load: float, cores: int) -> str | None:

@@ -1,6 +1,5 @@
 """Models: categories, trained models and their versions, and training from the browser."""
 
-import os
 import time
 
 import pandas as pd
@@ -11,7 +10,7 @@ from core.data.imageio import median_shape
 from core.line import train_all
 from core.models.backbone import BackboneError, default_layers, feature_layers
 from core.models.registry import KINDS, label, spec
-from core.progress import busy_note, duration_text
+from core.progress import busy_note_now, duration_text
 from core.store import lifecycle as det
 from core.store.model_store import ModelStoreError
 from core.types import ResumePoint, TrainingCancelled
@@ -164,7 +163,7 @@ with st.container(border=True):  # not a form: the estimate follows every change
     shape = median_shape([s.path for s in data.train])
     forecast = kind_spec.training_forecast(settings, len(data.train), shape)
     if forecast is not None:
-        load_note = busy_note(os.getloadavg()[0], os.cpu_count() or 0)
+        load_note = busy_note_now()
         st.caption(forecast + (f"; {load_note}." if load_note else "."))
     else:
         st.caption(f"{kind_spec.label}: one pass over the good images plus the coreset (well under a minute on "

@@ -17,7 +17,7 @@ from core.access import Permission
 from core.models.registry import spec
 from core.scores import metrics
 from core.scores import thresholds as th
-from core.scores.calibration import REVIEW_RATES
+from core.scores.calibration import DEFAULT_FALSE_ALARM, REVIEW_RATES
 from core.store import lifecycle as det
 from core.types import TrainControl
 from ui import auth, cache, charts, drafts, visits
@@ -154,12 +154,14 @@ if saved_band is not None:
             step=(img_range[1] - img_range[0]) / 1000, format="%.4f"))
     band = (min(float(picked[0]), thr), max(float(picked[1]), thr))  # the band always holds the threshold
     inside = th.band_counts(labels, scores, thr, band)
+    promised_rate = cal.false_alarm_target if cal.false_alarm_target is not None else DEFAULT_FALSE_ALARM  # band's origin
     b2.caption(f"In the band: **{inside.parts} of {len(scores)}** evaluation images ({inside.parts / len(scores):.0%})"
                + (f", holding **{inside.errors_caught} of {inside.errors}** of the threshold's errors." if inside.errors
                   else "; the threshold makes no errors on these images.")
                + " Parts below the band: OK; above it: DEFECT. By default the band reaches below the threshold as far "
-               f"as a normal curve fitted to the good scores moves from flagging 5% to {REVIEW_RATES[0]:.0%} of good "
-               f"parts, and above it as far as from 5% to {REVIEW_RATES[1]:.0%} (so it is not symmetric)."
+               f"as a normal curve fitted to the good scores moves from flagging {promised_rate:.0%} to "
+               f"{REVIEW_RATES[0]:.0%} of good parts, and above it as far as from {promised_rate:.0%} to "
+               f"{REVIEW_RATES[1]:.0%} (so it is not symmetric)."
                + ("" if band == (float(picked[0]), float(picked[1])) else " (widened to hold the threshold)"))
 
 counts = metrics.confusion(labels, scores, thr)

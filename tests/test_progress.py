@@ -52,3 +52,21 @@ def test_remaining_seconds(elapsed: float, fraction: float, start: tuple[float, 
 ])
 def test_busy_note(load: float, cores: int, note: str | None) -> None:
     assert busy_note(load, cores) == note
+
+
+def test_no_load_average_means_nothing_said(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from core.models import runtime
+    from core.progress import busy_note_now, machine_load
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert machine_load() == (9.0, 2) and runtime.busy()
+    assert busy_note_now() == "the machine is busy now (load 9.0 on 2 cores): expect about 4.5x as long or more"
+
+    def unavailable() -> tuple[float, float, float]:
+        raise OSError("no load average on this platform")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert machine_load() is None and busy_note_now() is None and not runtime.busy()

@@ -542,50 +542,52 @@ def test_image_scores_equal_anomalib_bit_for_bit(num_neighbors: int) -> None:
                        model.model.compute_anomaly_score(dist.view(3, -1), loc.view(3, -1), flat))
 
 
-def test_openvino_compiles_without_telemetry_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def started_processes(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every ``multiprocessing.Process`` started while the test runs, recorded and never run."""
+    import multiprocessing
+
+    started: list[object] = []
+
+    def start(process: object) -> None:
+        started.append(process)
+
+    monkeypatch.setattr(multiprocessing.Process, "start", start)
+    return started
+
+
+def tiny_onnx() -> tuple[torch.nn.Module, bytes]:
+    """A small conv net and its ONNX bytes (input "input" [1, 3, 16, 16])."""
+    import io
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    buffer = io.BytesIO()
+    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
+    return model, buffer.getvalue()
+
+
+def test_openvino_compiles_without_telemetry_processes(started_processes: list[object]) -> None:
     """Nothing is sent at run time: OpenVINO's model converter (``ov.convert_model``) starts a process per call to
     post telemetry over the network (a fork from a threaded process, which aborted one in the full suite); the
     runner reads the ONNX bytes directly, with the same outputs."""
     pytest.importorskip("openvino")
-    import io
-    import multiprocessing
-
     from core.models.runtime import openvino_runner
 
-    started: list[object] = []
-
-    def start(process: object) -> None:  # recorded, never run
-        started.append(process)
-
-    monkeypatch.setattr(multiprocessing.Process, "start", start)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
+    model, onnx = tiny_onnx()
     x = torch.rand(1, 3, 16, 16)
-    out = openvino_runner(buffer.getvalue(), 1)(x.numpy())[0]
-    assert started == []
+    out = openvino_runner(onnx, 1)(x.numpy())[0]
+    assert started_processes == []
     with torch.no_grad():
         assert np.allclose(out, model(x).numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_the_bundles_openvino_ir_is_the_same_network_and_sends_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bundles_openvino_ir_is_the_same_network_and_sends_nothing(started_processes: list[object]) -> None:
     ov = pytest.importorskip("openvino")
-    import io
-    import multiprocessing
-
     from core.line.export import openvino_ir
 
-    started: list[object] = []
-
-    def start(process: object) -> None:  # recorded, never run
-        started.append(process)
-
-    monkeypatch.setattr(multiprocessing.Process, "start", start)
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
-    buffer = io.BytesIO()
-    torch.onnx.export(model, torch.zeros(1, 3, 16, 16), buffer, input_names=["input"], dynamo=False)
-    ir = openvino_ir(buffer.getvalue())
-    assert ir is not None and started == []
+    model, onnx = tiny_onnx()
+    ir = openvino_ir(onnx)
+    assert ir is not None and started_processes == []
     core = ov.Core()
     compiled = core.compile_model(core.read_model(ir[0], ir[1]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     x = torch.rand(1, 3, 16, 16)

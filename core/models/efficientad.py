@@ -241,16 +241,20 @@ def expected_training_seconds(config: EfficientADConfig, num_images: int = 0,
     return (plan.steps * config.train_batch * per_batch_image + pool * SECONDS_PER_TEACHER_IMAGE_256 + per_image) * area
 
 
+def _config_for(settings: dict[str, Any]) -> EfficientADConfig:
+    """The config of a settings dict as the registry passes it (defaults filled in)."""
+    return EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings})
+
+
 def plan_for_settings(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> str | None:
     """:meth:`TrainingPlan.describe` of :func:`training_plan` for a settings dict (defaults filled in)."""
-    plan = training_plan(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}), num_images, shape)
+    plan = training_plan(_config_for(settings), num_images, shape)
     return None if plan is None else plan.describe()
 
 
 def estimate_for_settings(settings: dict[str, Any], num_images: int, shape: tuple[int, int] | None) -> float | None:
     """:func:`expected_training_seconds` for a settings dict (defaults filled in), as the registry asks."""
-    return expected_training_seconds(EfficientADConfig.from_dict({**EfficientADConfig().to_dict(), **settings}),
-                                     num_images, shape)
+    return expected_training_seconds(_config_for(settings), num_images, shape)
 
 
 def inference_settings(settings: dict[str, Any], path: str) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from torch import nn
 
 from core import settings
 from core.files import atomic_write_json
+from core.progress import machine_load
 
 log = logging.getLogger(__name__)
 
@@ -250,13 +251,10 @@ def _record(path: Path, key: str, choice: RuntimeChoice) -> bool:
 
 
 def busy() -> bool:
-    """Whether the machine's 1-minute load exceeds its cores (then timings are not worth recording)."""
-    import os
-
-    try:
-        return os.getloadavg()[0] > (os.cpu_count() or 1)
-    except OSError:  # no load average on this platform
-        return False
+    """Whether the machine's 1-minute load exceeds its cores (then timings are not worth recording; False where
+    there is no load average)."""
+    load = machine_load()
+    return load is not None and load[0] > load[1]
 
 
 _CHOICE_LOCK = threading.Lock()  # one measurement at a time per process (two threads would time each other)
